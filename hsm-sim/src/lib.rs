@@ -1,0 +1,39 @@
+//! # hsm-sim: the payment-cryptography core of Tessera
+//!
+//! A software model of what a payment HSM does for an issuer or a token
+//! service: derive card keys from issuer master keys, verify EMV
+//! application cryptograms and answer with an ARPC, verify the dynamic
+//! mag-stripe codes (Mastercard CVC3, Visa dCVV) and static CVVs, build
+//! personalisation secure channels (EMV CPS, GlobalPlatform SCP02/SCP03) and
+//! wrap keys in TR-31 key blocks.
+//!
+//! Layout, from the bottom up:
+//! - [`primitives`]: DES/TDES and AES keys, ISO 9797-1 padding and MACs,
+//!   CMAC, key check values, DES parity, constant-time comparison.
+//! - [`types`]: validated PAN, PSN, ATC, PIN, expiry, service code.
+//! - [`emv`]: ICC master keys, session keys, AC/ARPC, secure messaging and
+//!   the CVN profiles that combine them.
+//! - [`magstripe`]: CVV/CVV2/iCVV, Visa dCVV, Mastercard CVC3.
+//! - [`perso`]: EMV CPS key diversification, SCP02, SCP03.
+//! - [`tr31`]: TR-31 key blocks A, B, C and D.
+//! - [`keyfile`]: the JSON key file, checked against its KCVs on load.
+//! - [`batch`]: the JSON request/answer layer of `tessera-hsm batch`.
+//!
+//! Every algorithm is described, with its sources and open points, in the
+//! project's `crypto-algorithms.md`, and tested against the published
+//! vectors in `tests/vectors/`. Keys are zeroized on drop and redacted in
+//! `Debug`; every comparison of a cryptogram, MAC or CVV is constant-time.
+
+pub mod batch;
+pub mod emv;
+mod error;
+pub mod keyfile;
+pub mod magstripe;
+pub mod perso;
+pub mod primitives;
+pub mod tr31;
+pub mod types;
+
+pub use error::CryptoError;
+pub use primitives::aes::AesKey;
+pub use primitives::des::TdesKey;
