@@ -1,1 +1,137 @@
-fn main() {}
+//! Scalar-path baselines for every cryptogram verification, so later work
+//! (batching, bitslicing) has a number to beat measured the same way.
+//!
+//! Each verification is the whole job an issuer host does per
+//! transaction: derive the card key from the issuer master key, derive
+//! the session key, recompute and compare the cryptogram (and for ARQC,
+//! compute the ARPC). The `des` crate's raw TDES block is measured beside
+//! them so results can be read as "TDES blocks per verification".
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use des::cipher::{BlockEncrypt, KeyInit};
+use hsm_sim::emv::mk::derive_icc_mk;
+use hsm_sim::emv::mk::MkDerivation;
+use hsm_sim::emv::{ArpcInput, CvnProfile, TerminalData};
+use hsm_sim::magstripe::{cvc3, cvv, dcvv};
+use hsm_sim::types::{Atc, Expiry, Pan, Psn, ServiceCode};
+use hsm_sim::TdesKey;
+
+const IMK: [u8; 16] = [
+    0x01, 0x23, 0x45, 0x67, 0x89, 0xAB, 0xCD, 0xEF, 0xFE, 0xDC, 0xBA, 0x98, 0x76, 0x54, 0x32, 0x10,
+];
+
+fn terminal() -> TerminalData {
+    TerminalData {
+        amount_authorised: [0, 0, 0, 0, 0x99, 0x99],
+        terminal_country: [0x01, 0x24],
+        tvr: [0x80, 0, 0, 0, 0],
+        currency: [0x01, 0x24],
+        date: [0x20, 0x99, 0x06],
+        un: [0xAB, 0xCD, 0xEF, 0x12],
+        aip: [0x18, 0x00],
+        atc: [0x00, 0x1C],
+        ..TerminalData::default()
+    }
+}
+
+fn card_data(p: CvnProfile) -> Vec<u8> {
+    use hsm_sim::emv::profile::CardDataLayout::*;
+    match p.card_data_layout() {
+        VisaCvr4 => vec![0x03, 0xA0, 0x60, 0x10],
+        MastercardCvr6 => vec![0xA0, 0, 0x03, 0x22, 0, 0],
+        MastercardCvr6Counters8 => vec![0xA0, 0, 0x03, 0x22, 0, 0, 0, 0, 0, 0, 0, 0x03, 0x22, 0xFF],
+        FullIad => vec![0x06, 0x01, 0x12, 0x03, 0xA0, 0xB8, 0x00],
+    }
+}
+
+fn baseline(c: &mut Criterion) {
+    let k = des::TdesEde2::new_from_slice(&IMK).expect("key");
+    c.bench_function("baseline/des_crate_tdes_block", |b| {
+        let mut block = [0u8; 8].into();
+        b.iter(|| {
+            k.encrypt_block(black_box(&mut block));
+        })
+    });
+    let ours = TdesKey::new(&IMK).expect("key");
+    c.bench_function("baseline/tdeskey_encrypt_block", |b| {
+        b.iter(|| ours.encrypt_block(black_box([0u8; 8])))
+    });
+    c.bench_function("baseline/tdeskey_key_schedule", |b| {
+        b.iter(|| TdesKey::new(black_box(&IMK)).expect("key"))
+    });
+}
+
+fn arqc_verification(c: &mut Criterion) {
+    let imk = TdesKey::new(&IMK).expect("key");
+    let pan = Pan::new("5413330089010012").expect("pan");
+    let t = terminal();
+    let mut group = c.benchmark_group("verify_arqc");
+    for p in CvnProfile::ALL {
+        let data = card_data(p);
+        let mk = derive_icc_mk(p.mk_derivation(), &imk, &pan, Psn::default());
+        let arqc = p.generate_ac(&mk, &t, &data).expect("ac");
+        let arpc_in = if p.arpc_method() == 2 {
+            ArpcInput::Method2 {
+                csu: [0; 4],
+                prop_auth_data: vec![],
+            }
+        } else {
+            ArpcInput::Method1 { arc: [0x30, 0x30] }
+        };
+        group.bench_with_input(BenchmarkId::from_parameter(p.name()), &p, |b, &p| {
+            b.iter(|| {
+                let mk = derive_icc_mk(p.mk_derivation(), &imk, black_box(&pan), Psn::default());
+                assert!(p
+                    .verify_arqc(&mk, black_box(&t), &data, &arqc)
+                    .expect("verify"));
+                p.generate_arpc(&mk, &t, &arqc, &arpc_in).expect("arpc")
+            })
+        });
+    }
+    group.finish();
+}
+
+fn magstripe(c: &mut Criterion) {
+    let imk = TdesKey::new(&IMK).expect("key");
+    let pan = Pan::new("5413330089010012").expect("pan");
+    let track = hex::decode("5413330089010012D35121010000000000000F").expect("hex");
+    let (un, atc) = ([0, 0, 0x08, 0x99], Atc(0x5E));
+    let (iv, code) = cvc3::cvc3(
+        &imk,
+        MkDerivation::OptionA,
+        &pan,
+        Psn::default(),
+        &track,
+        un,
+        atc,
+    )
+    .expect("cvc3");
+    c.bench_function("verify/cvc3", |b| {
+        b.iter(|| {
+            let kd = derive_icc_mk(MkDerivation::OptionA, &imk, black_box(&pan), Psn::default());
+            let iv2 = cvc3::ivcvc3(&kd, &track).expect("iv");
+            assert_eq!(iv2, iv);
+            assert!(cvc3::verify_cvc3(&kd, iv2, un, atc, &code[2..]).expect("verify"));
+        })
+    });
+    let (exp, sc) = (
+        Expiry::new("2612").expect("exp"),
+        ServiceCode::new("201").expect("sc"),
+    );
+    let d = dcvv::dcvv(&imk, &pan, Psn::default(), exp, sc, atc).expect("dcvv");
+    c.bench_function("verify/dcvv", |b| {
+        b.iter(|| {
+            assert!(
+                dcvv::verify_dcvv(&imk, black_box(&pan), Psn::default(), exp, sc, atc, &d)
+                    .expect("verify")
+            )
+        })
+    });
+    let v = cvv::cvv(&imk, &pan, exp, sc).expect("cvv");
+    c.bench_function("verify/cvv", |b| {
+        b.iter(|| assert!(cvv::verify_cvv(&imk, black_box(&pan), exp, sc, &v).expect("verify")))
+    });
+}
+
+criterion_group!(benches, baseline, arqc_verification, magstripe);
+criterion_main!(benches);

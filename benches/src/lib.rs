@@ -1,1 +1,2 @@
+#![forbid(unsafe_code)]
 //! Criterion benchmarks live in `benches/`; this library is empty on purpose.

@@ -74,10 +74,10 @@ impl KeyAlgorithm {
 /// A loaded key.
 #[derive(Debug, Clone)]
 pub enum StoredKey {
-    /// A TDES key.
-    Tdes(TdesKey),
+    /// A TDES key (boxed: the key schedules make it large).
+    Tdes(Box<TdesKey>),
     /// An AES key.
-    Aes(AesKey),
+    Aes(Box<AesKey>),
 }
 
 impl StoredKey {
@@ -159,10 +159,12 @@ impl KeyStore {
                 )));
             }
             let key = match entry.algorithm {
-                KeyAlgorithm::Tdes2 | KeyAlgorithm::Tdes3 => {
-                    StoredKey::Tdes(TdesKey::new(&bytes).map_err(|e| err(e.to_string()))?)
-                }
-                _ => StoredKey::Aes(AesKey::new(&bytes).map_err(|e| err(e.to_string()))?),
+                KeyAlgorithm::Tdes2 | KeyAlgorithm::Tdes3 => StoredKey::Tdes(Box::new(
+                    TdesKey::new(&bytes).map_err(|e| err(e.to_string()))?,
+                )),
+                _ => StoredKey::Aes(Box::new(
+                    AesKey::new(&bytes).map_err(|e| err(e.to_string()))?,
+                )),
             };
             let given = hex::decode(&entry.kcv)
                 .ok()
@@ -222,6 +224,9 @@ mod tests {
         let dup = r#"{"keys":[
             {"label":"k1","algorithm":"tdes2","key":"0123456789ABCDEFFEDCBA9876543210","kcv":"08D7B4"},
             {"label":"k1","algorithm":"tdes2","key":"0123456789ABCDEFFEDCBA9876543210","kcv":"08D7B4"}]}"#;
-        assert!(KeyStore::from_json(dup).unwrap_err().to_string().contains("twice"));
+        assert!(KeyStore::from_json(dup)
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
     }
 }

@@ -30,17 +30,19 @@ fn check_op(op: &str) {
             Ok(out) => {
                 for (field, want) in case["output"].as_object().expect("output object") {
                     if out.get(field) != Some(want) {
-                        failures.push(format!(
-                            "{id}: {field} = {:?}, want {want}",
-                            out.get(field)
-                        ));
+                        failures.push(format!("{id}: {field} = {:?}, want {want}", out.get(field)));
                     }
                 }
             }
         }
     }
     assert!(cases > 0, "{op}: no cases");
-    assert!(failures.is_empty(), "{op}: {} of {cases} cases fail:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{op}: {} of {cases} cases fail:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 macro_rules! vector_tests {

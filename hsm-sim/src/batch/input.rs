@@ -53,7 +53,9 @@ impl<'a> Input<'a> {
 
     /// An optional hex field.
     pub fn opt_hex(&self, field: &'static str) -> Result<Option<Vec<u8>>, BatchError> {
-        self.opt_str(field)?.map(|s| decode_hex(field, s)).transpose()
+        self.opt_str(field)?
+            .map(|s| decode_hex(field, s))
+            .transpose()
     }
 
     /// A required hex field of exactly `N` bytes.
@@ -151,7 +153,10 @@ impl<'a> Input<'a> {
 
     /// The raw bytes of a key field: inline hex, or `label:NAME` looked up
     /// in the key file.
-    pub fn key_bytes(&self, field: &'static str) -> Result<zeroize::Zeroizing<Vec<u8>>, BatchError> {
+    pub fn key_bytes(
+        &self,
+        field: &'static str,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, BatchError> {
         let s = self.str(field)?;
         if let Some(label) = s.strip_prefix("label:") {
             let store = self.keys.ok_or(BatchError::NoKeyFile(field))?;
@@ -203,8 +208,12 @@ fn decode_hex_secret(field: &'static str, s: &str) -> Result<Vec<u8>, BatchError
 /// A byte vector as an array of exactly `N` bytes.
 pub fn fixed<const N: usize>(field: &'static str, v: Vec<u8>) -> Result<[u8; N], BatchError> {
     let len = v.len();
-    v.try_into()
-        .map_err(|_| BatchError::value(field, format!("must be {N} bytes ({} hex digits), got {len} bytes", N * 2)))
+    v.try_into().map_err(|_| {
+        BatchError::value(
+            field,
+            format!("must be {N} bytes ({} hex digits), got {len} bytes", N * 2),
+        )
+    })
 }
 
 /// Upper-case hex, the format of every byte value in the answers.

@@ -22,17 +22,33 @@ use crate::keyfile::KeyStore;
 
 /// Answer one parsed request: the `output` object or an error.
 pub fn run_request(request: &Value, keys: Option<&KeyStore>) -> Result<Value, BatchError> {
+    run_request_with_default(request, keys, None)
+}
+
+/// [`run_request`], where a request without `op` uses `default_op` (so a
+/// vector file, whose lines carry only `input`, can be fed as it is).
+pub fn run_request_with_default(
+    request: &Value,
+    keys: Option<&KeyStore>,
+    default_op: Option<&str>,
+) -> Result<Value, BatchError> {
     let obj = request.as_object().ok_or(BatchError::Shape)?;
-    let op = obj.get("op").and_then(Value::as_str).ok_or(BatchError::Shape)?;
-    let input = obj.get("input").and_then(Value::as_object).ok_or(BatchError::Shape)?;
+    let op = match obj.get("op") {
+        Some(v) => v.as_str().ok_or(BatchError::Shape)?,
+        None => default_op.ok_or(BatchError::Shape)?,
+    };
+    let input = obj
+        .get("input")
+        .and_then(Value::as_object)
+        .ok_or(BatchError::Shape)?;
     ops::run(op, Input::new(input, keys))
 }
 
 /// Answer one request line with one answer line (without the newline).
-pub fn answer_line(line: &str, keys: Option<&KeyStore>) -> String {
+pub fn answer_line(line: &str, keys: Option<&KeyStore>, default_op: Option<&str>) -> String {
     let answer = serde_json::from_str::<Value>(line)
         .map_err(|e| BatchError::Json(e.to_string()))
-        .and_then(|req| run_request(&req, keys));
+        .and_then(|req| run_request_with_default(&req, keys, default_op));
     match answer {
         Ok(output) => json!({ "output": output }).to_string(),
         Err(e) => json!({ "error": e.to_string() }).to_string(),
@@ -50,14 +66,18 @@ pub fn run_stream(
     reader: impl BufRead,
     mut writer: impl Write,
     keys: Option<&KeyStore>,
+    default_op: Option<&str>,
 ) -> std::io::Result<(u64, u64)> {
     let mut lines = BoundedLines::new(reader, MAX_LINE_BYTES);
     let (mut answered, mut errors) = (0u64, 0u64);
     while let Some(line) = lines.next_line()? {
         let answer = match line {
             Line::Text(text) if text.trim().is_empty() => continue,
-            Line::Text(text) => answer_line(text, keys),
-            Line::TooLong => json!({ "error": format!("request line longer than {MAX_LINE_BYTES} bytes") }).to_string(),
+            Line::Text(text) => answer_line(text, keys, default_op),
+            Line::TooLong => {
+                json!({ "error": format!("request line longer than {MAX_LINE_BYTES} bytes") })
+                    .to_string()
+            }
             Line::NotUtf8 => json!({ "error": "request line is not valid UTF-8" }).to_string(),
         };
         if answer.starts_with("{\"error\"") {
@@ -136,6 +156,20 @@ impl<R: BufRead> BoundedLines<R> {
     }
 }
 
+/// Fuzzing entry point: any bytes as one request line. The answer must be
+/// one line of JSON with either `output` or `error`.
+pub fn fuzz_request_line(data: &[u8]) {
+    let mut out = Vec::new();
+    let (answered, _) =
+        run_stream(data, &mut out, None, None).expect("writing to a Vec cannot fail");
+    let text = std::str::from_utf8(&out).expect("answers are UTF-8");
+    assert_eq!(text.lines().count() as u64, answered);
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).expect("every answer is JSON");
+        assert!(v.get("output").is_some() || v.get("error").is_some());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,7 +178,7 @@ mod tests {
     fn bad_lines_do_not_stop_the_stream() {
         let input = b"not json\n{\"op\":\"nope\",\"input\":{}}\n\n{\"op\":\"aes_cmac\",\"input\":{\"key\":\"2B7E151628AED2A6ABF7158809CF4F3C\",\"data\":\"\"}}\n";
         let mut out = Vec::new();
-        let (n, errors) = run_stream(&input[..], &mut out, None).unwrap();
+        let (n, errors) = run_stream(&input[..], &mut out, None, None).unwrap();
         assert_eq!((n, errors), (3, 2));
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();

@@ -27,7 +27,11 @@ impl AcPadding {
 
 /// The 8-byte AC: retail MAC (algorithm 3) under the AC session key over
 /// the padded CDOL data.
-pub fn generate_ac(sk_ac: &TdesKey, data: &[u8], padding: AcPadding) -> Result<[u8; 8], CryptoError> {
+pub fn generate_ac(
+    sk_ac: &TdesKey,
+    data: &[u8],
+    padding: AcPadding,
+) -> Result<[u8; 8], CryptoError> {
     retail_mac(sk_ac, data, padding.method())
 }
 

@@ -56,15 +56,12 @@ pub fn option_b(imk: &TdesKey, pan: &Pan, psn: Psn) -> TdesKey {
 /// The 16 digits of Option B step 3: the decimal nibbles of the digest in
 /// order, then (if fewer than 16) its letter nibbles mapped A->0 .. F->5.
 fn decimalise_digest(digest: &[u8]) -> [u8; 16] {
-    let nibbles: Vec<u8> = digest.iter().flat_map(|b| [b >> 4, b & 0xF]).collect();
-    let mut out = [0u8; 16];
-    let mut n = 0;
-    for &v in nibbles.iter().filter(|&&v| v < 10).chain(nibbles.iter().filter(|&&v| v >= 10)) {
-        if n == 16 {
-            break;
-        }
-        out[n] = b'0' + (v % 10);
-        n += 1;
+    let nibbles = digest.iter().flat_map(|b| [b >> 4, b & 0xF]);
+    let digits = nibbles.clone().filter(|&v| v < 10);
+    let letters = nibbles.filter(|&v| v >= 10).map(|v| v - 10);
+    let mut out = [b'0'; 16];
+    for (slot, v) in out.iter_mut().zip(digits.chain(letters)) {
+        *slot = b'0' + v;
     }
     out
 }

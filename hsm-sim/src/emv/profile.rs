@@ -7,7 +7,9 @@
 
 use super::ac::{self, AcPadding};
 use super::mk::{derive_icc_mk, MkDerivation};
-use super::session::{ac_session_key, common_session_key, mastercard_session_key, visa_sm_session_key};
+use super::session::{
+    ac_session_key, common_session_key, mastercard_session_key, visa_sm_session_key,
+};
 use super::sm::{self, ScriptEncryption};
 use crate::primitives::ct::ct_eq;
 use crate::types::{Atc, Pan, Pin, Psn};
@@ -47,6 +49,7 @@ enum AcKey {
 
 /// Which ARPC method, and under which key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // the key is the point of each name
 enum ArpcSpec {
     /// Method 1 under the ICC master key (Visa 10, Mastercard 16/17).
     Method1MasterKey,
@@ -361,7 +364,11 @@ impl CvnProfile {
     }
 
     /// The AC input data: the terminal tags then the card data.
-    pub fn ac_input(self, terminal: &TerminalData, card_data: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    pub fn ac_input(
+        self,
+        terminal: &TerminalData,
+        card_data: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         self.check_card_data(card_data)?;
         let mut data = Vec::with_capacity(TerminalData::LEN + card_data.len());
         data.extend_from_slice(&terminal.to_bytes());
@@ -377,7 +384,11 @@ impl CvnProfile {
         card_data: &[u8],
     ) -> Result<[u8; 8], CryptoError> {
         let sk = self.ac_session_key(mk_ac, terminal);
-        ac::generate_ac(&sk, &self.ac_input(terminal, card_data)?, self.spec().padding)
+        ac::generate_ac(
+            &sk,
+            &self.ac_input(terminal, card_data)?,
+            self.spec().padding,
+        )
     }
 
     /// Verify a received ARQC, in constant time.
@@ -408,7 +419,13 @@ impl CvnProfile {
                 let sk = self.ac_session_key(mk_ac, terminal);
                 Ok(ac::arpc_method1(&sk, arqc, *arc).to_vec())
             }
-            (ArpcSpec::Method2SessionKey, ArpcInput::Method2 { csu, prop_auth_data }) => {
+            (
+                ArpcSpec::Method2SessionKey,
+                ArpcInput::Method2 {
+                    csu,
+                    prop_auth_data,
+                },
+            ) => {
                 let sk = self.ac_session_key(mk_ac, terminal);
                 Ok(ac::arpc_method2(&sk, arqc, *csu, prop_auth_data)?.to_vec())
             }
@@ -424,10 +441,21 @@ impl CvnProfile {
     }
 
     /// The secure-messaging session keys (SMI, SMC) for a transaction.
-    pub fn sm_session_keys(self, card: &CardMasterKeys, atc: Atc, arqc: &[u8; 8]) -> (TdesKey, TdesKey) {
+    pub fn sm_session_keys(
+        self,
+        card: &CardMasterKeys,
+        atc: Atc,
+        arqc: &[u8; 8],
+    ) -> (TdesKey, TdesKey) {
         match self.spec().sm_keys {
-            SmKeys::VisaAtc => (visa_sm_session_key(&card.smi, atc), visa_sm_session_key(&card.smc, atc)),
-            SmKeys::CommonArqc => (common_session_key(&card.smi, *arqc), common_session_key(&card.smc, *arqc)),
+            SmKeys::VisaAtc => (
+                visa_sm_session_key(&card.smi, atc),
+                visa_sm_session_key(&card.smc, atc),
+            ),
+            SmKeys::CommonArqc => (
+                common_session_key(&card.smi, *arqc),
+                common_session_key(&card.smc, *arqc),
+            ),
         }
     }
 
@@ -478,7 +506,9 @@ impl CvnProfile {
             (PinBlock::Vis, cur) | (PinBlock::Iso2OrVis, cur @ Some(_)) => {
                 sm::vis_pin_block(&card.ac, new_pin, cur)
             }
-            (PinBlock::Iso2OrVis, None) | (PinBlock::Iso2, None) => sm::iso9564_format2_pin_block(new_pin),
+            (PinBlock::Iso2OrVis, None) | (PinBlock::Iso2, None) => {
+                sm::iso9564_format2_pin_block(new_pin)
+            }
             (PinBlock::Iso2, Some(_)) => {
                 return Err(CryptoError::invalid(
                     "current PIN",
@@ -503,9 +533,13 @@ impl CvnProfile {
     /// counters at bytes 11-18, Visa 18/22 and Interac the whole IAD.
     pub fn card_data_from_iad(self, iad: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let take = |range: std::ops::Range<usize>| {
-            iad.get(range.clone())
-                .map(<[u8]>::to_vec)
-                .ok_or_else(|| CryptoError::length("issuer application data (9F10)", "long enough for the profile", iad.len()))
+            iad.get(range.clone()).map(<[u8]>::to_vec).ok_or_else(|| {
+                CryptoError::length(
+                    "issuer application data (9F10)",
+                    "long enough for the profile",
+                    iad.len(),
+                )
+            })
         };
         match self.spec().card_data {
             CardDataLayout::VisaCvr4 => take(3..7),

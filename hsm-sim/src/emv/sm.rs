@@ -31,8 +31,9 @@ pub fn encrypt_command_data(
 ) -> Result<Vec<u8>, CryptoError> {
     match kind {
         ScriptEncryption::Visa => {
-            let len = u8::try_from(data.len())
-                .map_err(|_| CryptoError::length("script command data", "at most 255", data.len()))?;
+            let len = u8::try_from(data.len()).map_err(|_| {
+                CryptoError::length("script command data", "at most 255", data.len())
+            })?;
             let mut v = Vec::with_capacity(data.len() + 9);
             v.push(len);
             v.extend_from_slice(data);
@@ -50,7 +51,11 @@ pub fn encrypt_command_data(
 /// The VIS PIN block (Visa CVN 10/18, and CVN 22 with the current PIN):
 /// `(00000000 || MK-AC[4..8]) xor (len || PIN || F..)`, xor the current PIN
 /// (zero-padded) when given. 8 bytes.
-pub fn vis_pin_block(icc_mk_ac: &TdesKey, pin: &Pin, current: Option<&Pin>) -> zeroize::Zeroizing<[u8; 8]> {
+pub fn vis_pin_block(
+    icc_mk_ac: &TdesKey,
+    pin: &Pin,
+    current: Option<&Pin>,
+) -> zeroize::Zeroizing<[u8; 8]> {
     let mk = icc_mk_ac.expose_bytes();
     let mut block = zeroize::Zeroizing::new(pin_field(pin, 0x00, b'F'));
     for i in 4..8 {
@@ -102,6 +107,9 @@ mod tests {
         assert_eq!(hex::encode_upper(enc), "9859240AE52820C3");
         // pyemv sm.generate_command_mac example = E07B8DF1B4184282
         let data = hex::decode("8424000008FFFF1234567890123456").unwrap();
-        assert_eq!(hex::encode_upper(command_mac(&smc, &data).unwrap()), "E07B8DF1B4184282");
+        assert_eq!(
+            hex::encode_upper(command_mac(&smc, &data).unwrap()),
+            "E07B8DF1B4184282"
+        );
     }
 }

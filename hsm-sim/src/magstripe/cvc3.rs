@@ -48,7 +48,13 @@ pub fn cvc3(
 
 /// Check the rightmost `received.len()` digits (1..=5) of the CVC3, in
 /// constant time.
-pub fn verify_cvc3(kd_cvc3: &TdesKey, ivcvc3: [u8; 2], un: [u8; 4], atc: Atc, received: &[u8]) -> Result<bool, CryptoError> {
+pub fn verify_cvc3(
+    kd_cvc3: &TdesKey,
+    ivcvc3: [u8; 2],
+    un: [u8; 4],
+    atc: Atc,
+    received: &[u8],
+) -> Result<bool, CryptoError> {
     if received.is_empty() || received.len() > 5 {
         return Err(CryptoError::length("CVC3 digits", "1 to 5", received.len()));
     }

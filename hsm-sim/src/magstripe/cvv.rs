@@ -16,7 +16,12 @@ use crate::{CryptoError, TdesKey};
 pub type Cvv = [u8; 3];
 
 /// The CVV of a card (use service code `000` for CVV2, `999` for iCVV).
-pub fn cvv(cvk: &TdesKey, pan: &Pan, expiry: Expiry, service_code: ServiceCode) -> Result<Cvv, CryptoError> {
+pub fn cvv(
+    cvk: &TdesKey,
+    pan: &Pan,
+    expiry: Expiry,
+    service_code: ServiceCode,
+) -> Result<Cvv, CryptoError> {
     let mut block = Vec::with_capacity(32);
     block.extend_from_slice(pan.digits().as_bytes());
     block.extend_from_slice(expiry.as_str().as_bytes());
@@ -39,7 +44,11 @@ pub fn verify_cvv(
 /// right-padded with `0`. dCVV feeds it an ATC-altered PAN.
 pub(crate) fn cvv_of_nibbles(cvk: &TdesKey, digits: &[u8]) -> Result<Cvv, CryptoError> {
     if digits.len() > 32 {
-        return Err(CryptoError::length("CVV input digits", "at most 32", digits.len()));
+        return Err(CryptoError::length(
+            "CVV input digits",
+            "at most 32",
+            digits.len(),
+        ));
     }
     if cvk.len() != 16 {
         return Err(CryptoError::length("CVK", "16", cvk.len()));
@@ -70,7 +79,10 @@ mod tests {
     #[test]
     fn second_pass_supplies_missing_digits() {
         // Only one decimal nibble (7): the letters A, B give 0, 1.
-        assert_eq!(&decimalise(&[0xAB, 0xCD, 0xEF, 0xFA, 0xBC, 0xDE, 0xF7, 0xAA]), b"701");
+        assert_eq!(
+            &decimalise(&[0xAB, 0xCD, 0xEF, 0xFA, 0xBC, 0xDE, 0xF7, 0xAA]),
+            b"701"
+        );
         assert_eq!(&decimalise(&[0x12, 0x3A, 0, 0, 0, 0, 0, 0]), b"123");
     }
 }

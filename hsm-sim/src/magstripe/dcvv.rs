@@ -52,5 +52,8 @@ pub fn verify_dcvv(
     atc: Atc,
     received: &[u8],
 ) -> Result<bool, CryptoError> {
-    Ok(ct_eq(&dcvv(imk_dcvv, pan, psn, expiry_yymm, service_code, atc)?, received))
+    Ok(ct_eq(
+        &dcvv(imk_dcvv, pan, psn, expiry_yymm, service_code, atc)?,
+        received,
+    ))
 }

@@ -114,7 +114,11 @@ impl AesKey {
 
 fn check_blocks(data: &[u8]) -> Result<(), CryptoError> {
     if data.len() % 16 != 0 {
-        return Err(CryptoError::length("AES data", "a multiple of 16", data.len()));
+        return Err(CryptoError::length(
+            "AES data",
+            "a multiple of 16",
+            data.len(),
+        ));
     }
     Ok(())
 }

@@ -91,8 +91,8 @@ pub fn tdes_cmac(key: &TdesKey, data: &[u8]) -> Result<[u8; 8], CryptoError> {
 }
 
 fn cmac_of<M: Mac + ::cmac::digest::KeyInit>(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut m = <M as ::cmac::digest::KeyInit>::new_from_slice(key)
-        .expect("caller checked the key length");
+    let mut m =
+        <M as ::cmac::digest::KeyInit>::new_from_slice(key).expect("caller checked the key length");
     m.update(data);
     m.finalize().into_bytes().to_vec()
 }

@@ -27,7 +27,8 @@ pub(super) fn pan(i: &Input) -> Result<Pan, BatchError> {
 }
 
 pub(super) fn psn(i: &Input) -> Result<Psn, BatchError> {
-    i.opt_str("psn")?.map_or(Ok(Psn::default()), |s| Psn::new(s).in_field("psn"))
+    i.opt_str("psn")?
+        .map_or(Ok(Psn::default()), |s| Psn::new(s).in_field("psn"))
 }
 
 pub(super) fn atc(i: &Input) -> Result<Atc, BatchError> {
@@ -81,7 +82,12 @@ pub fn arqc_generic(i: &Input) -> Result<Value, BatchError> {
     let padding = match i.str("padding")? {
         "EMV" => AcPadding::Emv,
         "VISA" => AcPadding::Visa,
-        _ => return Err(BatchError::value("padding", "must be EMV (method 2) or VISA (method 1)")),
+        _ => {
+            return Err(BatchError::value(
+                "padding",
+                "must be EMV (method 2) or VISA (method 1)",
+            ))
+        }
     };
     let ac = ac::generate_ac(&i.tdes2_key("sk_ac")?, &i.hex("data")?, padding).in_field("sk_ac")?;
     Ok(json!({ "ac": hex_upper(ac) }))
@@ -94,8 +100,13 @@ pub fn arpc_method1(i: &Input) -> Result<Value, BatchError> {
 
 pub fn arpc_method2(i: &Input) -> Result<Value, BatchError> {
     let pad = i.hex("prop_auth_data")?;
-    let arpc = ac::arpc_method2(&i.tdes2_key("key")?, &i.hex_n("arqc")?, i.hex_n("csu")?, &pad)
-        .in_field("prop_auth_data")?;
+    let arpc = ac::arpc_method2(
+        &i.tdes2_key("key")?,
+        &i.hex_n("arqc")?,
+        i.hex_n("csu")?,
+        &pad,
+    )
+    .in_field("prop_auth_data")?;
     Ok(json!({ "arpc": hex_upper(arpc) }))
 }
 
@@ -139,7 +150,9 @@ fn arpc_input(i: &Input, profile: CvnProfile) -> Result<ArpcInput, BatchError> {
             prop_auth_data: i.opt_hex("prop_auth_data")?.unwrap_or_default(),
         })
     } else {
-        Ok(ArpcInput::Method1 { arc: i.hex_n("arc")? })
+        Ok(ArpcInput::Method1 {
+            arc: i.hex_n("arc")?,
+        })
     }
 }
 
@@ -155,7 +168,9 @@ fn cvn(i: &Input, profile: CvnProfile) -> Result<Value, BatchError> {
     let card = profile.derive_card_keys(&imk, &pan(i)?, psn(i)?);
     let terminal = terminal_data(i)?;
     let data = card_data(i, profile)?;
-    let arqc = profile.generate_ac(&card.ac, &terminal, &data).in_field("tags")?;
+    let arqc = profile
+        .generate_ac(&card.ac, &terminal, &data)
+        .in_field("tags")?;
     let arpc = profile
         .generate_arpc(&card.ac, &terminal, &arqc, &arpc_input(i, profile)?)
         .in_field("prop_auth_data")?;
@@ -182,7 +197,10 @@ fn cvn(i: &Input, profile: CvnProfile) -> Result<Value, BatchError> {
             let cmd = profile
                 .pin_change_command(&card, terminal.atc(), &arqc, &new_pin, Some(&current))
                 .in_field("current_pin")?;
-            out.insert("pin_change_command_with_current_pin".into(), hex_upper(cmd).into());
+            out.insert(
+                "pin_change_command_with_current_pin".into(),
+                hex_upper(cmd).into(),
+            );
         }
     }
     Ok(Value::Object(out))

@@ -23,8 +23,15 @@ pub fn cvv(i: &Input) -> Result<Value, BatchError> {
 pub fn dcvv(i: &Input) -> Result<Value, BatchError> {
     let expiry = Expiry::new(i.str("expiry_yymm")?).in_field("expiry_yymm")?;
     let sc = ServiceCode::new(i.str("service_code")?).in_field("service_code")?;
-    let v = visa_dcvv::dcvv(&i.tdes2_key("imk_dcvv")?, &pan(i)?, psn(i)?, expiry, sc, atc(i)?)
-        .in_field("imk_dcvv")?;
+    let v = visa_dcvv::dcvv(
+        &i.tdes2_key("imk_dcvv")?,
+        &pan(i)?,
+        psn(i)?,
+        expiry,
+        sc,
+        atc(i)?,
+    )
+    .in_field("imk_dcvv")?;
     Ok(json!({ "dcvv": text(&v) }))
 }
 

@@ -39,7 +39,10 @@ const OPS: &[(&str, OpFn)] = &[
     ("scp03", perso::scp03),
     ("session_key_emv2000_tree", emv::session_key_emv2000_tree),
     ("session_key_emv_csk", emv::session_key_emv_csk),
-    ("session_key_mastercard_skd", emv::session_key_mastercard_skd),
+    (
+        "session_key_mastercard_skd",
+        emv::session_key_mastercard_skd,
+    ),
     ("session_key_visa_sm", emv::session_key_visa_sm),
     ("tr31", tr31::tr31),
 ];
