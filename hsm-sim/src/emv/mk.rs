@@ -49,21 +49,9 @@ pub fn option_b(imk: &TdesKey, pan: &Pan, psn: Psn) -> TdesKey {
     x.extend_from_slice(pan.digits().as_bytes());
     x.extend_from_slice(psn.as_str().as_bytes());
     let digest = Sha1::digest(pack_nibbles(&x));
-    let y = decimalise_digest(&digest);
+    // Decimal nibbles of the digest, then its letters A..F as 0..5.
+    let y: [u8; 16] = crate::primitives::decimalise(&digest);
     mk_from_y(imk, &y)
-}
-
-/// The 16 digits of Option B step 3: the decimal nibbles of the digest in
-/// order, then (if fewer than 16) its letter nibbles mapped A->0 .. F->5.
-fn decimalise_digest(digest: &[u8]) -> [u8; 16] {
-    let nibbles = digest.iter().flat_map(|b| [b >> 4, b & 0xF]);
-    let digits = nibbles.clone().filter(|&v| v < 10);
-    let letters = nibbles.filter(|&v| v >= 10).map(|v| v - 10);
-    let mut out = [b'0'; 16];
-    for (slot, v) in out.iter_mut().zip(digits.chain(letters)) {
-        *slot = b'0' + v;
-    }
-    out
 }
 
 fn mk_from_y(imk: &TdesKey, y_digits: &[u8]) -> TdesKey {
@@ -81,14 +69,18 @@ fn mk_from_y(imk: &TdesKey, y_digits: &[u8]) -> TdesKey {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn letters_fill_up_after_digits() {
         // A digest with few decimal nibbles: the letters pass supplies the rest.
         let digest = [0xAB; 20];
-        assert_eq!(&decimalise_digest(&digest), b"0101010101010101");
+        assert_eq!(
+            &crate::primitives::decimalise::<16>(&digest),
+            b"0101010101010101"
+        );
         let digest = [0x1A; 20];
-        assert_eq!(&decimalise_digest(&digest), b"1111111111111111");
+        assert_eq!(
+            &crate::primitives::decimalise::<16>(&digest),
+            b"1111111111111111"
+        );
     }
 }

@@ -57,32 +57,20 @@ pub(crate) fn cvv_of_nibbles(cvk: &TdesKey, digits: &[u8]) -> Result<Cvv, Crypto
     padded[..digits.len()].copy_from_slice(digits);
     // E_KA(B1) xor B2, then TDES: exactly the retail MAC over B1||B2.
     let r = retail_mac(cvk, &pack_nibbles(&padded), Padding::Method1)?;
-    Ok(decimalise(&r))
-}
-
-/// The first 3 digits of R: decimal nibbles first, then letters A..F as 0..5.
-fn decimalise(r: &[u8; 8]) -> Cvv {
-    let nibbles = r.iter().flat_map(|b| [b >> 4, b & 0xF]);
-    let digits = nibbles.clone().filter(|&v| v < 10);
-    let letters = nibbles.filter(|&v| v >= 10).map(|v| v - 10);
-    let mut out = [b'0'; 3];
-    for (slot, v) in out.iter_mut().zip(digits.chain(letters)) {
-        *slot = b'0' + v;
-    }
-    out
+    Ok(crate::primitives::decimalise(&r))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::decimalise;
+    use crate::primitives::decimalise;
 
     #[test]
     fn second_pass_supplies_missing_digits() {
         // Only one decimal nibble (7): the letters A, B give 0, 1.
         assert_eq!(
-            &decimalise(&[0xAB, 0xCD, 0xEF, 0xFA, 0xBC, 0xDE, 0xF7, 0xAA]),
+            &decimalise::<3>(&[0xAB, 0xCD, 0xEF, 0xFA, 0xBC, 0xDE, 0xF7, 0xAA]),
             b"701"
         );
-        assert_eq!(&decimalise(&[0x12, 0x3A, 0, 0, 0, 0, 0, 0]), b"123");
+        assert_eq!(&decimalise::<3>(&[0x12, 0x3A, 0, 0, 0, 0, 0, 0]), b"123");
     }
 }

@@ -25,13 +25,14 @@
 //! and the two challenges, a session computes the cryptograms, the
 //! EXTERNAL AUTHENTICATE command and then wraps plain commands in order
 //! (each MAC chains into the next, so the order matters). This module
-//! holds what the two channels share: the key set, the security level and
-//! the command-APDU parser.
+//! holds what the two channels share: the key set, the security level, the
+//! handshake values and the command-APDU parser.
 
 pub mod cps;
 pub mod scp02;
 pub mod scp03;
 
+use crate::primitives::ct::ct_eq;
 use crate::CryptoError;
 
 /// The three static keys of a security domain key set (GP "Key-ENC",
@@ -47,6 +48,95 @@ pub struct StaticKeys<K> {
     /// Key-DEK (CPS "KEK"): encrypts keys and sensitive data.
     pub dek: K,
 }
+
+/// What opening a session establishes, the same for SCP02 and SCP03: both
+/// cryptograms and the EXTERNAL AUTHENTICATE command, all computed once at
+/// open. Each session holds one in a field named `handshake` and exposes it
+/// through [`handshake_accessors`].
+pub(crate) struct Handshake {
+    /// Computed once: the host checks the card's against it.
+    card_cryptogram: [u8; 8],
+    /// Computed once: sent in EXTERNAL AUTHENTICATE.
+    host_cryptogram: [u8; 8],
+    /// Computed at open, because its C-MAC starts the MAC chain.
+    external_authenticate: Vec<u8>,
+}
+
+impl Handshake {
+    /// The values a session computed at open.
+    pub(crate) fn new(
+        card_cryptogram: [u8; 8],
+        host_cryptogram: [u8; 8],
+        external_authenticate: Vec<u8>,
+    ) -> Self {
+        Self {
+            card_cryptogram,
+            host_cryptogram,
+            external_authenticate,
+        }
+    }
+
+    /// The card cryptogram the card must have sent.
+    pub(crate) fn card_cryptogram(&self) -> [u8; 8] {
+        self.card_cryptogram
+    }
+
+    /// The host cryptogram (in EXTERNAL AUTHENTICATE).
+    pub(crate) fn host_cryptogram(&self) -> [u8; 8] {
+        self.host_cryptogram
+    }
+
+    /// Check a card cryptogram received in INITIALIZE UPDATE, in constant
+    /// time.
+    pub(crate) fn verify_card_cryptogram(&self, received: &[u8]) -> bool {
+        ct_eq(&self.card_cryptogram, received)
+    }
+
+    /// Check a host cryptogram (the card's check), in constant time.
+    pub(crate) fn verify_host_cryptogram(&self, received: &[u8]) -> bool {
+        ct_eq(&self.host_cryptogram, received)
+    }
+
+    /// The EXTERNAL AUTHENTICATE command.
+    pub(crate) fn external_authenticate(&self) -> Vec<u8> {
+        self.external_authenticate.clone()
+    }
+}
+
+/// The public handshake accessors of a session type, written once for
+/// SCP02 and SCP03: invoked inside the session's `impl`, they delegate to
+/// its `handshake: Handshake` field.
+macro_rules! handshake_accessors {
+    () => {
+        /// The card cryptogram the card must have sent.
+        pub fn card_cryptogram(&self) -> [u8; 8] {
+            self.handshake.card_cryptogram()
+        }
+
+        /// The host cryptogram (in EXTERNAL AUTHENTICATE).
+        pub fn host_cryptogram(&self) -> [u8; 8] {
+            self.handshake.host_cryptogram()
+        }
+
+        /// Check a card cryptogram received in INITIALIZE UPDATE, in
+        /// constant time.
+        pub fn verify_card_cryptogram(&self, received: &[u8]) -> bool {
+            self.handshake.verify_card_cryptogram(received)
+        }
+
+        /// Check a host cryptogram (the card's check), in constant time.
+        pub fn verify_host_cryptogram(&self, received: &[u8]) -> bool {
+            self.handshake.verify_host_cryptogram(received)
+        }
+
+        /// The EXTERNAL AUTHENTICATE command:
+        /// `84 82 <level> 00 10 || host cryptogram || C-MAC`.
+        pub fn external_authenticate(&self) -> Vec<u8> {
+            self.handshake.external_authenticate()
+        }
+    };
+}
+pub(crate) use handshake_accessors;
 
 /// The security level of a secure channel: P1 of EXTERNAL AUTHENTICATE.
 ///
@@ -213,6 +303,22 @@ impl<'a> CommandApdu<'a> {
         })
     }
 
+    /// Parse a command that a session at `level` is about to wrap: `None`
+    /// at level `00`, where the command is only checked and then sent as it
+    /// is; otherwise the command, once its class byte is known to take
+    /// secure messaging ([`Self::check_class_for_sm`]).
+    pub(crate) fn parse_for_wrap(
+        apdu: &'a [u8],
+        level: SecurityLevel,
+    ) -> Result<Option<Self>, CryptoError> {
+        let cmd = Self::parse(apdu)?;
+        if !level.c_mac() {
+            return Ok(None);
+        }
+        cmd.check_class_for_sm()?;
+        Ok(Some(cmd))
+    }
+
     /// Check that the class byte can take GlobalPlatform secure messaging.
     ///
     /// Secure messaging is signalled by setting CLA bit 3 (`04`), which
@@ -270,6 +376,40 @@ pub(crate) fn assemble(
     out.extend_from_slice(mac);
     out.extend(cmd.le);
     Ok(out)
+}
+
+/// Test helpers shared by the SCP02 and SCP03 tests.
+#[cfg(test)]
+mod test_support {
+    use super::StaticKeys;
+    use crate::CryptoError;
+
+    pub(super) fn h(s: &str) -> Vec<u8> {
+        hex::decode(s).expect("test hex")
+    }
+
+    pub(super) fn arr<const N: usize>(s: &str) -> [u8; N] {
+        h(s).try_into().expect("test length")
+    }
+
+    /// A key set from three hex keys, built with `new`.
+    pub(super) fn keys<K>(
+        new: fn(&[u8]) -> Result<K, CryptoError>,
+        enc: &str,
+        mac: &str,
+        dek: &str,
+    ) -> StaticKeys<K> {
+        let k = |s: &str| new(&h(s)).expect("test key");
+        StaticKeys {
+            enc: k(enc),
+            mac: k(mac),
+            dek: k(dek),
+        }
+    }
+
+    pub(super) fn upper(b: impl AsRef<[u8]>) -> String {
+        hex::encode_upper(b)
+    }
 }
 
 #[cfg(test)]

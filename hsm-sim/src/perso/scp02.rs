@@ -33,8 +33,7 @@
 
 use zeroize::Zeroizing;
 
-use super::{assemble, CommandApdu, SecurityLevel, StaticKeys};
-use crate::primitives::ct::ct_eq;
+use super::{assemble, handshake_accessors, CommandApdu, Handshake, SecurityLevel, StaticKeys};
 use crate::primitives::mac::{cbc_mac_tdes, retail_mac_iv};
 use crate::primitives::padding::Padding;
 use crate::{CryptoError, TdesKey};
@@ -160,12 +159,8 @@ pub struct Scp02Session {
     c_mac: TdesKey,
     /// Encrypts keys sent to the card.
     s_dek: TdesKey,
-    /// Computed once: the host checks the card's against it.
-    card_cryptogram: [u8; 8],
-    /// Computed once: sent in EXTERNAL AUTHENTICATE.
-    host_cryptogram: [u8; 8],
-    /// Computed at open, because its C-MAC is the first link of the chain.
-    external_authenticate: Vec<u8>,
+    /// Both cryptograms and EXTERNAL AUTHENTICATE, computed at open.
+    handshake: Handshake,
     /// The last C-MAC sent: the (possibly encrypted) ICV of the next one.
     last_mac: [u8; 8],
 }
@@ -246,12 +241,12 @@ impl Scp02Session {
             s_enc,
             c_mac,
             s_dek,
-            card_cryptogram,
-            host_cryptogram,
-            external_authenticate: ea,
+            handshake: Handshake::new(card_cryptogram, host_cryptogram, ea),
             last_mac: mac,
         })
     }
+
+    handshake_accessors!();
 
     /// The i parameter of this session.
     pub fn options(&self) -> Scp02Options {
@@ -263,44 +258,15 @@ impl Scp02Session {
         self.level
     }
 
-    /// The card cryptogram the card must have sent.
-    pub fn card_cryptogram(&self) -> [u8; 8] {
-        self.card_cryptogram
-    }
-
-    /// The host cryptogram (in EXTERNAL AUTHENTICATE).
-    pub fn host_cryptogram(&self) -> [u8; 8] {
-        self.host_cryptogram
-    }
-
-    /// Check a card cryptogram received in INITIALIZE UPDATE, in constant
-    /// time.
-    pub fn verify_card_cryptogram(&self, received: &[u8]) -> bool {
-        ct_eq(&self.card_cryptogram, received)
-    }
-
-    /// Check a host cryptogram (the card's check), in constant time.
-    pub fn verify_host_cryptogram(&self, received: &[u8]) -> bool {
-        ct_eq(&self.host_cryptogram, received)
-    }
-
-    /// The EXTERNAL AUTHENTICATE command:
-    /// `84 82 <level> 00 10 || host cryptogram || C-MAC`.
-    pub fn external_authenticate(&self) -> Vec<u8> {
-        self.external_authenticate.clone()
-    }
-
     /// Protect the next command at the session's security level.
     ///
     /// At level `00` the command is checked and returned unchanged. A
     /// command that is refused (malformed, or too long once wrapped) leaves
     /// the MAC chain untouched, so the session stays usable.
     pub fn wrap_command(&mut self, apdu: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let cmd = CommandApdu::parse(apdu)?;
-        if !self.level.c_mac() {
+        let Some(cmd) = CommandApdu::parse_for_wrap(apdu, self.level)? else {
             return Ok(apdu.to_vec());
-        }
-        cmd.check_class_for_sm()?;
+        };
         let cla = cmd.cla | 0x04;
         // The MAC covers the header as it is sent (CLA|04, Lc + 8) but the
         // data before encryption.
@@ -337,27 +303,11 @@ impl Scp02Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::perso::test_support::{arr, h, upper};
     use proptest::prelude::*;
 
-    fn h(s: &str) -> Vec<u8> {
-        hex::decode(s).expect("test hex")
-    }
-
-    fn arr<const N: usize>(s: &str) -> [u8; N] {
-        h(s).try_into().expect("test length")
-    }
-
     fn keys(enc: &str, mac: &str, dek: &str) -> StaticKeys<TdesKey> {
-        let k = |s: &str| TdesKey::new(&h(s)).expect("test key");
-        StaticKeys {
-            enc: k(enc),
-            mac: k(mac),
-            dek: k(dek),
-        }
-    }
-
-    fn upper(b: impl AsRef<[u8]>) -> String {
-        hex::encode_upper(b)
+        crate::perso::test_support::keys(TdesKey::new, enc, mac, dek)
     }
 
     /// OpenJavaCard `SCP02DerivationTest`: the GlobalPlatform test key
@@ -406,16 +356,15 @@ mod tests {
         }
     }
 
-    /// pySim `SCP02_Test` (vector `pub-0`): i = 55, ICV encryption on.
-    #[test]
-    fn pysim_published_session() {
+    /// The session of pySim `SCP02_Test` (level `01`), with i parameter `i`.
+    fn pysim_session(i: u8) -> Scp02Session {
         let k = keys(
             "100102030405060708090A0B0C0D0E0F",
             "101102030405060708090A0B0C0D0E0F",
             "102102030405060708090A0B0C0D0E0F",
         );
-        let opts = Scp02Options::from_i_param(0x55).expect("i");
-        let mut s = Scp02Session::new(
+        let opts = Scp02Options::from_i_param(i).expect("i");
+        Scp02Session::new(
             &k,
             opts,
             SecurityLevel::CMac,
@@ -423,7 +372,13 @@ mod tests {
             arr("40A62C37FA6304F8"),
             arr("6B4524ABEE7C"),
         )
-        .expect("session");
+        .expect("session")
+    }
+
+    /// pySim `SCP02_Test` (vector `pub-0`): i = 55, ICV encryption on.
+    #[test]
+    fn pysim_published_session() {
+        let mut s = pysim_session(0x55);
         assert_eq!(upper(s.card_cryptogram()), "F32EA3838BC148F3");
         assert!(s.verify_card_cryptogram(&h("F32EA3838BC148F3")));
         assert_eq!(
@@ -451,21 +406,7 @@ mod tests {
     /// negative control of `crypto-algorithms.md` §7.2.
     #[test]
     fn pysim_session_needs_icv_encryption() {
-        let k = keys(
-            "100102030405060708090A0B0C0D0E0F",
-            "101102030405060708090A0B0C0D0E0F",
-            "102102030405060708090A0B0C0D0E0F",
-        );
-        let opts = Scp02Options::from_i_param(0x05).expect("i");
-        let mut s = Scp02Session::new(
-            &k,
-            opts,
-            SecurityLevel::CMac,
-            arr("0001"),
-            arr("40A62C37FA6304F8"),
-            arr("6B4524ABEE7C"),
-        )
-        .expect("session");
+        let mut s = pysim_session(0x05);
         // The first MAC has a zero ICV either way; the second differs.
         assert_eq!(
             upper(s.external_authenticate()),

@@ -31,7 +31,7 @@
 
 use zeroize::Zeroizing;
 
-use super::{assemble, CommandApdu, SecurityLevel, StaticKeys};
+use super::{assemble, handshake_accessors, CommandApdu, Handshake, SecurityLevel, StaticKeys};
 use crate::primitives::ct::ct_eq;
 use crate::primitives::mac::aes_cmac;
 use crate::primitives::padding::Padding;
@@ -234,12 +234,8 @@ pub struct Scp03Session {
     s_mac: AesKey,
     /// R-MAC.
     s_rmac: AesKey,
-    /// Computed once: the host checks the card's against it.
-    card_cryptogram: [u8; 8],
-    /// Computed once: sent in EXTERNAL AUTHENTICATE.
-    host_cryptogram: [u8; 8],
-    /// Computed at open, because its C-MAC starts the chain.
-    external_authenticate: Vec<u8>,
+    /// Both cryptograms and EXTERNAL AUTHENTICATE, computed at open.
+    handshake: Handshake,
     /// MAC chaining value: the full CMAC of the last command.
     chain: [u8; 16],
     /// C-DECRYPTION counter of the last command (0 = none yet).
@@ -291,45 +287,18 @@ impl Scp03Session {
             s_enc,
             s_mac,
             s_rmac,
-            card_cryptogram,
-            host_cryptogram,
-            external_authenticate: ea,
+            handshake: Handshake::new(card_cryptogram, host_cryptogram, ea),
             chain,
             counter: 0,
             commands: 0,
         })
     }
 
+    handshake_accessors!();
+
     /// The security level of this session.
     pub fn security_level(&self) -> SecurityLevel {
         self.level
-    }
-
-    /// The card cryptogram the card must have sent.
-    pub fn card_cryptogram(&self) -> [u8; 8] {
-        self.card_cryptogram
-    }
-
-    /// The host cryptogram (in EXTERNAL AUTHENTICATE).
-    pub fn host_cryptogram(&self) -> [u8; 8] {
-        self.host_cryptogram
-    }
-
-    /// Check a card cryptogram received in INITIALIZE UPDATE, in constant
-    /// time.
-    pub fn verify_card_cryptogram(&self, received: &[u8]) -> bool {
-        ct_eq(&self.card_cryptogram, received)
-    }
-
-    /// Check a host cryptogram (the card's check), in constant time.
-    pub fn verify_host_cryptogram(&self, received: &[u8]) -> bool {
-        ct_eq(&self.host_cryptogram, received)
-    }
-
-    /// The EXTERNAL AUTHENTICATE command:
-    /// `84 82 <level> 00 10 || host cryptogram || C-MAC`.
-    pub fn external_authenticate(&self) -> Vec<u8> {
-        self.external_authenticate.clone()
     }
 
     /// Protect the next command at the session's security level.
@@ -338,11 +307,9 @@ impl Scp03Session {
     /// refused command (malformed, or too long once wrapped) leaves the
     /// chain and the counter untouched.
     pub fn wrap_command(&mut self, apdu: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let cmd = CommandApdu::parse(apdu)?;
-        if !self.level.c_mac() {
+        let Some(cmd) = CommandApdu::parse_for_wrap(apdu, self.level)? else {
             return Ok(apdu.to_vec());
-        }
-        cmd.check_class_for_sm()?;
+        };
         let counter = if self.level.c_dec() {
             self.counter.checked_add(1).ok_or_else(|| {
                 CryptoError::invalid("SCP03 session", "encryption counter exhausted")
@@ -456,27 +423,11 @@ impl Scp03Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::perso::test_support::{arr, h, upper};
     use proptest::prelude::*;
 
-    fn h(s: &str) -> Vec<u8> {
-        hex::decode(s).expect("test hex")
-    }
-
-    fn arr<const N: usize>(s: &str) -> [u8; N] {
-        h(s).try_into().expect("test length")
-    }
-
     fn keys(enc: &str, mac: &str, dek: &str) -> StaticKeys<AesKey> {
-        let k = |s: &str| AesKey::new(&h(s)).expect("test key");
-        StaticKeys {
-            enc: k(enc),
-            mac: k(mac),
-            dek: k(dek),
-        }
-    }
-
-    fn upper(b: impl AsRef<[u8]>) -> String {
-        hex::encode_upper(b)
+        crate::perso::test_support::keys(AesKey::new, enc, mac, dek)
     }
 
     const PYSIM_CMDS: [&str; 5] = [
