@@ -1,0 +1,415 @@
+//! The `tessera` command line. Each command is a thin layer over the
+//! library; errors come back as one line and a non-zero exit.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::vault::provision::{provision, ProvisionSpec};
+use crate::vault::types::{CardNumber, DomainControls, TokenState, Velocity};
+use crate::vault::{OpenOptions, TokenizeRequest, Vault};
+
+/// The top-level command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tessera",
+    version,
+    about = "Tessera payment-token engine: token vault (the ISO 8583 listener and demo come next)"
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        global = true,
+        default_value = "config/tessera.toml",
+        value_name = "FILE"
+    )]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The token vault.
+    #[command(subcommand)]
+    Vault(VaultCommand),
+}
+
+#[derive(Debug, Args)]
+struct DataDir {
+    /// Vault data directory (journal and snapshots).
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Start even if a journal record in the middle is corrupt, truncating
+    /// the journal there (everything after it is lost).
+    #[arg(long)]
+    truncate_corrupt: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum VaultCommand {
+    /// Create N synthetic PANs and tokens deterministically from a seed (test data).
+    #[command(
+        after_help = "Example:\n  tessera vault provision --data-dir /tmp/vault --count 100000 --seed 42 --states active=98,suspended=1,inactive=1"
+    )]
+    Provision {
+        #[command(flatten)]
+        dir: DataDir,
+        /// How many tokens.
+        #[arg(long)]
+        count: u64,
+        /// Seed: the same seed gives the same PANs and tokens.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Only this profile (default: round-robin over all profiles).
+        #[arg(long)]
+        profile: Option<String>,
+        /// State weights.
+        #[arg(long, default_value = "active=98,suspended=1,inactive=1")]
+        states: String,
+    },
+    /// Write one JSON line per token (token, expiry, psn, profile, state, par[, pan]).
+    Export {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Output file (JSON Lines).
+        #[arg(long, value_name = "FILE.jsonl")]
+        out: PathBuf,
+        /// Include the clear PAN. TEST DATA ONLY: the file then holds every
+        /// card number in the clear.
+        #[arg(long)]
+        with_pan: bool,
+    },
+    /// Show one token (PAN masked: first 6, last 4).
+    Show {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The token.
+        token: String,
+    },
+    /// Create a token for a PAN (inactive unless --activate).
+    #[command(
+        after_help = "Example:\n  tessera vault tokenize --data-dir /tmp/vault --pan 5413330089010012 --expiry 2812 \\\n    --profile mc_cvn16 --activate --pos-modes 05,07 --max-amount 50000:978 --velocity 10/3600"
+    )]
+    Tokenize(TokenizeArgs),
+    /// inactive -> active.
+    Activate(StateArgs),
+    /// active -> suspended.
+    Suspend(StateArgs),
+    /// suspended -> active.
+    Resume(StateArgs),
+    /// any -> deleted (final).
+    Delete(StateArgs),
+    /// Write a snapshot now and truncate the journal.
+    Snapshot {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+}
+
+#[derive(Debug, Args)]
+struct StateArgs {
+    #[command(flatten)]
+    dir: DataDir,
+    /// The token.
+    token: String,
+}
+
+#[derive(Debug, Args)]
+struct TokenizeArgs {
+    #[command(flatten)]
+    dir: DataDir,
+    /// The card number (13-19 digits, Luhn-valid, not in a token range).
+    #[arg(long)]
+    pan: String,
+    /// Token expiry, YYMM.
+    #[arg(long)]
+    expiry: String,
+    /// PAN sequence number.
+    #[arg(long, default_value = "00")]
+    psn: String,
+    /// Card profile (see config).
+    #[arg(long)]
+    profile: String,
+    /// Token requestor id, 11 digits.
+    #[arg(long, default_value = "40010030273")]
+    requestor_id: String,
+    /// Create the token active rather than inactive.
+    #[arg(long)]
+    activate: bool,
+    /// Allowed POS entry modes (DE 22 first two digits), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pos_modes: Vec<String>,
+    /// Allowed merchant category codes, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    mcc: Vec<String>,
+    /// Allowed merchant ids (DE 42), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    merchant_id: Vec<String>,
+    /// Maximum amount per transaction in minor units, and its ISO 4217 numeric currency: AMOUNT:CCY.
+    #[arg(long)]
+    max_amount: Option<String>,
+    /// Velocity limit: at most N approvals per S seconds, N/S.
+    #[arg(long)]
+    velocity: Option<String>,
+}
+
+/// A command failure, printed as one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CliError(String);
+
+impl CliError {
+    fn new(m: impl Into<String>) -> Self {
+        Self(m.into())
+    }
+}
+
+macro_rules! from_err {
+    ($($t:ty),*) => {$(impl From<$t> for CliError { fn from(e: $t) -> Self { Self(e.to_string()) } })*};
+}
+from_err!(
+    crate::config::ConfigError,
+    crate::vault::VaultError,
+    crate::vault::types::CardNumberError,
+    std::io::Error,
+    serde_json::Error
+);
+
+/// Run a parsed command line.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    let Command::Vault(cmd) = cli.command;
+    vault_command(&cli.config, cmd)
+}
+
+fn open(config: &Path, dir: &DataDir) -> Result<Vault, CliError> {
+    let (cfg, keys) = Config::load(config)?;
+    let (vault, warnings) = Vault::open(
+        &dir.data_dir,
+        Arc::new(cfg),
+        &keys,
+        OpenOptions {
+            truncate_corrupt: dir.truncate_corrupt,
+        },
+    )?;
+    for w in warnings {
+        eprintln!("tessera: warning: {w}");
+    }
+    Ok(vault)
+}
+
+fn token_arg(s: &str) -> Result<CardNumber, CliError> {
+    Ok(CardNumber::parse("token", s)?)
+}
+
+fn digits<T: TryFrom<u64>>(what: &str, s: &str, max_len: usize) -> Result<T, CliError> {
+    let ok = !s.is_empty() && s.len() <= max_len && s.bytes().all(|b| b.is_ascii_digit());
+    let n = s
+        .bytes()
+        .fold(0u64, |a, b| a * 10 + u64::from(b.wrapping_sub(b'0')));
+    ok.then_some(n)
+        .and_then(|n| T::try_from(n).ok())
+        .ok_or_else(|| {
+            CliError::new(format!(
+                "{what} must be at most {max_len} digits, got \"{s}\""
+            ))
+        })
+}
+
+fn vault_command(config: &Path, cmd: VaultCommand) -> Result<(), CliError> {
+    match cmd {
+        VaultCommand::Provision {
+            dir,
+            count,
+            seed,
+            profile,
+            states,
+        } => {
+            let vault = open(config, &dir)?;
+            let spec = ProvisionSpec {
+                count,
+                seed,
+                profile,
+                states: parse_states(&states)?,
+                controls: DomainControls::default(),
+            };
+            let started = std::time::Instant::now();
+            let n = provision(&vault, &spec)?;
+            println!(
+                "provisioned {n} tokens in {:.1} s ({} tokens in the vault at {})",
+                started.elapsed().as_secs_f64(),
+                vault.len(),
+                dir.data_dir.display()
+            );
+        }
+        VaultCommand::Export { dir, out, with_pan } => {
+            let vault = open(config, &dir)?;
+            let file = std::fs::File::create(&out)
+                .map_err(|e| CliError::new(format!("cannot create {}: {e}", out.display())))?;
+            let mut w = BufWriter::new(file);
+            let mut n = 0u64;
+            for v in vault.views() {
+                let pan = vault
+                    .detokenize(&v)
+                    .ok_or_else(|| CliError::new("a PAN failed to decrypt"))?;
+                let mut line = serde_json::json!({
+                    "token": v.token.digits(),
+                    "expiry": format!("{:04}", v.expiry_yymm),
+                    "psn": format!("{:02}", v.psn),
+                    "profile": vault.profile_name(&v),
+                    "state": v.state.name(),
+                    "par": vault.par(&v),
+                });
+                if with_pan {
+                    line["pan"] = pan.0.digits().into();
+                }
+                serde_json::to_writer(&mut w, &line)?;
+                w.write_all(b"\n")?;
+                n += 1;
+            }
+            w.flush()?;
+            w.get_ref().sync_all()?;
+            eprintln!(
+                "exported {n} tokens to {}{}",
+                out.display(),
+                if with_pan {
+                    " (with clear PANs: test data only)"
+                } else {
+                    ""
+                }
+            );
+        }
+        VaultCommand::Show { dir, token } => {
+            let vault = open(config, &dir)?;
+            let t = token_arg(&token)?;
+            let v = vault
+                .lookup(t)
+                .ok_or_else(|| CliError::new(format!("unknown token {}", t.masked())))?;
+            let pan = vault
+                .detokenize(&v)
+                .ok_or_else(|| CliError::new("the PAN failed to decrypt"))?;
+            let c = vault.controls(&v);
+            let out = serde_json::json!({
+                "token": v.token.digits(),
+                "pan": pan.0.masked(),
+                "expiry": format!("{:04}", v.expiry_yymm),
+                "psn": format!("{:02}", v.psn),
+                "profile": vault.profile_name(&v),
+                "state": v.state.name(),
+                "token_requestor_id": format!("{:011}", v.requestor_id),
+                "par": vault.par(&v),
+                "controls": {
+                    "pos_entry_modes": c.pos_entry_modes.iter().map(|m| format!("{m:02}")).collect::<Vec<_>>(),
+                    "mccs": c.mccs.iter().map(|m| format!("{m:04}")).collect::<Vec<_>>(),
+                    "merchant_ids": c.merchant_ids,
+                    "max_amount": c.max_amount.map(|(a, ccy)| serde_json::json!({"amount": a, "currency": format!("{ccy:03}")})),
+                    "velocity": c.velocity.map(|v| serde_json::json!({"count": v.count, "window_secs": v.window_secs})),
+                },
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        VaultCommand::Tokenize(a) => {
+            let req = tokenize_request(&a)?;
+            let vault = open(config, &a.dir)?;
+            let (token, lsn) = vault.tokenize(&req)?;
+            vault.wait_durable(lsn)?;
+            println!("{}", token.digits());
+        }
+        VaultCommand::Activate(a) => change_state(config, a, TokenState::Active)?,
+        VaultCommand::Resume(a) => change_state(config, a, TokenState::Active)?,
+        VaultCommand::Suspend(a) => change_state(config, a, TokenState::Suspended)?,
+        VaultCommand::Delete(a) => change_state(config, a, TokenState::Deleted)?,
+        VaultCommand::Snapshot { dir } => {
+            let vault = open(config, &dir)?;
+            vault.snapshot()?;
+            println!("snapshot written ({} tokens)", vault.len());
+        }
+    }
+    Ok(())
+}
+
+fn change_state(config: &Path, a: StateArgs, to: TokenState) -> Result<(), CliError> {
+    let t = token_arg(&a.token)?;
+    let vault = open(config, &a.dir)?;
+    let lsn = vault.set_state(t, to)?;
+    vault.wait_durable(lsn)?;
+    println!("{} {}", t.masked(), to.name());
+    Ok(())
+}
+
+fn parse_states(s: &str) -> Result<Vec<(TokenState, u32)>, CliError> {
+    s.split(',')
+        .map(|part| {
+            let (name, w) = part.split_once('=').ok_or_else(|| {
+                CliError::new(format!("--states: \"{part}\" is not STATE=WEIGHT"))
+            })?;
+            let st = TokenState::from_name(name)
+                .ok_or_else(|| CliError::new(format!("--states: unknown state \"{name}\"")))?;
+            Ok((st, digits::<u32>("--states weight", w, 6)?))
+        })
+        .collect()
+}
+
+fn tokenize_request(a: &TokenizeArgs) -> Result<TokenizeRequest, CliError> {
+    let pan = CardNumber::parse("PAN", &a.pan)?;
+    if a.expiry.len() != 4 {
+        return Err(CliError::new("--expiry must be 4 digits, YYMM"));
+    }
+    let mut controls = DomainControls {
+        pos_entry_modes: a
+            .pos_modes
+            .iter()
+            .map(|m| digits::<u8>("--pos-modes", m, 2))
+            .collect::<Result<_, _>>()?,
+        mccs: a
+            .mcc
+            .iter()
+            .map(|m| digits::<u16>("--mcc", m, 4))
+            .collect::<Result<_, _>>()?,
+        merchant_ids: a.merchant_id.clone(),
+        ..DomainControls::default()
+    };
+    if let Some(m) = a.merchant_id.iter().find(|m| m.is_empty() || m.len() > 15) {
+        return Err(CliError::new(format!(
+            "--merchant-id \"{m}\" must be 1 to 15 characters"
+        )));
+    }
+    if let Some(ma) = &a.max_amount {
+        let (amount, ccy) = ma
+            .split_once(':')
+            .ok_or_else(|| CliError::new("--max-amount must be AMOUNT:CURRENCY, e.g. 50000:978"))?;
+        controls.max_amount = Some((
+            digits("--max-amount amount", amount, 12)?,
+            digits("--max-amount currency", ccy, 3)?,
+        ));
+    }
+    if let Some(v) = &a.velocity {
+        let (count, secs) = v
+            .split_once('/')
+            .ok_or_else(|| CliError::new("--velocity must be COUNT/SECONDS, e.g. 10/3600"))?;
+        controls.velocity = Some(Velocity {
+            count: digits("--velocity count", count, 9)?,
+            window_secs: digits("--velocity seconds", secs, 9)?,
+        });
+    }
+    if a.requestor_id.len() != 11 {
+        return Err(CliError::new("--requestor-id must be 11 digits"));
+    }
+    Ok(TokenizeRequest {
+        pan,
+        expiry_yymm: digits("--expiry", &a.expiry, 4)?,
+        psn: digits("--psn", &a.psn, 2)?,
+        profile: a.profile.clone(),
+        requestor_id: digits("--requestor-id", &a.requestor_id, 11)?,
+        controls,
+        state: if a.activate {
+            TokenState::Active
+        } else {
+            TokenState::Inactive
+        },
+    })
+}

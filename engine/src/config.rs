@@ -1,0 +1,396 @@
+//! `config/tessera.toml`: vault settings, token and issuer ranges, and the
+//! card profiles (which cryptogram scheme and which key labels apply).
+//!
+//! Everything is checked on load, against the key file too, so that a
+//! typo is a start-up error and not a declined transaction at 3 a.m.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use hsm_sim::emv::CvnProfile;
+use hsm_sim::keyfile::KeyStore;
+use serde::Deserialize;
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML or wrong shape.
+    #[error("config {path} is not valid: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What the parser said.
+        message: String,
+    },
+    /// A value is wrong.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(msg.into())
+}
+
+/// A card-number range as a BIN prefix and a length: all numbers of
+/// `length` digits that start with `prefix`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Range {
+    /// Leading digits, 1 to 12 of them.
+    pub prefix: String,
+    /// Total digits, 13 to 19.
+    pub length: u8,
+}
+
+impl Range {
+    /// Whether `digits` falls in the range.
+    pub fn contains(&self, digits: &str) -> bool {
+        digits.len() == usize::from(self.length) && digits.starts_with(&self.prefix)
+    }
+
+    /// Whether two ranges share a number.
+    pub fn overlaps(&self, other: &Range) -> bool {
+        self.length == other.length
+            && (self.prefix.starts_with(&other.prefix) || other.prefix.starts_with(&self.prefix))
+    }
+
+    fn check(&self, what: &str) -> Result<(), ConfigError> {
+        let p = self.prefix.as_bytes();
+        if p.is_empty() || p.len() > 12 || !p.iter().all(u8::is_ascii_digit) {
+            return Err(invalid(format!(
+                "{what} prefix \"{}\" must be 1 to 12 digits",
+                self.prefix
+            )));
+        }
+        if !(13..=19).contains(&self.length) || usize::from(self.length) < p.len() + 4 {
+            return Err(invalid(format!(
+                "{what} {}: length must be 13 to 19 and leave room for account digits",
+                self.prefix
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How durable an acknowledgement is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityMode {
+    /// Acknowledge only once on disk (fdatasync). The default.
+    #[default]
+    Sync,
+    /// Acknowledge at once and flush in the background: a crash can lose
+    /// the last few milliseconds of acknowledged changes. Only for those
+    /// who accept that risk.
+    Async,
+}
+
+/// `[vault]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// Token BIN ranges tokens are drawn from.
+    pub token_ranges: Vec<Range>,
+    /// Issuer (PAN) ranges; must not overlap the token ranges.
+    pub issuer_ranges: Vec<Range>,
+    /// `sync` (default) or `async`.
+    #[serde(default)]
+    pub durability: DurabilityMode,
+    /// Take a snapshot (and truncate the journal) after this many journal
+    /// records. 0 = only on demand.
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every_records: u64,
+    /// Key label of the AES key that encrypts PANs at rest.
+    pub data_key: String,
+    /// Key label of the AES key of the PAN keyed hash (reverse index, PAR).
+    pub index_key: String,
+    /// The 4-character BIN Controller Identifier that starts every PAR.
+    pub par_bci: String,
+}
+
+fn default_snapshot_every() -> u64 {
+    1_000_000
+}
+
+/// A card profile as written in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileFile {
+    cvn: String,
+    imk_ac: Option<String>,
+    imk_smi: Option<String>,
+    imk_smc: Option<String>,
+    imk_cvc3: Option<String>,
+    imk_dcvv: Option<String>,
+    track2_dd: Option<String>,
+    service_code: Option<String>,
+}
+
+/// Which cryptogram a profile's cards produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// EMV chip (field 55): an ARQC of this CVN.
+    Emv(CvnProfile),
+    /// Contactless mag-stripe, Mastercard CVC3 (track 2).
+    Cvc3,
+    /// Contactless mag-stripe, Visa dCVV (track 2).
+    Dcvv,
+}
+
+/// A checked card profile.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// Its name (a key of `[profiles]`).
+    pub name: String,
+    /// The scheme.
+    pub scheme: Scheme,
+    /// Key labels, by purpose (`imk_ac`, `imk_smi`, ...), all present in
+    /// the key file.
+    pub keys: BTreeMap<&'static str, String>,
+    /// Track 2 discretionary-data template for mag-stripe profiles: `C`
+    /// CVC3/dCVV digit, `U` unpredictable-number digit, `A` ATC digit,
+    /// literal digits otherwise.
+    pub track2_dd: Option<String>,
+    /// Service code on track 2 (mag-stripe profiles), default 201.
+    pub service_code: String,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[vault]`.
+    pub vault: VaultConfig,
+    /// Key file path (relative paths are relative to the config file).
+    pub key_file: PathBuf,
+    /// Profiles, sorted by name.
+    pub profiles: Vec<Profile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    key_file: PathBuf,
+    vault: VaultConfig,
+    profiles: BTreeMap<String, ProfileFile>,
+    /// Other engine sections (listener, ...) belong to later modules.
+    #[serde(flatten)]
+    _rest: BTreeMap<String, toml::Value>,
+}
+
+impl Config {
+    /// Load and check a config file; returns it with the loaded key store.
+    pub fn load(path: &Path) -> Result<(Config, KeyStore), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, &path.display().to_string(), base)
+    }
+
+    /// Parse and check config text. `base` resolves a relative key file.
+    pub fn from_toml(
+        text: &str,
+        name: &str,
+        base: &Path,
+    ) -> Result<(Config, KeyStore), ConfigError> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: name.to_owned(),
+            message: e.message().to_owned(),
+        })?;
+        let key_file = if file.key_file.is_absolute() {
+            file.key_file.clone()
+        } else {
+            base.join(&file.key_file)
+        };
+        let keys = KeyStore::load(&key_file).map_err(|e| invalid(e.to_string()))?;
+        check_ranges(&file.vault)?;
+        for label in [&file.vault.data_key, &file.vault.index_key] {
+            match keys.get(label) {
+                Some(hsm_sim::keyfile::StoredKey::Aes(_)) => {}
+                Some(_) => {
+                    return Err(invalid(format!("vault key \"{label}\" must be an AES key")))
+                }
+                None => {
+                    return Err(invalid(format!(
+                        "vault key \"{label}\" is not in {}",
+                        key_file.display()
+                    )))
+                }
+            }
+        }
+        if file.vault.par_bci.len() != 4
+            || !file
+                .vault
+                .par_bci
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric())
+        {
+            return Err(invalid("vault.par_bci must be 4 letters or digits"));
+        }
+        if file.profiles.len() > 255 {
+            return Err(invalid("at most 255 profiles"));
+        }
+        let profiles = file
+            .profiles
+            .into_iter()
+            .map(|(name, p)| check_profile(name, p, &keys))
+            .collect::<Result<Vec<_>, _>>()?;
+        if profiles.is_empty() {
+            return Err(invalid("no [profiles]"));
+        }
+        Ok((
+            Config {
+                vault: file.vault,
+                key_file,
+                profiles,
+            },
+            keys,
+        ))
+    }
+
+    /// The index of a profile by name.
+    pub fn profile_index(&self, name: &str) -> Option<u8> {
+        self.profiles
+            .iter()
+            .position(|p| p.name == name)
+            .map(|i| i as u8)
+    }
+}
+
+fn check_ranges(v: &VaultConfig) -> Result<(), ConfigError> {
+    if v.token_ranges.is_empty() || v.issuer_ranges.is_empty() {
+        return Err(invalid(
+            "vault.token_ranges and vault.issuer_ranges must not be empty",
+        ));
+    }
+    for r in &v.token_ranges {
+        r.check("token range")?;
+    }
+    for r in &v.issuer_ranges {
+        r.check("issuer range")?;
+    }
+    for t in &v.token_ranges {
+        if let Some(i) = v.issuer_ranges.iter().find(|i| i.overlaps(t)) {
+            return Err(invalid(format!(
+                "token range {}/{} overlaps issuer range {}/{}: a token could equal a PAN",
+                t.prefix, t.length, i.prefix, i.length
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_profile(name: String, p: ProfileFile, keys: &KeyStore) -> Result<Profile, ConfigError> {
+    let scheme = match p.cvn.as_str() {
+        "cvc3" => Scheme::Cvc3,
+        "dcvv" => Scheme::Dcvv,
+        other => other
+            .strip_prefix("cvn_")
+            .and_then(CvnProfile::from_name)
+            .map(Scheme::Emv)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "profile {name}: cvn \"{other}\" is not one of cvn_visa_cvn10/18/22, cvn_mastercard_cvn16/17/20/21, cvn_interac_cvn133, cvc3, dcvv"
+                ))
+            })?,
+    };
+    let needed: &[&'static str] = match scheme {
+        Scheme::Emv(_) => &["imk_ac", "imk_smi", "imk_smc"],
+        Scheme::Cvc3 => &["imk_cvc3"],
+        Scheme::Dcvv => &["imk_dcvv"],
+    };
+    let given = [
+        ("imk_ac", &p.imk_ac),
+        ("imk_smi", &p.imk_smi),
+        ("imk_smc", &p.imk_smc),
+        ("imk_cvc3", &p.imk_cvc3),
+        ("imk_dcvv", &p.imk_dcvv),
+    ];
+    let mut labels = BTreeMap::new();
+    for (purpose, label) in given {
+        match (needed.contains(&purpose), label) {
+            (true, None) => return Err(invalid(format!("profile {name}: needs {purpose}"))),
+            (false, Some(_)) => {
+                return Err(invalid(format!(
+                    "profile {name}: {purpose} does not apply to {}",
+                    p.cvn
+                )))
+            }
+            (true, Some(label)) => {
+                match keys.get(label) {
+                    Some(hsm_sim::keyfile::StoredKey::Tdes(k)) if k.len() == 16 => {}
+                    Some(_) => {
+                        return Err(invalid(format!(
+                            "profile {name}: key \"{label}\" must be a tdes2 key"
+                        )))
+                    }
+                    None => {
+                        return Err(invalid(format!(
+                            "profile {name}: key \"{label}\" is not in the key file"
+                        )))
+                    }
+                }
+                labels.insert(purpose, label.clone());
+            }
+            (false, None) => {}
+        }
+    }
+    let magstripe = matches!(scheme, Scheme::Cvc3 | Scheme::Dcvv);
+    let track2_dd = match (magstripe, p.track2_dd) {
+        (true, Some(t)) => {
+            check_template(&name, &t, scheme)?;
+            Some(t)
+        }
+        (true, None) => {
+            return Err(invalid(format!(
+                "profile {name}: mag-stripe profiles need track2_dd"
+            )))
+        }
+        (false, Some(_)) => {
+            return Err(invalid(format!(
+                "profile {name}: track2_dd applies only to cvc3/dcvv"
+            )))
+        }
+        (false, None) => None,
+    };
+    let service_code = p.service_code.unwrap_or_else(|| "201".to_owned());
+    hsm_sim::types::ServiceCode::new(&service_code)
+        .map_err(|e| invalid(format!("profile {name}: {e}")))?;
+    Ok(Profile {
+        name,
+        scheme,
+        keys: labels,
+        track2_dd,
+        service_code,
+    })
+}
+
+fn check_template(name: &str, t: &str, scheme: Scheme) -> Result<(), ConfigError> {
+    let count = |c: char| t.chars().filter(|&x| x == c).count();
+    if !t.chars().all(|c| matches!(c, 'C' | 'U' | 'A' | '0'..='9')) || t.is_empty() || t.len() > 20
+    {
+        return Err(invalid(format!(
+            "profile {name}: track2_dd \"{t}\" may hold only C, U, A and digits (1 to 20)"
+        )));
+    }
+    let (c, a) = (count('C'), count('A'));
+    let ok = match scheme {
+        Scheme::Cvc3 => (1..=5).contains(&c) && a >= 1 && count('U') >= 1,
+        _ => c == 3 && a >= 1,
+    };
+    if !ok {
+        return Err(invalid(format!(
+            "profile {name}: track2_dd \"{t}\" needs C digits (CVC3: 1-5, dCVV: 3), A digits, and for CVC3 U digits"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,11 @@
+//! # engine: the Tessera authorization engine
+//!
+//! - [`vault`] is the token vault (tokens, encrypted PANs, lifecycle, domain
+//!   controls, replay protection), durable through a journal and snapshots.
+//! - [`config`] loads and checks `config/tessera.toml`.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod vault;

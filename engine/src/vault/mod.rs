@@ -1,0 +1,605 @@
+//! The token vault: tokens, the encrypted PANs behind them, lifecycle
+//! state, domain restriction controls and replay protection.
+//!
+//! - Reads (lookup, detokenize, ATC acceptance, velocity) are lock-free:
+//!   `scc::HashIndex` maps token -> record id, records live in an arena that
+//!   never moves ([`records`]), and the mutable fields are atomics updated
+//!   by compare-and-swap ([`replay`], [`velocity`]).
+//! - Writers (tokenize) take one mutex among themselves; they never block
+//!   readers. Lifecycle changes are a compare-and-swap on the state.
+//! - Every change is appended to the journal ([`journal`]) and acknowledged
+//!   once durable ([`Vault::wait_durable`]); snapshots ([`snapshot`]) let
+//!   the journal be truncated. [`Vault::open`] replays snapshot + journal.
+
+pub mod codec;
+pub mod controls;
+pub mod journal;
+pub mod pan_crypto;
+pub mod provision;
+pub mod records;
+pub mod replay;
+pub mod snapshot;
+pub mod types;
+pub mod velocity;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hsm_sim::keyfile::{KeyStore, StoredKey};
+use scc::HashIndex;
+use zeroize::Zeroizing;
+
+use crate::config::Config;
+use controls::{ControlViolation, ControlsTable, TxnContext};
+use journal::{Durability, Journal, Lsn};
+use pan_crypto::{CardNumberBox, PanCipher};
+use records::{Arena, RecordId, RecordView, NONE};
+use replay::AtcRejected;
+use types::{CardNumber, DomainControls, JournalRecord, TokenImage, TokenState};
+
+/// Why a vault operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// No such token.
+    #[error("unknown token {0}")]
+    UnknownToken(String),
+    /// The lifecycle does not allow this change.
+    #[error("token {token}: cannot go from {from} to {to}")]
+    Transition {
+        /// The token (masked).
+        token: String,
+        /// Current state.
+        from: &'static str,
+        /// Requested state.
+        to: &'static str,
+    },
+    /// A request value is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    /// The vault is full (arena or controls id space).
+    #[error("vault is full: {0}")]
+    Full(&'static str),
+    /// Journal or snapshot I/O, or recovery.
+    #[error("{0}")]
+    Storage(String),
+}
+
+fn storage(e: impl std::fmt::Display) -> VaultError {
+    VaultError::Storage(e.to_string())
+}
+
+/// What creating a token needs.
+#[derive(Debug, Clone)]
+pub struct TokenizeRequest {
+    /// The PAN (Luhn-valid, not in a token range).
+    pub pan: CardNumber,
+    /// Token expiry YYMM.
+    pub expiry_yymm: u16,
+    /// PSN 0..=99.
+    pub psn: u8,
+    /// Profile name.
+    pub profile: String,
+    /// Token requestor id (11 digits).
+    pub requestor_id: u64,
+    /// Domain restriction controls.
+    pub controls: DomainControls,
+    /// Initial state (inactive until activated, normally).
+    pub state: TokenState,
+}
+
+/// Why an approval was refused by the vault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ApprovalRefused {
+    /// The ATC was used before or is too old.
+    #[error(transparent)]
+    Atc(#[from] AtcRejected),
+    /// Velocity limit reached.
+    #[error("velocity limit reached")]
+    Velocity,
+    /// The token is no longer active.
+    #[error("token is not active")]
+    NotActive,
+    /// The journal failed: nothing can be made durable, so nothing is
+    /// approved.
+    #[error("journal failed")]
+    Storage,
+}
+
+/// Options for opening a vault.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions {
+    /// Truncate the journal at a corrupt record instead of refusing to
+    /// start (losing what follows it).
+    pub truncate_corrupt: bool,
+}
+
+/// The token vault.
+#[derive(Debug)]
+pub struct Vault {
+    arena: Arena,
+    by_token: HashIndex<u64, RecordId>,
+    /// Keyed PAN hash -> newest record of that PAN (chain in the records).
+    by_pan: HashIndex<u64, RecordId>,
+    controls: ControlsTable,
+    cipher: PanCipher,
+    config: Arc<Config>,
+    journal: Journal,
+    dir: PathBuf,
+    /// Serializes writers (tokenize, snapshot); readers never take it.
+    writer: Mutex<()>,
+    /// Journal records since the last snapshot.
+    since_snapshot: AtomicU64,
+}
+
+fn aes_key(keys: &KeyStore, label: &str) -> Result<hsm_sim::AesKey, VaultError> {
+    match keys.get(label) {
+        Some(StoredKey::Aes(k)) => Ok((**k).clone()),
+        _ => Err(VaultError::Invalid(format!(
+            "key \"{label}\" is not an AES key in the key file"
+        ))),
+    }
+}
+
+impl Vault {
+    /// Open (or create) the vault in `dir`: replay snapshot + journal.
+    /// Returns the vault and recovery warnings (e.g. a torn tail truncated).
+    pub fn open(
+        dir: &Path,
+        config: Arc<Config>,
+        keys: &KeyStore,
+        opts: OpenOptions,
+    ) -> Result<(Vault, Vec<String>), VaultError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            VaultError::Storage(format!("cannot create data dir {}: {e}", dir.display()))
+        })?;
+        let cipher = PanCipher::new(
+            aes_key(keys, &config.vault.data_key)?,
+            aes_key(keys, &config.vault.index_key)?,
+        );
+        let recovery = journal::recover(dir, opts.truncate_corrupt).map_err(storage)?;
+        let journal = Journal::open(
+            dir,
+            recovery.next_seq,
+            Durability::from(config.vault.durability),
+        )
+        .map_err(storage)?;
+        let vault = Vault {
+            arena: Arena::default(),
+            by_token: HashIndex::default(),
+            by_pan: HashIndex::default(),
+            controls: ControlsTable::default(),
+            cipher,
+            config,
+            journal,
+            dir: dir.to_owned(),
+            writer: Mutex::new(()),
+            since_snapshot: AtomicU64::new(0),
+        };
+        let mut replayed = 0u64;
+        recovery
+            .for_each_snapshot_record(|r| vault.apply(r))
+            .map_err(storage)?;
+        for r in recovery.journal {
+            vault.apply(r)?;
+            replayed += 1;
+        }
+        vault.since_snapshot.store(replayed, Ordering::Relaxed);
+        Ok((vault, recovery.warnings))
+    }
+
+    /// The configuration the vault was opened with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Replay one durable record into memory.
+    fn apply(&self, r: JournalRecord) -> Result<(), VaultError> {
+        match r {
+            JournalRecord::Controls { id, controls } => self.controls.restore(id, controls),
+            JournalRecord::Token(img) => {
+                if self.by_token.contains(&img.token.value()) {
+                    return Ok(()); // also in the snapshot
+                }
+                let profile = self.config.profile_index(&img.profile).ok_or_else(|| {
+                    VaultError::Storage(format!(
+                        "token {} uses profile \"{}\", which is not in the config",
+                        img.token.masked(),
+                        img.profile
+                    ))
+                })?;
+                self.insert(&img, profile)?;
+            }
+            JournalRecord::State { token, state } => {
+                if let Some(rec) = self.record_of(token) {
+                    rec.set_state(state);
+                }
+            }
+            JournalRecord::Atc {
+                token,
+                atc,
+                at_secs,
+            } => {
+                if let Some(view) = self.lookup(token) {
+                    let rec = self.arena.get(view.id).expect("looked up");
+                    // Count towards velocity only if new: replaying a
+                    // record the snapshot already holds changes nothing.
+                    if replay::accept(&rec.atc, atc).is_ok() {
+                        let limit = self.controls.get(view.controls).and_then(|c| c.velocity);
+                        velocity::record(&rec.velocity, at_secs, limit);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Insert an image into memory (no journal).
+    fn insert(&self, img: &TokenImage, profile: u8) -> Result<RecordId, VaultError> {
+        let id = self
+            .arena
+            .push(img, profile)
+            .ok_or(VaultError::Full("records"))?;
+        let rec = self.arena.get(id).expect("just pushed");
+        if self.by_token.insert_sync(img.token.value(), id).is_err() {
+            return Err(VaultError::Invalid(format!(
+                "token {} exists",
+                img.token.masked()
+            )));
+        }
+        // Newest record of this PAN heads the chain.
+        let entry = self.by_pan.entry_sync(img.pan_hash);
+        match entry {
+            scc::hash_index::Entry::Occupied(mut o) => {
+                rec.pan_next.store(*o.get(), Ordering::Release);
+                o.update(id);
+            }
+            scc::hash_index::Entry::Vacant(v) => {
+                v.insert_entry(id);
+            }
+        }
+        Ok(id)
+    }
+
+    fn record_of(&self, token: CardNumber) -> Option<&records::Record> {
+        let id = self.by_token.peek_with(&token.value(), |_, &id| id)?;
+        self.arena.get(id)
+    }
+
+    /// Look a token up (lock-free). `None` if unknown.
+    pub fn lookup(&self, token: CardNumber) -> Option<RecordView> {
+        let id = self.by_token.peek_with(&token.value(), |_, &id| id)?;
+        let view = self.arena.get(id)?.view(id)?;
+        (view.token == token).then_some(view)
+    }
+
+    /// The PAN behind a token. Transient: zeroized when dropped.
+    pub fn detokenize(&self, view: &RecordView) -> Option<Zeroizing<CardNumberBox>> {
+        self.cipher.decrypt(view.token, view.pan_ct, view.pan_len)
+    }
+
+    /// The control set of a token.
+    pub fn controls(&self, view: &RecordView) -> Arc<DomainControls> {
+        self.controls.get(view.controls).unwrap_or_default()
+    }
+
+    /// Check a transaction against the token's controls and velocity.
+    pub fn check_controls(
+        &self,
+        view: &RecordView,
+        txn: &TxnContext<'_>,
+        now_secs: u32,
+    ) -> Result<(), ControlCheck> {
+        let c = self.controls(view);
+        c.check(txn).map_err(ControlCheck::Control)?;
+        let rec = self.arena.get(view.id).ok_or(ControlCheck::Velocity)?;
+        if !velocity::allows(&rec.velocity, now_secs, c.velocity) {
+            return Err(ControlCheck::Velocity);
+        }
+        Ok(())
+    }
+
+    /// Whether `atc` would be accepted now (no change).
+    pub fn atc_usable(&self, view: &RecordView, atc: u16) -> Result<(), AtcRejected> {
+        let rec = self.arena.get(view.id).expect("view of a published record");
+        replay::would_accept(&rec.atc, atc)
+    }
+
+    /// Record an approval: reserve velocity, accept the ATC exactly once,
+    /// journal it. The approval may be released once `wait_durable(lsn)`
+    /// returns (in `sync` mode: on disk).
+    pub fn approve(
+        &self,
+        view: &RecordView,
+        atc: u16,
+        now_secs: u32,
+    ) -> Result<Lsn, ApprovalRefused> {
+        let rec = self.arena.get(view.id).expect("view of a published record");
+        // A state change racing with this check orders before or after the
+        // approval; either order is a valid history.
+        if rec.state() != Some(TokenState::Active) {
+            return Err(ApprovalRefused::NotActive);
+        }
+        let limit = self.controls.get(view.controls).and_then(|c| c.velocity);
+        if !velocity::reserve(&rec.velocity, now_secs, limit) {
+            return Err(ApprovalRefused::Velocity);
+        }
+        if let Err(e) = replay::accept(&rec.atc, atc) {
+            velocity::release(&rec.velocity, now_secs);
+            return Err(e.into());
+        }
+        self.journal_append(&JournalRecord::Atc {
+            token: view.token,
+            atc,
+            at_secs: now_secs,
+        })
+        .map_err(|_| ApprovalRefused::Storage)
+    }
+
+    fn journal_append(&self, r: &JournalRecord) -> Result<Lsn, VaultError> {
+        self.since_snapshot.fetch_add(1, Ordering::Relaxed);
+        self.journal.append(r).map_err(storage)
+    }
+
+    /// Block until everything up to `lsn` is durable (no-op in async mode).
+    pub fn wait_durable(&self, lsn: Lsn) -> Result<(), VaultError> {
+        self.journal.wait_durable(lsn).map_err(storage)
+    }
+
+    /// Make everything appended so far durable (both modes).
+    pub fn flush(&self) -> Result<(), VaultError> {
+        self.journal.flush().map_err(storage)
+    }
+
+    /// Create a token for a PAN. Returns the token and the journal position
+    /// to wait for before acknowledging.
+    pub fn tokenize(&self, req: &TokenizeRequest) -> Result<(CardNumber, Lsn), VaultError> {
+        let pan_digits = req.pan.digits();
+        let v = &self.config.vault;
+        if v.token_ranges.iter().any(|r| r.contains(&pan_digits)) {
+            return Err(VaultError::Invalid(format!(
+                "PAN {} is in a token range",
+                req.pan.masked()
+            )));
+        }
+        let profile = self
+            .config
+            .profile_index(&req.profile)
+            .ok_or_else(|| VaultError::Invalid(format!("unknown profile \"{}\"", req.profile)))?;
+        check_expiry(req.expiry_yymm)?;
+        if req.psn > 99 || req.requestor_id > 99_999_999_999 {
+            return Err(VaultError::Invalid(
+                "PSN must be 00-99 and token requestor id 11 digits".into(),
+            ));
+        }
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let (controls, new_controls) = self
+            .controls
+            .intern(&req.controls)
+            .ok_or(VaultError::Full("control sets"))?;
+        let token = self.fresh_token(req.pan)?;
+        let img = TokenImage {
+            token,
+            pan_ct: self.cipher.encrypt(token, req.pan),
+            pan_len: req.pan.len(),
+            pan_hash: self.cipher.pan_hash(req.pan),
+            expiry_yymm: req.expiry_yymm,
+            psn: req.psn,
+            profile: req.profile.clone(),
+            requestor_id: req.requestor_id,
+            controls,
+            state: req.state,
+            atc_window: 0,
+            velocity: 0,
+        };
+        if new_controls {
+            self.journal_append(&JournalRecord::Controls {
+                id: controls,
+                controls: req.controls.clone(),
+            })?;
+        }
+        // Journal first: a token that cannot be journaled does not exist.
+        let lsn = self.journal_append(&JournalRecord::Token(img.clone()))?;
+        self.insert(&img, profile)?;
+        Ok((token, lsn))
+    }
+
+    /// A random unused token from the range that matches the PAN's brand.
+    fn fresh_token(&self, pan: CardNumber) -> Result<CardNumber, VaultError> {
+        let ranges = &self.config.vault.token_ranges;
+        let first = pan.digits().as_bytes()[0];
+        let range = ranges
+            .iter()
+            .find(|r| r.prefix.as_bytes()[0] == first)
+            .unwrap_or(&ranges[0]);
+        for _ in 0..64 {
+            let mut seed = [0u8; 8];
+            getrandom::fill(&mut seed)
+                .map_err(|e| VaultError::Storage(format!("no randomness: {e}")))?;
+            let t = provision::number_in_range(range, u64::from_le_bytes(seed));
+            if !self.by_token.contains(&t.value()) {
+                return Ok(t);
+            }
+        }
+        Err(VaultError::Full("token range (64 random draws all taken)"))
+    }
+
+    /// Change a token's state if the lifecycle allows it.
+    pub fn set_state(&self, token: CardNumber, to: TokenState) -> Result<Lsn, VaultError> {
+        let rec = self
+            .record_of(token)
+            .ok_or_else(|| VaultError::UnknownToken(token.masked()))?;
+        loop {
+            let from = rec
+                .state()
+                .ok_or_else(|| VaultError::UnknownToken(token.masked()))?;
+            if !from.can_become(to) {
+                return Err(VaultError::Transition {
+                    token: token.masked(),
+                    from: from.name(),
+                    to: to.name(),
+                });
+            }
+            if rec.swap_state(from, to).is_ok() {
+                return self.journal_append(&JournalRecord::State { token, state: to });
+            }
+        }
+    }
+
+    /// Tokens of a PAN (via the keyed-hash index).
+    pub fn tokens_for_pan(&self, pan: CardNumber) -> Vec<CardNumber> {
+        let mut out = Vec::new();
+        let mut id = self
+            .by_pan
+            .peek_with(&self.cipher.pan_hash(pan), |_, &id| id)
+            .unwrap_or(NONE);
+        while let Some(rec) = self.arena.get(id) {
+            if let Some(v) = rec.view(id) {
+                // A hash collision may chain another PAN: check.
+                if self.detokenize(&v).is_some_and(|p| p.0 == pan) {
+                    out.push(v.token);
+                }
+            }
+            id = rec.pan_next.load(Ordering::Acquire);
+        }
+        out
+    }
+
+    /// The PAR of a token's PAN.
+    pub fn par(&self, view: &RecordView) -> Option<String> {
+        let pan = self.detokenize(view)?;
+        Some(self.cipher.par(&self.config.vault.par_bci, pan.0))
+    }
+
+    /// The profile name of a record.
+    pub fn profile_name(&self, view: &RecordView) -> &str {
+        self.config
+            .profiles
+            .get(usize::from(view.profile))
+            .map_or("?", |p| p.name.as_str())
+    }
+
+    /// Number of tokens.
+    pub fn len(&self) -> u32 {
+        self.arena.len()
+    }
+
+    /// True when there are no tokens.
+    pub fn is_empty(&self) -> bool {
+        self.arena.is_empty()
+    }
+
+    /// Every record, in creation order.
+    pub fn views(&self) -> impl Iterator<Item = RecordView> + '_ {
+        (0..self.arena.len()).filter_map(|id| self.arena.get(id)?.view(id))
+    }
+
+    fn image_of(&self, view: &RecordView) -> TokenImage {
+        let rec = self.arena.get(view.id).expect("published record");
+        TokenImage {
+            token: view.token,
+            pan_ct: view.pan_ct,
+            pan_len: view.pan_len,
+            pan_hash: self
+                .detokenize(view)
+                .map_or(0, |p| self.cipher.pan_hash(p.0)),
+            expiry_yymm: view.expiry_yymm,
+            psn: view.psn,
+            profile: self.profile_name(view).to_owned(),
+            requestor_id: view.requestor_id,
+            controls: view.controls,
+            state: view.state,
+            atc_window: rec.atc.load(Ordering::Acquire),
+            velocity: rec.velocity.load(Ordering::Acquire),
+        }
+    }
+
+    /// Write a snapshot of the whole vault and truncate the journal.
+    pub fn snapshot(&self) -> Result<(), VaultError> {
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        // Changes after the rotation go to the new journal, which is
+        // replayed on top of this snapshot; replay is idempotent.
+        let seq = self.journal.rotate().map_err(storage)?;
+        self.since_snapshot.store(0, Ordering::Relaxed);
+        let controls = self
+            .controls
+            .all()
+            .into_iter()
+            .map(|(id, controls)| JournalRecord::Controls { id, controls });
+        let tokens = self
+            .views()
+            .map(|v| JournalRecord::Token(self.image_of(&v)));
+        snapshot::write_snapshot(&self.dir, seq, controls.chain(tokens)).map_err(storage)?;
+        snapshot::prune(&self.dir, seq).map_err(storage)?;
+        Ok(())
+    }
+
+    /// Snapshot if the configured number of records has been journaled.
+    pub fn snapshot_if_due(&self) -> Result<bool, VaultError> {
+        let every = self.config.vault.snapshot_every_records;
+        if every == 0 || self.since_snapshot.load(Ordering::Relaxed) < every {
+            return Ok(false);
+        }
+        self.snapshot().map(|()| true)
+    }
+
+    /// Insert provisioned images in bulk (then [`Vault::snapshot`] makes
+    /// them durable in one file instead of one journal record each).
+    pub(crate) fn insert_provisioned(
+        &self,
+        imgs: &[TokenImage],
+        controls: &DomainControls,
+    ) -> Result<u32, VaultError> {
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let (cid, new) = self
+            .controls
+            .intern(controls)
+            .ok_or(VaultError::Full("control sets"))?;
+        if new {
+            self.journal_append(&JournalRecord::Controls {
+                id: cid,
+                controls: controls.clone(),
+            })?;
+        }
+        let mut n = 0;
+        for img in imgs {
+            if self.by_token.contains(&img.token.value()) {
+                continue;
+            }
+            let profile = self.config.profile_index(&img.profile).ok_or_else(|| {
+                VaultError::Invalid(format!("unknown profile \"{}\"", img.profile))
+            })?;
+            let mut img = img.clone();
+            img.controls = cid;
+            self.insert(&img, profile)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The PAN cipher (provisioning builds images with it).
+    pub(crate) fn cipher(&self) -> &PanCipher {
+        &self.cipher
+    }
+}
+
+/// Why the controls refused a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ControlCheck {
+    /// A domain restriction control.
+    #[error(transparent)]
+    Control(ControlViolation),
+    /// The velocity limit.
+    #[error("velocity limit reached")]
+    Velocity,
+}
+
+fn check_expiry(yymm: u16) -> Result<(), VaultError> {
+    let mm = yymm % 100;
+    if yymm > 9999 || !(1..=12).contains(&mm) {
+        return Err(VaultError::Invalid(format!(
+            "expiry {yymm:04} is not a valid YYMM"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,658 @@
+//! Snapshots: the whole vault as a sequence of records, so that the journal
+//! files before it can be deleted.
+//!
+//! # On-disk format
+//!
+//! `snapshot-{seq:016}.snap` in the data directory (`seq` in decimal,
+//! zero-padded to 16 digits):
+//!
+//! ```text
+//! offset  size  field
+//! 0       8     magic "TSNAP001"
+//! 8       8     seq u64 LE (equals the seq in the file name)
+//! 16      ...   one frame per record (`vault::codec`: [len u32 LE]
+//!               [crc32c u32 LE][payload]), `Controls` and `Token` records
+//! end-17  17    trailer frame: len = 9, crc, payload = 0xFF then the record
+//!               count u64 LE; nothing may follow it
+//! ```
+//!
+//! A snapshot is complete only with its trailer and a matching count: a
+//! file cut short anywhere (including exactly between two frames) reads as
+//! incomplete, never as a smaller vault.
+//!
+//! # Meaning of `seq`
+//!
+//! Snapshot `seq` holds the effect of every record in the journal files
+//! with a smaller seq; recovery replays journal files `seq` and later on
+//! top of it. The caller writes it right after
+//! [`Journal::rotate`](super::journal::Journal::rotate) returned `seq`.
+//! Changes made while the snapshot is being written go to journal `seq`
+//! and may also be in the snapshot, so replaying a record whose effect the
+//! snapshot already holds must change nothing (a `Token` already present
+//! is skipped, an `Atc` already accepted is not counted again), or the
+//! caller must keep changes out while it captures the state.
+//!
+//! # Writing
+//!
+//! [`write_snapshot`] streams to `snapshot-{seq:016}.snap.tmp` through a
+//! buffer (constant memory for any number of records), fsyncs it, renames
+//! it to the final name and fsyncs the directory. Until the rename the
+//! snapshot does not exist for recovery; after [`write_snapshot`] returns,
+//! it survives a crash. Only then may [`prune`] delete what it replaces.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::codec::{self, CodecError, FrameReader, NextFrame, RawFrame, TAG_SNAPSHOT_TRAILER};
+use super::journal::{parse_journal_name, sync_dir, MAX_SEQ};
+use super::types::JournalRecord;
+
+/// First 8 bytes of every snapshot file.
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"TSNAP001";
+/// Magic plus seq.
+pub const SNAPSHOT_HEADER_LEN: u64 = 16;
+/// Payload length of the trailer frame: type byte and count.
+const TRAILER_PAYLOAD_LEN: usize = 9;
+const IO_BUF: usize = 1 << 20;
+
+/// `snapshot-{seq:016}.snap`.
+pub fn snapshot_file_name(seq: u64) -> String {
+    format!("snapshot-{seq:016}.snap")
+}
+
+/// `snapshot-{seq:016}.snap.tmp`: a snapshot being written.
+pub fn snapshot_tmp_name(seq: u64) -> String {
+    format!("snapshot-{seq:016}.snap.tmp")
+}
+
+/// The seq of a complete snapshot's file name.
+pub fn parse_snapshot_name(name: &str) -> Option<u64> {
+    parse_seq(name, "snapshot-", ".snap")
+}
+
+/// The seq of an unfinished snapshot's file name.
+pub fn parse_snapshot_tmp_name(name: &str) -> Option<u64> {
+    parse_seq(name, "snapshot-", ".snap.tmp")
+}
+
+/// `{prefix}{16 digits}{suffix}` exactly.
+pub(crate) fn parse_seq(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+    if digits.len() != 16 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// A snapshot could not be written, read or pruned.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// An I/O operation failed.
+    #[error("snapshot I/O error: {op} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which file or directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The file is damaged.
+    #[error("snapshot {} is damaged at byte offset {offset}: {reason}", file.display())]
+    Corrupt {
+        /// The snapshot file.
+        file: PathBuf,
+        /// Where.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The file ends before its trailer: it was cut short.
+    #[error("snapshot {} is incomplete: it ends at byte offset {offset} without its trailer", file.display())]
+    Incomplete {
+        /// The snapshot file.
+        file: PathBuf,
+        /// Where the data ends (or where the cut-off frame starts).
+        offset: u64,
+    },
+    /// A record the codec refuses (a string or list over its bound).
+    #[error("record {index} cannot be written to a snapshot: {source}")]
+    Encode {
+        /// Its position in the iterator, from 0.
+        index: u64,
+        /// Why.
+        #[source]
+        source: CodecError,
+    },
+    /// The callback of [`for_each_record`] refused a record.
+    #[error("snapshot {}: record at byte offset {offset} rejected: {reason}", file.display())]
+    Rejected {
+        /// The snapshot file.
+        file: PathBuf,
+        /// The record's offset.
+        offset: u64,
+        /// The callback's error.
+        reason: String,
+    },
+    /// [`prune`] was asked to rely on a snapshot that is not there.
+    #[error("snapshot {} does not exist; refusing to delete the journal files it would replace", path.display())]
+    NotFound {
+        /// The expected file.
+        path: PathBuf,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SnapshotError + 'a {
+    move |source| SnapshotError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Write snapshot `seq` of `records` into `dir` and make it durable;
+/// returns its path. Streams: memory use does not grow with the number of
+/// records. On error the temporary file is removed (best effort) and no
+/// snapshot `seq` appears.
+pub fn write_snapshot(
+    dir: &Path,
+    seq: u64,
+    records: impl IntoIterator<Item = JournalRecord>,
+) -> Result<PathBuf, SnapshotError> {
+    let tmp = dir.join(snapshot_tmp_name(seq));
+    let path = dir.join(snapshot_file_name(seq));
+    if seq > MAX_SEQ {
+        return Err(io_err("create", &path)(io::Error::other(format!(
+            "seq above {MAX_SEQ}"
+        ))));
+    }
+    let result = write_tmp(&tmp, seq, records);
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fs::rename(&tmp, &path).map_err(io_err("rename into place", &tmp))?;
+    // The rename is durable only once the directory is.
+    sync_dir(dir).map_err(io_err("fsync directory", dir))?;
+    Ok(path)
+}
+
+fn write_tmp(
+    tmp: &Path,
+    seq: u64,
+    records: impl IntoIterator<Item = JournalRecord>,
+) -> Result<(), SnapshotError> {
+    let file = File::create(tmp).map_err(io_err("create", tmp))?;
+    let mut w = BufWriter::with_capacity(IO_BUF, file);
+    let write_err = |source| SnapshotError::Io {
+        op: "write",
+        path: tmp.to_owned(),
+        source,
+    };
+    let mut header = Vec::with_capacity(SNAPSHOT_HEADER_LEN as usize);
+    header.extend_from_slice(SNAPSHOT_MAGIC);
+    header.extend_from_slice(&seq.to_le_bytes());
+    w.write_all(&header).map_err(write_err)?;
+
+    let mut frame = Vec::with_capacity(256);
+    let mut count: u64 = 0;
+    for rec in records {
+        frame.clear();
+        codec::encode_record(&rec, &mut frame).map_err(|source| SnapshotError::Encode {
+            index: count,
+            source,
+        })?;
+        w.write_all(&frame).map_err(write_err)?;
+        count += 1;
+    }
+    w.write_all(&trailer_frame(count)).map_err(write_err)?;
+    let file = w.into_inner().map_err(|e| write_err(e.into_error()))?;
+    file.sync_all().map_err(io_err("fsync", tmp))?;
+    Ok(())
+}
+
+fn trailer_frame(count: u64) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(TRAILER_PAYLOAD_LEN);
+    payload.push(TAG_SNAPSHOT_TRAILER);
+    payload.extend_from_slice(&count.to_le_bytes());
+    let mut f = Vec::with_capacity(codec::FRAME_HEADER_LEN + TRAILER_PAYLOAD_LEN);
+    f.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    f.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    f.extend_from_slice(&payload);
+    f
+}
+
+/// Read a whole snapshot into memory: its seq and records. Any damage, or
+/// a missing trailer, is an error naming the file and the byte offset.
+/// For large snapshots prefer [`for_each_record`].
+pub fn read_snapshot(path: &Path) -> Result<(u64, Vec<JournalRecord>), SnapshotError> {
+    let mut records = Vec::new();
+    let (seq, _) = for_each_record(path, |r| {
+        records.push(r);
+        Ok::<(), Infallible>(())
+    })?;
+    Ok((seq, records))
+}
+
+/// Open a snapshot and check its header (magic, and the seq against the
+/// file name when that is `snapshot-{seq}.snap`); returns the reader
+/// positioned after the header, the file length and the seq.
+fn open_checked(path: &Path) -> Result<(BufReader<File>, u64, u64), SnapshotError> {
+    let file = File::open(path).map_err(io_err("open", path))?;
+    let len = file.metadata().map_err(io_err("stat", path))?.len();
+    let mut r = BufReader::with_capacity(IO_BUF, file);
+    if len < SNAPSHOT_HEADER_LEN {
+        return Err(SnapshotError::Incomplete {
+            file: path.to_owned(),
+            offset: 0,
+        });
+    }
+    let mut header = [0u8; SNAPSHOT_HEADER_LEN as usize];
+    r.read_exact(&mut header).map_err(io_err("read", path))?;
+    let corrupt = |offset, reason| SnapshotError::Corrupt {
+        file: path.to_owned(),
+        offset,
+        reason,
+    };
+    if &header[..8] != SNAPSHOT_MAGIC {
+        return Err(corrupt(0, "not a snapshot file (bad magic)".into()));
+    }
+    let seq = u64::from_le_bytes(header[8..].try_into().unwrap_or_default());
+    let named = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(parse_snapshot_name);
+    if let Some(named) = named.filter(|&n| n != seq) {
+        return Err(corrupt(
+            8,
+            format!("header says seq {seq}, the file name says {named}"),
+        ));
+    }
+    Ok((r, len, seq))
+}
+
+/// Cheap check (header and trailer only, not the records): returns the seq
+/// and the record count the trailer announces. Catches a snapshot cut
+/// short or not a snapshot at all; damage inside is found by
+/// [`for_each_record`], which checks every frame.
+pub fn check_snapshot(path: &Path) -> Result<(u64, u64), SnapshotError> {
+    let (r, len, seq) = open_checked(path)?;
+    let trailer_len = (codec::FRAME_HEADER_LEN + TRAILER_PAYLOAD_LEN) as u64;
+    let incomplete = || SnapshotError::Incomplete {
+        file: path.to_owned(),
+        offset: len,
+    };
+    if len < SNAPSHOT_HEADER_LEN + trailer_len {
+        return Err(incomplete());
+    }
+    let mut file = r.into_inner();
+    let mut tail = [0u8; codec::FRAME_HEADER_LEN + TRAILER_PAYLOAD_LEN];
+    file.seek(SeekFrom::Start(len - trailer_len))
+        .map_err(io_err("seek", path))?;
+    file.read_exact(&mut tail).map_err(io_err("read", path))?;
+    match codec::read_raw_frame(&tail, 0) {
+        RawFrame::Complete(p, _)
+            if p.len() == TRAILER_PAYLOAD_LEN && p[0] == TAG_SNAPSHOT_TRAILER =>
+        {
+            Ok((
+                seq,
+                u64::from_le_bytes(p[1..].try_into().unwrap_or_default()),
+            ))
+        }
+        _ => Err(incomplete()),
+    }
+}
+
+/// Stream a snapshot's records to `f`, in order, holding one record at a
+/// time; returns the seq and the record count. Every frame is checked.
+///
+/// The records are handed out as they are read, so when this returns an
+/// error `f` may already have seen a prefix of the snapshot: a caller that
+/// builds state from them must discard it then. An error from `f` stops
+/// the reading and comes back as [`SnapshotError::Rejected`], naming the
+/// record's offset.
+///
+/// When the file name is `snapshot-{seq}.snap`, the seq in the header must
+/// match it.
+pub fn for_each_record<E: fmt::Display>(
+    path: &Path,
+    mut f: impl FnMut(JournalRecord) -> Result<(), E>,
+) -> Result<(u64, u64), SnapshotError> {
+    let (r, len, seq) = open_checked(path)?;
+    let corrupt = |offset, reason| SnapshotError::Corrupt {
+        file: path.to_owned(),
+        offset,
+        reason,
+    };
+    let mut frames = FrameReader::new(r, SNAPSHOT_HEADER_LEN, len);
+    let mut count: u64 = 0;
+    loop {
+        let at = frames.position();
+        let payload = match frames.next_frame().map_err(io_err("read", path))? {
+            NextFrame::End | NextFrame::Incomplete => {
+                return Err(SnapshotError::Incomplete {
+                    file: path.to_owned(),
+                    offset: at,
+                })
+            }
+            NextFrame::Corrupt { reason, .. } => return Err(corrupt(at, reason.to_string())),
+            NextFrame::Frame(p) => p,
+        };
+        if payload.first() == Some(&TAG_SNAPSHOT_TRAILER) {
+            let Ok(t) = <[u8; TRAILER_PAYLOAD_LEN]>::try_from(payload) else {
+                return Err(corrupt(
+                    at,
+                    format!("trailer payload is {} bytes, not 9", payload.len()),
+                ));
+            };
+            let stored = u64::from_le_bytes(t[1..].try_into().unwrap_or_default());
+            if stored != count {
+                return Err(corrupt(
+                    at,
+                    format!("trailer counts {stored} records, the file holds {count}"),
+                ));
+            }
+            let after = frames.position();
+            if after != len {
+                return Err(corrupt(
+                    after,
+                    format!("{} bytes after the trailer", len - after),
+                ));
+            }
+            return Ok((seq, count));
+        }
+        let rec = codec::decode_payload(payload)
+            .map_err(|e| corrupt(at, format!("record does not decode: {e}")))?;
+        f(rec).map_err(|e| SnapshotError::Rejected {
+            file: path.to_owned(),
+            offset: at,
+            reason: e.to_string(),
+        })?;
+        count += 1;
+    }
+}
+
+/// After snapshot `snapshot_seq` is durable: delete the journal files with
+/// a smaller seq, older snapshots and leftover temporary snapshots with a
+/// smaller seq, then fsync the directory. Returns the paths removed.
+/// Refuses if `snapshot-{snapshot_seq}.snap` does not exist.
+pub fn prune(dir: &Path, snapshot_seq: u64) -> Result<Vec<PathBuf>, SnapshotError> {
+    let snap = dir.join(snapshot_file_name(snapshot_seq));
+    match fs::metadata(&snap) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Err(SnapshotError::NotFound { path: snap }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(SnapshotError::NotFound { path: snap })
+        }
+        Err(e) => return Err(io_err("stat", &snap)(e)),
+    }
+    let mut removed = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err("read directory", dir))? {
+        let entry = entry.map_err(io_err("read directory", dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let old = [
+            parse_journal_name(name),
+            parse_snapshot_name(name),
+            parse_snapshot_tmp_name(name),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|seq| seq < snapshot_seq);
+        if old {
+            let path = entry.path();
+            fs::remove_file(&path).map_err(io_err("remove", &path))?;
+            removed.push(path);
+        }
+    }
+    removed.sort();
+    if !removed.is_empty() {
+        sync_dir(dir).map_err(io_err("fsync directory", dir))?;
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vault::codec::tests::record;
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+
+    fn sample(n: usize) -> Vec<JournalRecord> {
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let s = proptest::collection::vec(record(), n);
+        s.new_tree(&mut runner).unwrap().current()
+    }
+
+    #[test]
+    fn write_read_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let recs = sample(200);
+        let path = write_snapshot(dir.path(), 7, recs.clone()).unwrap();
+        assert_eq!(path, dir.path().join("snapshot-0000000000000007.snap"));
+        assert!(!dir.path().join(snapshot_tmp_name(7)).exists());
+        assert_eq!(read_snapshot(&path).unwrap(), (7, recs));
+
+        let empty = write_snapshot(dir.path(), 8, std::iter::empty()).unwrap();
+        assert_eq!(read_snapshot(&empty).unwrap(), (8, vec![]));
+    }
+
+    #[test]
+    fn every_truncation_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_snapshot(dir.path(), 3, sample(5)).unwrap();
+        let bytes = fs::read(&path).unwrap();
+        assert_eq!(check_snapshot(&path).unwrap(), (3, 5));
+        for cut in 0..bytes.len() {
+            fs::write(&path, &bytes[..cut]).unwrap();
+            let err = check_snapshot(&path).unwrap_err();
+            assert!(
+                matches!(err, SnapshotError::Incomplete { .. }),
+                "cut {cut}: {err}"
+            );
+            let err = read_snapshot(&path).unwrap_err();
+            assert!(
+                matches!(err, SnapshotError::Incomplete { .. }),
+                "cut {cut}: {err}"
+            );
+            assert!(
+                err.to_string().contains("snapshot-0000000000000003.snap"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn damage_is_an_error_naming_file_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let recs = sample(5);
+        let path = write_snapshot(dir.path(), 3, recs.clone()).unwrap();
+        let bytes = fs::read(&path).unwrap();
+        // Flip one byte of the second record's payload.
+        let mut first = Vec::new();
+        codec::encode_record(&recs[0], &mut first).unwrap();
+        let second_at = SNAPSHOT_HEADER_LEN as usize + first.len();
+        let mut bad = bytes.clone();
+        bad[second_at + codec::FRAME_HEADER_LEN] ^= 0x10;
+        fs::write(&path, &bad).unwrap();
+        let err = read_snapshot(&path).unwrap_err();
+        let SnapshotError::Corrupt { offset, .. } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(*offset, second_at as u64);
+        assert!(
+            err.to_string()
+                .contains(&format!("byte offset {second_at}")),
+            "{err}"
+        );
+
+        // Bad magic; a seq that disagrees with the name; bytes after the trailer.
+        let mut bad = bytes.clone();
+        bad[0] = b'X';
+        fs::write(&path, &bad).unwrap();
+        assert!(matches!(
+            read_snapshot(&path),
+            Err(SnapshotError::Corrupt { offset: 0, .. })
+        ));
+        let mut bad = bytes.clone();
+        bad[8] = 4;
+        fs::write(&path, &bad).unwrap();
+        assert!(matches!(
+            read_snapshot(&path),
+            Err(SnapshotError::Corrupt { offset: 8, .. })
+        ));
+        let mut bad = bytes.clone();
+        bad.push(0);
+        fs::write(&path, &bad).unwrap();
+        let len = bytes.len() as u64;
+        assert!(
+            matches!(read_snapshot(&path), Err(SnapshotError::Corrupt { offset, .. }) if offset == len)
+        );
+
+        // A trailer whose count disagrees (a whole frame dropped before it).
+        let trailer_at = bytes.len() - 17;
+        let mut bad = bytes[..trailer_at].to_vec();
+        bad.extend_from_slice(&trailer_frame(6));
+        fs::write(&path, &bad).unwrap();
+        assert!(matches!(
+            read_snapshot(&path),
+            Err(SnapshotError::Corrupt { .. })
+        ));
+
+        // Never a panic, whatever the damage.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..300 {
+            // xorshift64: a fixed, dependency-free sequence of positions.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut bad = bytes.clone();
+            let i = (x % bad.len() as u64) as usize;
+            bad[i] = (x >> 32) as u8 | 1;
+            fs::write(&path, &bad).unwrap();
+            let _ = read_snapshot(&path);
+        }
+    }
+
+    #[test]
+    fn a_rejected_record_stops_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let recs = sample(4);
+        let path = write_snapshot(dir.path(), 1, recs.clone()).unwrap();
+        let mut seen = 0;
+        let err = for_each_record(&path, |_| {
+            seen += 1;
+            if seen == 3 {
+                Err("unknown profile")
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+        let at = SNAPSHOT_HEADER_LEN
+            + recs[..2]
+                .iter()
+                .map(|r| {
+                    let mut v = Vec::new();
+                    codec::encode_record(r, &mut v).unwrap();
+                    v.len() as u64
+                })
+                .sum::<u64>();
+        assert!(
+            matches!(&err, SnapshotError::Rejected { offset, .. } if *offset == at),
+            "{err}"
+        );
+        assert!(err.to_string().contains("unknown profile"), "{err}");
+        assert_eq!(seen, 3);
+    }
+
+    #[test]
+    fn failed_write_leaves_no_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut recs = sample(3);
+        recs.push(JournalRecord::Controls {
+            id: 1,
+            controls: crate::vault::types::DomainControls {
+                merchant_ids: vec!["x".repeat(16)],
+                ..Default::default()
+            },
+        });
+        let err = write_snapshot(dir.path(), 2, recs).unwrap_err();
+        assert!(
+            matches!(err, SnapshotError::Encode { index: 3, .. }),
+            "{err}"
+        );
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn prune_removes_what_the_snapshot_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for name in [
+            "journal-0000000000000001.log",
+            "journal-0000000000000002.log",
+            "journal-0000000000000003.log",
+            "snapshot-0000000000000002.snap",
+            "snapshot-0000000000000001.snap.tmp",
+            "snapshot-0000000000000004.snap.tmp",
+            "journal-1.log",
+            "notes.txt",
+        ] {
+            fs::write(d.join(name), b"x").unwrap();
+        }
+        assert!(matches!(prune(d, 3), Err(SnapshotError::NotFound { .. })));
+        write_snapshot(d, 3, sample(2)).unwrap();
+        let removed = prune(d, 3).unwrap();
+        let names: Vec<_> = removed
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "journal-0000000000000001.log",
+                "journal-0000000000000002.log",
+                "snapshot-0000000000000001.snap.tmp",
+                "snapshot-0000000000000002.snap"
+            ]
+        );
+        let mut left: Vec<_> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "journal-0000000000000003.log",
+                "journal-1.log",
+                "notes.txt",
+                "snapshot-0000000000000003.snap",
+                "snapshot-0000000000000004.snap.tmp"
+            ]
+        );
+    }
+
+    #[test]
+    #[ignore = "slow: 10 million records (run with --ignored)"]
+    fn ten_million_records_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let token =
+            crate::vault::types::CardNumber::parse_digits("token", "4895370000000008").unwrap();
+        let recs = (0..10_000_000u32).map(|i| JournalRecord::Atc {
+            token,
+            atc: i as u16,
+            at_secs: i,
+        });
+        let path = write_snapshot(dir.path(), 1, recs).unwrap();
+        assert_eq!(check_snapshot(&path).unwrap(), (1, 10_000_000));
+        let (_, n) = for_each_record(&path, |_| Ok::<(), Infallible>(())).unwrap();
+        assert_eq!(n, 10_000_000);
+    }
+}
