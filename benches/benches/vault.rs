@@ -25,9 +25,17 @@ fn open(dir: &std::path::Path) -> Vault {
     let text = std::fs::read_to_string(repo().join("config/tessera.toml")).expect("config");
     let text = text.replace("durability = \"sync\"", "durability = \"async\"");
     let (cfg, keys) = Config::from_toml(&text, "bench", &repo().join("config")).expect("config");
-    Vault::open(dir, Arc::new(cfg), &keys, OpenOptions::default())
-        .expect("vault")
-        .0
+    Vault::open(
+        dir,
+        Arc::new(cfg),
+        &keys,
+        OpenOptions {
+            create: true,
+            ..OpenOptions::default()
+        },
+    )
+    .expect("vault")
+    .0
 }
 
 fn rss_kib() -> u64 {

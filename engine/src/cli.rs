@@ -187,15 +187,17 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 fn open(config: &Path, dir: &DataDir) -> Result<Vault, CliError> {
+    open_with(config, dir, false)
+}
+
+/// Open the vault; `create` makes the data directory if it is missing.
+fn open_with(config: &Path, dir: &DataDir, create: bool) -> Result<Vault, CliError> {
     let (cfg, keys) = Config::load(config)?;
-    let (vault, warnings) = Vault::open(
-        &dir.data_dir,
-        Arc::new(cfg),
-        &keys,
-        OpenOptions {
-            truncate_corrupt: dir.truncate_corrupt,
-        },
-    )?;
+    let opts = OpenOptions {
+        truncate_corrupt: dir.truncate_corrupt,
+        create,
+    };
+    let (vault, warnings) = Vault::open(&dir.data_dir, Arc::new(cfg), &keys, opts)?;
     for w in warnings {
         eprintln!("tessera: warning: {w}");
     }
@@ -229,7 +231,7 @@ fn vault_command(config: &Path, cmd: VaultCommand) -> Result<(), CliError> {
             profile,
             states,
         } => {
-            let vault = open(config, &dir)?;
+            let vault = open_with(config, &dir, true)?;
             let spec = ProvisionSpec {
                 count,
                 seed,
@@ -314,7 +316,7 @@ fn vault_command(config: &Path, cmd: VaultCommand) -> Result<(), CliError> {
         }
         VaultCommand::Tokenize(a) => {
             let req = tokenize_request(&a)?;
-            let vault = open(config, &a.dir)?;
+            let vault = open_with(config, &a.dir, true)?;
             let (token, lsn) = vault.tokenize(&req)?;
             vault.wait_durable(lsn)?;
             println!("{}", token.digits());

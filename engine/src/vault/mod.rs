@@ -112,6 +112,9 @@ pub struct OpenOptions {
     /// Truncate the journal at a corrupt record instead of refusing to
     /// start (losing what follows it).
     pub truncate_corrupt: bool,
+    /// Create the data directory if it does not exist (provisioning,
+    /// tokenizing); otherwise a missing directory is an error.
+    pub create: bool,
 }
 
 /// The token vault.
@@ -142,7 +145,8 @@ fn aes_key(keys: &KeyStore, label: &str) -> Result<hsm_sim::AesKey, VaultError> 
 }
 
 impl Vault {
-    /// Open (or create) the vault in `dir`: replay snapshot + journal.
+    /// Open the vault in `dir` (created first if `opts.create`): replay
+    /// snapshot + journal.
     /// Returns the vault and recovery warnings (e.g. a torn tail truncated).
     pub fn open(
         dir: &Path,
@@ -150,9 +154,11 @@ impl Vault {
         keys: &KeyStore,
         opts: OpenOptions,
     ) -> Result<(Vault, Vec<String>), VaultError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            VaultError::Storage(format!("cannot create data dir {}: {e}", dir.display()))
-        })?;
+        if opts.create {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                VaultError::Storage(format!("cannot create data dir {}: {e}", dir.display()))
+            })?;
+        }
         let cipher = PanCipher::new(
             aes_key(keys, &config.vault.data_key)?,
             aes_key(keys, &config.vault.index_key)?,

@@ -26,7 +26,15 @@ pub fn config(mode: &str) -> (Arc<Config>, KeyStore) {
 
 pub fn open(dir: &Path, mode: &str) -> Vault {
     let (cfg, keys) = config(mode);
-    let (vault, _warnings) =
-        Vault::open(dir, cfg, &keys, OpenOptions::default()).expect("open vault");
+    let (vault, _warnings) = Vault::open(
+        dir,
+        cfg,
+        &keys,
+        OpenOptions {
+            create: true,
+            ..OpenOptions::default()
+        },
+    )
+    .expect("open vault");
     vault
 }
