@@ -217,3 +217,20 @@ fn provisioning_is_deterministic() {
     let v = common::open(a.path(), "async");
     assert_eq!(v.len(), 2000);
 }
+
+#[test]
+fn a_data_dir_is_opened_by_one_vault_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = common::open(dir.path(), "async");
+    let (cfg, keys) = common::config("async");
+    let err = engine::vault::Vault::open(
+        dir.path(),
+        cfg,
+        &keys,
+        engine::vault::OpenOptions::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("in use"), "{err}");
+    drop(first);
+    let _again = common::open(dir.path(), "async");
+}

@@ -133,6 +133,9 @@ pub struct Vault {
     writer: Mutex<()>,
     /// Journal records since the last snapshot.
     since_snapshot: AtomicU64,
+    /// Held for the vault's lifetime: an exclusive lock on `dir/LOCK`, so
+    /// two processes never write one journal.
+    _lock: std::fs::File,
 }
 
 fn aes_key(keys: &KeyStore, label: &str) -> Result<hsm_sim::AesKey, VaultError> {
@@ -159,6 +162,7 @@ impl Vault {
                 VaultError::Storage(format!("cannot create data dir {}: {e}", dir.display()))
             })?;
         }
+        let lock = lock_data_dir(dir)?;
         let cipher = PanCipher::new(
             aes_key(keys, &config.vault.data_key)?,
             aes_key(keys, &config.vault.index_key)?,
@@ -181,6 +185,7 @@ impl Vault {
             dir: dir.to_owned(),
             writer: Mutex::new(()),
             since_snapshot: AtomicU64::new(0),
+            _lock: lock,
         };
         let mut replayed = 0u64;
         recovery
@@ -598,6 +603,31 @@ pub enum ControlCheck {
     /// The velocity limit.
     #[error("velocity limit reached")]
     Velocity,
+}
+
+/// Take the data directory's exclusive lock (released when the file
+/// closes, including when the process dies).
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, VaultError> {
+    if !dir.is_dir() {
+        return Err(VaultError::Storage(format!(
+            "data directory {} does not exist",
+            dir.display()
+        )));
+    }
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| VaultError::Storage(format!("cannot open {}: {e}", path.display())))?;
+    file.try_lock().map_err(|e| {
+        VaultError::Storage(format!(
+            "data directory {} is in use by another process ({e})",
+            dir.display()
+        ))
+    })?;
+    Ok(file)
 }
 
 fn check_expiry(yymm: u16) -> Result<(), VaultError> {
