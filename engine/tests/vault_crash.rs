@@ -42,7 +42,7 @@ fn child(dir: &Path, seed: u64) -> ! {
     out.flush().unwrap();
     for i in 0u64.. {
         let r = mix(seed, i);
-        if tokens.len() < 10 || r % 5 == 0 {
+        if tokens.len() < 10 || r.is_multiple_of(5) {
             let pan = engine::vault::provision::number_in_range(
                 &engine::config::Range {
                     prefix: "5413".into(),

@@ -447,7 +447,7 @@ impl Tr31Header {
         }
         let block = self.version.block_size();
         let mut count = self.optional_blocks.len();
-        if out.len() % block != 0 {
+        if !out.len().is_multiple_of(block) {
             // psec's formula: a PB block whose total length (4 + zeros)
             // brings the blocks to a multiple of the cipher block. When
             // `out.len() + 4` is aligned it adds a full block of zeros.
@@ -663,7 +663,7 @@ pub fn unwrap(kbpk: &[u8], key_block: &str) -> Result<(Tr31Header, Zeroizing<Vec
         });
     }
     let block = version.block_size();
-    if kb.len() % block != 0 {
+    if !kb.len().is_multiple_of(block) {
         return Err(Tr31Error::LengthNotAligned {
             len: kb.len(),
             block,

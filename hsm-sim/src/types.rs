@@ -35,7 +35,7 @@ pub fn check_digits<'a>(
 /// Pack an even number of hex-digit characters (`0-9`, `A-F`) as bytes,
 /// two digits per byte ("digits as BCD": `"1234"` becomes `12 34`).
 pub(crate) fn pack_nibbles(digits: &[u8]) -> Vec<u8> {
-    debug_assert!(digits.len() % 2 == 0);
+    debug_assert!(digits.len().is_multiple_of(2));
     digits
         .chunks_exact(2)
         .map(|p| (nibble(p[0]) << 4) | nibble(p[1]))

@@ -281,7 +281,7 @@ fn a_million_lines_stream_in_constant_memory() {
         }
         count += 1;
         line.clear();
-        if count % 100_000 == 0 {
+        if count.is_multiple_of(100_000) {
             peak_kib = peak_kib.max(vm_hwm_kib(pid));
         }
     }

@@ -100,7 +100,7 @@ impl fmt::Debug for CardNumber {
 
 /// True when the digits pass the Luhn (mod 10) check.
 pub fn luhn_valid(digits: &[u8]) -> bool {
-    luhn_sum(digits, false) % 10 == 0
+    luhn_sum(digits, false).is_multiple_of(10)
 }
 
 /// The Luhn check digit to append to `digits`.

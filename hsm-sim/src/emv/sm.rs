@@ -39,7 +39,7 @@ pub fn encrypt_command_data(
             v.extend_from_slice(data);
             sk_smc.encrypt_ecb(&Padding::Method2.pad(&v, 8))
         }
-        ScriptEncryption::Mastercard if data.len() % 8 == 0 && !data.is_empty() => {
+        ScriptEncryption::Mastercard if data.len().is_multiple_of(8) && !data.is_empty() => {
             sk_smc.encrypt_cbc([0; 8], data)
         }
         ScriptEncryption::Mastercard | ScriptEncryption::Emv => {

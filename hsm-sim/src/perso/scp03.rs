@@ -77,7 +77,7 @@ pub fn kdf(
     context: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     let len = usize::from(l_bits / 8);
-    if l_bits % 8 != 0 || l_bits == 0 || len.div_ceil(16) > 255 {
+    if !l_bits.is_multiple_of(8) || l_bits == 0 || len.div_ceil(16) > 255 {
         return Err(CryptoError::invalid(
             "SCP03 KDF length",
             format!("{l_bits} bits is not a whole number of bytes from 8 to 32640 bits"),

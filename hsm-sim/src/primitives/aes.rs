@@ -113,7 +113,7 @@ impl AesKey {
 }
 
 fn check_blocks(data: &[u8]) -> Result<(), CryptoError> {
-    if data.len() % 16 != 0 {
+    if !data.len().is_multiple_of(16) {
         return Err(CryptoError::length(
             "AES data",
             "a multiple of 16",

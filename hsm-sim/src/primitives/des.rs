@@ -146,7 +146,7 @@ impl TdesKey {
         data: &[u8],
         mut f: impl FnMut([u8; 8]) -> [u8; 8],
     ) -> Result<Vec<u8>, CryptoError> {
-        if data.len() % 8 != 0 {
+        if !data.len().is_multiple_of(8) {
             return Err(CryptoError::length(
                 "DES data",
                 "a multiple of 8",
