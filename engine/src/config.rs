@@ -168,6 +168,8 @@ pub struct Profile {
 pub struct Config {
     /// `[vault]`.
     pub vault: VaultConfig,
+    /// `[listener]`.
+    pub listener: ListenerConfig,
     /// Key file path (relative paths are relative to the config file).
     pub key_file: PathBuf,
     /// Profiles, sorted by name.
@@ -179,10 +181,44 @@ pub struct Config {
 struct ConfigFile {
     key_file: PathBuf,
     vault: VaultConfig,
+    #[serde(default)]
+    listener: ListenerConfig,
     profiles: BTreeMap<String, ProfileFile>,
-    /// Other engine sections (listener, ...) belong to later modules.
-    #[serde(flatten)]
-    _rest: BTreeMap<String, toml::Value>,
+}
+
+/// `[listener]`: the ISO 8583 listener of `tessera serve`. Flags override.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// `len2` (2-byte length excluding itself), `len2-inclusive`,
+    /// `ascii4`, or `len2-tpdu`.
+    pub framing: String,
+    /// `ascii` (pyiso8583 default_ascii / jPOS ISO87A) or `binary`.
+    pub dialect: String,
+    /// Largest frame accepted, bytes.
+    pub max_frame: usize,
+    /// Connections at once.
+    pub max_connections: usize,
+    /// Close a connection idle this long, seconds.
+    pub idle_timeout_secs: u64,
+    /// Close a connection whose frame stalls this long, seconds.
+    pub stalled_read_timeout_secs: u64,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8583".into(),
+            framing: "len2".into(),
+            dialect: "ascii".into(),
+            max_frame: 8192,
+            max_connections: 1024,
+            idle_timeout_secs: 300,
+            stalled_read_timeout_secs: 5,
+        }
+    }
 }
 
 impl Config {
@@ -250,6 +286,7 @@ impl Config {
         Ok((
             Config {
                 vault: file.vault,
+                listener: file.listener,
                 key_file,
                 profiles,
             },

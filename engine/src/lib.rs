@@ -6,6 +6,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cardsim;
 pub mod cli;
 pub mod config;
+pub mod iso8583;
+pub mod pipeline;
+pub mod server;
 pub mod vault;

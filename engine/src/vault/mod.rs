@@ -310,6 +310,21 @@ impl Vault {
         Ok(())
     }
 
+    /// The highest ATC accepted for this token, if any (to rebuild a full
+    /// ATC from the few digits a mag-stripe track carries).
+    pub fn highest_atc(&self, view: &RecordView) -> Option<u16> {
+        let rec = self.arena.get(view.id)?;
+        replay::highest(rec.atc.load(Ordering::Acquire))
+    }
+
+    /// Undo the velocity count of an approval made at `at_secs` (a
+    /// reversal). The ATC stays spent: the card did use it.
+    pub fn reverse_approval(&self, view: &RecordView, at_secs: u32) {
+        if let Some(rec) = self.arena.get(view.id) {
+            velocity::release(&rec.velocity, at_secs);
+        }
+    }
+
     /// Whether `atc` would be accepted now (no change).
     pub fn atc_usable(&self, view: &RecordView, atc: u16) -> Result<(), AtcRejected> {
         let rec = self.arena.get(view.id).expect("view of a published record");

@@ -1,0 +1,583 @@
+//! The authorization pipeline: ISO 8583 request in, answer out.
+//!
+//! For an 0100/0200: find the token (DE 2, or the PAN of DE 35), check the
+//! vault (state, expiry, domain controls, velocity), verify the card's
+//! cryptogram with keys derived from the token as the card's PAN (the PAN
+//! behind the token never enters cryptogram verification), accept the ATC
+//! exactly once, and answer with DE 39 (and DE 55 tag 91 carrying the ARPC
+//! for chip). 0800 is answered 0810; 0400/0420 reversals undo the
+//! original's velocity count.
+//!
+//! Requests are handled in batches (whatever the listener read together);
+//! the journal is waited on once per batch, so in `sync` durability no
+//! approval leaves before its ATC is on disk, at one fsync per batch.
+
+pub mod clock;
+pub mod keys;
+pub mod track;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hsm_sim::emv::mk::{derive_icc_mk, MkDerivation};
+use hsm_sim::emv::{ArpcInput, CvnProfile, TerminalData};
+use hsm_sim::magstripe::{cvc3, dcvv};
+use hsm_sim::primitives::ct::ct_eq;
+use hsm_sim::types::{Atc, Expiry, Pan, Psn, ServiceCode};
+
+use crate::config::Scheme;
+use crate::iso8583::{self, tlv, track2, Dialect, IsoMessage};
+use crate::vault::controls::TxnContext;
+use crate::vault::journal::Lsn;
+use crate::vault::records::RecordView;
+use crate::vault::types::{CardNumber, TokenState};
+use crate::vault::{replay, ApprovalRefused, ControlCheck, Vault};
+use clock::Now;
+use keys::{ProfileKeys, SchemeKeys};
+
+/// Response codes (DE 39) the pipeline uses.
+pub mod rc {
+    /// Approved.
+    pub const APPROVED: [u8; 2] = *b"00";
+    /// Invalid card number: unknown or deleted token.
+    pub const INVALID_CARD: [u8; 2] = *b"14";
+    /// Format error.
+    pub const FORMAT_ERROR: [u8; 2] = *b"30";
+    /// Expired card (or expiry mismatch).
+    pub const EXPIRED: [u8; 2] = *b"54";
+    /// Transaction not permitted to cardholder: domain controls.
+    pub const NOT_PERMITTED: [u8; 2] = *b"57";
+    /// Restricted card: inactive or suspended token.
+    pub const RESTRICTED: [u8; 2] = *b"62";
+    /// Exceeds withdrawal frequency limit: velocity.
+    pub const VELOCITY: [u8; 2] = *b"65";
+    /// Visa: negative CAM, dCVV, iCVV or CVV result.
+    pub const VISA_CRYPTO: [u8; 2] = *b"82";
+    /// Mastercard: cryptographic failure.
+    pub const MC_CRYPTO: [u8; 2] = *b"88";
+    /// System malfunction.
+    pub const SYSTEM_ERROR: [u8; 2] = *b"96";
+}
+
+/// Fields an authorization answer echoes from the request.
+const ECHO: [u8; 12] = [2, 3, 4, 7, 11, 12, 13, 32, 37, 41, 42, 49];
+
+/// What the pipeline decided for one request.
+#[derive(Debug, Clone)]
+struct Decision {
+    code: [u8; 2],
+    /// Short reason for DE 44 and the decline log (never secret data).
+    reason: &'static str,
+    /// DE 55 of the answer (tag 91), when the ARQC verified.
+    icc_response: Option<Vec<u8>>,
+    /// Journal position to wait for before answering.
+    lsn: Option<Lsn>,
+}
+
+impl Decision {
+    fn decline(code: [u8; 2], reason: &'static str) -> Self {
+        Self { code, reason, icc_response: None, lsn: None }
+    }
+}
+
+/// An approval remembered for reversals: which token, when.
+#[derive(Debug, Clone, Copy)]
+struct ApprovalRecord {
+    token: CardNumber,
+    at_secs: u32,
+}
+
+/// Approvals kept for matching reversals (bounded: oldest half dropped
+/// when full).
+const MAX_REMEMBERED_APPROVALS: usize = 1 << 20;
+
+/// The authorization pipeline.
+#[derive(Debug)]
+pub struct Pipeline {
+    vault: Arc<Vault>,
+    profiles: Vec<ProfileKeys>,
+    dialect: Dialect,
+    auth_counter: AtomicU64,
+    /// (DE 11, DE 7, DE 32) of approvals -> token and time, for DE 90.
+    approvals: Mutex<HashMap<(u32, u64, u64), ApprovalRecord>>,
+    /// Per-response-code counters (index: the two digits as a number).
+    counters: Vec<AtomicU64>,
+}
+
+/// Digits only (never `str::parse`, which accepts a sign).
+fn digits_value(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(b.iter().fold(0u64, |a, d| a * 10 + u64::from(d - b'0')))
+}
+
+/// Lower-case-free hex of bytes (BCD compare helper).
+fn hex_upper(b: &[u8]) -> Vec<u8> {
+    const H: &[u8; 16] = b"0123456789ABCDEF";
+    b.iter().flat_map(|x| [H[usize::from(x >> 4)], H[usize::from(x & 15)]]).collect()
+}
+
+/// The CVN byte a profile's IAD carries, and where.
+fn iad_cvn(p: CvnProfile) -> (usize, u8) {
+    match p {
+        CvnProfile::VisaCvn10 => (2, 0x0A),
+        CvnProfile::VisaCvn18 => (2, 0x12),
+        CvnProfile::VisaCvn22 => (2, 0x16),
+        CvnProfile::MastercardCvn16 => (1, 0x10),
+        CvnProfile::MastercardCvn17 => (1, 0x11),
+        CvnProfile::MastercardCvn20 => (1, 0x14),
+        CvnProfile::MastercardCvn21 => (1, 0x15),
+        CvnProfile::InteracCvn133 => (2, 0x85),
+    }
+}
+
+/// Visa-family profiles decline a bad cryptogram with 82, the others 88.
+fn crypto_failure_code(s: Scheme) -> [u8; 2] {
+    match s {
+        Scheme::Emv(p) if p.name().starts_with("visa") => rc::VISA_CRYPTO,
+        Scheme::Dcvv => rc::VISA_CRYPTO,
+        _ => rc::MC_CRYPTO,
+    }
+}
+
+impl Pipeline {
+    /// A pipeline over a vault, with the profiles' keys.
+    pub fn new(vault: Arc<Vault>, profiles: Vec<ProfileKeys>, dialect: Dialect) -> Self {
+        Self {
+            vault,
+            profiles,
+            dialect,
+            auth_counter: AtomicU64::new(0),
+            approvals: Mutex::new(HashMap::new()),
+            counters: (0..100).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// The vault.
+    pub fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    /// Answers for a batch of request bodies (one slot each; `None` = no
+    /// answer, e.g. the message was itself a response).
+    pub fn answer_batch(&self, frames: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
+        let now = Now::system();
+        let mut answers: Vec<Option<IsoMessage>> = Vec::with_capacity(frames.len());
+        let mut wait_for = Lsn::default();
+        for body in frames {
+            let (answer, lsn) = self.handle_one(body, now);
+            if let Some(lsn) = lsn {
+                wait_for = wait_for.max(lsn);
+            }
+            answers.push(answer);
+        }
+        // One wait for the whole batch: approvals leave only once their
+        // ATCs are durable (sync mode).
+        let durable = wait_for == Lsn::default() || self.vault.wait_durable(wait_for).is_ok();
+        answers
+            .into_iter()
+            .map(|a| {
+                let mut msg = a?;
+                if !durable && msg.get(39) == Some(&rc::APPROVED[..]) {
+                    // The journal failed: nothing may be approved.
+                    msg.set(39, rc::SYSTEM_ERROR.to_vec());
+                    msg.remove(38);
+                    msg.remove(55);
+                }
+                self.count(&msg);
+                self.dialect.encode(&msg).ok()
+            })
+            .collect()
+    }
+
+    fn count(&self, msg: &IsoMessage) {
+        if let Some(code) = msg.get(39).and_then(digits_value) {
+            if let Some(c) = self.counters.get(code as usize) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Answers given so far, by response code (e.g. "00" -> 1234).
+    pub fn response_counts(&self) -> Vec<(String, u64)> {
+        self.counters
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let n = c.load(Ordering::Relaxed);
+                (n > 0).then(|| (format!("{i:02}"), n))
+            })
+            .collect()
+    }
+
+    fn handle_one(&self, body: &[u8], now: Now) -> (Option<IsoMessage>, Option<Lsn>) {
+        let req = match self.dialect.decode(body) {
+            Ok(m) => m,
+            Err(e) => return (format_error(&e), None),
+        };
+        let mti = req.mti();
+        if iso8583::is_response(mti) {
+            return (None, None); // never answer a response
+        }
+        let Some(resp_mti) = iso8583::response_mti(mti) else {
+            return (None, None);
+        };
+        let mut resp = IsoMessage::new(resp_mti);
+        let lsn = match &mti[..3] {
+            b"010" | b"020" => {
+                let d = self.authorize(&req, now);
+                echo(&req, &mut resp, &ECHO);
+                if d.code == rc::APPROVED {
+                    let n = self.auth_counter.fetch_add(1, Ordering::Relaxed) % 1_000_000;
+                    resp.set(38, format!("{n:06}").into_bytes());
+                    self.remember_approval(&req, now);
+                } else {
+                    resp.set(44, d.reason.as_bytes().to_vec());
+                    log_decline(&req, &d);
+                }
+                resp.set(39, d.code.to_vec());
+                if let Some(icc) = d.icc_response {
+                    resp.set(55, icc);
+                }
+                d.lsn
+            }
+            b"040" | b"042" => {
+                echo(&req, &mut resp, &[2, 3, 4, 7, 11, 12, 13, 32, 37, 41, 42, 49, 90]);
+                self.reverse(&req);
+                resp.set(39, rc::APPROVED.to_vec());
+                None
+            }
+            b"080" => {
+                echo(&req, &mut resp, &[7, 11, 70]);
+                resp.set(39, rc::APPROVED.to_vec());
+                None
+            }
+            _ => {
+                echo(&req, &mut resp, &[11, 37, 41]);
+                resp.set(39, rc::FORMAT_ERROR.to_vec());
+                None
+            }
+        };
+        (Some(resp), lsn)
+    }
+
+    fn approval_key(stan: &[u8], de7: &[u8], acquirer: &[u8]) -> Option<(u32, u64, u64)> {
+        Some((digits_value(stan)? as u32, digits_value(de7)?, digits_value(acquirer).unwrap_or(0)))
+    }
+
+    fn remember_approval(&self, req: &IsoMessage, now: Now) {
+        let token = req.get(2).and_then(|t| CardNumber::parse_digits("token", std::str::from_utf8(t).ok()?).ok());
+        let key = Self::approval_key(req.get(11).unwrap_or_default(), req.get(7).unwrap_or_default(), req.get(32).unwrap_or_default());
+        if let (Some(token), Some(key)) = (token, key) {
+            let mut m = self.approvals.lock().unwrap_or_else(|p| p.into_inner());
+            if m.len() >= MAX_REMEMBERED_APPROVALS {
+                m.clear(); // bounded memory: old approvals can no longer be reversed
+            }
+            m.insert(key, ApprovalRecord { token, at_secs: now.secs });
+        }
+    }
+
+    /// A reversal names its original in DE 90: MTI(4) STAN(6) DE7(10)
+    /// acquirer(11) forwarding(11).
+    fn reverse(&self, req: &IsoMessage) {
+        let Some(de90) = req.get(90).filter(|d| d.len() == 42) else { return };
+        let Some(key) = Self::approval_key(&de90[4..10], &de90[10..20], &de90[20..31]) else { return };
+        let original = self.approvals.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        if let Some(a) = original {
+            if let Some(view) = self.vault.lookup(a.token) {
+                self.vault.reverse_approval(&view, a.at_secs);
+            }
+        }
+    }
+
+    fn authorize(&self, req: &IsoMessage, now: Now) -> Decision {
+        // 1. Token from DE 2, else the PAN of DE 35; expiry from DE 14 or 35.
+        let track = match req.get(35).map(track2::parse_ascii) {
+            Some(Ok(t)) => Some(t),
+            Some(Err(_)) => return Decision::decline(rc::FORMAT_ERROR, "TRACK2_FORMAT"),
+            None => None,
+        };
+        let token_digits: &[u8] = match (req.get(2), &track) {
+            (Some(t), _) => t,
+            (None, Some(t)) => t.pan.as_ref(),
+            (None, None) => return Decision::decline(rc::FORMAT_ERROR, "NO_TOKEN"),
+        };
+        let Some(token) = std::str::from_utf8(token_digits).ok().and_then(|s| CardNumber::parse_digits("token", s).ok()) else {
+            return Decision::decline(rc::INVALID_CARD, "TOKEN_FORMAT");
+        };
+        let expiry: Option<[u8; 4]> = match (req.get(14), &track) {
+            (Some(e), _) => e.try_into().ok(),
+            (None, Some(t)) => Some(t.expiry),
+            _ => None,
+        };
+        let (Some(amount), Some(currency)) = (req.get(4).and_then(digits_value), req.get(49).and_then(digits_value)) else {
+            return Decision::decline(rc::FORMAT_ERROR, "AMOUNT_FORMAT");
+        };
+
+        // 2. Vault checks.
+        let Some(view) = self.vault.lookup(token) else {
+            return Decision::decline(rc::INVALID_CARD, "UNKNOWN_TOKEN");
+        };
+        match view.state {
+            TokenState::Deleted => return Decision::decline(rc::INVALID_CARD, "TOKEN_DELETED"),
+            TokenState::Inactive | TokenState::Suspended => return Decision::decline(rc::RESTRICTED, "TOKEN_NOT_ACTIVE"),
+            TokenState::Active => {}
+        }
+        if view.expiry_yymm < now.yymm {
+            return Decision::decline(rc::EXPIRED, "TOKEN_EXPIRED");
+        }
+        if let Some(e) = expiry {
+            if digits_value(&e) != Some(u64::from(view.expiry_yymm)) {
+                return Decision::decline(rc::EXPIRED, "EXPIRY_MISMATCH");
+            }
+        }
+        let pos_entry_mode = req.get(22).filter(|p| p.len() == 3).and_then(|p| digits_value(&p[..2])).unwrap_or(0) as u8;
+        let txn = TxnContext {
+            pos_entry_mode,
+            mcc: req.get(18).and_then(digits_value).map(|m| m as u16),
+            merchant_id: req.get(42).and_then(|m| std::str::from_utf8(m).ok()),
+            amount,
+            currency: currency as u16,
+        };
+        match self.vault.check_controls(&view, &txn, now.secs) {
+            Ok(()) => {}
+            Err(ControlCheck::Control(_)) => return Decision::decline(rc::NOT_PERMITTED, "DOMAIN_CONTROL"),
+            Err(ControlCheck::Velocity) => return Decision::decline(rc::VELOCITY, "VELOCITY"),
+        }
+
+        // 3. Cryptogram, by the token's profile.
+        let Some(pk) = self.profiles.get(usize::from(view.profile)) else {
+            return Decision::decline(rc::SYSTEM_ERROR, "NO_PROFILE");
+        };
+        let fail = crypto_failure_code(pk.profile.scheme);
+        let Ok(card_pan) = Pan::new(&token.digits()) else {
+            return Decision::decline(rc::INVALID_CARD, "TOKEN_FORMAT");
+        };
+        let psn = psn_of(req).unwrap_or_else(|| Psn::new(&format!("{:02}", view.psn)).unwrap_or_default());
+        let verified = match (&pk.keys, pk.profile.scheme) {
+            (SchemeKeys::Emv(imk), Scheme::Emv(profile)) => self.verify_chip(req, &view, imk, profile, &card_pan, psn, amount, currency),
+            (SchemeKeys::Cvc3(imk), _) => self.verify_cvc3(&track, &view, imk, pk, &card_pan, psn),
+            (SchemeKeys::Dcvv(imk), _) => self.verify_dcvv(&track, &view, imk, pk, &card_pan),
+            _ => Err(Decision::decline(rc::SYSTEM_ERROR, "PROFILE_KEYS")),
+        };
+        let (atc, icc) = match verified {
+            Ok(v) => v,
+            Err(mut d) => {
+                if d.code == rc::MC_CRYPTO {
+                    d.code = fail; // one failure code per family
+                }
+                return d;
+            }
+        };
+
+        // 4. Accept the ATC exactly once; journal the approval.
+        match self.vault.approve(&view, atc, now.secs) {
+            Ok(lsn) => Decision { code: rc::APPROVED, reason: "", icc_response: icc.map(|f| f(rc::APPROVED)), lsn: Some(lsn) },
+            Err(ApprovalRefused::Atc(_)) => Decision::decline(fail, "ATC_REPLAY"),
+            Err(ApprovalRefused::Velocity) => Decision::decline(rc::VELOCITY, "VELOCITY"),
+            Err(ApprovalRefused::NotActive) => Decision::decline(rc::RESTRICTED, "TOKEN_NOT_ACTIVE"),
+            Err(ApprovalRefused::Storage) => Decision::decline(rc::SYSTEM_ERROR, "JOURNAL"),
+        }
+    }
+
+    /// ARQC from DE 55. On success: the ATC and a builder of tag 91 for a
+    /// given response code.
+    #[allow(clippy::too_many_arguments)]
+    fn verify_chip(
+        &self,
+        req: &IsoMessage,
+        view: &RecordView,
+        imk: &hsm_sim::emv::IssuerMasterKeys,
+        profile: CvnProfile,
+        pan: &Pan,
+        psn: Psn,
+        amount: u64,
+        currency: u64,
+    ) -> Result<(u16, Option<IccResponse>), Decision> {
+        let Some(icc) = req.get(55) else {
+            return Err(Decision::decline(rc::FORMAT_ERROR, "NO_CHIP_DATA"));
+        };
+        let tags = tlv::parse(icc).map_err(|_| Decision::decline(rc::FORMAT_ERROR, "CHIP_DATA_FORMAT"))?;
+        let tag = |t: u32| tlv::find(&tags, t);
+        let fixed = |t: u32, n: usize| tag(t).filter(|v| v.len() == n);
+        let missing = || Decision::decline(rc::FORMAT_ERROR, "CHIP_DATA_MISSING");
+        let arr = |t: u32, n: usize| fixed(t, n).ok_or_else(missing);
+        let terminal = TerminalData {
+            amount_authorised: arr(0x9F02, 6)?.try_into().map_err(|_| missing())?,
+            amount_other: fixed(0x9F03, 6).map_or(Ok([0; 6]), |v| v.try_into()).map_err(|_| missing())?,
+            terminal_country: arr(0x9F1A, 2)?.try_into().map_err(|_| missing())?,
+            tvr: arr(0x95, 5)?.try_into().map_err(|_| missing())?,
+            currency: arr(0x5F2A, 2)?.try_into().map_err(|_| missing())?,
+            date: arr(0x9A, 3)?.try_into().map_err(|_| missing())?,
+            txn_type: arr(0x9C, 1)?[0],
+            un: arr(0x9F37, 4)?.try_into().map_err(|_| missing())?,
+            aip: arr(0x82, 2)?.try_into().map_err(|_| missing())?,
+            atc: arr(0x9F36, 2)?.try_into().map_err(|_| missing())?,
+        };
+        let arqc: [u8; 8] = arr(0x9F26, 8)?.try_into().map_err(|_| missing())?;
+        let iad = tag(0x9F10).filter(|v| !v.is_empty() && v.len() <= 32).ok_or_else(missing)?;
+        // DE 4 must equal 9F02 and DE 49 must equal 5F2A.
+        let amount_hex = hex_upper(&terminal.amount_authorised);
+        let currency_hex = hex_upper(&terminal.currency);
+        if digits_value(&amount_hex) != Some(amount) || digits_value(&currency_hex) != Some(currency) {
+            return Err(Decision::decline(rc::MC_CRYPTO, "AMOUNT_MISMATCH"));
+        }
+        let (at, cvn) = iad_cvn(profile);
+        if iad.get(at) != Some(&cvn) {
+            return Err(Decision::decline(rc::MC_CRYPTO, "CVN_MISMATCH"));
+        }
+        let card_data = profile.card_data_from_iad(iad).map_err(|_| Decision::decline(rc::MC_CRYPTO, "IAD_FORMAT"))?;
+        let atc = terminal.atc().0;
+        if self.vault.atc_usable(view, atc).is_err() {
+            return Err(Decision::decline(rc::MC_CRYPTO, "ATC_REPLAY"));
+        }
+        let mk = derive_icc_mk(profile.mk_derivation(), &imk.ac, pan, psn);
+        match profile.verify_arqc(&mk, &terminal, &card_data, &arqc) {
+            Ok(true) => {}
+            _ => return Err(Decision::decline(rc::MC_CRYPTO, "ARQC_MISMATCH")),
+        }
+        let builder: IccResponse = Box::new(move |code: [u8; 2]| {
+            let input = if profile.arpc_method() == 2 {
+                // CSU: byte 2 bit 8 "issuer approves online" (VIS) on approval.
+                let csu = if code == rc::APPROVED { [0x00, 0x80, 0x00, 0x00] } else { [0; 4] };
+                ArpcInput::Method2 { csu, prop_auth_data: Vec::new() }
+            } else {
+                ArpcInput::Method1 { arc: code }
+            };
+            let arpc = profile.generate_arpc(&mk, &terminal, &arqc, &input).unwrap_or_default();
+            let mut value = arpc;
+            match input {
+                ArpcInput::Method1 { arc } => value.extend_from_slice(&arc),
+                ArpcInput::Method2 { csu, .. } => value.extend_from_slice(&csu),
+            }
+            let mut out = Vec::with_capacity(12);
+            tlv::encode_tlv(0x91, &value, &mut out);
+            out
+        });
+        Ok((atc, Some(builder)))
+    }
+
+    fn verify_cvc3(
+        &self,
+        track: &Option<track2::Track2>,
+        view: &RecordView,
+        imk: &hsm_sim::TdesKey,
+        pk: &ProfileKeys,
+        pan: &Pan,
+        psn: Psn,
+    ) -> Result<(u16, Option<IccResponse>), Decision> {
+        let t = track.as_ref().ok_or_else(|| Decision::decline(rc::FORMAT_ERROR, "NO_TRACK2"))?;
+        let template = pk.profile.track2_dd.as_deref().unwrap_or_default();
+        let dd = track::split(template, &t.discretionary).map_err(|_| Decision::decline(rc::MC_CRYPTO, "TRACK2_TEMPLATE"))?;
+        let atc = track::rebuild_atc(&dd.atc, self.vault.highest_atc(view), replay::WINDOW)
+            .ok_or_else(|| Decision::decline(rc::MC_CRYPTO, "ATC_RANGE"))?;
+        if self.vault.atc_usable(view, atc).is_err() {
+            return Err(Decision::decline(rc::MC_CRYPTO, "ATC_REPLAY"));
+        }
+        let un_value = track::value(&dd.un) as u32;
+        let un = hex_to_bcd4(un_value);
+        let kd = derive_icc_mk(MkDerivation::OptionA, imk, pan, psn);
+        let personalised = track::personalised_track_bytes(pan.digits(), &t.expiry, &pk.profile.service_code, &track::personalised(template));
+        let iv = cvc3::ivcvc3(&kd, &personalised).map_err(|_| Decision::decline(rc::SYSTEM_ERROR, "CVC3"))?;
+        match cvc3::verify_cvc3(&kd, iv, un, Atc(atc), &dd.code) {
+            Ok(true) => Ok((atc, None)),
+            _ => Err(Decision::decline(rc::MC_CRYPTO, "CVC3_MISMATCH")),
+        }
+    }
+
+    fn verify_dcvv(
+        &self,
+        track: &Option<track2::Track2>,
+        view: &RecordView,
+        imk: &hsm_sim::TdesKey,
+        pk: &ProfileKeys,
+        pan: &Pan,
+    ) -> Result<(u16, Option<IccResponse>), Decision> {
+        let t = track.as_ref().ok_or_else(|| Decision::decline(rc::FORMAT_ERROR, "NO_TRACK2"))?;
+        let template = pk.profile.track2_dd.as_deref().unwrap_or_default();
+        let dd = track::split(template, &t.discretionary).map_err(|_| Decision::decline(rc::MC_CRYPTO, "TRACK2_TEMPLATE"))?;
+        let atc = track::rebuild_atc(&dd.atc, self.vault.highest_atc(view), replay::WINDOW)
+            .ok_or_else(|| Decision::decline(rc::MC_CRYPTO, "ATC_RANGE"))?;
+        if self.vault.atc_usable(view, atc).is_err() {
+            return Err(Decision::decline(rc::MC_CRYPTO, "ATC_REPLAY"));
+        }
+        // Payment HSMs derive the dCVV key with PSN 00.
+        let udk = derive_icc_mk(MkDerivation::OptionA, imk, pan, Psn::default());
+        let expiry = Expiry::new(std::str::from_utf8(&t.expiry).unwrap_or_default()).map_err(|_| Decision::decline(rc::FORMAT_ERROR, "TRACK2_FORMAT"))?;
+        let sc = ServiceCode::new(std::str::from_utf8(&t.service_code).unwrap_or_default()).map_err(|_| Decision::decline(rc::FORMAT_ERROR, "TRACK2_FORMAT"))?;
+        let expected = dcvv::dcvv_with_udk(&udk, pan, expiry, sc, Atc(atc)).map_err(|_| Decision::decline(rc::SYSTEM_ERROR, "DCVV"))?;
+        if ct_eq(&expected, &dd.code) {
+            Ok((atc, None))
+        } else {
+            Err(Decision::decline(rc::MC_CRYPTO, "DCVV_MISMATCH"))
+        }
+    }
+}
+
+impl crate::server::Handler for Pipeline {
+    fn handle_batch(&self, _conn: crate::server::ConnId, frames: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
+        self.answer_batch(frames)
+    }
+
+    fn shutdown(&self) {
+        if let Err(e) = self.vault.flush() {
+            eprintln!("tessera: journal flush on shutdown failed: {e}");
+        }
+    }
+}
+
+/// Builds DE 55 (tag 91) of the answer for a response code.
+type IccResponse = Box<dyn FnOnce([u8; 2]) -> Vec<u8>>;
+
+/// An 8-digit numeric UN as 4 BCD bytes.
+fn hex_to_bcd4(v: u32) -> [u8; 4] {
+    let s = format!("{:08}", v % 100_000_000);
+    let d = s.as_bytes();
+    [0, 2, 4, 6].map(|i| ((d[i] - b'0') << 4) | (d[i + 1] - b'0'))
+}
+
+/// PSN from DE 23 (3 digits, the last two) or tag 5F34.
+fn psn_of(req: &IsoMessage) -> Option<Psn> {
+    if let Some(de23) = req.get(23).filter(|v| v.len() == 3) {
+        return Psn::new(std::str::from_utf8(&de23[1..]).ok()?).ok();
+    }
+    let icc = req.get(55)?;
+    let tags = tlv::parse(icc).ok()?;
+    let b = tlv::find(&tags, 0x5F34).filter(|v| v.len() == 1)?;
+    Psn::new(&format!("{:02X}", b[0])).ok()
+}
+
+fn echo(req: &IsoMessage, resp: &mut IsoMessage, fields: &[u8]) {
+    for &f in fields {
+        if let Some(v) = req.get(f) {
+            resp.set(f, v.to_vec());
+        }
+    }
+}
+
+/// The answer to a message whose framing was intact but content bad:
+/// response MTI, DE 39 = 30, whatever of 11/37/41 parsed. `None` when not
+/// even a request MTI parsed (nothing to answer to).
+fn format_error(e: &iso8583::DecodeError) -> Option<IsoMessage> {
+    let partial = &e.partial;
+    let mti = iso8583::response_mti(partial.mti())?;
+    let mut resp = IsoMessage::new(mti);
+    echo(partial, &mut resp, &[11, 37, 41]);
+    resp.set(39, rc::FORMAT_ERROR.to_vec());
+    Some(resp)
+}
+
+/// One structured line per declined request: masked token, code, reason.
+fn log_decline(req: &IsoMessage, d: &Decision) {
+    let token = req.get(2).map_or_else(|| "-".to_owned(), |t| hsm_sim::types::mask_pan(&String::from_utf8_lossy(t)));
+    let stan = req.get(11).map_or_else(String::new, |s| String::from_utf8_lossy(s).into_owned());
+    if std::env::var_os("TESSERA_LOG_DECLINES").is_some() {
+        eprintln!(
+            "decline stan={stan} token={token} rc={} reason={}",
+            String::from_utf8_lossy(&d.code),
+            d.reason
+        );
+    }
+}

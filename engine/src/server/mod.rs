@@ -1,0 +1,828 @@
+//! # server: the TCP layer of `tessera serve`
+//!
+//! Accepts ISO 8583 connections, splits the byte stream into frames with
+//! [`crate::iso8583::framing`], hands frames to a [`Handler`] in batches and
+//! writes the answers back on the connection each request came from. It knows
+//! nothing about message contents: the handler (the authorization pipeline)
+//! does, and nothing here ever logs a frame's bytes (they carry PANs).
+//!
+//! ## Threading model
+//!
+//! Plain `std` threads, no async runtime:
+//!
+//! - **Accept loop**: runs on the thread that called [`Server::run`]. The
+//!   listener is non-blocking and polled every few milliseconds, so it sees a
+//!   shutdown request (programmatic or SIGTERM/SIGINT) promptly. At or over
+//!   [`ServerConfig::max_connections`] a new connection is **accepted and
+//!   closed at once** (the client sees EOF immediately, instead of hanging in
+//!   the kernel backlog), and counted in [`ServerStats::connections_rejected`].
+//! - **One reader thread per connection**: blocking reads with a short read
+//!   timeout ([`POLL_INTERVAL`]) so it notices shutdown and enforces the idle
+//!   and stalled-read timeouts. Its read buffer is allocated once, at
+//!   `max_frame + 16` bytes (the longest length prefix plus TPDU fits in 16),
+//!   and never grows: a declared length over `max_frame` is a framing error as
+//!   soon as the prefix is read, so nothing is ever allocated for an oversized
+//!   frame. After every read, **all complete frames in the buffer are copied
+//!   into one owned batch** (one allocation for all bodies) and sent to the
+//!   worker pool: the pipeline, and behind it the HSM and the vault, see
+//!   batches rather than single calls, and the batch size grows naturally
+//!   with load (more bytes arrive per read when the server falls behind).
+//! - **Worker pool** ([`ServerConfig::workers`] threads, default one per
+//!   core) fed by an unbounded crossbeam channel. A worker calls
+//!   [`Handler::handle_batch`] inside `catch_unwind`, frames every `Some`
+//!   answer into one buffer and writes it with a single `write_all` under the
+//!   connection's write lock. Several batches of one connection may be in
+//!   flight on different workers at once, so answers go out in **completion
+//!   order** (ISO 8583 peers match answers by STAN/RRN, not by position).
+//!
+//! ## Back-pressure and bounded memory
+//!
+//! Each connection counts its frames in flight (dispatched, not yet
+//! answered). At [`ServerConfig::max_in_flight_per_conn`] the reader stops
+//! reading, so TCP flow control pushes back on the client; it resumes when a
+//! worker finishes a batch. The channel is unbounded, but what it can hold is
+//! bounded by `max_connections x max_in_flight_per_conn` frames of at most
+//! `max_frame` bytes each; a client that sends fast cannot grow memory
+//! without bound, and one that never reads its answers is cut off by
+//! [`ServerConfig::write_timeout`] instead of pinning a worker forever.
+//!
+//! ## Errors, timeouts, panics
+//!
+//! A framing error (including an oversized length), a stalled frame (started
+//! but not completed within `stalled_read_timeout`) or an idle connection (no
+//! bytes for `idle_timeout` with nothing in flight) closes that connection
+//! only (`shutdown(Both)`, immediately). A zero-length frame is a keep-alive:
+//! consumed and never answered. A panic in the handler is caught: that batch
+//! gets no answers and its connection is closed; the process and the other
+//! connections carry on. On EOF from the client the reader stops, but
+//! batches already dispatched are still answered (the socket closes when the
+//! last one is written).
+//!
+//! ## Shutdown (drain)
+//!
+//! SIGTERM or SIGINT (via `signal-hook` flags, no unsafe handlers; a second
+//! signal during the drain exits the process with status 1) or
+//! [`ShutdownHandle::shutdown`]: the listener is closed, readers stop reading
+//! (bytes not yet dispatched are dropped), every batch already dispatched is
+//! handled and its answers written, then [`Handler::shutdown`] runs (it
+//! flushes the vault journal) and [`Server::run`] returns `Ok` so the binary
+//! exits 0.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+mod framing_shim;
+use framing_shim::{next_frame, write_frame, Framing, FramingError};
+
+#[cfg(test)]
+mod tests;
+
+/// Default listen address of `tessera serve`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8583";
+
+/// Read timeout of the reader threads: how often they check for shutdown
+/// and for idle/stalled connections.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long the accept loop sleeps when no connection is pending.
+const ACCEPT_POLL: Duration = Duration::from_millis(5);
+
+/// Room in the read buffer beyond `max_frame` for the length prefix (2 bytes
+/// binary or 4 ASCII digits) and a 5-byte TPDU.
+const PREFIX_ROOM: usize = 16;
+
+/// Identifies one accepted connection for the lifetime of a [`Server`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What the server calls with the frames it reads.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles the frame bodies read together on connection `conn` (never
+    /// empty, no keep-alives). Returns one slot per frame, in the same order:
+    /// `Some(answer)` is written back as one frame, `None` answers nothing
+    /// (e.g. the message was itself a response). Missing slots count as
+    /// `None`, extra ones are ignored. A panic closes the connection and
+    /// answers nothing for the batch.
+    fn handle_batch(&self, conn: ConnId, frames: &[&[u8]]) -> Vec<Option<Vec<u8>>>;
+
+    /// Called once on shutdown, after every dispatched batch is answered.
+    fn shutdown(&self) {}
+}
+
+/// Settings of the listener.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on (default [`DEFAULT_LISTEN`]).
+    pub listen: SocketAddr,
+    /// Length-prefix framing of the connections.
+    pub framing: Framing,
+    /// Largest frame accepted, in bytes of declared length (default 8 KiB).
+    pub max_frame: usize,
+    /// Connections open at once; more are accepted and closed at once.
+    pub max_connections: usize,
+    /// Frames dispatched but not yet answered, per connection, before the
+    /// reader stops reading (back-pressure).
+    pub max_in_flight_per_conn: usize,
+    /// Close a connection that sent no byte for this long (with nothing in
+    /// flight).
+    pub idle_timeout: Duration,
+    /// Close a connection whose frame was started but not completed within
+    /// this long.
+    pub stalled_read_timeout: Duration,
+    /// Close a connection when writing its answers blocks this long (the
+    /// client does not read).
+    pub write_timeout: Duration,
+    /// Worker threads calling the handler; 0 = one per available core.
+    pub workers: usize,
+    /// Install SIGTERM/SIGINT handlers for [`Server::run`] (the binary: yes;
+    /// tests: no, they use [`Server::shutdown_handle`]).
+    pub handle_signals: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            framing: Framing::default(),
+            max_frame: 8192,
+            max_connections: 1024,
+            max_in_flight_per_conn: 1024,
+            idle_timeout: Duration::from_secs(300),
+            stalled_read_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(10),
+            workers: 0,
+            handle_signals: true,
+        }
+    }
+}
+
+/// Counters returned by [`Server::run`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Connections accepted and served.
+    pub connections_accepted: u64,
+    /// Connections accepted and closed at once (over `max_connections`).
+    pub connections_rejected: u64,
+    /// Request frames handed to the handler (keep-alives excluded).
+    pub frames: u64,
+    /// Zero-length keep-alive frames ignored.
+    pub keepalives: u64,
+    /// Calls of [`Handler::handle_batch`].
+    pub batches: u64,
+    /// Answer frames written.
+    pub answers: u64,
+    /// Connections closed for a framing error (bad or oversized length, EOF
+    /// inside a frame).
+    pub framing_errors: u64,
+    /// Connections closed for the idle or stalled-read timeout.
+    pub timeouts: u64,
+    /// Handler panics caught.
+    pub handler_panics: u64,
+    /// Connections closed because writing answers failed or timed out.
+    pub write_errors: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    connections_accepted: AtomicU64,
+    connections_rejected: AtomicU64,
+    frames: AtomicU64,
+    keepalives: AtomicU64,
+    batches: AtomicU64,
+    answers: AtomicU64,
+    framing_errors: AtomicU64,
+    timeouts: AtomicU64,
+    handler_panics: AtomicU64,
+    write_errors: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Counters {
+    fn snapshot(&self) -> ServerStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ServerStats {
+            connections_accepted: g(&self.connections_accepted),
+            connections_rejected: g(&self.connections_rejected),
+            frames: g(&self.frames),
+            keepalives: g(&self.keepalives),
+            batches: g(&self.batches),
+            answers: g(&self.answers),
+            framing_errors: g(&self.framing_errors),
+            timeouts: g(&self.timeouts),
+            handler_panics: g(&self.handler_panics),
+            write_errors: g(&self.write_errors),
+        }
+    }
+}
+
+/// Asks a running [`Server`] to drain and stop. Cloneable, `Send`.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    flag: Arc<AtomicBool>,
+}
+
+impl ShutdownHandle {
+    /// Requests a drain-and-stop; returns at once.
+    pub fn shutdown(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether shutdown was requested (by this handle or a signal).
+    pub fn is_shutdown(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+}
+
+/// A bound listener, ready to [`run`](Server::run).
+#[derive(Debug)]
+pub struct Server {
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl Server {
+    /// Checks `config` and binds its listen address.
+    pub fn bind(mut config: ServerConfig) -> io::Result<Server> {
+        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
+        if config.max_frame == 0 {
+            return Err(invalid("server: max_frame must be > 0"));
+        }
+        if config.max_connections == 0 {
+            return Err(invalid("server: max_connections must be > 0"));
+        }
+        if config.max_in_flight_per_conn == 0 {
+            return Err(invalid("server: max_in_flight_per_conn must be > 0"));
+        }
+        if config.idle_timeout.is_zero()
+            || config.stalled_read_timeout.is_zero()
+            || config.write_timeout.is_zero()
+        {
+            return Err(invalid("server: timeouts must be > 0"));
+        }
+        if config.workers == 0 {
+            config.workers = thread::available_parallelism().map_or(2, |n| n.get());
+        }
+        let listener = TcpListener::bind(config.listen)?;
+        listener.set_nonblocking(true)?;
+        Ok(Server {
+            config,
+            listener,
+            shutdown: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// A handle that makes [`run`](Server::run) drain and return.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            flag: Arc::clone(&self.shutdown),
+        }
+    }
+
+    /// Serves until shutdown (handle or, if `handle_signals`, SIGTERM or
+    /// SIGINT), drains, calls [`Handler::shutdown`] and returns the counters.
+    pub fn run(self, handler: Arc<dyn Handler>) -> io::Result<ServerStats> {
+        let Server {
+            config,
+            listener,
+            shutdown,
+        } = self;
+        let signals = if config.handle_signals {
+            install_signals(&shutdown)?
+        } else {
+            Vec::new()
+        };
+        let ctx = Arc::new(Ctx {
+            config,
+            counters: Counters::default(),
+            shutdown,
+            active: Arc::new(AtomicUsize::new(0)),
+        });
+        let (tx, rx) = crossbeam_channel::unbounded::<Batch>();
+
+        let mut workers = Vec::with_capacity(ctx.config.workers);
+        let mut result = Ok(());
+        for i in 0..ctx.config.workers {
+            let (rx, handler, ctx) = (rx.clone(), Arc::clone(&handler), Arc::clone(&ctx));
+            match thread::Builder::new()
+                .name(format!("tessera-worker-{i}"))
+                .spawn(move || worker_loop(&rx, &*handler, &ctx))
+            {
+                Ok(h) => workers.push(h),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        drop(rx);
+
+        let mut readers = Vec::new();
+        if result.is_ok() {
+            log(format_args!(
+                "event=listening addr={} framing={:?} workers={}",
+                listener
+                    .local_addr()
+                    .map_or_else(|_| "?".to_string(), |a| a.to_string()),
+                ctx.config.framing,
+                workers.len()
+            ));
+            readers = accept_loop(&listener, &ctx, &tx);
+        }
+
+        // Drain: no new connections, readers stop, queued batches finish.
+        drop(listener);
+        ctx.shutdown.store(true, Ordering::SeqCst);
+        for h in readers {
+            let _ = h.join();
+        }
+        drop(tx);
+        for h in workers {
+            let _ = h.join();
+        }
+        if catch_unwind(AssertUnwindSafe(|| handler.shutdown())).is_err() {
+            log(format_args!("event=handler_shutdown_panic"));
+        }
+        for id in signals {
+            signal_hook::low_level::unregister(id);
+        }
+        result?;
+        let stats = ctx.counters.snapshot();
+        log(format_args!(
+            "event=stopped connections={} frames={} batches={}",
+            stats.connections_accepted, stats.frames, stats.batches
+        ));
+        Ok(stats)
+    }
+}
+
+fn install_signals(flag: &Arc<AtomicBool>) -> io::Result<Vec<signal_hook::SigId>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut ids = Vec::new();
+    for sig in [SIGTERM, SIGINT] {
+        // Order matters: on a second signal the flag is already set and the
+        // conditional shutdown exits; the first one only sets the flag.
+        ids.push(signal_hook::flag::register_conditional_shutdown(
+            sig,
+            1,
+            Arc::clone(flag),
+        )?);
+        ids.push(signal_hook::flag::register(sig, Arc::clone(flag))?);
+    }
+    Ok(ids)
+}
+
+fn log(args: fmt::Arguments<'_>) {
+    eprintln!("tessera-server: {args}");
+}
+
+/// State shared by all threads of one `run`.
+#[derive(Debug)]
+struct Ctx {
+    config: ServerConfig,
+    counters: Counters,
+    shutdown: Arc<AtomicBool>,
+    /// Connections open (decremented when the last reference to a `Conn`
+    /// goes, i.e. after its reader exits and its last batch is answered).
+    active: Arc<AtomicUsize>,
+}
+
+impl Ctx {
+    fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::SeqCst)
+    }
+}
+
+/// One connection, shared by its reader and the workers answering it.
+#[derive(Debug)]
+struct Conn {
+    id: ConnId,
+    peer: SocketAddr,
+    stream: TcpStream,
+    /// Serializes whole-batch writes (reads go through `&TcpStream` too).
+    write_lock: Mutex<()>,
+    closed: AtomicBool,
+    in_flight: Mutex<usize>,
+    in_flight_changed: Condvar,
+    active: Arc<AtomicUsize>,
+}
+
+impl Conn {
+    /// Closes the connection at once (both directions), whoever still holds it.
+    fn close(&self) {
+        if !self.closed.swap(true, Ordering::SeqCst) {
+            let _ = self.stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    fn in_flight(&self) -> MutexGuard<'_, usize> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn finish(&self, n: usize) {
+        let mut g = self.in_flight();
+        *g = g.saturating_sub(n);
+        drop(g);
+        self.in_flight_changed.notify_all();
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Frames read together from one connection: owned copies of the bodies.
+#[derive(Debug)]
+struct Batch {
+    conn: Arc<Conn>,
+    data: Vec<u8>,
+    spans: Vec<(usize, usize)>,
+    headers: Vec<Option<[u8; 5]>>,
+}
+
+/// Accepts until shutdown; returns the reader threads still running.
+fn accept_loop(listener: &TcpListener, ctx: &Arc<Ctx>, tx: &Sender<Batch>) -> Vec<JoinHandle<()>> {
+    let mut readers: Vec<JoinHandle<()>> = Vec::new();
+    let mut next_id = 0u64;
+    while !ctx.stopping() {
+        let (stream, peer) = match listener.accept() {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                thread::sleep(ACCEPT_POLL);
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                log(format_args!("event=accept_error error=\"{e}\""));
+                thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        readers.retain(|h| !h.is_finished());
+        if ctx.active.load(Ordering::SeqCst) >= ctx.config.max_connections {
+            bump(&ctx.counters.connections_rejected, 1);
+            log(format_args!(
+                "event=rejected peer={peer} reason=max_connections({})",
+                ctx.config.max_connections
+            ));
+            let _ = stream.shutdown(Shutdown::Both);
+            continue;
+        }
+        if let Err(e) = setup_stream(&stream, &ctx.config) {
+            log(format_args!("event=setup_error peer={peer} error=\"{e}\""));
+            continue;
+        }
+        next_id += 1;
+        ctx.active.fetch_add(1, Ordering::SeqCst);
+        bump(&ctx.counters.connections_accepted, 1);
+        let conn = Arc::new(Conn {
+            id: ConnId(next_id),
+            peer,
+            stream,
+            write_lock: Mutex::new(()),
+            closed: AtomicBool::new(false),
+            in_flight: Mutex::new(0),
+            in_flight_changed: Condvar::new(),
+            active: Arc::clone(&ctx.active),
+        });
+        let (ctx2, tx2) = (Arc::clone(ctx), tx.clone());
+        match thread::Builder::new()
+            .name(format!("tessera-conn-{next_id}"))
+            .spawn(move || reader_loop(&conn, &ctx2, &tx2))
+        {
+            Ok(h) => readers.push(h),
+            Err(e) => log(format_args!(
+                "event=spawn_error conn={next_id} peer={peer} error=\"{e}\""
+            )),
+        }
+    }
+    readers
+}
+
+fn setup_stream(stream: &TcpStream, config: &ServerConfig) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(POLL_INTERVAL))?;
+    stream.set_write_timeout(Some(config.write_timeout))?;
+    Ok(())
+}
+
+/// Why a connection's buffer could not be split.
+#[derive(Debug)]
+enum SplitError {
+    Framing(FramingError),
+    /// The codec returned a frame consuming nothing (would loop forever).
+    NoProgress,
+}
+
+impl fmt::Display for SplitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SplitError::Framing(e) => write!(f, "{e}"),
+            SplitError::NoProgress => f.write_str("codec made no progress"),
+        }
+    }
+}
+
+/// Frames split off the front of a read buffer.
+#[derive(Debug, Default)]
+struct Split {
+    consumed: usize,
+    keepalives: u64,
+    data: Vec<u8>,
+    spans: Vec<(usize, usize)>,
+    headers: Vec<Option<[u8; 5]>>,
+}
+
+/// Splits up to `limit` complete non-empty frames off the front of `buf`
+/// (keep-alives are consumed and counted, not returned).
+fn split_frames(
+    framing: Framing,
+    buf: &[u8],
+    max_frame: usize,
+    limit: usize,
+) -> Result<Split, SplitError> {
+    let mut s = Split::default();
+    while s.spans.len() < limit && s.consumed < buf.len() {
+        let frame = match next_frame(framing, &buf[s.consumed..], max_frame) {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => return Err(SplitError::Framing(e)),
+        };
+        if frame.consumed == 0 {
+            return Err(SplitError::NoProgress);
+        }
+        if frame.body.is_empty() {
+            s.keepalives += 1;
+        } else {
+            if s.data.is_empty() {
+                s.data.reserve(buf.len() - s.consumed);
+            }
+            s.spans.push((s.data.len(), frame.body.len()));
+            s.data.extend_from_slice(frame.body);
+            s.headers.push(frame.header);
+        }
+        s.consumed += frame.consumed;
+    }
+    Ok(s)
+}
+
+fn reader_loop(conn: &Arc<Conn>, ctx: &Ctx, tx: &Sender<Batch>) {
+    let cfg = &ctx.config;
+    let cap = cfg.max_frame.saturating_add(PREFIX_ROOM);
+    let mut buf = vec![0u8; cap];
+    let (mut start, mut end) = (0usize, 0usize);
+    let mut last_activity = Instant::now();
+    // When the incomplete frame at buf[start..end] started arriving.
+    let mut partial_since: Option<Instant> = None;
+    let id = conn.id;
+    let peer = conn.peer;
+    let close_for = |counter: &AtomicU64, event: &str, detail: fmt::Arguments<'_>| {
+        bump(counter, 1);
+        log(format_args!("event={event} conn={id} peer={peer} {detail}"));
+        conn.close();
+    };
+
+    loop {
+        if ctx.stopping() || conn.is_closed() {
+            break;
+        }
+
+        // Dispatch every complete frame we have room for, as one batch.
+        let room = cfg.max_in_flight_per_conn.saturating_sub(*conn.in_flight());
+        if room > 0 && start < end {
+            let split = match split_frames(cfg.framing, &buf[start..end], cfg.max_frame, room) {
+                Ok(s) => s,
+                Err(e) => {
+                    close_for(
+                        &ctx.counters.framing_errors,
+                        "framing_error",
+                        format_args!("error=\"{e}\""),
+                    );
+                    break;
+                }
+            };
+            if split.consumed > 0 {
+                start += split.consumed;
+                if start == end {
+                    (start, end) = (0, 0);
+                }
+                partial_since = (start < end).then(Instant::now);
+            } else if partial_since.is_none() {
+                partial_since = Some(Instant::now());
+            }
+            bump(&ctx.counters.keepalives, split.keepalives);
+            let n = split.spans.len();
+            if n > 0 {
+                *conn.in_flight() += n;
+                bump(&ctx.counters.frames, n as u64);
+                let batch = Batch {
+                    conn: Arc::clone(conn),
+                    data: split.data,
+                    spans: split.spans,
+                    headers: split.headers,
+                };
+                if tx.send(batch).is_err() {
+                    // Workers gone: only during shutdown.
+                    break;
+                }
+            }
+        }
+
+        // Back-pressure: at the in-flight cap, do not read; wait for workers.
+        {
+            let g = conn.in_flight();
+            if *g >= cfg.max_in_flight_per_conn {
+                let _ = conn
+                    .in_flight_changed
+                    .wait_timeout(g, POLL_INTERVAL)
+                    .unwrap_or_else(|e| e.into_inner());
+                last_activity = Instant::now();
+                if partial_since.is_some() {
+                    // We were not reading: do not hold it against the client.
+                    partial_since = Some(Instant::now());
+                }
+                continue;
+            }
+        }
+
+        if end == cap {
+            if start == 0 {
+                // Cannot happen with a codec that enforces max_frame.
+                close_for(
+                    &ctx.counters.framing_errors,
+                    "framing_error",
+                    format_args!("error=\"frame does not fit the read buffer\""),
+                );
+                break;
+            }
+            buf.copy_within(start..end, 0);
+            (start, end) = (0, end - start);
+        }
+
+        match (&conn.stream).read(&mut buf[end..]) {
+            Ok(0) => {
+                if start < end {
+                    close_for(
+                        &ctx.counters.framing_errors,
+                        "framing_error",
+                        format_args!("error=\"eof inside a frame\" pending_bytes={}", end - start),
+                    );
+                }
+                // Otherwise a clean EOF: batches in flight are still answered,
+                // the socket closes when the last one is written.
+                break;
+            }
+            Ok(n) => {
+                end += n;
+                last_activity = Instant::now();
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if *conn.in_flight() > 0 {
+                    last_activity = Instant::now();
+                }
+                if let Some(since) = partial_since {
+                    if since.elapsed() >= cfg.stalled_read_timeout {
+                        close_for(
+                            &ctx.counters.timeouts,
+                            "stalled_read_timeout",
+                            format_args!("pending_bytes={}", end - start),
+                        );
+                        break;
+                    }
+                } else if last_activity.elapsed() >= cfg.idle_timeout {
+                    close_for(&ctx.counters.timeouts, "idle_timeout", format_args!(""));
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                if !conn.is_closed() {
+                    log(format_args!(
+                        "event=read_error conn={id} peer={peer} error=\"{e}\""
+                    ));
+                    conn.close();
+                }
+                break;
+            }
+        }
+    }
+}
+
+fn worker_loop(rx: &Receiver<Batch>, handler: &dyn Handler, ctx: &Ctx) {
+    for batch in rx.iter() {
+        let conn = Arc::clone(&batch.conn);
+        let n = batch.spans.len();
+        // Our own code should not panic; if it does, keep the worker alive
+        // and the in-flight count right.
+        if catch_unwind(AssertUnwindSafe(|| process_batch(batch, handler, ctx))).is_err() {
+            log(format_args!("event=worker_panic conn={}", conn.id));
+            conn.close();
+        }
+        conn.finish(n);
+    }
+}
+
+fn process_batch(batch: Batch, handler: &dyn Handler, ctx: &Ctx) {
+    let conn = &batch.conn;
+    if conn.is_closed() {
+        return;
+    }
+    let frames: Vec<&[u8]> = batch
+        .spans
+        .iter()
+        .map(|&(off, len)| &batch.data[off..off + len])
+        .collect();
+    bump(&ctx.counters.batches, 1);
+    let answers = match catch_unwind(AssertUnwindSafe(|| handler.handle_batch(conn.id, &frames))) {
+        Ok(a) => a,
+        Err(_) => {
+            bump(&ctx.counters.handler_panics, 1);
+            log(format_args!(
+                "event=handler_panic conn={} peer={} frames={}",
+                conn.id,
+                conn.peer,
+                frames.len()
+            ));
+            conn.close();
+            return;
+        }
+    };
+    if answers.len() != frames.len() {
+        log(format_args!(
+            "event=handler_answer_count conn={} frames={} answers={}",
+            conn.id,
+            frames.len(),
+            answers.len()
+        ));
+    }
+    let mut out = Vec::new();
+    let mut written = 0u64;
+    for (answer, header) in answers.iter().zip(&batch.headers) {
+        let Some(answer) = answer else { continue };
+        let mark = out.len();
+        match write_frame(ctx.config.framing, *header, answer, &mut out) {
+            Ok(()) => written += 1,
+            Err(e) => {
+                out.truncate(mark);
+                log(format_args!(
+                    "event=answer_not_framed conn={} len={} error=\"{e}\"",
+                    conn.id,
+                    answer.len()
+                ));
+            }
+        }
+    }
+    if out.is_empty() {
+        return;
+    }
+    let _guard = conn.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+    if conn.is_closed() {
+        return;
+    }
+    match (&conn.stream).write_all(&out) {
+        Ok(()) => bump(&ctx.counters.answers, written),
+        Err(e) => {
+            bump(&ctx.counters.write_errors, 1);
+            log(format_args!(
+                "event=write_error conn={} peer={} error=\"{e}\"",
+                conn.id, conn.peer
+            ));
+            conn.close();
+        }
+    }
+}
