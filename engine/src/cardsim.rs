@@ -44,7 +44,10 @@ pub struct CardError(String);
 
 fn bcd(v: u64, bytes: usize) -> Vec<u8> {
     let s = format!("{:0w$}", v, w = bytes * 2);
-    s.as_bytes()[s.len() - bytes * 2..].chunks(2).map(|p| ((p[0] - b'0') << 4) | (p[1] - b'0')).collect()
+    s.as_bytes()[s.len() - bytes * 2..]
+        .chunks(2)
+        .map(|p| ((p[0] - b'0') << 4) | (p[1] - b'0'))
+        .collect()
 }
 
 /// The issuer application data a card of this profile sends (9F10).
@@ -55,13 +58,21 @@ pub fn iad_for(profile: CvnProfile) -> Vec<u8> {
         CvnProfile::VisaCvn18 => vec![0x06, 0x01, 0x12, 0x03, 0xA0, 0x00, 0x00],
         CvnProfile::VisaCvn22 => vec![0x06, 0x01, 0x16, 0x03, 0xA0, 0x00, 0x00],
         // Mastercard: key index, CVN, CVR (6), DAC (2)[, counters (8)].
-        CvnProfile::MastercardCvn16 => vec![0x01, 0x10, 0xA0, 0x00, 0x00, 0x00, 0x00, 0x00, 0x12, 0x34],
-        CvnProfile::MastercardCvn20 => vec![0x01, 0x14, 0xA0, 0x00, 0x00, 0x00, 0x00, 0x00, 0x12, 0x34],
+        CvnProfile::MastercardCvn16 => {
+            vec![0x01, 0x10, 0xA0, 0x00, 0x00, 0x00, 0x00, 0x00, 0x12, 0x34]
+        }
+        CvnProfile::MastercardCvn20 => {
+            vec![0x01, 0x14, 0xA0, 0x00, 0x00, 0x00, 0x00, 0x00, 0x12, 0x34]
+        }
         CvnProfile::MastercardCvn17 => {
-            vec![0x01, 0x11, 0xA0, 0, 0, 0, 0, 0, 0x12, 0x34, 0, 0, 0, 0, 0, 0, 0, 0xFF]
+            vec![
+                0x01, 0x11, 0xA0, 0, 0, 0, 0, 0, 0x12, 0x34, 0, 0, 0, 0, 0, 0, 0, 0xFF,
+            ]
         }
         CvnProfile::MastercardCvn21 => {
-            vec![0x01, 0x15, 0xA0, 0, 0, 0, 0, 0, 0x12, 0x34, 0, 0, 0, 0, 0, 0, 0, 0xFF]
+            vec![
+                0x01, 0x15, 0xA0, 0, 0, 0, 0, 0, 0x12, 0x34, 0, 0, 0, 0, 0, 0, 0, 0xFF,
+            ]
         }
         // Interac: length, key index, CVN 0x85, CVR...
         CvnProfile::InteracCvn133 => vec![0x0A, 0x01, 0x85, 0x04, 0x40, 0xB1, 0, 0, 0, 0, 0xB0],
@@ -104,9 +115,13 @@ pub fn authorization(pk: &ProfileKeys, t: &CardTxn) -> Result<IsoMessage, CardEr
                 atc: t.atc.to_be_bytes(),
             };
             let iad = iad_for(profile);
-            let card_data = profile.card_data_from_iad(&iad).map_err(|e| CardError(e.to_string()))?;
+            let card_data = profile
+                .card_data_from_iad(&iad)
+                .map_err(|e| CardError(e.to_string()))?;
             let mk = derive_icc_mk(profile.mk_derivation(), &imk.ac, &pan, psn);
-            let arqc = profile.generate_ac(&mk, &terminal, &card_data).map_err(|e| CardError(e.to_string()))?;
+            let arqc = profile
+                .generate_ac(&mk, &terminal, &card_data)
+                .map_err(|e| CardError(e.to_string()))?;
             let mut f55 = Vec::with_capacity(128);
             for (tag, v) in [
                 (0x9F26, &arqc[..]),
@@ -131,7 +146,12 @@ pub fn authorization(pk: &ProfileKeys, t: &CardTxn) -> Result<IsoMessage, CardEr
         (SchemeKeys::Cvc3(imk), _) => {
             let template = pk.profile.track2_dd.as_deref().unwrap_or_default();
             let kd = derive_icc_mk(MkDerivation::OptionA, imk, &pan, psn);
-            let personalised = track::personalised_track_bytes(&t.token, &t.expiry, &pk.profile.service_code, &track::personalised(template));
+            let personalised = track::personalised_track_bytes(
+                &t.token,
+                &t.expiry,
+                &pk.profile.service_code,
+                &track::personalised(template),
+            );
             let iv = cvc3::ivcvc3(&kd, &personalised).map_err(|e| CardError(e.to_string()))?;
             let un_digits = format!("{:08}", t.un % 100_000_000);
             // The card uses only the UN digits the track carries.
@@ -139,19 +159,33 @@ pub fn authorization(pk: &ProfileKeys, t: &CardTxn) -> Result<IsoMessage, CardEr
             let un_used = track::value(&un_digits.as_bytes()[8 - n_un..]) as u32;
             let un_used: [u8; 4] = bcd(u64::from(un_used), 4).try_into().expect("4 bytes");
             let code = cvc3::cvc3_from_iv(&kd, iv, un_used, Atc(t.atc));
-            let dd = track::fill(template, &code, un_digits.as_bytes(), format!("{:05}", t.atc).as_bytes());
+            let dd = track::fill(
+                template,
+                &code,
+                un_digits.as_bytes(),
+                format!("{:05}", t.atc).as_bytes(),
+            );
             m.set(22, b"911".to_vec());
-            m.set(35, track2_ascii(&t.token, &t.expiry, &pk.profile.service_code, &dd));
+            m.set(
+                35,
+                track2_ascii(&t.token, &t.expiry, &pk.profile.service_code, &dd),
+            );
         }
         (SchemeKeys::Dcvv(imk), _) => {
             let template = pk.profile.track2_dd.as_deref().unwrap_or_default();
             let udk = derive_icc_mk(MkDerivation::OptionA, imk, &pan, Psn::default());
-            let expiry = Expiry::new(std::str::from_utf8(&t.expiry).unwrap_or_default()).map_err(|e| CardError(e.to_string()))?;
-            let sc = ServiceCode::new(&pk.profile.service_code).map_err(|e| CardError(e.to_string()))?;
-            let code = dcvv::dcvv_with_udk(&udk, &pan, expiry, sc, Atc(t.atc)).map_err(|e| CardError(e.to_string()))?;
+            let expiry = Expiry::new(std::str::from_utf8(&t.expiry).unwrap_or_default())
+                .map_err(|e| CardError(e.to_string()))?;
+            let sc =
+                ServiceCode::new(&pk.profile.service_code).map_err(|e| CardError(e.to_string()))?;
+            let code = dcvv::dcvv_with_udk(&udk, &pan, expiry, sc, Atc(t.atc))
+                .map_err(|e| CardError(e.to_string()))?;
             let dd = track::fill(template, &code, b"", format!("{:05}", t.atc).as_bytes());
             m.set(22, b"911".to_vec());
-            m.set(35, track2_ascii(&t.token, &t.expiry, &pk.profile.service_code, &dd));
+            m.set(
+                35,
+                track2_ascii(&t.token, &t.expiry, &pk.profile.service_code, &dd),
+            );
         }
         _ => return Err(CardError("profile keys do not match the scheme".into())),
     }

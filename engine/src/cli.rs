@@ -57,8 +57,10 @@ enum Command {
         dialect: String,
     },
     /// Serve ISO 8583 authorizations over TCP for the vault in DIR.
-    #[command(after_help = "Example:\n  tessera vault provision --data-dir /tmp/vault --count 100000\n  tessera serve --data-dir /tmp/vault --listen 127.0.0.1:8583\n\n\
-SIGTERM or SIGINT drains in-flight requests, flushes the journal and exits 0.")]
+    #[command(
+        after_help = "Example:\n  tessera vault provision --data-dir /tmp/vault --count 100000\n  tessera serve --data-dir /tmp/vault --listen 127.0.0.1:8583\n\n\
+SIGTERM or SIGINT drains in-flight requests, flushes the journal and exits 0."
+    )]
     Serve(ServeArgs),
 }
 
@@ -229,15 +231,26 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Vault(cmd) => vault_command(&cli.config, cmd),
         Command::Serve(args) => serve(&cli.config, args),
-        Command::CardRequest { dir, token, atc, stan, dialect } => {
+        Command::CardRequest {
+            dir,
+            token,
+            atc,
+            stan,
+            dialect,
+        } => {
             let (cfg, keys) = Config::load(&cli.config)?;
             let profiles = crate::pipeline::keys::load(&cfg, &keys).map_err(CliError::new)?;
             let vault = open(&cli.config, &dir)?;
             let t = token_arg(&token)?;
-            let view = vault.lookup(t).ok_or_else(|| CliError::new(format!("unknown token {}", t.masked())))?;
+            let view = vault
+                .lookup(t)
+                .ok_or_else(|| CliError::new(format!("unknown token {}", t.masked())))?;
             let txn = crate::cardsim::CardTxn {
                 token: t.digits(),
-                expiry: format!("{:04}", view.expiry_yymm).into_bytes().try_into().map_err(|_| CliError::new("expiry"))?,
+                expiry: format!("{:04}", view.expiry_yymm)
+                    .into_bytes()
+                    .try_into()
+                    .map_err(|_| CliError::new("expiry"))?,
                 psn: view.psn,
                 atc,
                 amount: 1500,
@@ -245,10 +258,18 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 un: 12_345_678,
                 stan,
             };
-            let msg = crate::cardsim::authorization(&profiles[usize::from(view.profile)], &txn).map_err(|e| CliError::new(e.to_string()))?;
-            let d = if dialect == "binary" { crate::iso8583::Dialect::Binary } else { crate::iso8583::Dialect::Ascii };
+            let msg = crate::cardsim::authorization(&profiles[usize::from(view.profile)], &txn)
+                .map_err(|e| CliError::new(e.to_string()))?;
+            let d = if dialect == "binary" {
+                crate::iso8583::Dialect::Binary
+            } else {
+                crate::iso8583::Dialect::Ascii
+            };
             let bytes = d.encode(&msg).map_err(|e| CliError::new(e.to_string()))?;
-            println!("{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+            println!(
+                "{}",
+                bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            );
             Ok(())
         }
     }
@@ -264,13 +285,21 @@ fn serve(config: &Path, a: ServeArgs) -> Result<(), CliError> {
     let dialect = match a.dialect.as_deref().unwrap_or(&l.dialect) {
         "ascii" => Dialect::Ascii,
         "binary" => Dialect::Binary,
-        other => return Err(CliError::new(format!("dialect must be ascii or binary, not \"{other}\""))),
+        other => {
+            return Err(CliError::new(format!(
+                "dialect must be ascii or binary, not \"{other}\""
+            )))
+        }
     };
     let server_config = ServerConfig {
-        listen: listen.parse().map_err(|_| CliError::new(format!("cannot parse listen address \"{listen}\"")))?,
-        framing: framing_name
+        listen: listen
             .parse()
-            .map_err(|_| CliError::new(format!("framing must be len2, len2-inclusive, ascii4 or len2-tpdu, not \"{framing_name}\"")))?,
+            .map_err(|_| CliError::new(format!("cannot parse listen address \"{listen}\"")))?,
+        framing: framing_name.parse().map_err(|_| {
+            CliError::new(format!(
+                "framing must be len2, len2-inclusive, ascii4 or len2-tpdu, not \"{framing_name}\""
+            ))
+        })?,
         max_frame: a.max_frame.unwrap_or(l.max_frame),
         max_connections: a.max_connections.unwrap_or(l.max_connections),
         idle_timeout: std::time::Duration::from_secs(l.idle_timeout_secs),
@@ -278,13 +307,20 @@ fn serve(config: &Path, a: ServeArgs) -> Result<(), CliError> {
         ..ServerConfig::default()
     };
     let profiles = crate::pipeline::keys::load(&cfg, &keys).map_err(CliError::new)?;
-    let opts = OpenOptions { truncate_corrupt: a.dir.truncate_corrupt, create: false };
+    let opts = OpenOptions {
+        truncate_corrupt: a.dir.truncate_corrupt,
+        create: false,
+    };
     let (vault, warnings) = Vault::open(&a.dir.data_dir, Arc::new(cfg), &keys, opts)?;
     for w in warnings {
         eprintln!("tessera: warning: {w}");
     }
     let vault = Arc::new(vault);
-    let pipeline = Arc::new(crate::pipeline::Pipeline::new(Arc::clone(&vault), profiles, dialect));
+    let pipeline = Arc::new(crate::pipeline::Pipeline::new(
+        Arc::clone(&vault),
+        profiles,
+        dialect,
+    ));
     let server = Server::bind(server_config)?;
     let addr = server.local_addr()?;
     let stop = server.shutdown_handle();
@@ -300,14 +336,26 @@ fn serve(config: &Path, a: ServeArgs) -> Result<(), CliError> {
             }
         })
     };
-    eprintln!("tessera: serving {} tokens on {addr} ({framing_name}, {:?} dialect)", vault.len(), dialect);
+    eprintln!(
+        "tessera: serving {} tokens on {addr} ({framing_name}, {:?} dialect)",
+        vault.len(),
+        dialect
+    );
     let handler: Arc<dyn crate::server::Handler> = pipeline.clone();
     let stats = server.run(handler)?;
     stop.shutdown();
     let _ = snapshots.join();
     vault.flush()?;
-    let counts: Vec<String> = pipeline.response_counts().into_iter().map(|(c, n)| format!("{c}={n}")).collect();
-    eprintln!("tessera: stopped after {} connections; answers by code: {}", stats.connections_accepted, counts.join(" "));
+    let counts: Vec<String> = pipeline
+        .response_counts()
+        .into_iter()
+        .map(|(c, n)| format!("{c}={n}"))
+        .collect();
+    eprintln!(
+        "tessera: stopped after {} connections; answers by code: {}",
+        stats.connections_accepted,
+        counts.join(" ")
+    );
     Ok(())
 }
 

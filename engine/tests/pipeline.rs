@@ -27,7 +27,16 @@ struct Setup {
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let (cfg, keystore) = common::config("async");
-    let (vault, _) = engine::vault::Vault::open(dir.path(), cfg.clone(), &keystore, engine::vault::OpenOptions { create: true, ..Default::default() }).unwrap();
+    let (vault, _) = engine::vault::Vault::open(
+        dir.path(),
+        cfg.clone(),
+        &keystore,
+        engine::vault::OpenOptions {
+            create: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let spec = ProvisionSpec {
         count: 100,
         seed: 5,
@@ -37,14 +46,25 @@ fn setup() -> Setup {
     };
     provision(&vault, &spec).unwrap();
     let profiles = keys::load(&cfg, &keystore).unwrap();
-    let pipeline = Pipeline::new(Arc::new(vault), keys::load(&cfg, &keystore).unwrap(), Dialect::Ascii);
-    Setup { _dir: dir, pipeline, profiles }
+    let pipeline = Pipeline::new(
+        Arc::new(vault),
+        keys::load(&cfg, &keystore).unwrap(),
+        Dialect::Ascii,
+    );
+    Setup {
+        _dir: dir,
+        pipeline,
+        profiles,
+    }
 }
 
 fn txn(view: &RecordView, atc: u16) -> CardTxn {
     CardTxn {
         token: view.token.digits(),
-        expiry: format!("{:04}", view.expiry_yymm).into_bytes().try_into().unwrap(),
+        expiry: format!("{:04}", view.expiry_yymm)
+            .into_bytes()
+            .try_into()
+            .unwrap(),
         psn: view.psn,
         atc,
         amount: 1234,
@@ -57,7 +77,9 @@ fn txn(view: &RecordView, atc: u16) -> CardTxn {
 fn run(p: &Pipeline, m: &IsoMessage) -> IsoMessage {
     let bytes = Dialect::Ascii.encode(m).unwrap();
     let out = p.answer_batch(&[&bytes]);
-    Dialect::Ascii.decode(out[0].as_ref().expect("an answer")).unwrap()
+    Dialect::Ascii
+        .decode(out[0].as_ref().expect("an answer"))
+        .unwrap()
 }
 
 fn code(m: &IsoMessage) -> &str {
@@ -69,21 +91,41 @@ fn every_profile_approves_and_answers_a_correct_arpc() {
     let s = setup();
     let v = s.pipeline.vault();
     for (i, pk) in s.profiles.iter().enumerate() {
-        let view = v.views().find(|x| usize::from(x.profile) == i).expect("a token of each profile");
+        let view = v
+            .views()
+            .find(|x| usize::from(x.profile) == i)
+            .expect("a token of each profile");
         let t = txn(&view, 7);
         let req = authorization(pk, &t).unwrap();
         let resp = run(&s.pipeline, &req);
         assert_eq!(resp.mti(), *b"0110");
-        assert_eq!(code(&resp), "00", "{}: {:?}", pk.profile.name, resp.get_str(44));
-        assert_eq!(resp.get(2), req.get(2), "DE 2 echoes the token, never the PAN");
+        assert_eq!(
+            code(&resp),
+            "00",
+            "{}: {:?}",
+            pk.profile.name,
+            resp.get_str(44)
+        );
+        assert_eq!(
+            resp.get(2),
+            req.get(2),
+            "DE 2 echoes the token, never the PAN"
+        );
         assert!(resp.get(38).is_some());
         if let engine::config::Scheme::Emv(profile) = pk.profile.scheme {
             // Recompute the ARPC as the card would and compare.
             let f55 = req.get(55).unwrap();
             let tags = tlv::parse(f55).unwrap();
             let arqc: [u8; 8] = tlv::find(&tags, 0x9F26).unwrap().try_into().unwrap();
-            let engine::pipeline::keys::SchemeKeys::Emv(imk) = &pk.keys else { unreachable!() };
-            let mk = derive_icc_mk(profile.mk_derivation(), &imk.ac, &Pan::new(&t.token).unwrap(), Psn::new(&format!("{:02}", t.psn)).unwrap());
+            let engine::pipeline::keys::SchemeKeys::Emv(imk) = &pk.keys else {
+                unreachable!()
+            };
+            let mk = derive_icc_mk(
+                profile.mk_derivation(),
+                &imk.ac,
+                &Pan::new(&t.token).unwrap(),
+                Psn::new(&format!("{:02}", t.psn)).unwrap(),
+            );
             let g = |tag| tlv::find(&tags, tag).unwrap();
             let terminal = TerminalData {
                 amount_authorised: g(0x9F02).try_into().unwrap(),
@@ -100,17 +142,29 @@ fn every_profile_approves_and_answers_a_correct_arpc() {
             let resp55 = tlv::parse(resp.get(55).expect("tag 91 for chip")).unwrap();
             let t91 = tlv::find(&resp55, 0x91).unwrap();
             let input = if profile.arpc_method() == 2 {
-                ArpcInput::Method2 { csu: t91[4..8].try_into().unwrap(), prop_auth_data: vec![] }
+                ArpcInput::Method2 {
+                    csu: t91[4..8].try_into().unwrap(),
+                    prop_auth_data: vec![],
+                }
             } else {
                 assert_eq!(&t91[8..], b"00", "ARC = DE 39 in ASCII");
                 ArpcInput::Method1 { arc: *b"00" }
             };
-            let want = profile.generate_arpc(&mk, &terminal, &arqc, &input).unwrap();
+            let want = profile
+                .generate_arpc(&mk, &terminal, &arqc, &input)
+                .unwrap();
             assert_eq!(&t91[..want.len()], &want[..], "{}", pk.profile.name);
         }
         // The same ATC again: replay, declined with the family's code.
-        let again = run(&s.pipeline, &authorization(pk, &CardTxn { stan: 99, ..t }).unwrap());
-        let family = if pk.profile.name.starts_with("visa") { "82" } else { "88" };
+        let again = run(
+            &s.pipeline,
+            &authorization(pk, &CardTxn { stan: 99, ..t }).unwrap(),
+        );
+        let family = if pk.profile.name.starts_with("visa") {
+            "82"
+        } else {
+            "88"
+        };
         assert_eq!(code(&again), family, "{}", pk.profile.name);
         assert_eq!(again.get_str(44), Some("ATC_REPLAY"));
     }
@@ -120,15 +174,27 @@ fn every_profile_approves_and_answers_a_correct_arpc() {
 fn declines_with_their_codes() {
     let s = setup();
     let v = s.pipeline.vault();
-    let mc = s.profiles.iter().position(|p| p.profile.name == "mc_cvn16").unwrap();
+    let mc = s
+        .profiles
+        .iter()
+        .position(|p| p.profile.name == "mc_cvn16")
+        .unwrap();
     let pk = &s.profiles[mc];
     let mut tokens = v.views().filter(|x| usize::from(x.profile) == mc);
-    let (a, b, c) = (tokens.next().unwrap(), tokens.next().unwrap(), tokens.next().unwrap());
+    let (a, b, c) = (
+        tokens.next().unwrap(),
+        tokens.next().unwrap(),
+        tokens.next().unwrap(),
+    );
 
     // Wrong cryptogram: one bit of 9F26 flipped.
     let mut req = authorization(pk, &txn(&a, 1)).unwrap();
     let mut f55 = req.get(55).unwrap().to_vec();
-    let pos = f55.windows(3).position(|w| w == [0x9F, 0x26, 0x08]).unwrap() + 3;
+    let pos = f55
+        .windows(3)
+        .position(|w| w == [0x9F, 0x26, 0x08])
+        .unwrap()
+        + 3;
     f55[pos] ^= 1;
     req.set(55, f55);
     let r = run(&s.pipeline, &req);
@@ -146,9 +212,15 @@ fn declines_with_their_codes() {
 
     // Suspended, then deleted.
     v.set_state(b.token, TokenState::Suspended).unwrap();
-    assert_eq!(code(&run(&s.pipeline, &authorization(pk, &txn(&b, 1)).unwrap())), "62");
+    assert_eq!(
+        code(&run(&s.pipeline, &authorization(pk, &txn(&b, 1)).unwrap())),
+        "62"
+    );
     v.set_state(b.token, TokenState::Deleted).unwrap();
-    assert_eq!(code(&run(&s.pipeline, &authorization(pk, &txn(&b, 2)).unwrap())), "14");
+    assert_eq!(
+        code(&run(&s.pipeline, &authorization(pk, &txn(&b, 2)).unwrap())),
+        "14"
+    );
 
     // Expiry mismatch.
     let mut req = authorization(pk, &txn(&c, 1)).unwrap();
@@ -167,7 +239,10 @@ fn declines_with_their_codes() {
             controls: DomainControls {
                 pos_entry_modes: vec![7],
                 max_amount: Some((5000, 978)),
-                velocity: Some(Velocity { count: 1, window_secs: 3600 }),
+                velocity: Some(Velocity {
+                    count: 1,
+                    window_secs: 3600,
+                }),
                 ..Default::default()
             },
             state: TokenState::Active,
@@ -176,12 +251,27 @@ fn declines_with_their_codes() {
     let view = v.lookup(tok).unwrap();
     let mut big = txn(&view, 1);
     big.amount = 6000;
-    assert_eq!(code(&run(&s.pipeline, &authorization(pk, &big).unwrap())), "57");
+    assert_eq!(
+        code(&run(&s.pipeline, &authorization(pk, &big).unwrap())),
+        "57"
+    );
     let mut wrong_mode = authorization(pk, &txn(&view, 2)).unwrap();
     wrong_mode.set(22, b"051".to_vec());
     assert_eq!(code(&run(&s.pipeline, &wrong_mode)), "57");
-    assert_eq!(code(&run(&s.pipeline, &authorization(pk, &txn(&view, 3)).unwrap())), "00");
-    assert_eq!(code(&run(&s.pipeline, &authorization(pk, &txn(&view, 4)).unwrap())), "65");
+    assert_eq!(
+        code(&run(
+            &s.pipeline,
+            &authorization(pk, &txn(&view, 3)).unwrap()
+        )),
+        "00"
+    );
+    assert_eq!(
+        code(&run(
+            &s.pipeline,
+            &authorization(pk, &txn(&view, 4)).unwrap()
+        )),
+        "65"
+    );
 }
 
 #[test]
@@ -207,5 +297,8 @@ fn format_errors_network_messages_and_responses() {
     echo.set(11, b"000002".to_vec());
     echo.set(70, b"301".to_vec());
     let r = run(&s.pipeline, &echo);
-    assert_eq!((r.mti(), code(&r), r.get_str(70)), (*b"0810", "00", Some("301")));
+    assert_eq!(
+        (r.mti(), code(&r), r.get_str(70)),
+        (*b"0810", "00", Some("301"))
+    );
 }

@@ -15,14 +15,19 @@ pub struct Now {
 impl Now {
     /// The system clock.
     pub fn system() -> Now {
-        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         Now::from_unix(secs)
     }
 
     /// From Unix seconds.
     pub fn from_unix(secs: u64) -> Now {
         let (y, m) = year_month(secs / 86_400);
-        Now { secs: secs.min(u64::from(u32::MAX)) as u32, yymm: ((y % 100) * 100 + m) as u16 }
+        Now {
+            secs: secs.min(u64::from(u32::MAX)) as u32,
+            yymm: ((y % 100) * 100 + m) as u16,
+        }
     }
 }
 

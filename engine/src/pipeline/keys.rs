@@ -54,7 +54,10 @@ pub fn load(config: &Config, keys: &KeyStore) -> Result<Vec<ProfileKeys>, String
                 Scheme::Cvc3 => SchemeKeys::Cvc3(Box::new(tdes(keys, p, "imk_cvc3")?)),
                 Scheme::Dcvv => SchemeKeys::Dcvv(Box::new(tdes(keys, p, "imk_dcvv")?)),
             };
-            Ok(ProfileKeys { profile: p.clone(), keys: k })
+            Ok(ProfileKeys {
+                profile: p.clone(),
+                keys: k,
+            })
         })
         .collect()
 }

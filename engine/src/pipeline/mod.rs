@@ -77,7 +77,12 @@ struct Decision {
 
 impl Decision {
     fn decline(code: [u8; 2], reason: &'static str) -> Self {
-        Self { code, reason, icc_response: None, lsn: None }
+        Self {
+            code,
+            reason,
+            icc_response: None,
+            lsn: None,
+        }
     }
 }
 
@@ -116,7 +121,9 @@ fn digits_value(b: &[u8]) -> Option<u64> {
 /// Lower-case-free hex of bytes (BCD compare helper).
 fn hex_upper(b: &[u8]) -> Vec<u8> {
     const H: &[u8; 16] = b"0123456789ABCDEF";
-    b.iter().flat_map(|x| [H[usize::from(x >> 4)], H[usize::from(x & 15)]]).collect()
+    b.iter()
+        .flat_map(|x| [H[usize::from(x >> 4)], H[usize::from(x & 15)]])
+        .collect()
 }
 
 /// The CVN byte a profile's IAD carries, and where.
@@ -244,7 +251,11 @@ impl Pipeline {
                 d.lsn
             }
             b"040" | b"042" => {
-                echo(&req, &mut resp, &[2, 3, 4, 7, 11, 12, 13, 32, 37, 41, 42, 49, 90]);
+                echo(
+                    &req,
+                    &mut resp,
+                    &[2, 3, 4, 7, 11, 12, 13, 32, 37, 41, 42, 49, 90],
+                );
                 self.reverse(&req);
                 resp.set(39, rc::APPROVED.to_vec());
                 None
@@ -264,27 +275,51 @@ impl Pipeline {
     }
 
     fn approval_key(stan: &[u8], de7: &[u8], acquirer: &[u8]) -> Option<(u32, u64, u64)> {
-        Some((digits_value(stan)? as u32, digits_value(de7)?, digits_value(acquirer).unwrap_or(0)))
+        Some((
+            digits_value(stan)? as u32,
+            digits_value(de7)?,
+            digits_value(acquirer).unwrap_or(0),
+        ))
     }
 
     fn remember_approval(&self, req: &IsoMessage, now: Now) {
-        let token = req.get(2).and_then(|t| CardNumber::parse_digits("token", std::str::from_utf8(t).ok()?).ok());
-        let key = Self::approval_key(req.get(11).unwrap_or_default(), req.get(7).unwrap_or_default(), req.get(32).unwrap_or_default());
+        let token = req
+            .get(2)
+            .and_then(|t| CardNumber::parse_digits("token", std::str::from_utf8(t).ok()?).ok());
+        let key = Self::approval_key(
+            req.get(11).unwrap_or_default(),
+            req.get(7).unwrap_or_default(),
+            req.get(32).unwrap_or_default(),
+        );
         if let (Some(token), Some(key)) = (token, key) {
             let mut m = self.approvals.lock().unwrap_or_else(|p| p.into_inner());
             if m.len() >= MAX_REMEMBERED_APPROVALS {
                 m.clear(); // bounded memory: old approvals can no longer be reversed
             }
-            m.insert(key, ApprovalRecord { token, at_secs: now.secs });
+            m.insert(
+                key,
+                ApprovalRecord {
+                    token,
+                    at_secs: now.secs,
+                },
+            );
         }
     }
 
     /// A reversal names its original in DE 90: MTI(4) STAN(6) DE7(10)
     /// acquirer(11) forwarding(11).
     fn reverse(&self, req: &IsoMessage) {
-        let Some(de90) = req.get(90).filter(|d| d.len() == 42) else { return };
-        let Some(key) = Self::approval_key(&de90[4..10], &de90[10..20], &de90[20..31]) else { return };
-        let original = self.approvals.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        let Some(de90) = req.get(90).filter(|d| d.len() == 42) else {
+            return;
+        };
+        let Some(key) = Self::approval_key(&de90[4..10], &de90[10..20], &de90[20..31]) else {
+            return;
+        };
+        let original = self
+            .approvals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
         if let Some(a) = original {
             if let Some(view) = self.vault.lookup(a.token) {
                 self.vault.reverse_approval(&view, a.at_secs);
@@ -304,7 +339,10 @@ impl Pipeline {
             (None, Some(t)) => t.pan.as_ref(),
             (None, None) => return Decision::decline(rc::FORMAT_ERROR, "NO_TOKEN"),
         };
-        let Some(token) = std::str::from_utf8(token_digits).ok().and_then(|s| CardNumber::parse_digits("token", s).ok()) else {
+        let Some(token) = std::str::from_utf8(token_digits)
+            .ok()
+            .and_then(|s| CardNumber::parse_digits("token", s).ok())
+        else {
             return Decision::decline(rc::INVALID_CARD, "TOKEN_FORMAT");
         };
         let expiry: Option<[u8; 4]> = match (req.get(14), &track) {
@@ -312,7 +350,10 @@ impl Pipeline {
             (None, Some(t)) => Some(t.expiry),
             _ => None,
         };
-        let (Some(amount), Some(currency)) = (req.get(4).and_then(digits_value), req.get(49).and_then(digits_value)) else {
+        let (Some(amount), Some(currency)) = (
+            req.get(4).and_then(digits_value),
+            req.get(49).and_then(digits_value),
+        ) else {
             return Decision::decline(rc::FORMAT_ERROR, "AMOUNT_FORMAT");
         };
 
@@ -322,7 +363,9 @@ impl Pipeline {
         };
         match view.state {
             TokenState::Deleted => return Decision::decline(rc::INVALID_CARD, "TOKEN_DELETED"),
-            TokenState::Inactive | TokenState::Suspended => return Decision::decline(rc::RESTRICTED, "TOKEN_NOT_ACTIVE"),
+            TokenState::Inactive | TokenState::Suspended => {
+                return Decision::decline(rc::RESTRICTED, "TOKEN_NOT_ACTIVE")
+            }
             TokenState::Active => {}
         }
         if view.expiry_yymm < now.yymm {
@@ -333,7 +376,11 @@ impl Pipeline {
                 return Decision::decline(rc::EXPIRED, "EXPIRY_MISMATCH");
             }
         }
-        let pos_entry_mode = req.get(22).filter(|p| p.len() == 3).and_then(|p| digits_value(&p[..2])).unwrap_or(0) as u8;
+        let pos_entry_mode = req
+            .get(22)
+            .filter(|p| p.len() == 3)
+            .and_then(|p| digits_value(&p[..2]))
+            .unwrap_or(0) as u8;
         let txn = TxnContext {
             pos_entry_mode,
             mcc: req.get(18).and_then(digits_value).map(|m| m as u16),
@@ -343,7 +390,9 @@ impl Pipeline {
         };
         match self.vault.check_controls(&view, &txn, now.secs) {
             Ok(()) => {}
-            Err(ControlCheck::Control(_)) => return Decision::decline(rc::NOT_PERMITTED, "DOMAIN_CONTROL"),
+            Err(ControlCheck::Control(_)) => {
+                return Decision::decline(rc::NOT_PERMITTED, "DOMAIN_CONTROL")
+            }
             Err(ControlCheck::Velocity) => return Decision::decline(rc::VELOCITY, "VELOCITY"),
         }
 
@@ -355,9 +404,12 @@ impl Pipeline {
         let Ok(card_pan) = Pan::new(&token.digits()) else {
             return Decision::decline(rc::INVALID_CARD, "TOKEN_FORMAT");
         };
-        let psn = psn_of(req).unwrap_or_else(|| Psn::new(&format!("{:02}", view.psn)).unwrap_or_default());
+        let psn = psn_of(req)
+            .unwrap_or_else(|| Psn::new(&format!("{:02}", view.psn)).unwrap_or_default());
         let verified = match (&pk.keys, pk.profile.scheme) {
-            (SchemeKeys::Emv(imk), Scheme::Emv(profile)) => self.verify_chip(req, &view, imk, profile, &card_pan, psn, amount, currency),
+            (SchemeKeys::Emv(imk), Scheme::Emv(profile)) => {
+                self.verify_chip(req, &view, imk, profile, &card_pan, psn, amount, currency)
+            }
             (SchemeKeys::Cvc3(imk), _) => self.verify_cvc3(&track, &view, imk, pk, &card_pan, psn),
             (SchemeKeys::Dcvv(imk), _) => self.verify_dcvv(&track, &view, imk, pk, &card_pan),
             _ => Err(Decision::decline(rc::SYSTEM_ERROR, "PROFILE_KEYS")),
@@ -374,10 +426,17 @@ impl Pipeline {
 
         // 4. Accept the ATC exactly once; journal the approval.
         match self.vault.approve(&view, atc, now.secs) {
-            Ok(lsn) => Decision { code: rc::APPROVED, reason: "", icc_response: icc.map(|f| f(rc::APPROVED)), lsn: Some(lsn) },
+            Ok(lsn) => Decision {
+                code: rc::APPROVED,
+                reason: "",
+                icc_response: icc.map(|f| f(rc::APPROVED)),
+                lsn: Some(lsn),
+            },
             Err(ApprovalRefused::Atc(_)) => Decision::decline(fail, "ATC_REPLAY"),
             Err(ApprovalRefused::Velocity) => Decision::decline(rc::VELOCITY, "VELOCITY"),
-            Err(ApprovalRefused::NotActive) => Decision::decline(rc::RESTRICTED, "TOKEN_NOT_ACTIVE"),
+            Err(ApprovalRefused::NotActive) => {
+                Decision::decline(rc::RESTRICTED, "TOKEN_NOT_ACTIVE")
+            }
             Err(ApprovalRefused::Storage) => Decision::decline(rc::SYSTEM_ERROR, "JOURNAL"),
         }
     }
@@ -399,14 +458,17 @@ impl Pipeline {
         let Some(icc) = req.get(55) else {
             return Err(Decision::decline(rc::FORMAT_ERROR, "NO_CHIP_DATA"));
         };
-        let tags = tlv::parse(icc).map_err(|_| Decision::decline(rc::FORMAT_ERROR, "CHIP_DATA_FORMAT"))?;
+        let tags =
+            tlv::parse(icc).map_err(|_| Decision::decline(rc::FORMAT_ERROR, "CHIP_DATA_FORMAT"))?;
         let tag = |t: u32| tlv::find(&tags, t);
         let fixed = |t: u32, n: usize| tag(t).filter(|v| v.len() == n);
         let missing = || Decision::decline(rc::FORMAT_ERROR, "CHIP_DATA_MISSING");
         let arr = |t: u32, n: usize| fixed(t, n).ok_or_else(missing);
         let terminal = TerminalData {
             amount_authorised: arr(0x9F02, 6)?.try_into().map_err(|_| missing())?,
-            amount_other: fixed(0x9F03, 6).map_or(Ok([0; 6]), |v| v.try_into()).map_err(|_| missing())?,
+            amount_other: fixed(0x9F03, 6)
+                .map_or(Ok([0; 6]), |v| v.try_into())
+                .map_err(|_| missing())?,
             terminal_country: arr(0x9F1A, 2)?.try_into().map_err(|_| missing())?,
             tvr: arr(0x95, 5)?.try_into().map_err(|_| missing())?,
             currency: arr(0x5F2A, 2)?.try_into().map_err(|_| missing())?,
@@ -417,18 +479,24 @@ impl Pipeline {
             atc: arr(0x9F36, 2)?.try_into().map_err(|_| missing())?,
         };
         let arqc: [u8; 8] = arr(0x9F26, 8)?.try_into().map_err(|_| missing())?;
-        let iad = tag(0x9F10).filter(|v| !v.is_empty() && v.len() <= 32).ok_or_else(missing)?;
+        let iad = tag(0x9F10)
+            .filter(|v| !v.is_empty() && v.len() <= 32)
+            .ok_or_else(missing)?;
         // DE 4 must equal 9F02 and DE 49 must equal 5F2A.
         let amount_hex = hex_upper(&terminal.amount_authorised);
         let currency_hex = hex_upper(&terminal.currency);
-        if digits_value(&amount_hex) != Some(amount) || digits_value(&currency_hex) != Some(currency) {
+        if digits_value(&amount_hex) != Some(amount)
+            || digits_value(&currency_hex) != Some(currency)
+        {
             return Err(Decision::decline(rc::MC_CRYPTO, "AMOUNT_MISMATCH"));
         }
         let (at, cvn) = iad_cvn(profile);
         if iad.get(at) != Some(&cvn) {
             return Err(Decision::decline(rc::MC_CRYPTO, "CVN_MISMATCH"));
         }
-        let card_data = profile.card_data_from_iad(iad).map_err(|_| Decision::decline(rc::MC_CRYPTO, "IAD_FORMAT"))?;
+        let card_data = profile
+            .card_data_from_iad(iad)
+            .map_err(|_| Decision::decline(rc::MC_CRYPTO, "IAD_FORMAT"))?;
         let atc = terminal.atc().0;
         if self.vault.atc_usable(view, atc).is_err() {
             return Err(Decision::decline(rc::MC_CRYPTO, "ATC_REPLAY"));
@@ -441,12 +509,21 @@ impl Pipeline {
         let builder: IccResponse = Box::new(move |code: [u8; 2]| {
             let input = if profile.arpc_method() == 2 {
                 // CSU: byte 2 bit 8 "issuer approves online" (VIS) on approval.
-                let csu = if code == rc::APPROVED { [0x00, 0x80, 0x00, 0x00] } else { [0; 4] };
-                ArpcInput::Method2 { csu, prop_auth_data: Vec::new() }
+                let csu = if code == rc::APPROVED {
+                    [0x00, 0x80, 0x00, 0x00]
+                } else {
+                    [0; 4]
+                };
+                ArpcInput::Method2 {
+                    csu,
+                    prop_auth_data: Vec::new(),
+                }
             } else {
                 ArpcInput::Method1 { arc: code }
             };
-            let arpc = profile.generate_arpc(&mk, &terminal, &arqc, &input).unwrap_or_default();
+            let arpc = profile
+                .generate_arpc(&mk, &terminal, &arqc, &input)
+                .unwrap_or_default();
             let mut value = arpc;
             match input {
                 ArpcInput::Method1 { arc } => value.extend_from_slice(&arc),
@@ -468,9 +545,12 @@ impl Pipeline {
         pan: &Pan,
         psn: Psn,
     ) -> Result<(u16, Option<IccResponse>), Decision> {
-        let t = track.as_ref().ok_or_else(|| Decision::decline(rc::FORMAT_ERROR, "NO_TRACK2"))?;
+        let t = track
+            .as_ref()
+            .ok_or_else(|| Decision::decline(rc::FORMAT_ERROR, "NO_TRACK2"))?;
         let template = pk.profile.track2_dd.as_deref().unwrap_or_default();
-        let dd = track::split(template, &t.discretionary).map_err(|_| Decision::decline(rc::MC_CRYPTO, "TRACK2_TEMPLATE"))?;
+        let dd = track::split(template, &t.discretionary)
+            .map_err(|_| Decision::decline(rc::MC_CRYPTO, "TRACK2_TEMPLATE"))?;
         let atc = track::rebuild_atc(&dd.atc, self.vault.highest_atc(view), replay::WINDOW)
             .ok_or_else(|| Decision::decline(rc::MC_CRYPTO, "ATC_RANGE"))?;
         if self.vault.atc_usable(view, atc).is_err() {
@@ -479,8 +559,14 @@ impl Pipeline {
         let un_value = track::value(&dd.un) as u32;
         let un = hex_to_bcd4(un_value);
         let kd = derive_icc_mk(MkDerivation::OptionA, imk, pan, psn);
-        let personalised = track::personalised_track_bytes(pan.digits(), &t.expiry, &pk.profile.service_code, &track::personalised(template));
-        let iv = cvc3::ivcvc3(&kd, &personalised).map_err(|_| Decision::decline(rc::SYSTEM_ERROR, "CVC3"))?;
+        let personalised = track::personalised_track_bytes(
+            pan.digits(),
+            &t.expiry,
+            &pk.profile.service_code,
+            &track::personalised(template),
+        );
+        let iv = cvc3::ivcvc3(&kd, &personalised)
+            .map_err(|_| Decision::decline(rc::SYSTEM_ERROR, "CVC3"))?;
         match cvc3::verify_cvc3(&kd, iv, un, Atc(atc), &dd.code) {
             Ok(true) => Ok((atc, None)),
             _ => Err(Decision::decline(rc::MC_CRYPTO, "CVC3_MISMATCH")),
@@ -495,9 +581,12 @@ impl Pipeline {
         pk: &ProfileKeys,
         pan: &Pan,
     ) -> Result<(u16, Option<IccResponse>), Decision> {
-        let t = track.as_ref().ok_or_else(|| Decision::decline(rc::FORMAT_ERROR, "NO_TRACK2"))?;
+        let t = track
+            .as_ref()
+            .ok_or_else(|| Decision::decline(rc::FORMAT_ERROR, "NO_TRACK2"))?;
         let template = pk.profile.track2_dd.as_deref().unwrap_or_default();
-        let dd = track::split(template, &t.discretionary).map_err(|_| Decision::decline(rc::MC_CRYPTO, "TRACK2_TEMPLATE"))?;
+        let dd = track::split(template, &t.discretionary)
+            .map_err(|_| Decision::decline(rc::MC_CRYPTO, "TRACK2_TEMPLATE"))?;
         let atc = track::rebuild_atc(&dd.atc, self.vault.highest_atc(view), replay::WINDOW)
             .ok_or_else(|| Decision::decline(rc::MC_CRYPTO, "ATC_RANGE"))?;
         if self.vault.atc_usable(view, atc).is_err() {
@@ -505,9 +594,12 @@ impl Pipeline {
         }
         // Payment HSMs derive the dCVV key with PSN 00.
         let udk = derive_icc_mk(MkDerivation::OptionA, imk, pan, Psn::default());
-        let expiry = Expiry::new(std::str::from_utf8(&t.expiry).unwrap_or_default()).map_err(|_| Decision::decline(rc::FORMAT_ERROR, "TRACK2_FORMAT"))?;
-        let sc = ServiceCode::new(std::str::from_utf8(&t.service_code).unwrap_or_default()).map_err(|_| Decision::decline(rc::FORMAT_ERROR, "TRACK2_FORMAT"))?;
-        let expected = dcvv::dcvv_with_udk(&udk, pan, expiry, sc, Atc(atc)).map_err(|_| Decision::decline(rc::SYSTEM_ERROR, "DCVV"))?;
+        let expiry = Expiry::new(std::str::from_utf8(&t.expiry).unwrap_or_default())
+            .map_err(|_| Decision::decline(rc::FORMAT_ERROR, "TRACK2_FORMAT"))?;
+        let sc = ServiceCode::new(std::str::from_utf8(&t.service_code).unwrap_or_default())
+            .map_err(|_| Decision::decline(rc::FORMAT_ERROR, "TRACK2_FORMAT"))?;
+        let expected = dcvv::dcvv_with_udk(&udk, pan, expiry, sc, Atc(atc))
+            .map_err(|_| Decision::decline(rc::SYSTEM_ERROR, "DCVV"))?;
         if ct_eq(&expected, &dd.code) {
             Ok((atc, None))
         } else {
@@ -571,8 +663,13 @@ fn format_error(e: &iso8583::DecodeError) -> Option<IsoMessage> {
 
 /// One structured line per declined request: masked token, code, reason.
 fn log_decline(req: &IsoMessage, d: &Decision) {
-    let token = req.get(2).map_or_else(|| "-".to_owned(), |t| hsm_sim::types::mask_pan(&String::from_utf8_lossy(t)));
-    let stan = req.get(11).map_or_else(String::new, |s| String::from_utf8_lossy(s).into_owned());
+    let token = req.get(2).map_or_else(
+        || "-".to_owned(),
+        |t| hsm_sim::types::mask_pan(&String::from_utf8_lossy(t)),
+    );
+    let stan = req
+        .get(11)
+        .map_or_else(String::new, |s| String::from_utf8_lossy(s).into_owned());
     if std::env::var_os("TESSERA_LOG_DECLINES").is_some() {
         eprintln!(
             "decline stan={stan} token={token} rc={} reason={}",

@@ -32,7 +32,11 @@ pub fn split(template: &str, dd: &[u8]) -> Result<DynamicDigits, TemplateError> 
     if template.len() != dd.len() {
         return Err(TemplateError::Length);
     }
-    let mut d = DynamicDigits { code: Vec::new(), un: Vec::new(), atc: Vec::new() };
+    let mut d = DynamicDigits {
+        code: Vec::new(),
+        un: Vec::new(),
+        atc: Vec::new(),
+    };
     for (t, &c) in template.bytes().zip(dd) {
         if !c.is_ascii_digit() {
             return Err(TemplateError::NotDigit);
@@ -51,7 +55,10 @@ pub fn split(template: &str, dd: &[u8]) -> Result<DynamicDigits, TemplateError> 
 /// The discretionary data as personalised on the card: every `C`, `U`
 /// and `A` position set to `0`, literal digits kept.
 pub fn personalised(template: &str) -> Vec<u8> {
-    template.bytes().map(|t| if t.is_ascii_digit() { t } else { b'0' }).collect()
+    template
+        .bytes()
+        .map(|t| if t.is_ascii_digit() { t } else { b'0' })
+        .collect()
 }
 
 /// Fill a template with dynamic digits (the card's side; used by the load
@@ -78,7 +85,9 @@ pub fn fill(template: &str, code: &[u8], un: &[u8], atc: &[u8]) -> Vec<u8> {
 
 /// Digits as a number (at most 19 digits; callers pass template counts).
 pub fn value(digits: &[u8]) -> u64 {
-    digits.iter().fold(0u64, |acc, d| acc.wrapping_mul(10).wrapping_add(u64::from(d - b'0')))
+    digits.iter().fold(0u64, |acc, d| {
+        acc.wrapping_mul(10).wrapping_add(u64::from(d - b'0'))
+    })
 }
 
 /// The full ATC from its low decimal digits: the smallest ATC at or above
@@ -100,7 +109,12 @@ pub fn rebuild_atc(digits: &[u8], highest: Option<u16>, window: u16) -> Option<u
 /// The personalised track 2 data (tag 9F6B) as the card holds it: PAN,
 /// `D`, expiry, service code, discretionary data, padded with `F` to whole
 /// bytes, packed as nibbles. The IVCVC3 is computed over these bytes.
-pub fn personalised_track_bytes(pan: &str, expiry: &[u8; 4], service_code: &str, dd: &[u8]) -> Vec<u8> {
+pub fn personalised_track_bytes(
+    pan: &str,
+    expiry: &[u8; 4],
+    service_code: &str,
+    dd: &[u8],
+) -> Vec<u8> {
     let mut nibbles: Vec<u8> = Vec::with_capacity(48);
     nibbles.extend(pan.bytes().map(|b| b - b'0'));
     nibbles.push(0xD);
@@ -110,7 +124,10 @@ pub fn personalised_track_bytes(pan: &str, expiry: &[u8; 4], service_code: &str,
     if nibbles.len() % 2 == 1 {
         nibbles.push(0xF);
     }
-    nibbles.chunks_exact(2).map(|p| (p[0] << 4) | p[1]).collect()
+    nibbles
+        .chunks_exact(2)
+        .map(|p| (p[0] << 4) | p[1])
+        .collect()
 }
 
 #[cfg(test)]
@@ -123,7 +140,10 @@ mod tests {
         let dd = fill(t, b"29488", b"00000899", b"00094");
         assert_eq!(dd, b"04880899094");
         let d = split(t, &dd).unwrap();
-        assert_eq!((d.code.as_slice(), d.un.as_slice(), d.atc.as_slice()), (&b"488"[..], &b"0899"[..], &b"094"[..]));
+        assert_eq!(
+            (d.code.as_slice(), d.un.as_slice(), d.atc.as_slice()),
+            (&b"488"[..], &b"0899"[..], &b"094"[..])
+        );
         assert_eq!(split(t, b"14880899094"), Err(TemplateError::Literal));
         assert_eq!(personalised(t), b"00000000000");
     }
@@ -141,6 +161,12 @@ mod tests {
     fn pyemv_track_layout() {
         // pyemv's CVC3 example track: 5123456789012345D35121010000000000000F
         let b = personalised_track_bytes("5123456789012345", b"3512", "101", b"0000000000000");
-        assert_eq!(b, [0x51, 0x23, 0x45, 0x67, 0x89, 0x01, 0x23, 0x45, 0xD3, 0x51, 0x21, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x0F]);
+        assert_eq!(
+            b,
+            [
+                0x51, 0x23, 0x45, 0x67, 0x89, 0x01, 0x23, 0x45, 0xD3, 0x51, 0x21, 0x01, 0x00, 0x00,
+                0x00, 0x00, 0x00, 0x00, 0x0F
+            ]
+        );
     }
 }

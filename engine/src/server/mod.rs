@@ -19,7 +19,8 @@
 //! - **One reader thread per connection**: blocking reads with a short read
 //!   timeout ([`POLL_INTERVAL`]) so it notices shutdown and enforces the idle
 //!   and stalled-read timeouts. Its read buffer is allocated once, at
-//!   `max_frame + 16` bytes (the longest length prefix plus TPDU fits in 16),
+//!   `max_frame + 16` bytes (`max_frame` counts the TPDU; the longest length
+//!   prefix is 4 bytes),
 //!   and never grows: a declared length over `max_frame` is a framing error as
 //!   soon as the prefix is read, so nothing is ever allocated for an oversized
 //!   frame. After every read, **all complete frames in the buffer are copied
@@ -79,8 +80,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-mod framing_shim;
-use framing_shim::{next_frame, write_frame, Framing, FramingError};
+use crate::iso8583::framing::{next_frame, write_frame, Framing, FramingError};
 
 #[cfg(test)]
 mod tests;
@@ -95,8 +95,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long the accept loop sleeps when no connection is pending.
 const ACCEPT_POLL: Duration = Duration::from_millis(5);
 
-/// Room in the read buffer beyond `max_frame` for the length prefix (2 bytes
-/// binary or 4 ASCII digits) and a 5-byte TPDU.
+/// Room in the read buffer beyond `max_frame` (which counts a TPDU) for the
+/// length prefix (2 bytes binary or 4 ASCII digits), with slack.
 const PREFIX_ROOM: usize = 16;
 
 /// Identifies one accepted connection for the lifetime of a [`Server`].
@@ -342,7 +342,7 @@ impl Server {
         let mut readers = Vec::new();
         if result.is_ok() {
             log(format_args!(
-                "event=listening addr={} framing={:?} workers={}",
+                "event=listening addr={} framing={} workers={}",
                 listener
                     .local_addr()
                     .map_or_else(|_| "?".to_string(), |a| a.to_string()),

@@ -502,3 +502,26 @@ fn split_frames_respects_limit_and_keepalives() {
     assert_eq!(rest.spans.len(), 1);
     assert_eq!(rest.consumed, 5);
 }
+
+#[test]
+fn len2_tpdu_answers_swap_niis() {
+    let r = start(ServerConfig {
+        framing: Framing::Len2Tpdu,
+        ..test_config()
+    });
+    let mut s = r.connect();
+    // TPDU 60 0010 0020, body "0800"; then a TPDU-only keep-alive.
+    let mut wire = vec![0x00, 0x09, 0x60, 0x00, 0x10, 0x00, 0x20];
+    wire.extend_from_slice(b"0800");
+    wire.extend_from_slice(&[0x00, 0x05, 0x60, 0x00, 0x10, 0x00, 0x20]);
+    s.write_all(&wire).unwrap();
+    let mut ans = [0u8; 11];
+    s.read_exact(&mut ans).unwrap();
+    assert_eq!(
+        ans,
+        [0x00, 0x09, 0x60, 0x00, 0x20, 0x00, 0x10, b'0', b'0', b'8', b'0']
+    );
+    drop(s);
+    let stats = r.stop();
+    assert_eq!((stats.frames, stats.keepalives), (1, 1));
+}
