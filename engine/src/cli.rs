@@ -83,6 +83,10 @@ struct ServeArgs {
     /// Connections at once [config: listener.max_connections; default 1024].
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Serve Prometheus metrics (answers by code, latency histogram) on ADDR.
+    /// Off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -321,6 +325,13 @@ fn serve(config: &Path, a: ServeArgs) -> Result<(), CliError> {
         profiles,
         dialect,
     ));
+    if let Some(m) = &a.metrics {
+        let addr = m
+            .parse()
+            .map_err(|_| CliError::new(format!("cannot parse metrics address \"{m}\"")))?;
+        let bound = crate::metrics::serve(addr, pipeline.metrics())?;
+        eprintln!("tessera: metrics on http://{bound}/metrics");
+    }
     let server = Server::bind(server_config)?;
     let addr = server.local_addr()?;
     let stop = server.shutdown_handle();

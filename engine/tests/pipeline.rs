@@ -58,6 +58,8 @@ fn setup() -> Setup {
     }
 }
 
+static NEXT_STAN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
 fn txn(view: &RecordView, atc: u16) -> CardTxn {
     CardTxn {
         token: view.token.digits(),
@@ -70,7 +72,9 @@ fn txn(view: &RecordView, atc: u16) -> CardTxn {
         amount: 1234,
         currency: 978,
         un: 0x1234_5678 % 100_000_000,
-        stan: u32::from(atc),
+        // Unique per request: the pipeline answers a repeated (11, 41, 7)
+        // from its retransmission cache.
+        stan: NEXT_STAN.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     }
 }
 
@@ -301,4 +305,83 @@ fn format_errors_network_messages_and_responses() {
         (r.mti(), code(&r), r.get_str(70)),
         (*b"0810", "00", Some("301"))
     );
+}
+
+#[test]
+fn retransmissions_are_answered_from_the_cache_and_reversals_undo_velocity() {
+    let s = setup();
+    let v = s.pipeline.vault();
+    let pk = &s.profiles[s
+        .profiles
+        .iter()
+        .position(|p| p.profile.name == "visa_cvn18")
+        .unwrap()];
+    let pan = engine::vault::types::CardNumber::parse("PAN", "4761739001010010").unwrap();
+    let (tok, _) = v
+        .tokenize(&TokenizeRequest {
+            pan,
+            expiry_yymm: 3012,
+            psn: 0,
+            profile: "visa_cvn18".into(),
+            requestor_id: 40_010_030_273,
+            controls: DomainControls {
+                velocity: Some(Velocity {
+                    count: 1,
+                    window_secs: 3600,
+                }),
+                ..Default::default()
+            },
+            state: TokenState::Active,
+        })
+        .unwrap();
+    let view = v.lookup(tok).unwrap();
+    let req = authorization(pk, &txn(&view, 1)).unwrap();
+    let first = run(&s.pipeline, &req);
+    assert_eq!(code(&first), "00");
+    // The same request again (same 11/41/7): the cached answer, not a replay decline.
+    let again = run(&s.pipeline, &req);
+    assert_eq!(code(&again), "00");
+    assert_eq!(again.get(38), first.get(38));
+    // A repeat MTI 0101 likewise.
+    let mut repeat = req.clone();
+    repeat.set_mti(*b"0101");
+    let r = run(&s.pipeline, &repeat);
+    assert_eq!((r.mti(), code(&r)), (*b"0110", "00"));
+    // Velocity 1/hour: a new ATC is declined 65...
+    let second = authorization(
+        pk,
+        &CardTxn {
+            stan: 77,
+            ..txn(&view, 2)
+        },
+    )
+    .unwrap();
+    assert_eq!(code(&run(&s.pipeline, &second)), "65");
+    // ...until the first approval is reversed (DE 90 names it).
+    let mut rev = IsoMessage::new(*b"0400");
+    for f in [2, 3, 4, 7, 11, 41, 49] {
+        if let Some(val) = req.get(f) {
+            rev.set(f, val.to_vec());
+        }
+    }
+    rev.set(11, b"000555".to_vec());
+    let de90 = format!(
+        "0100{}{}{:011}{:011}",
+        req.get_str(11).unwrap(),
+        req.get_str(7).unwrap(),
+        0,
+        0
+    );
+    rev.set(90, de90.into_bytes());
+    let r = run(&s.pipeline, &rev);
+    assert_eq!((r.mti(), code(&r)), (*b"0410", "00"));
+    let third = authorization(
+        pk,
+        &CardTxn {
+            stan: 78,
+            ..txn(&view, 3)
+        },
+    )
+    .unwrap();
+    assert_eq!(code(&run(&s.pipeline, &third)), "00");
 }

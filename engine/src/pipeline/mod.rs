@@ -106,8 +106,57 @@ pub struct Pipeline {
     auth_counter: AtomicU64,
     /// (DE 11, DE 7, DE 32) of approvals -> token and time, for DE 90.
     approvals: Mutex<HashMap<(u32, u64, u64), ApprovalRecord>>,
-    /// Per-response-code counters (index: the two digits as a number).
-    counters: Vec<AtomicU64>,
+    /// Answers by code, latency histogram.
+    metrics: Arc<crate::metrics::Metrics>,
+    /// Answers of recent requests, for retransmissions and repeats.
+    recent: Mutex<RecentAnswers>,
+}
+
+/// How long a request's answer is kept for retransmissions.
+const RETRANSMISSION_WINDOW_SECS: u32 = 300;
+/// Answers kept at most (oldest dropped first).
+const MAX_RECENT_ANSWERS: usize = 1 << 20;
+
+/// Identity of a request for retransmission matching: MTI class (first
+/// three digits: a repeat 0101 matches its 0100), DE 11, DE 41, DE 7, and
+/// the card (DE 2 or DE 35), so two cards never share an answer.
+type RequestKey = ([u8; 3], Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// Recent answers, bounded in count and age.
+#[derive(Debug, Default)]
+struct RecentAnswers {
+    by_key: HashMap<RequestKey, (IsoMessage, Option<Lsn>)>,
+    order: std::collections::VecDeque<(u32, RequestKey)>,
+}
+
+impl RecentAnswers {
+    fn get(&mut self, key: &RequestKey, now: u32) -> Option<(IsoMessage, Option<Lsn>)> {
+        self.expire(now);
+        self.by_key.get(key).cloned()
+    }
+
+    fn insert(&mut self, key: RequestKey, answer: IsoMessage, lsn: Option<Lsn>, now: u32) {
+        self.expire(now);
+        if self.order.len() >= MAX_RECENT_ANSWERS {
+            if let Some((_, old)) = self.order.pop_front() {
+                self.by_key.remove(&old);
+            }
+        }
+        if self.by_key.insert(key.clone(), (answer, lsn)).is_none() {
+            self.order.push_back((now, key));
+        }
+    }
+
+    fn expire(&mut self, now: u32) {
+        while let Some((t, _)) = self.order.front() {
+            if now.saturating_sub(*t) < RETRANSMISSION_WINDOW_SECS {
+                break;
+            }
+            if let Some((_, key)) = self.order.pop_front() {
+                self.by_key.remove(&key);
+            }
+        }
+    }
 }
 
 /// Digits only (never `str::parse`, which accepts a sign).
@@ -158,8 +207,14 @@ impl Pipeline {
             dialect,
             auth_counter: AtomicU64::new(0),
             approvals: Mutex::new(HashMap::new()),
-            counters: (0..100).map(|_| AtomicU64::new(0)).collect(),
+            metrics: Arc::new(crate::metrics::Metrics::default()),
+            recent: Mutex::new(RecentAnswers::default()),
         }
+    }
+
+    /// The pipeline's metrics (for `--metrics`).
+    pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// The vault.
@@ -170,6 +225,7 @@ impl Pipeline {
     /// Answers for a batch of request bodies (one slot each; `None` = no
     /// answer, e.g. the message was itself a response).
     pub fn answer_batch(&self, frames: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
+        let started = std::time::Instant::now();
         let now = Now::system();
         let mut answers: Vec<Option<IsoMessage>> = Vec::with_capacity(frames.len());
         let mut wait_for = Lsn::default();
@@ -183,6 +239,8 @@ impl Pipeline {
         // One wait for the whole batch: approvals leave only once their
         // ATCs are durable (sync mode).
         let durable = wait_for == Lsn::default() || self.vault.wait_durable(wait_for).is_ok();
+        let answered = answers.iter().filter(|a| a.is_some()).count() as u64;
+        self.metrics.latency(started.elapsed(), answered);
         answers
             .into_iter()
             .map(|a| {
@@ -201,22 +259,13 @@ impl Pipeline {
 
     fn count(&self, msg: &IsoMessage) {
         if let Some(code) = msg.get(39).and_then(digits_value) {
-            if let Some(c) = self.counters.get(code as usize) {
-                c.fetch_add(1, Ordering::Relaxed);
-            }
+            self.metrics.response(code as u8);
         }
     }
 
     /// Answers given so far, by response code (e.g. "00" -> 1234).
     pub fn response_counts(&self) -> Vec<(String, u64)> {
-        self.counters
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| {
-                let n = c.load(Ordering::Relaxed);
-                (n > 0).then(|| (format!("{i:02}"), n))
-            })
-            .collect()
+        self.metrics.response_counts()
     }
 
     fn handle_one(&self, body: &[u8], now: Now) -> (Option<IsoMessage>, Option<Lsn>) {
@@ -231,6 +280,50 @@ impl Pipeline {
         let Some(resp_mti) = iso8583::response_mti(mti) else {
             return (None, None);
         };
+        // A retransmission or a repeat (xxx1) is answered from the cache,
+        // never processed twice; its answer still waits for the original's
+        // journal position.
+        let key: Option<RequestKey> = match (req.get(11), req.get(41), req.get(7)) {
+            (Some(stan), Some(tid), Some(de7)) if &mti[..3] != b"080" => {
+                let card = req.get(2).or_else(|| req.get(35)).unwrap_or_default();
+                Some((
+                    [mti[0], mti[1], mti[2]],
+                    stan.to_vec(),
+                    tid.to_vec(),
+                    de7.to_vec(),
+                    card.to_vec(),
+                ))
+            }
+            _ => None,
+        };
+        if let Some(k) = &key {
+            let cached = self
+                .recent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(k, now.secs);
+            if let Some((mut answer, lsn)) = cached {
+                answer.set_mti(resp_mti);
+                return (Some(answer), lsn);
+            }
+        }
+        let (resp, lsn) = self.process(&req, mti, resp_mti, now);
+        if let Some(k) = key {
+            self.recent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(k, resp.clone(), lsn, now.secs);
+        }
+        (Some(resp), lsn)
+    }
+
+    fn process(
+        &self,
+        req: &IsoMessage,
+        mti: [u8; 4],
+        resp_mti: [u8; 4],
+        now: Now,
+    ) -> (IsoMessage, Option<Lsn>) {
         let mut resp = IsoMessage::new(resp_mti);
         let lsn = match &mti[..3] {
             b"010" | b"020" => {
@@ -271,7 +364,7 @@ impl Pipeline {
                 None
             }
         };
-        (Some(resp), lsn)
+        (resp, lsn)
     }
 
     fn approval_key(stan: &[u8], de7: &[u8], acquirer: &[u8]) -> Option<(u32, u64, u64)> {
@@ -670,11 +763,9 @@ fn log_decline(req: &IsoMessage, d: &Decision) {
     let stan = req
         .get(11)
         .map_or_else(String::new, |s| String::from_utf8_lossy(s).into_owned());
-    if std::env::var_os("TESSERA_LOG_DECLINES").is_some() {
-        eprintln!(
-            "decline stan={stan} token={token} rc={} reason={}",
-            String::from_utf8_lossy(&d.code),
-            d.reason
-        );
-    }
+    eprintln!(
+        "tessera: decline stan={stan} token={token} rc={} reason={}",
+        String::from_utf8_lossy(&d.code),
+        d.reason
+    );
 }

@@ -1,0 +1,142 @@
+//! Operational visibility: answers by response code and a latency
+//! histogram, served in the Prometheus text format by `--metrics ADDR`.
+//!
+//! Counters are plain atomics (no locks on the hot path); the endpoint is a
+//! minimal HTTP responder on its own thread, off by default.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in microseconds.
+const BUCKETS_US: [u64; 12] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 1_000_000,
+];
+
+/// Counters of the authorization path.
+#[derive(Debug)]
+pub struct Metrics {
+    responses: Vec<AtomicU64>,
+    buckets: Vec<AtomicU64>,
+    latency_sum_us: AtomicU64,
+    latency_count: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            responses: (0..100).map(|_| AtomicU64::new(0)).collect(),
+            buckets: (0..=BUCKETS_US.len()).map(|_| AtomicU64::new(0)).collect(),
+            latency_sum_us: AtomicU64::new(0),
+            latency_count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    /// Count one answer with this two-digit response code.
+    pub fn response(&self, code: u8) {
+        if let Some(c) = self.responses.get(usize::from(code)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Record `n` requests that took `d` each (a batch shares its time).
+    pub fn latency(&self, d: Duration, n: u64) {
+        let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
+        let i = BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(BUCKETS_US.len());
+        self.buckets[i].fetch_add(n, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(us * n, Ordering::Relaxed);
+        self.latency_count.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Answers so far by code, e.g. ("00", 1234), non-zero ones only.
+    pub fn response_counts(&self) -> Vec<(String, u64)> {
+        self.responses
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let n = c.load(Ordering::Relaxed);
+                (n > 0).then(|| (format!("{i:02}"), n))
+            })
+            .collect()
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::from(
+            "# HELP tessera_responses_total Authorization answers by DE 39 response code.\n# TYPE tessera_responses_total counter\n",
+        );
+        for (code, n) in self.response_counts() {
+            out.push_str(&format!("tessera_responses_total{{code=\"{code}\"}} {n}\n"));
+        }
+        out.push_str("# HELP tessera_request_duration_seconds Time from batch read to answer, per request.\n");
+        out.push_str("# TYPE tessera_request_duration_seconds histogram\n");
+        let mut cumulative = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            cumulative += b.load(Ordering::Relaxed);
+            let le = BUCKETS_US
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), |us| format!("{}", *us as f64 / 1e6));
+            out.push_str(&format!(
+                "tessera_request_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}\n"
+            ));
+        }
+        let sum = self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        out.push_str(&format!("tessera_request_duration_seconds_sum {sum}\n"));
+        out.push_str(&format!(
+            "tessera_request_duration_seconds_count {}\n",
+            self.latency_count.load(Ordering::Relaxed)
+        ));
+        out
+    }
+}
+
+/// Serve `metrics` on `addr` (any path) from a background thread.
+pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+            // Read (and ignore) the request head, bounded.
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf);
+            let body = metrics.render();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes()).and_then(|()| s.write_all(body.as_bytes()));
+        }
+    })?;
+    Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histogram() {
+        let m = Metrics::default();
+        m.response(0);
+        m.response(0);
+        m.response(14);
+        m.latency(Duration::from_micros(300), 3);
+        let text = m.render();
+        assert!(text.contains("tessera_responses_total{code=\"00\"} 2"));
+        assert!(text.contains("tessera_responses_total{code=\"14\"} 1"));
+        assert!(text.contains("tessera_request_duration_seconds_bucket{le=\"0.00025\"} 0"));
+        assert!(text.contains("tessera_request_duration_seconds_bucket{le=\"0.0005\"} 3"));
+        assert!(text.contains("tessera_request_duration_seconds_bucket{le=\"+Inf\"} 3"));
+        assert!(text.contains("tessera_request_duration_seconds_count 3"));
+    }
+}
