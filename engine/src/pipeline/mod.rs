@@ -327,15 +327,15 @@ impl Pipeline {
         let mut resp = IsoMessage::new(resp_mti);
         let lsn = match &mti[..3] {
             b"010" | b"020" => {
-                let d = self.authorize(&req, now);
-                echo(&req, &mut resp, &ECHO);
+                let d = self.authorize(req, now);
+                echo(req, &mut resp, &ECHO);
                 if d.code == rc::APPROVED {
                     let n = self.auth_counter.fetch_add(1, Ordering::Relaxed) % 1_000_000;
                     resp.set(38, format!("{n:06}").into_bytes());
-                    self.remember_approval(&req, now);
+                    self.remember_approval(req, now);
                 } else {
                     resp.set(44, d.reason.as_bytes().to_vec());
-                    log_decline(&req, &d);
+                    log_decline(req, &d);
                 }
                 resp.set(39, d.code.to_vec());
                 if let Some(icc) = d.icc_response {
@@ -345,21 +345,21 @@ impl Pipeline {
             }
             b"040" | b"042" => {
                 echo(
-                    &req,
+                    req,
                     &mut resp,
                     &[2, 3, 4, 7, 11, 12, 13, 32, 37, 41, 42, 49, 90],
                 );
-                self.reverse(&req);
+                self.reverse(req);
                 resp.set(39, rc::APPROVED.to_vec());
                 None
             }
             b"080" => {
-                echo(&req, &mut resp, &[7, 11, 70]);
+                echo(req, &mut resp, &[7, 11, 70]);
                 resp.set(39, rc::APPROVED.to_vec());
                 None
             }
             _ => {
-                echo(&req, &mut resp, &[11, 37, 41]);
+                echo(req, &mut resp, &[11, 37, 41]);
                 resp.set(39, rc::FORMAT_ERROR.to_vec());
                 None
             }
