@@ -83,6 +83,13 @@ struct ServeArgs {
     /// Connections at once [config: listener.max_connections; default 1024].
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Forward approvable requests to this issuer (DE 2 = PAN, token in DE 48
+    /// sub-element 01) [config: listener.issuer; default: none, stand-in].
+    #[arg(long, value_name = "HOST:PORT")]
+    issuer: Option<String>,
+    /// Issuer answer timeout in ms; no answer in time → 91 [config: listener.issuer_timeout_ms; default 2000].
+    #[arg(long)]
+    issuer_timeout_ms: Option<u64>,
     /// Serve Prometheus metrics (answers by code, latency histogram) on ADDR.
     /// Off by default.
     #[arg(long, value_name = "ADDR")]

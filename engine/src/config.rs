@@ -205,6 +205,11 @@ pub struct ListenerConfig {
     pub idle_timeout_secs: u64,
     /// Close a connection whose frame stalls this long, seconds.
     pub stalled_read_timeout_secs: u64,
+    /// The issuer to forward approvable requests to (HOST:PORT); none = the
+    /// engine answers on the issuer's behalf (stand-in).
+    pub issuer: Option<String>,
+    /// How long to wait for the issuer before answering 91, milliseconds.
+    pub issuer_timeout_ms: u64,
 }
 
 impl Default for ListenerConfig {
@@ -217,6 +222,8 @@ impl Default for ListenerConfig {
             max_connections: 1024,
             idle_timeout_secs: 300,
             stalled_read_timeout_secs: 5,
+            issuer: None,
+            issuer_timeout_ms: 2000,
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod cardsim;
 pub mod cli;
 pub mod config;
 pub mod iso8583;
+pub mod issuer;
 pub mod metrics;
 pub mod pipeline;
 pub mod server;

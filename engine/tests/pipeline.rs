@@ -385,3 +385,115 @@ fn retransmissions_are_answered_from_the_cache_and_reversals_undo_velocity() {
     .unwrap();
     assert_eq!(code(&run(&s.pipeline, &third)), "00");
 }
+
+/// A tiny issuer: answers each forwarded request 0110 with the DE 39 the
+/// test chooses, after checking DE 2 is the PAN of the token in DE 48.
+fn issuer(
+    code: &'static str,
+    pans: std::collections::HashMap<String, String>,
+) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            let pans = pans.clone();
+            std::thread::spawn(move || loop {
+                let mut len = [0u8; 2];
+                if s.read_exact(&mut len).is_err() {
+                    return;
+                }
+                let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                s.read_exact(&mut body).unwrap();
+                let req = Dialect::Ascii.decode(&body).unwrap();
+                let token = engine::issuer::token_from_de48(&req).unwrap();
+                let pan_ok = pans.get(&token).map(String::as_bytes) == req.get(2);
+                let mut a = IsoMessage::new(*b"0110");
+                for f in [2, 11, 41] {
+                    a.set(f, req.get(f).unwrap().to_vec());
+                }
+                a.set(39, if pan_ok { code } else { "05" }.as_bytes().to_vec());
+                a.set(38, b"ISS123".to_vec());
+                let out = Dialect::Ascii.encode(&a).unwrap();
+                let mut framed = (out.len() as u16).to_be_bytes().to_vec();
+                framed.extend_from_slice(&out);
+                s.write_all(&framed).unwrap();
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn issuer_leg_forwards_the_pan_and_maps_the_answer_back() {
+    let s = setup();
+    let v = s.pipeline.vault();
+    let pans: std::collections::HashMap<String, String> = v
+        .views()
+        .map(|x| (x.token.digits(), v.detokenize(&x).unwrap().0.digits()))
+        .collect();
+    let (cfg, keystore) = common::config("async");
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // A pipeline with its own vault (the same seed, so the same tokens),
+    // forwarding to `addr`.
+    let mk = |dir: &tempfile::TempDir, addr| {
+        let opts = engine::vault::OpenOptions {
+            create: true,
+            ..Default::default()
+        };
+        let vault = engine::vault::Vault::open(dir.path(), cfg.clone(), &keystore, opts)
+            .unwrap()
+            .0;
+        let spec = ProvisionSpec {
+            count: 100,
+            seed: 5,
+            profile: None,
+            states: vec![(TokenState::Active, 1)],
+            controls: DomainControls::default(),
+        };
+        provision(&vault, &spec).unwrap();
+        let link = engine::issuer::IssuerLink::connect(
+            addr,
+            Default::default(),
+            Dialect::Ascii,
+            std::time::Duration::from_millis(2000),
+        );
+        Pipeline::new(
+            Arc::new(vault),
+            keys::load(&cfg, &keystore).unwrap(),
+            Dialect::Ascii,
+        )
+        .with_issuer(link)
+    };
+    let pk = &s.profiles[0];
+    let approve = mk(&dirs[0], issuer("00", pans.clone()));
+    let view = approve.vault().views().find(|x| x.profile == 0).unwrap();
+    let r = run(&approve, &authorization(pk, &txn(&view, 1)).unwrap());
+    assert_eq!(
+        (code(&r), r.get_str(38)),
+        ("00", Some("ISS123")),
+        "{:?}",
+        r.get_str(44)
+    );
+    assert_eq!(
+        r.get(2),
+        Some(view.token.digits().as_bytes()),
+        "the answer carries the token, not the PAN"
+    );
+
+    let decline = mk(&dirs[1], issuer("51", pans));
+    let r = run(&decline, &authorization(pk, &txn(&view, 1)).unwrap());
+    assert_eq!((code(&r), r.get_str(44)), ("51", Some("ISSUER_DECLINE")));
+
+    // Nothing listening: 91, quickly.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down = mk(&dirs[2], dead);
+    let t0 = std::time::Instant::now();
+    let r = run(&down, &authorization(pk, &txn(&view, 1)).unwrap());
+    assert_eq!(code(&r), "91");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(2));
+}

@@ -56,6 +56,8 @@ pub mod rc {
     pub const VISA_CRYPTO: [u8; 2] = *b"82";
     /// Mastercard: cryptographic failure.
     pub const MC_CRYPTO: [u8; 2] = *b"88";
+    /// Issuer or switch inoperative: no issuer answer in time.
+    pub const ISSUER_UNAVAILABLE: [u8; 2] = *b"91";
     /// System malfunction.
     pub const SYSTEM_ERROR: [u8; 2] = *b"96";
 }
@@ -64,15 +66,19 @@ pub mod rc {
 const ECHO: [u8; 12] = [2, 3, 4, 7, 11, 12, 13, 32, 37, 41, 42, 49];
 
 /// What the pipeline decided for one request.
-#[derive(Debug, Clone)]
 struct Decision {
     code: [u8; 2],
     /// Short reason for DE 44 and the decline log (never secret data).
     reason: &'static str,
-    /// DE 55 of the answer (tag 91), when the ARQC verified.
-    icc_response: Option<Vec<u8>>,
+    /// Builds DE 55 of the answer (tag 91) for the final response code,
+    /// when the ARQC verified.
+    arpc: Option<IccResponse>,
     /// Journal position to wait for before answering.
     lsn: Option<Lsn>,
+    /// For an approval: the token and the time its velocity was counted
+    /// (undone if the issuer declines), and the record (to detokenize for
+    /// the issuer leg).
+    approved: Option<(RecordView, u32)>,
 }
 
 impl Decision {
@@ -80,10 +86,29 @@ impl Decision {
         Self {
             code,
             reason,
-            icc_response: None,
+            arpc: None,
             lsn: None,
+            approved: None,
         }
     }
+}
+
+/// One request of a batch on its way to an answer.
+enum Slot {
+    /// Answered (or deliberately not: `None`), with a journal position to
+    /// wait for.
+    Ready(Option<IsoMessage>, Option<Lsn>),
+    /// An authorization, possibly waiting for the issuer.
+    Auth(Box<PendingAuth>),
+}
+
+/// An authorization decided by the engine, not yet answered.
+struct PendingAuth {
+    req: IsoMessage,
+    /// The answer so far (echoed fields).
+    resp: IsoMessage,
+    decision: Decision,
+    key: Option<RequestKey>,
 }
 
 /// An approval remembered for reversals: which token, when.
@@ -110,6 +135,8 @@ pub struct Pipeline {
     metrics: Arc<crate::metrics::Metrics>,
     /// Answers of recent requests, for retransmissions and repeats.
     recent: Mutex<RecentAnswers>,
+    /// The issuer leg, when configured; otherwise the engine stands in.
+    issuer: Option<crate::issuer::IssuerLink>,
 }
 
 /// How long a request's answer is kept for retransmissions.
@@ -209,7 +236,14 @@ impl Pipeline {
             approvals: Mutex::new(HashMap::new()),
             metrics: Arc::new(crate::metrics::Metrics::default()),
             recent: Mutex::new(RecentAnswers::default()),
+            issuer: None,
         }
+    }
+
+    /// Forward approvable requests to this issuer instead of standing in.
+    pub fn with_issuer(mut self, link: crate::issuer::IssuerLink) -> Self {
+        self.issuer = Some(link);
+        self
     }
 
     /// The pipeline's metrics (for `--metrics`).
@@ -227,15 +261,25 @@ impl Pipeline {
     pub fn answer_batch(&self, frames: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
         let started = std::time::Instant::now();
         let now = Now::system();
-        let mut answers: Vec<Option<IsoMessage>> = Vec::with_capacity(frames.len());
+        let mut slots: Vec<Slot> = frames
+            .iter()
+            .map(|body| self.handle_one(body, now))
+            .collect();
+        self.forward_to_issuer(&mut slots);
         let mut wait_for = Lsn::default();
-        for body in frames {
-            let (answer, lsn) = self.handle_one(body, now);
-            if let Some(lsn) = lsn {
-                wait_for = wait_for.max(lsn);
-            }
-            answers.push(answer);
-        }
+        let answers: Vec<Option<IsoMessage>> = slots
+            .into_iter()
+            .map(|slot| {
+                let (answer, lsn) = match slot {
+                    Slot::Ready(a, lsn) => (a, lsn),
+                    Slot::Auth(p) => self.finish(*p, now),
+                };
+                if let Some(lsn) = lsn {
+                    wait_for = wait_for.max(lsn);
+                }
+                answer
+            })
+            .collect();
         // One wait for the whole batch: approvals leave only once their
         // ATCs are durable (sync mode).
         let durable = wait_for == Lsn::default() || self.vault.wait_durable(wait_for).is_ok();
@@ -257,6 +301,93 @@ impl Pipeline {
             .collect()
     }
 
+    /// With an issuer configured: forward every request the engine would
+    /// approve, with DE 2 = the PAN and the token in DE 48, in one batch;
+    /// the issuer's DE 39 (and 38) decide. No answer in time: 91.
+    fn forward_to_issuer(&self, slots: &mut [Slot]) {
+        let Some(link) = &self.issuer else { return };
+        let mut which = Vec::new();
+        let mut requests = Vec::new();
+        for (i, slot) in slots.iter().enumerate() {
+            let Slot::Auth(p) = slot else { continue };
+            let Some((view, _)) = &p.decision.approved else {
+                continue;
+            };
+            let Some(pan) = self.vault.detokenize(view) else {
+                continue;
+            };
+            let mut fwd = p.req.clone();
+            fwd.set(2, pan.0.digits().into_bytes());
+            for f in [35, 45, 52, 55] {
+                fwd.remove(f);
+            }
+            crate::issuer::put_token_in_de48(&mut fwd, &view.token.digits());
+            which.push(i);
+            requests.push(fwd);
+        }
+        if requests.is_empty() {
+            return;
+        }
+        let answers = link.forward_batch(requests);
+        for (i, answer) in which.into_iter().zip(answers) {
+            let Slot::Auth(p) = &mut slots[i] else {
+                continue;
+            };
+            let (code, reason) = match answer
+                .as_ref()
+                .and_then(|a| a.get(39))
+                .and_then(|c| <[u8; 2]>::try_from(c).ok())
+            {
+                Some(code) => (code, "ISSUER_DECLINE"),
+                None => (rc::ISSUER_UNAVAILABLE, "ISSUER_TIMEOUT"),
+            };
+            if code == rc::APPROVED {
+                if let Some(auth_id) = answer.as_ref().and_then(|a| a.get(38)) {
+                    p.resp.set(38, auth_id.to_vec());
+                }
+            } else {
+                if let Some((view, at)) = &p.decision.approved {
+                    self.vault.reverse_approval(view, *at);
+                }
+                p.decision.approved = None;
+                p.decision.code = code;
+                p.decision.reason = reason;
+            }
+        }
+    }
+
+    /// Complete an authorization answer: DE 38/39/44/55, the reversal
+    /// memory, the retransmission cache, the decline log.
+    fn finish(&self, p: PendingAuth, now: Now) -> (Option<IsoMessage>, Option<Lsn>) {
+        let PendingAuth {
+            req,
+            mut resp,
+            decision: d,
+            key,
+        } = p;
+        if d.code == rc::APPROVED {
+            if resp.get(38).is_none() {
+                let n = self.auth_counter.fetch_add(1, Ordering::Relaxed) % 1_000_000;
+                resp.set(38, format!("{n:06}").into_bytes());
+            }
+            self.remember_approval(&req, now);
+        } else {
+            resp.set(44, d.reason.as_bytes().to_vec());
+            log_decline(&req, d.code, d.reason);
+        }
+        resp.set(39, d.code.to_vec());
+        if let Some(build) = d.arpc {
+            resp.set(55, build(d.code));
+        }
+        if let Some(k) = key {
+            self.recent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(k, resp.clone(), d.lsn, now.secs);
+        }
+        (Some(resp), d.lsn)
+    }
+
     fn count(&self, msg: &IsoMessage) {
         if let Some(code) = msg.get(39).and_then(digits_value) {
             self.metrics.response(code as u8);
@@ -268,17 +399,17 @@ impl Pipeline {
         self.metrics.response_counts()
     }
 
-    fn handle_one(&self, body: &[u8], now: Now) -> (Option<IsoMessage>, Option<Lsn>) {
+    fn handle_one(&self, body: &[u8], now: Now) -> Slot {
         let req = match self.dialect.decode(body) {
             Ok(m) => m,
-            Err(e) => return (format_error(&e), None),
+            Err(e) => return Slot::Ready(format_error(&e), None),
         };
         let mti = req.mti();
         if iso8583::is_response(mti) {
-            return (None, None); // never answer a response
+            return Slot::Ready(None, None); // never answer a response
         }
         let Some(resp_mti) = iso8583::response_mti(mti) else {
-            return (None, None);
+            return Slot::Ready(None, None);
         };
         // A retransmission or a repeat (xxx1) is answered from the cache,
         // never processed twice; its answer still waits for the original's
@@ -304,67 +435,48 @@ impl Pipeline {
                 .get(k, now.secs);
             if let Some((mut answer, lsn)) = cached {
                 answer.set_mti(resp_mti);
-                return (Some(answer), lsn);
+                return Slot::Ready(Some(answer), lsn);
             }
         }
-        let (resp, lsn) = self.process(&req, mti, resp_mti, now);
-        if let Some(k) = key {
-            self.recent
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(k, resp.clone(), lsn, now.secs);
-        }
-        (Some(resp), lsn)
-    }
-
-    fn process(
-        &self,
-        req: &IsoMessage,
-        mti: [u8; 4],
-        resp_mti: [u8; 4],
-        now: Now,
-    ) -> (IsoMessage, Option<Lsn>) {
         let mut resp = IsoMessage::new(resp_mti);
-        let lsn = match &mti[..3] {
+        match &mti[..3] {
             b"010" | b"020" => {
-                let d = self.authorize(req, now);
-                echo(req, &mut resp, &ECHO);
-                if d.code == rc::APPROVED {
-                    let n = self.auth_counter.fetch_add(1, Ordering::Relaxed) % 1_000_000;
-                    resp.set(38, format!("{n:06}").into_bytes());
-                    self.remember_approval(req, now);
-                } else {
-                    resp.set(44, d.reason.as_bytes().to_vec());
-                    log_decline(req, &d);
-                }
-                resp.set(39, d.code.to_vec());
-                if let Some(icc) = d.icc_response {
-                    resp.set(55, icc);
-                }
-                d.lsn
+                let decision = self.authorize(&req, now);
+                echo(&req, &mut resp, &ECHO);
+                Slot::Auth(Box::new(PendingAuth {
+                    req,
+                    resp,
+                    decision,
+                    key,
+                }))
             }
             b"040" | b"042" => {
                 echo(
-                    req,
+                    &req,
                     &mut resp,
                     &[2, 3, 4, 7, 11, 12, 13, 32, 37, 41, 42, 49, 90],
                 );
-                self.reverse(req);
+                self.reverse(&req);
                 resp.set(39, rc::APPROVED.to_vec());
-                None
+                if let Some(k) = key {
+                    self.recent
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(k, resp.clone(), None, now.secs);
+                }
+                Slot::Ready(Some(resp), None)
             }
             b"080" => {
-                echo(req, &mut resp, &[7, 11, 70]);
+                echo(&req, &mut resp, &[7, 11, 70]);
                 resp.set(39, rc::APPROVED.to_vec());
-                None
+                Slot::Ready(Some(resp), None)
             }
             _ => {
-                echo(req, &mut resp, &[11, 37, 41]);
+                echo(&req, &mut resp, &[11, 37, 41]);
                 resp.set(39, rc::FORMAT_ERROR.to_vec());
-                None
+                Slot::Ready(Some(resp), None)
             }
-        };
-        (resp, lsn)
+        }
     }
 
     fn approval_key(stan: &[u8], de7: &[u8], acquirer: &[u8]) -> Option<(u32, u64, u64)> {
@@ -522,8 +634,9 @@ impl Pipeline {
             Ok(lsn) => Decision {
                 code: rc::APPROVED,
                 reason: "",
-                icc_response: icc.map(|f| f(rc::APPROVED)),
+                arpc: icc,
                 lsn: Some(lsn),
+                approved: Some((view, now.secs)),
             },
             Err(ApprovalRefused::Atc(_)) => Decision::decline(fail, "ATC_REPLAY"),
             Err(ApprovalRefused::Velocity) => Decision::decline(rc::VELOCITY, "VELOCITY"),
@@ -755,7 +868,7 @@ fn format_error(e: &iso8583::DecodeError) -> Option<IsoMessage> {
 }
 
 /// One structured line per declined request: masked token, code, reason.
-fn log_decline(req: &IsoMessage, d: &Decision) {
+fn log_decline(req: &IsoMessage, code: [u8; 2], reason: &str) {
     let token = req.get(2).map_or_else(
         || "-".to_owned(),
         |t| hsm_sim::types::mask_pan(&String::from_utf8_lossy(t)),
@@ -765,7 +878,7 @@ fn log_decline(req: &IsoMessage, d: &Decision) {
         .map_or_else(String::new, |s| String::from_utf8_lossy(s).into_owned());
     eprintln!(
         "tessera: decline stan={stan} token={token} rc={} reason={}",
-        String::from_utf8_lossy(&d.code),
-        d.reason
+        String::from_utf8_lossy(&code),
+        reason
     );
 }
