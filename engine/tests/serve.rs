@@ -276,6 +276,7 @@ fn malformed_inputs_never_hurt_the_server() {
         false,
     ));
     for (name, bytes, expect_30) in cases {
+        // Every case, then a liveness probe on a new connection.
         let mut s = connect(&e);
         s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
         s.write_all(&bytes).unwrap();
@@ -291,5 +292,56 @@ fn malformed_inputs_never_hurt_the_server() {
         drop(s);
         assert!(alive(&e), "server alive after {name}");
     }
+    stop(e);
+}
+
+#[test]
+fn a_declared_length_never_sent_times_out_without_harming_others() {
+    let e = start();
+    let mut stalled = connect(&e);
+    stalled.write_all(&[0x01, 0xF4]).unwrap(); // 500 declared
+    stalled.write_all(&[b'0'; 10]).unwrap(); // 10 sent, then silence
+                                             // Meanwhile another connection is served.
+    let mut s = connect(&e);
+    s.write_all(&frame(&request(&e, 3, 11))).unwrap();
+    assert_eq!(read_answer(&mut s).get_str(39), Some("00"));
+    // The stalled one is closed after the stalled-read timeout (5 s).
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let started = std::time::Instant::now();
+    let n = stalled.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "closed, not answered");
+    assert!(started.elapsed() < Duration::from_secs(14));
+    assert!(alive(&e));
+    stop(e);
+}
+
+#[test]
+fn decline_outcomes_over_tcp() {
+    let e = start();
+    let mut s = connect(&e);
+    // Approve, then replay the same ATC with a new STAN: 82/88 ATC_REPLAY.
+    s.write_all(&frame(&request(&e, 7, 20))).unwrap();
+    assert_eq!(read_answer(&mut s).get_str(39), Some("00"));
+    let mut replay = Dialect::Ascii.decode(&request(&e, 7, 20)).unwrap();
+    replay.set(11, b"999001".to_vec());
+    s.write_all(&frame(&Dialect::Ascii.encode(&replay).unwrap()))
+        .unwrap();
+    let a = read_answer(&mut s);
+    assert!(
+        matches!(a.get_str(39), Some("82") | Some("88")),
+        "{:?}",
+        a.get_str(39)
+    );
+    assert_eq!(a.get_str(44), Some("ATC_REPLAY"));
+    // Unknown token: 14.
+    let mut unknown = Dialect::Ascii.decode(&request(&e, 8, 21)).unwrap();
+    unknown.set(2, b"5204730000000000".to_vec());
+    unknown.remove(35);
+    s.write_all(&frame(&Dialect::Ascii.encode(&unknown).unwrap()))
+        .unwrap();
+    assert_eq!(read_answer(&mut s).get_str(39), Some("14"));
     stop(e);
 }
