@@ -89,6 +89,7 @@ fn vault_benches(c: &mut Criterion) {
             profile: None,
             states: vec![(TokenState::Active, 1)],
             controls: DomainControls::default(),
+            restricted_every: 0,
         };
         provision(&v, &spec).expect("provision");
         let provision_secs = started.elapsed().as_secs_f64();

@@ -128,6 +128,10 @@ enum VaultCommand {
         /// State weights.
         #[arg(long, default_value = "active=98,suspended=1,inactive=1")]
         states: String,
+        /// Every Nth token gets domain controls (POS entry modes 05, 07, 91
+        /// only), for load tests that provoke 57; 0 = none.
+        #[arg(long, default_value_t = 0)]
+        restricted_every: u64,
     },
     /// Write one JSON line per token (token, expiry, psn, profile, state, par[, pan]).
     Export {
@@ -421,6 +425,7 @@ fn vault_command(config: &Path, cmd: VaultCommand) -> Result<(), CliError> {
             seed,
             profile,
             states,
+            restricted_every,
         } => {
             let vault = open_with(config, &dir, true)?;
             let spec = ProvisionSpec {
@@ -429,6 +434,7 @@ fn vault_command(config: &Path, cmd: VaultCommand) -> Result<(), CliError> {
                 profile,
                 states: parse_states(&states)?,
                 controls: DomainControls::default(),
+                restricted_every,
             };
             let started = std::time::Instant::now();
             let n = provision(&vault, &spec)?;
@@ -457,6 +463,15 @@ fn vault_command(config: &Path, cmd: VaultCommand) -> Result<(), CliError> {
                     "state": v.state.name(),
                     "par": vault.par(&v),
                 });
+                let controls = vault.controls(&v);
+                if !controls.pos_entry_modes.is_empty() {
+                    line["pos_entry_modes"] = controls
+                        .pos_entry_modes
+                        .iter()
+                        .map(|m| format!("{m:02}"))
+                        .collect::<Vec<_>>()
+                        .into();
+                }
                 if with_pan {
                     line["pan"] = pan.0.digits().into();
                 }

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod iso8583;
 pub mod issuer;
+pub mod loadgen;
 pub mod metrics;
 pub mod pipeline;
 pub mod server;

@@ -43,6 +43,7 @@ fn setup() -> Setup {
         profile: None,
         states: vec![(TokenState::Active, 1)],
         controls: DomainControls::default(),
+        restricted_every: 0,
     };
     provision(&vault, &spec).unwrap();
     let profiles = keys::load(&cfg, &keystore).unwrap();
@@ -451,6 +452,7 @@ fn issuer_leg_forwards_the_pan_and_maps_the_answer_back() {
             profile: None,
             states: vec![(TokenState::Active, 1)],
             controls: DomainControls::default(),
+            restricted_every: 0,
         };
         provision(&vault, &spec).unwrap();
         let link = engine::issuer::IssuerLink::connect(

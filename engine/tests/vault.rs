@@ -194,6 +194,7 @@ fn provisioning_is_deterministic() {
             (TokenState::Inactive, 1),
         ],
         controls: DomainControls::default(),
+        restricted_every: 0,
     };
     let list = |dir: &std::path::Path| {
         let v = common::open(dir, "async");

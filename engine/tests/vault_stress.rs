@@ -25,6 +25,7 @@ fn concurrent_readers_acceptors_and_writers() {
         profile: None,
         states: vec![(TokenState::Active, 1)],
         controls: DomainControls::default(),
+        restricted_every: 0,
     };
     provision(&v, &spec).unwrap();
     let views: Vec<_> = v.views().collect();

@@ -24,6 +24,18 @@ pub struct ProvisionSpec {
     pub states: Vec<(TokenState, u32)>,
     /// Controls for every provisioned token.
     pub controls: DomainControls,
+    /// Every `n`th token (0 = none) gets [`restricted_controls`] instead,
+    /// so that load tests can provoke domain-control declines.
+    pub restricted_every: u64,
+}
+
+/// The controls of the "restricted" provisioned tokens: chip, contactless
+/// chip and contactless mag-stripe only (DE 22 05, 07, 91).
+pub fn restricted_controls() -> DomainControls {
+    DomainControls {
+        pos_entry_modes: vec![5, 7, 91],
+        ..DomainControls::default()
+    }
 }
 
 /// SplitMix64: a fast, well-mixed function of (seed, i).
@@ -155,7 +167,16 @@ pub fn provision(vault: &Vault, spec: &ProvisionSpec) -> Result<u64, VaultError>
                 }
             })
             .collect();
-        created += u64::from(vault.insert_provisioned(&imgs, &spec.controls)?);
+        // Restricted tokens in their own pass: one control set per call.
+        let restricted = |i: u64| spec.restricted_every != 0 && i % spec.restricted_every == 0;
+        let (r, plain): (Vec<_>, Vec<_>) = imgs
+            .into_iter()
+            .zip(start..end)
+            .partition(|(_, i)| restricted(*i));
+        let plain: Vec<TokenImage> = plain.into_iter().map(|(img, _)| img).collect();
+        let r: Vec<TokenImage> = r.into_iter().map(|(img, _)| img).collect();
+        created += u64::from(vault.insert_provisioned(&plain, &spec.controls)?);
+        created += u64::from(vault.insert_provisioned(&r, &restricted_controls())?);
         start = end;
     }
     vault.snapshot()?;

@@ -1,0 +1,129 @@
+//! The load generator: card and acquirer simulator, issuer simulator, and
+//! the runner that proves every answer right under load.
+//!
+//! It lives in the engine library (the `tessera-loadgen` binary is a thin
+//! CLI over it) because `tessera demo` runs it in-process, and a separate
+//! crate would need the engine while the engine's binary needed it: a
+//! dependency cycle.
+//!
+//! - [`prepare`]: builds the pool of transactions before the timed run,
+//!   each with the answer it must get ([`Expect`]), faults included.
+//! - [`run`]: open loop (a rate, latency from the scheduled send time) or
+//!   closed loop (in-flight per connection), over K connections.
+//! - [`ledger`]: checks every answer against its expectation.
+//! - [`report`]: HdrHistogram percentiles, `report.json`, `latency.hgrm`,
+//!   `latency.svg`.
+//! - [`issuer_sim`]: the issuer the engine forwards to; checks DE 2 is the
+//!   PAN behind the token in DE 48.
+
+pub mod issuer_sim;
+pub mod ledger;
+pub mod prepare;
+pub mod report;
+pub mod run;
+
+/// What a prepared transaction is: a valid one, or one injected fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// A correct transaction: approved.
+    Valid,
+    /// One bit of the cryptogram (ARQC, or a CVC3/dCVV digit) changed.
+    WrongCryptogram,
+    /// A new STAN with an ATC the card already used.
+    ReplayedAtc,
+    /// A token the vault does not know.
+    UnknownToken,
+    /// A suspended token.
+    SuspendedToken,
+    /// DE 14 does not match the token's expiry.
+    ExpiredToken,
+    /// Outside the token's domain restriction controls.
+    DomainViolation,
+    /// DE 4 differs from 9F02.
+    AmountMismatch,
+    /// A message that does not decode.
+    Malformed,
+    /// An 0400 reversing an earlier approval.
+    Reversal,
+}
+
+impl Kind {
+    /// Every kind, in report order.
+    pub const ALL: [Kind; 10] = [
+        Kind::Valid,
+        Kind::WrongCryptogram,
+        Kind::ReplayedAtc,
+        Kind::UnknownToken,
+        Kind::SuspendedToken,
+        Kind::ExpiredToken,
+        Kind::DomainViolation,
+        Kind::AmountMismatch,
+        Kind::Malformed,
+        Kind::Reversal,
+    ];
+
+    /// Name in `--faults` and the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Valid => "valid",
+            Kind::WrongCryptogram => "wrong_cryptogram",
+            Kind::ReplayedAtc => "replayed_atc",
+            Kind::UnknownToken => "unknown_token",
+            Kind::SuspendedToken => "suspended_token",
+            Kind::ExpiredToken => "expired_token",
+            Kind::DomainViolation => "domain_violation",
+            Kind::AmountMismatch => "amount_mismatch",
+            Kind::Malformed => "malformed",
+            Kind::Reversal => "reversal",
+        }
+    }
+
+    /// From its name.
+    pub fn from_name(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// The answer a prepared transaction must get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expect {
+    /// Acceptable response MTI (e.g. `0110`, `0410`).
+    pub mti: [u8; 4],
+    /// Acceptable DE 39 codes (usually one).
+    pub codes: Vec<[u8; 2]>,
+    /// DE 2 of the answer must be exactly this (the token, never the PAN);
+    /// `None` when the request had no DE 2 to echo.
+    pub token: Option<String>,
+    /// The exact DE 55 tag 91 value the answer must carry (the ARPC the
+    /// card computes with its own keys, plus ARC or CSU); `None` = no
+    /// tag 91 expected.
+    pub tag91: Option<Vec<u8>>,
+    /// A malformed request: the server may also close the connection.
+    pub close_ok: bool,
+}
+
+/// One transaction ready to send.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Unique in the run; carried in DE 37 (12 digits, zero-padded) and
+    /// used to match the answer. Malformed messages carry it too when
+    /// DE 37 still parses; otherwise they are matched by order.
+    pub id: u64,
+    /// What it is.
+    pub kind: Kind,
+    /// The encoded message (without framing).
+    pub bytes: Vec<u8>,
+    /// What must come back.
+    pub expect: Expect,
+}
+
+/// What came back for a prepared transaction.
+#[derive(Debug, Clone, Copy)]
+pub enum Answer<'a> {
+    /// An answer message body (without framing).
+    Body(&'a [u8]),
+    /// The server closed the connection before answering.
+    Closed,
+    /// No answer before the run's final deadline.
+    TimedOut,
+}
