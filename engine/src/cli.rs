@@ -1,7 +1,7 @@
 //! The `tessera` command line. Each command is a thin layer over the
 //! library; errors come back as one line and a non-zero exit.
 
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -55,6 +55,33 @@ enum Command {
         /// ascii or binary.
         #[arg(long, default_value = "ascii")]
         dialect: String,
+    },
+    /// The whole system in one command: provision 100,000 tokens, start the
+    /// engine and the issuer simulator on free loopback ports, run the load
+    /// generator with every fault type, print and save the report. Exit 0
+    /// only if every answer was the expected one.
+    #[command(
+        after_help = "Example:\n  cargo run --release --bin tessera -- demo\n\nThe report (report.json, latency.hgrm, latency.svg) goes to ./tessera-demo-report/."
+    )]
+    Demo {
+        /// Tokens to provision.
+        #[arg(long, default_value_t = 100_000)]
+        tokens: u64,
+        /// Length of the timed run, seconds.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Where to write the report.
+        #[arg(long, default_value = "tessera-demo-report")]
+        report: PathBuf,
+        /// Load-generator connections.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Open loop at this many requests per second (default: closed loop).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Requests in flight per connection (closed loop).
+        #[arg(long, default_value_t = 64)]
+        in_flight: usize,
     },
     /// Serve ISO 8583 authorizations over TCP for the vault in DIR.
     #[command(
@@ -246,6 +273,31 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Vault(cmd) => vault_command(&cli.config, cmd),
         Command::Serve(args) => serve(&cli.config, args),
+        Command::Demo {
+            tokens,
+            seconds,
+            report,
+            connections,
+            rate,
+            in_flight,
+        } => {
+            let spec = crate::demo::DemoSpec {
+                tokens,
+                duration: std::time::Duration::from_secs_f64(seconds),
+                report_dir: report,
+                connections,
+                rate,
+                in_flight,
+            };
+            if crate::demo::run_demo(&cli.config, &spec).map_err(CliError::new)? {
+                println!("demo: every answer was the expected one");
+                Ok(())
+            } else {
+                Err(CliError::new(
+                    "demo: the ledger shows mismatches (see above)",
+                ))
+            }
+        }
         Command::CardRequest {
             dir,
             token,
@@ -450,36 +502,7 @@ fn vault_command(config: &Path, cmd: VaultCommand) -> Result<(), CliError> {
             let file = std::fs::File::create(&out)
                 .map_err(|e| CliError::new(format!("cannot create {}: {e}", out.display())))?;
             let mut w = BufWriter::new(file);
-            let mut n = 0u64;
-            for v in vault.views() {
-                let pan = vault
-                    .detokenize(&v)
-                    .ok_or_else(|| CliError::new("a PAN failed to decrypt"))?;
-                let mut line = serde_json::json!({
-                    "token": v.token.digits(),
-                    "expiry": format!("{:04}", v.expiry_yymm),
-                    "psn": format!("{:02}", v.psn),
-                    "profile": vault.profile_name(&v),
-                    "state": v.state.name(),
-                    "par": vault.par(&v),
-                });
-                let controls = vault.controls(&v);
-                if !controls.pos_entry_modes.is_empty() {
-                    line["pos_entry_modes"] = controls
-                        .pos_entry_modes
-                        .iter()
-                        .map(|m| format!("{m:02}"))
-                        .collect::<Vec<_>>()
-                        .into();
-                }
-                if with_pan {
-                    line["pan"] = pan.0.digits().into();
-                }
-                serde_json::to_writer(&mut w, &line)?;
-                w.write_all(b"\n")?;
-                n += 1;
-            }
-            w.flush()?;
+            let n = crate::vault::export::write_jsonl(&vault, &mut w, with_pan)?;
             w.get_ref().sync_all()?;
             eprintln!(
                 "exported {n} tokens to {}{}",

@@ -9,6 +9,7 @@
 pub mod cardsim;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod iso8583;
 pub mod issuer;
 pub mod loadgen;

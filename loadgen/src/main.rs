@@ -1,9 +1,20 @@
-//! `tessera-loadgen`: card, acquirer and issuer simulators. Only the
-//! skeleton exists so far; the load generator is built in a later issue.
+//! `tessera-loadgen`: stress the engine the way a payment network would and
+//! prove every answer right. A thin command line over `engine::loadgen`.
 
 #![forbid(unsafe_code)]
 
-use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use engine::config::Config;
+use engine::iso8583::framing::Framing;
+use engine::iso8583::Dialect;
+use engine::loadgen::prepare::{prepare, PrepareSpec};
+use engine::loadgen::run::{run, run_warmup, Mode, RunConfig};
+use engine::loadgen::{issuer_sim, ledger::Ledger, report::Report, Kind};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -12,12 +23,213 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "tessera-loadgen",
     version,
-    about = "Tessera load generator (skeleton: not built yet)"
+    about = "Tessera load generator: card, acquirer and issuer simulators"
 )]
-struct Cli {}
+struct Cli {
+    /// Engine configuration (profiles, key file).
+    #[arg(long, global = true, default_value = "config/tessera.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _ = Cli::parse();
-    eprintln!("tessera-loadgen: not built yet");
-    std::process::exit(2);
+#[derive(Subcommand)]
+enum Command {
+    /// Send prepared transactions and check every answer.
+    #[command(
+        after_help = "Examples:\n  tessera vault export --data-dir /tmp/vault --out /tmp/tokens.jsonl --with-pan\n  \
+tessera-loadgen run --target 127.0.0.1:8583 --export /tmp/tokens.jsonl --rate 20000 --duration 60 --report /tmp/report\n  \
+tessera-loadgen run --target 127.0.0.1:8583 --export /tmp/tokens.jsonl --in-flight 64 --connections 4 --duration 10\n\n\
+--faults takes percentages: wrong_cryptogram, replayed_atc, unknown_token, suspended_token, expired_token,\n\
+domain_violation, amount_mismatch, malformed, reversal (default: the demo's rates; \"none\" for none).\n\
+--mix takes profile shares, e.g. mc_cvn16=3,visa_cvn10=1 (default: every profile equally)."
+    )]
+    Run {
+        /// Engine address.
+        #[arg(long)]
+        target: SocketAddr,
+        /// Vault export with PANs (`tessera vault export --with-pan`).
+        #[arg(long)]
+        export: PathBuf,
+        /// Connections.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Timed run, seconds.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Warm-up transactions, sent and answered before the timed run
+        /// (replays and reversals refer to them) [default: 0.5% of the pool, at least 5000].
+        #[arg(long)]
+        warmup: Option<usize>,
+        /// Open loop: requests per second (latency from each scheduled send time).
+        #[arg(long, conflicts_with = "in_flight")]
+        rate: Option<f64>,
+        /// Closed loop: requests in flight per connection.
+        #[arg(long)]
+        in_flight: Option<usize>,
+        /// Profile shares, NAME=WEIGHT,...
+        #[arg(long, default_value = "")]
+        mix: String,
+        /// Fault percentages, KIND=PERCENT,... or "none".
+        #[arg(long)]
+        faults: Option<String>,
+        /// Write report.json, latency.hgrm and latency.svg here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// ascii or binary.
+        #[arg(long, default_value = "ascii")]
+        dialect: String,
+        /// Seed of the prepared transactions.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// The issuer the engine forwards to: approves, and checks DE 2 is the
+    /// PAN behind the token in DE 48.
+    Issuer {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Vault export with PANs.
+        #[arg(long)]
+        export: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match run_cli(Cli::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("tessera-loadgen: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn pairs(s: &str) -> Result<Vec<(String, f64)>, String> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p
+                .split_once('=')
+                .ok_or_else(|| format!("\"{p}\" is not NAME=NUMBER"))?;
+            let ok = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+            let n: f64 = if ok {
+                v.parse().map_err(|_| format!("\"{v}\" is not a number"))?
+            } else {
+                return Err(format!("\"{v}\" is not a number"));
+            };
+            Ok((k.to_owned(), n))
+        })
+        .collect()
+}
+
+fn run_cli(cli: Cli) -> Result<bool, String> {
+    match cli.command {
+        Command::Issuer { listen, export } => {
+            let pans = issuer_sim::pans_from_export(&export).map_err(|e| e.to_string())?;
+            let sim = issuer_sim::start(listen, pans, Dialect::Ascii, Framing::Len2Exclusive)
+                .map_err(|e| e.to_string())?;
+            eprintln!("tessera-loadgen: issuer simulator on {}", sim.local_addr());
+            loop {
+                std::thread::sleep(Duration::from_secs(10));
+                let s = sim.stats();
+                eprintln!(
+                    "issuer: {} requests, {} approved, {} PAN mismatches",
+                    s.requests, s.approved, s.pan_mismatches
+                );
+            }
+        }
+        Command::Run {
+            target,
+            export,
+            connections,
+            duration,
+            warmup,
+            rate,
+            in_flight,
+            mix,
+            faults,
+            report,
+            dialect,
+            seed,
+        } => {
+            let (cfg, keys) = Config::load(&cli.config).map_err(|e| e.to_string())?;
+            let dialect = match dialect.as_str() {
+                "ascii" => Dialect::Ascii,
+                "binary" => Dialect::Binary,
+                d => return Err(format!("--dialect must be ascii or binary, not {d}")),
+            };
+            let faults = match faults.as_deref() {
+                None => engine::demo::default_faults(),
+                Some("none") => Vec::new(),
+                Some(f) => pairs(f)?
+                    .into_iter()
+                    .map(|(k, v)| {
+                        Kind::from_name(&k)
+                            .map(|k| (k, v))
+                            .ok_or_else(|| format!("unknown fault \"{k}\""))
+                    })
+                    .collect::<Result<_, _>>()?,
+            };
+            let mix = pairs(&mix)?
+                .into_iter()
+                .map(|(k, v)| (k, v as u32))
+                .collect();
+            let duration = Duration::from_secs_f64(duration);
+            let mode = match (rate, in_flight) {
+                (Some(r), _) => Mode::Open { rate_per_s: r },
+                (None, n) => Mode::Closed {
+                    in_flight: n.unwrap_or(64),
+                },
+            };
+            let per_s = rate.unwrap_or(60_000.0);
+            let count = (per_s * duration.as_secs_f64() * 1.5) as usize + 10_000;
+            let warmup = warmup.unwrap_or((count / 200).max(5_000));
+            let pool = prepare(
+                &PrepareSpec {
+                    export,
+                    count,
+                    warmup,
+                    mix,
+                    faults,
+                    seed,
+                    dialect,
+                },
+                &cfg,
+                &keys,
+            )
+            .map_err(|e| e.to_string())?;
+            eprintln!(
+                "tessera-loadgen: prepared {} transactions (+{} warm-up) over {} cards",
+                pool.main.len(),
+                pool.warmup.len(),
+                pool.tokens
+            );
+            let run_cfg = RunConfig {
+                target,
+                connections,
+                duration,
+                mode,
+                framing: Framing::Len2Exclusive,
+                dialect,
+                progress: true,
+                drain_timeout: Duration::from_secs(5),
+            };
+            let mut warm = Ledger::new(dialect);
+            run_warmup(&run_cfg, &pool.warmup, &mut warm).map_err(|e| e.to_string())?;
+            let result = run(&run_cfg, &pool.main).map_err(|e| e.to_string())?;
+            let rep = Report::from_run(&run_cfg, &result);
+            println!("{}", rep.print());
+            if let Some(dir) = report {
+                rep.write(&dir, &result.histogram)
+                    .map_err(|e| e.to_string())?;
+                println!("report written to {}", dir.display());
+            }
+            if !warm.ok() {
+                println!("warm-up mismatches:\n{}", warm.table());
+            }
+            Ok(warm.ok() && result.ledger.ok() && !result.pool_exhausted)
+        }
+    }
 }

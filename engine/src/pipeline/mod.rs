@@ -137,6 +137,9 @@ pub struct Pipeline {
     recent: Mutex<RecentAnswers>,
     /// The issuer leg, when configured; otherwise the engine stands in.
     issuer: Option<crate::issuer::IssuerLink>,
+    /// Write one line per decline to stderr (`serve`: yes; the demo, whose
+    /// report counts declines by reason, no).
+    log_declines: bool,
 }
 
 /// How long a request's answer is kept for retransmissions.
@@ -237,7 +240,14 @@ impl Pipeline {
             metrics: Arc::new(crate::metrics::Metrics::default()),
             recent: Mutex::new(RecentAnswers::default()),
             issuer: None,
+            log_declines: true,
         }
+    }
+
+    /// Whether to write one line per decline to stderr.
+    pub fn with_decline_log(mut self, on: bool) -> Self {
+        self.log_declines = on;
+        self
     }
 
     /// Forward approvable requests to this issuer instead of standing in.
@@ -373,7 +383,9 @@ impl Pipeline {
             self.remember_approval(&req, now);
         } else {
             resp.set(44, d.reason.as_bytes().to_vec());
-            log_decline(&req, d.code, d.reason);
+            if self.log_declines {
+                log_decline(&req, d.code, d.reason);
+            }
         }
         resp.set(39, d.code.to_vec());
         if let Some(build) = d.arpc {

@@ -13,6 +13,7 @@
 
 pub mod codec;
 pub mod controls;
+pub mod export;
 pub mod journal;
 pub mod pan_crypto;
 pub mod provision;

@@ -168,7 +168,8 @@ pub fn provision(vault: &Vault, spec: &ProvisionSpec) -> Result<u64, VaultError>
             })
             .collect();
         // Restricted tokens in their own pass: one control set per call.
-        let restricted = |i: u64| spec.restricted_every != 0 && i % spec.restricted_every == 0;
+        let restricted =
+            |i: u64| spec.restricted_every != 0 && i.is_multiple_of(spec.restricted_every);
         let (r, plain): (Vec<_>, Vec<_>) = imgs
             .into_iter()
             .zip(start..end)

@@ -1,0 +1,206 @@
+//! `tessera demo`: the whole system on one machine, in one command.
+//!
+//! Provisions a vault of synthetic tokens in a temporary directory, starts
+//! the issuer simulator and the engine (`serve`, in this process, on free
+//! loopback ports), prepares transactions with the default mix and fault
+//! rates, runs the load generator, prints the report, writes it to a
+//! directory, and succeeds only if every answer was the expected one.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::iso8583::framing::Framing;
+use crate::iso8583::Dialect;
+use crate::loadgen::prepare::{prepare, PrepareSpec};
+use crate::loadgen::run::{run, run_warmup, Mode, RunConfig};
+use crate::loadgen::{issuer_sim, ledger::Ledger, report::Report, Kind};
+use crate::pipeline::Pipeline;
+use crate::server::{Server, ServerConfig};
+use crate::vault::provision::{provision, ProvisionSpec};
+use crate::vault::types::{DomainControls, TokenState};
+use crate::vault::{OpenOptions, Vault};
+
+/// What the demo does.
+#[derive(Debug, Clone)]
+pub struct DemoSpec {
+    /// Tokens to provision.
+    pub tokens: u64,
+    /// How long the timed run lasts.
+    pub duration: Duration,
+    /// Where the report goes.
+    pub report_dir: PathBuf,
+    /// Connections of the load generator.
+    pub connections: usize,
+    /// Open loop at this rate, or closed loop when `None`.
+    pub rate: Option<f64>,
+    /// Requests in flight per connection (closed loop).
+    pub in_flight: usize,
+}
+
+/// The default fault rates of the load generator, in percent.
+pub fn default_faults() -> Vec<(Kind, f64)> {
+    vec![
+        (Kind::WrongCryptogram, 1.0),
+        (Kind::ReplayedAtc, 0.5),
+        (Kind::UnknownToken, 0.5),
+        (Kind::SuspendedToken, 0.5),
+        (Kind::ExpiredToken, 0.5),
+        (Kind::DomainViolation, 0.5),
+        (Kind::AmountMismatch, 0.5),
+        (Kind::Malformed, 0.2),
+        (Kind::Reversal, 0.3),
+    ]
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Run the demo. `Ok(true)` when the ledger shows no mismatch.
+pub fn run_demo(config_path: &Path, spec: &DemoSpec) -> Result<bool, String> {
+    let (cfg, keys) = Config::load(config_path).map_err(err)?;
+    let work = tempfile_dir()?;
+    let data = work.join("vault");
+    let cfg = Arc::new(cfg);
+    eprintln!(
+        "demo: provisioning {} tokens in {}",
+        spec.tokens,
+        data.display()
+    );
+    let (vault, _) = Vault::open(
+        &data,
+        Arc::clone(&cfg),
+        &keys,
+        OpenOptions {
+            create: true,
+            ..OpenOptions::default()
+        },
+    )
+    .map_err(err)?;
+    let pspec = ProvisionSpec {
+        count: spec.tokens,
+        seed: 2026,
+        profile: None,
+        states: vec![
+            (TokenState::Active, 97),
+            (TokenState::Suspended, 2),
+            (TokenState::Inactive, 1),
+        ],
+        controls: DomainControls::default(),
+        restricted_every: 10,
+    };
+    provision(&vault, &pspec).map_err(err)?;
+    // The export (with PANs: test data) feeds the card and issuer simulators.
+    let export = work.join("tokens.jsonl");
+    write_export(&vault, &export)?;
+
+    let any: SocketAddr = "127.0.0.1:0".parse().map_err(err)?;
+    let pans = issuer_sim::pans_from_export(&export).map_err(err)?;
+    let issuer =
+        issuer_sim::start(any, pans, Dialect::Ascii, Framing::Len2Exclusive).map_err(err)?;
+    let issuer_addr = issuer.local_addr();
+    let profiles = crate::pipeline::keys::load(&cfg, &keys)?;
+    let vault = Arc::new(vault);
+    let link = crate::issuer::IssuerLink::connect(
+        issuer_addr,
+        Framing::Len2Exclusive,
+        Dialect::Ascii,
+        Duration::from_secs(2),
+    );
+    let pipeline = Arc::new(
+        Pipeline::new(Arc::clone(&vault), profiles, Dialect::Ascii)
+            .with_issuer(link)
+            .with_decline_log(false),
+    );
+    let server = Server::bind(ServerConfig {
+        listen: any,
+        handle_signals: false,
+        ..ServerConfig::default()
+    })
+    .map_err(err)?;
+    let engine_addr = server.local_addr().map_err(err)?;
+    let stop = server.shutdown_handle();
+    let handler: Arc<dyn crate::server::Handler> = pipeline.clone();
+    let engine_thread = std::thread::spawn(move || server.run(handler));
+    eprintln!("demo: engine on {engine_addr}, issuer simulator on {issuer_addr}");
+
+    let run_cfg = RunConfig {
+        target: engine_addr,
+        connections: spec.connections,
+        duration: spec.duration,
+        mode: match spec.rate {
+            Some(rate_per_s) => Mode::Open { rate_per_s },
+            None => Mode::Closed {
+                in_flight: spec.in_flight,
+            },
+        },
+        framing: Framing::Len2Exclusive,
+        dialect: Dialect::Ascii,
+        progress: true,
+        drain_timeout: Duration::from_secs(5),
+    };
+    // Enough transactions that the pool outlasts the run at full speed.
+    let per_s = spec.rate.unwrap_or(60_000.0);
+    let count = ((per_s * spec.duration.as_secs_f64()) * 1.5) as usize + 10_000;
+    let prepared = prepare(
+        &PrepareSpec {
+            export: export.clone(),
+            count,
+            // Reversals and replays refer to warm-up approvals: scale it.
+            warmup: (count / 200).max(5_000),
+            mix: Vec::new(),
+            faults: default_faults(),
+            seed: 7,
+            dialect: Dialect::Ascii,
+        },
+        &cfg,
+        &keys,
+    )
+    .map_err(err)?;
+    eprintln!(
+        "demo: prepared {} transactions (+{} warm-up) over {} cards",
+        prepared.main.len(),
+        prepared.warmup.len(),
+        prepared.tokens
+    );
+    let mut warm = Ledger::new(Dialect::Ascii);
+    run_warmup(&run_cfg, &prepared.warmup, &mut warm).map_err(err)?;
+    let result = run(&run_cfg, &prepared.main).map_err(err)?;
+    let report = Report::from_run(&run_cfg, &result);
+    println!("{}", report.print());
+    report
+        .write(&spec.report_dir, &result.histogram)
+        .map_err(err)?;
+    let issuer_stats = issuer.stats();
+    println!(
+        "issuer simulator: {} requests, {} approved, {} PAN mismatches",
+        issuer_stats.requests, issuer_stats.approved, issuer_stats.pan_mismatches
+    );
+    println!("report written to {}", spec.report_dir.display());
+    stop.shutdown();
+    let _ = engine_thread.join();
+    issuer.stop();
+    vault.flush().map_err(err)?;
+    let _ = std::fs::remove_dir_all(&work);
+    let clean = warm.ok()
+        && result.ledger.ok()
+        && issuer_stats.pan_mismatches == 0
+        && !result.pool_exhausted;
+    Ok(clean)
+}
+
+fn tempfile_dir() -> Result<PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!("tessera-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(err)?;
+    Ok(dir)
+}
+
+/// The vault's export with PANs (test data) for the simulators.
+fn write_export(vault: &Vault, path: &Path) -> Result<(), String> {
+    let file = std::fs::File::create(path).map_err(err)?;
+    crate::vault::export::write_jsonl(vault, std::io::BufWriter::new(file), true).map_err(err)?;
+    Ok(())
+}
