@@ -428,12 +428,14 @@ fn check_template(name: &str, t: &str, scheme: Scheme) -> Result<(), ConfigError
     }
     let (c, a) = (count('C'), count('A'));
     let ok = match scheme {
-        Scheme::Cvc3 => (1..=5).contains(&c) && a >= 1 && count('U') >= 1,
-        _ => c == 3 && a >= 1,
+        // At least 2 ATC digits: the full ATC is rebuilt from them and the
+        // highest accepted ATC, which needs 10^digits > the replay window.
+        Scheme::Cvc3 => (1..=5).contains(&c) && a >= 2 && count('U') >= 1,
+        _ => c == 3 && a >= 2,
     };
     if !ok {
         return Err(invalid(format!(
-            "profile {name}: track2_dd \"{t}\" needs C digits (CVC3: 1-5, dCVV: 3), A digits, and for CVC3 U digits"
+            "profile {name}: track2_dd \"{t}\" needs C digits (CVC3: 1-5, dCVV: 3), at least 2 A digits, and for CVC3 U digits"
         )));
     }
     Ok(())

@@ -93,7 +93,9 @@ pub fn value(digits: &[u8]) -> u64 {
 /// The full ATC from its low decimal digits: the smallest ATC at or above
 /// the bottom of the replay window (`highest - window + 1`, or 0) whose low
 /// `digits.len()` decimal digits are `digits`. `None` if it would pass
-/// 65535.
+/// 65535. Unambiguous while 10^digits exceeds the window (the config
+/// requires at least 2 ATC digits): the candidates cover the window and the
+/// ATCs just above the highest.
 pub fn rebuild_atc(digits: &[u8], highest: Option<u16>, window: u16) -> Option<u16> {
     let modulus = 10u64.pow(digits.len() as u32);
     let low = value(digits);
@@ -154,7 +156,9 @@ mod tests {
         assert_eq!(rebuild_atc(b"094", Some(1090), 47), Some(1094));
         assert_eq!(rebuild_atc(b"050", Some(1090), 47), Some(1050));
         assert_eq!(rebuild_atc(b"020", Some(1090), 47), Some(2020));
-        assert_eq!(rebuild_atc(b"9", Some(65534), 47), Some(65529));
+        // The smallest candidate at or above the window's bottom (65488).
+        assert_eq!(rebuild_atc(b"89", Some(65534), 47), Some(65489));
+        assert_eq!(rebuild_atc(b"35", Some(65534), 47), Some(65535));
     }
 
     #[test]
