@@ -117,6 +117,9 @@ struct ServeArgs {
     /// Issuer answer timeout in ms; no answer in time → 91 [config: listener.issuer_timeout_ms; default 2000].
     #[arg(long)]
     issuer_timeout_ms: Option<u64>,
+    /// Pipeline worker threads; 0 = four per core [config: listener.workers].
+    #[arg(long)]
+    workers: Option<usize>,
     /// Serve Prometheus metrics (answers by code, latency histogram) on ADDR.
     /// Off by default.
     #[arg(long, value_name = "ADDR")]
@@ -371,6 +374,10 @@ fn serve(config: &Path, a: ServeArgs) -> Result<(), CliError> {
         max_connections: a.max_connections.unwrap_or(l.max_connections),
         idle_timeout: std::time::Duration::from_secs(l.idle_timeout_secs),
         stalled_read_timeout: std::time::Duration::from_secs(l.stalled_read_timeout_secs),
+        workers: match a.workers.unwrap_or(l.workers) {
+            0 => 4 * std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        },
         ..ServerConfig::default()
     };
     let profiles = crate::pipeline::keys::load(&cfg, &keys).map_err(CliError::new)?;

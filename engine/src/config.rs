@@ -210,6 +210,10 @@ pub struct ListenerConfig {
     pub issuer: Option<String>,
     /// How long to wait for the issuer before answering 91, milliseconds.
     pub issuer_timeout_ms: u64,
+    /// Pipeline worker threads; 0 = four per core. Workers spend much of a
+    /// batch waiting (the journal's fdatasync, the issuer's answer), so more
+    /// workers than cores keep the cores busy and make group commits larger.
+    pub workers: usize,
 }
 
 impl Default for ListenerConfig {
@@ -224,6 +228,7 @@ impl Default for ListenerConfig {
             stalled_read_timeout_secs: 5,
             issuer: None,
             issuer_timeout_ms: 2000,
+            workers: 0,
         }
     }
 }
