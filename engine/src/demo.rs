@@ -115,9 +115,13 @@ pub fn run_demo(config_path: &Path, spec: &DemoSpec) -> Result<bool, String> {
             .with_issuer(link)
             .with_decline_log(false),
     );
+    // Workers wait on fdatasync and the issuer: four per core keep the
+    // cores busy (as `tessera serve` does by default).
+    let workers = 4 * std::thread::available_parallelism().map_or(1, |n| n.get());
     let server = Server::bind(ServerConfig {
         listen: any,
         handle_signals: false,
+        workers,
         ..ServerConfig::default()
     })
     .map_err(err)?;
