@@ -994,7 +994,6 @@ mod tests {
     use crate::vault::provision::{provision, ProvisionSpec};
     use crate::vault::types::{DomainControls, TokenState};
     use crate::vault::{OpenOptions, Vault};
-    use std::io::Write;
     use std::path::Path;
     use std::sync::Arc;
 
@@ -1042,28 +1041,8 @@ mod tests {
         )
         .unwrap();
         let export = dir.path().join("export.jsonl");
-        let mut w = std::fs::File::create(&export).unwrap();
-        for v in vault.views() {
-            let pan = vault.detokenize(&v).unwrap();
-            let mut line = serde_json::json!({
-                "token": v.token.digits(),
-                "expiry": format!("{:04}", v.expiry_yymm),
-                "psn": format!("{:02}", v.psn),
-                "profile": vault.profile_name(&v),
-                "state": v.state.name(),
-                "pan": pan.0.digits(),
-            });
-            let c = vault.controls(&v);
-            if !c.pos_entry_modes.is_empty() {
-                line["pos_entry_modes"] = c
-                    .pos_entry_modes
-                    .iter()
-                    .map(|m| format!("{m:02}"))
-                    .collect::<Vec<_>>()
-                    .into();
-            }
-            writeln!(w, "{line}").unwrap();
-        }
+        let file = std::fs::File::create(&export).unwrap();
+        crate::vault::export::write_jsonl(&vault, std::io::BufWriter::new(file), true).unwrap();
         Setup {
             dir,
             cfg,

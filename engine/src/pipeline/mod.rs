@@ -754,15 +754,15 @@ impl Pipeline {
         Ok((atc, Some(builder)))
     }
 
-    fn verify_cvc3(
+    /// The mag-stripe common part: the track, its dynamic digits by the
+    /// profile's template, and the full ATC (rebuilt from its digits and
+    /// the highest accepted ATC), refused if already used.
+    fn track_dynamic_digits<'t>(
         &self,
-        track: &Option<track2::Track2>,
+        track: &'t Option<track2::Track2>,
         view: &RecordView,
-        imk: &hsm_sim::TdesKey,
         pk: &ProfileKeys,
-        pan: &Pan,
-        psn: Psn,
-    ) -> Result<(u16, Option<IccResponse>), Decision> {
+    ) -> Result<(&'t track2::Track2, track::DynamicDigits, u16), Decision> {
         let t = track
             .as_ref()
             .ok_or_else(|| Decision::decline(rc::FORMAT_ERROR, "NO_TRACK2"))?;
@@ -774,8 +774,22 @@ impl Pipeline {
         if self.vault.atc_usable(view, atc).is_err() {
             return Err(Decision::decline(rc::MC_CRYPTO, "ATC_REPLAY"));
         }
+        Ok((t, dd, atc))
+    }
+
+    fn verify_cvc3(
+        &self,
+        track: &Option<track2::Track2>,
+        view: &RecordView,
+        imk: &hsm_sim::TdesKey,
+        pk: &ProfileKeys,
+        pan: &Pan,
+        psn: Psn,
+    ) -> Result<(u16, Option<IccResponse>), Decision> {
+        let (t, dd, atc) = self.track_dynamic_digits(track, view, pk)?;
+        let template = pk.profile.track2_dd.as_deref().unwrap_or_default();
         let un_value = track::value(&dd.un) as u32;
-        let un = hex_to_bcd4(un_value);
+        let un = decimal_to_bcd4(un_value);
         let kd = derive_icc_mk(MkDerivation::OptionA, imk, pan, psn);
         let personalised = track::personalised_track_bytes(
             pan.digits(),
@@ -799,17 +813,7 @@ impl Pipeline {
         pk: &ProfileKeys,
         pan: &Pan,
     ) -> Result<(u16, Option<IccResponse>), Decision> {
-        let t = track
-            .as_ref()
-            .ok_or_else(|| Decision::decline(rc::FORMAT_ERROR, "NO_TRACK2"))?;
-        let template = pk.profile.track2_dd.as_deref().unwrap_or_default();
-        let dd = track::split(template, &t.discretionary)
-            .map_err(|_| Decision::decline(rc::MC_CRYPTO, "TRACK2_TEMPLATE"))?;
-        let atc = track::rebuild_atc(&dd.atc, self.vault.highest_atc(view), replay::WINDOW)
-            .ok_or_else(|| Decision::decline(rc::MC_CRYPTO, "ATC_RANGE"))?;
-        if self.vault.atc_usable(view, atc).is_err() {
-            return Err(Decision::decline(rc::MC_CRYPTO, "ATC_REPLAY"));
-        }
+        let (t, dd, atc) = self.track_dynamic_digits(track, view, pk)?;
         // Payment HSMs derive the dCVV key with PSN 00.
         let udk = derive_icc_mk(MkDerivation::OptionA, imk, pan, Psn::default());
         let expiry = Expiry::new(std::str::from_utf8(&t.expiry).unwrap_or_default())
@@ -842,7 +846,7 @@ impl crate::server::Handler for Pipeline {
 type IccResponse = Box<dyn FnOnce([u8; 2]) -> Vec<u8>>;
 
 /// An 8-digit numeric UN as 4 BCD bytes.
-fn hex_to_bcd4(v: u32) -> [u8; 4] {
+fn decimal_to_bcd4(v: u32) -> [u8; 4] {
     let s = format!("{:08}", v % 100_000_000);
     let d = s.as_bytes();
     [0, 2, 4, 6].map(|i| ((d[i] - b'0') << 4) | (d[i + 1] - b'0'))
