@@ -196,6 +196,24 @@ impl KeyStore {
     }
 }
 
+/// Fuzz entry: any bytes (read as UTF-8, invalid sequences replaced) as a
+/// key file. Never panics; a file that loads has every label retrievable
+/// with a 3-byte KCV.
+pub fn fuzz_key_file(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    match KeyStore::from_json(&text) {
+        Ok(store) => {
+            for label in store.labels() {
+                let key = store.get(label).expect("a listed label is present");
+                assert_eq!(key.kcv().len(), 3);
+            }
+        }
+        Err(e) => {
+            let _ = e.to_string();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
