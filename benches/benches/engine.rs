@@ -36,10 +36,14 @@ struct Fixture {
 fn fixture() -> Fixture {
     let text = std::fs::read_to_string(repo().join("config/tessera.toml")).expect("config");
     let text = text.replace("durability = \"sync\"", "durability = \"async\"");
-    let (cfg, keystore) = Config::from_toml(&text, "bench", &repo().join("config")).expect("config");
+    let (cfg, keystore) =
+        Config::from_toml(&text, "bench", &repo().join("config")).expect("config");
     let cfg = Arc::new(cfg);
     let dir = tempfile::tempdir().expect("tmp");
-    let opts = OpenOptions { create: true, ..OpenOptions::default() };
+    let opts = OpenOptions {
+        create: true,
+        ..OpenOptions::default()
+    };
     let (vault, _) = Vault::open(dir.path(), Arc::clone(&cfg), &keystore, opts).expect("vault");
     let spec = ProvisionSpec {
         count: 10_000,
@@ -52,9 +56,18 @@ fn fixture() -> Fixture {
     provision(&vault, &spec).expect("provision");
     let cards: Vec<RecordView> = vault.views().collect();
     let profiles = keys::load(&cfg, &keystore).expect("keys");
-    let pipeline = Pipeline::new(Arc::new(vault), keys::load(&cfg, &keystore).expect("keys"), Dialect::Ascii)
-        .with_decline_log(false);
-    Fixture { _dir: dir, pipeline, profiles, cards }
+    let pipeline = Pipeline::new(
+        Arc::new(vault),
+        keys::load(&cfg, &keystore).expect("keys"),
+        Dialect::Ascii,
+    )
+    .with_decline_log(false);
+    Fixture {
+        _dir: dir,
+        pipeline,
+        profiles,
+        cards,
+    }
 }
 
 /// The n-th fresh authorization: card n mod cards, ATC n / cards + 1, a
@@ -63,7 +76,10 @@ fn request(f: &Fixture, n: u64) -> IsoMessage {
     let view = &f.cards[(n % f.cards.len() as u64) as usize];
     let t = CardTxn {
         token: view.token.digits(),
-        expiry: format!("{:04}", view.expiry_yymm).into_bytes().try_into().expect("4 digits"),
+        expiry: format!("{:04}", view.expiry_yymm)
+            .into_bytes()
+            .try_into()
+            .expect("4 digits"),
         psn: view.psn,
         atc: (n / f.cards.len() as u64 + 1) as u16,
         amount: 1234,
@@ -73,7 +89,10 @@ fn request(f: &Fixture, n: u64) -> IsoMessage {
     };
     let mut m = authorization(&f.profiles[usize::from(view.profile)], &t).expect("card");
     // Unique DE 7 per STAN wrap, so no request is a retransmission.
-    m.set(7, format!("{:010}", 1_000_000_000 + n / 1_000_000).into_bytes());
+    m.set(
+        7,
+        format!("{:010}", 1_000_000_000 + n / 1_000_000).into_bytes(),
+    );
     m.set(37, format!("{n:012}").into_bytes());
     m
 }
@@ -85,15 +104,23 @@ fn codec(c: &mut Criterion) {
         let bytes = dialect.encode(&msg).expect("encode");
         let name = format!("{dialect:?}").to_lowercase();
         let mut g = c.benchmark_group(format!("iso8583_{name}"));
-        g.bench_function("baseline_copy_bytes", |b| b.iter(|| black_box(bytes.clone())));
-        g.bench_function("decode_0100_with_f55", |b| b.iter(|| dialect.decode(black_box(&bytes)).expect("decode")));
-        g.bench_function("encode_0100_with_f55", |b| b.iter(|| dialect.encode(black_box(&msg)).expect("encode")));
+        g.bench_function("baseline_copy_bytes", |b| {
+            b.iter(|| black_box(bytes.clone()))
+        });
+        g.bench_function("decode_0100_with_f55", |b| {
+            b.iter(|| dialect.decode(black_box(&bytes)).expect("decode"))
+        });
+        g.bench_function("encode_0100_with_f55", |b| {
+            b.iter(|| dialect.encode(black_box(&msg)).expect("encode"))
+        });
         g.finish();
     }
     let f55 = msg.get(55).expect("chip data").to_vec();
     let mut g = c.benchmark_group("tlv");
     g.bench_function("baseline_copy_f55", |b| b.iter(|| black_box(f55.clone())));
-    g.bench_function("parse_f55", |b| b.iter(|| tlv::parse(black_box(&f55)).expect("tlv").len()));
+    g.bench_function("parse_f55", |b| {
+        b.iter(|| tlv::parse(black_box(&f55)).expect("tlv").len())
+    });
     g.finish();
 }
 
@@ -104,7 +131,8 @@ fn pipeline(c: &mut Criterion) {
     // Cryptography alone: what an ARQC verification costs (derive ICC MK,
     // SKD session key, AC), for the ratio.
     let view = f.cards[0];
-    let engine::pipeline::keys::SchemeKeys::Emv(imk) = &f.profiles[usize::from(view.profile)].keys else {
+    let engine::pipeline::keys::SchemeKeys::Emv(imk) = &f.profiles[usize::from(view.profile)].keys
+    else {
         unreachable!("mc_cvn16 is EMV")
     };
     let pan = hsm_sim::types::Pan::new(&view.token.digits()).expect("pan");
@@ -113,8 +141,15 @@ fn pipeline(c: &mut Criterion) {
         let terminal = hsm_sim::emv::TerminalData::default();
         let data = [0u8; 6];
         b.iter(|| {
-            let mk = hsm_sim::emv::mk::derive_icc_mk(profile.mk_derivation(), &imk.ac, &pan, hsm_sim::types::Psn::default());
-            profile.verify_arqc(&mk, &terminal, &data, &[0; 8]).expect("verify")
+            let mk = hsm_sim::emv::mk::derive_icc_mk(
+                profile.mk_derivation(),
+                &imk.ac,
+                &pan,
+                hsm_sim::types::Psn::default(),
+            );
+            profile
+                .verify_arqc(&mk, &terminal, &data, &[0; 8])
+                .expect("verify")
         })
     });
     g.bench_function("per_authorization", |b| {
@@ -151,7 +186,10 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
     // Every timed request must have been approved (fresh ATCs, no replays).
     let counts = f.pipeline.response_counts();
-    assert!(counts.iter().all(|(code, _)| code == "00"), "only approvals expected: {counts:?}");
+    assert!(
+        counts.iter().all(|(code, _)| code == "00"),
+        "only approvals expected: {counts:?}"
+    );
 }
 
 criterion_group! {
