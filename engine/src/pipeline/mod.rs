@@ -197,14 +197,6 @@ fn digits_value(b: &[u8]) -> Option<u64> {
     Some(b.iter().fold(0u64, |a, d| a * 10 + u64::from(d - b'0')))
 }
 
-/// Lower-case-free hex of bytes (BCD compare helper).
-fn hex_upper(b: &[u8]) -> Vec<u8> {
-    const H: &[u8; 16] = b"0123456789ABCDEF";
-    b.iter()
-        .flat_map(|x| [H[usize::from(x >> 4)], H[usize::from(x & 15)]])
-        .collect()
-}
-
 /// The CVN byte a profile's IAD carries, and where.
 fn iad_cvn(p: CvnProfile) -> (usize, u8) {
     match p {
@@ -701,8 +693,8 @@ impl Pipeline {
             .filter(|v| !v.is_empty() && v.len() <= 32)
             .ok_or_else(missing)?;
         // DE 4 must equal 9F02 and DE 49 must equal 5F2A.
-        let amount_hex = hex_upper(&terminal.amount_authorised);
-        let currency_hex = hex_upper(&terminal.currency);
+        let amount_hex = iso8583::hex_string(&terminal.amount_authorised).into_bytes();
+        let currency_hex = iso8583::hex_string(&terminal.currency).into_bytes();
         if digits_value(&amount_hex) != Some(amount)
             || digits_value(&currency_hex) != Some(currency)
         {
