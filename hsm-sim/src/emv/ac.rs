@@ -17,7 +17,7 @@ pub enum AcPadding {
 }
 
 impl AcPadding {
-    fn method(self) -> Padding {
+    pub(crate) fn method(self) -> Padding {
         match self {
             Self::Emv => Padding::Method2,
             Self::Visa => Padding::Method1,
@@ -47,7 +47,12 @@ pub fn verify_ac(
 
 /// ARPC method 1: `TDES_K(ARQC xor (ARC || 00 x 6))`, 8 bytes.
 pub fn arpc_method1(key: &TdesKey, arqc: &[u8; 8], arc: [u8; 2]) -> [u8; 8] {
-    key.encrypt_block(xor8(*arqc, [arc[0], arc[1], 0, 0, 0, 0, 0, 0]))
+    key.encrypt_block(arpc_method1_block(arqc, arc))
+}
+
+/// The block ARPC method 1 encrypts: `ARQC xor (ARC || 00 00 00 00 00 00)`.
+pub(crate) fn arpc_method1_block(arqc: &[u8; 8], arc: [u8; 2]) -> [u8; 8] {
+    xor8(*arqc, [arc[0], arc[1], 0, 0, 0, 0, 0, 0])
 }
 
 /// ARPC method 2: the leftmost 4 bytes of the retail MAC (padding method 2)
@@ -58,6 +63,18 @@ pub fn arpc_method2(
     csu: [u8; 4],
     prop_auth_data: &[u8],
 ) -> Result<[u8; 4], CryptoError> {
+    let data = arpc_method2_input(arqc, csu, prop_auth_data)?;
+    let mac = retail_mac(key, &data, Padding::Method2)?;
+    Ok([mac[0], mac[1], mac[2], mac[3]])
+}
+
+/// The MAC input of ARPC method 2: `ARQC || CSU || proprietary data`
+/// (0 to 8 bytes), before padding.
+pub(crate) fn arpc_method2_input(
+    arqc: &[u8; 8],
+    csu: [u8; 4],
+    prop_auth_data: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     if prop_auth_data.len() > 8 {
         return Err(CryptoError::length(
             "proprietary authentication data",
@@ -69,6 +86,5 @@ pub fn arpc_method2(
     data.extend_from_slice(arqc);
     data.extend_from_slice(&csu);
     data.extend_from_slice(prop_auth_data);
-    let mac = retail_mac(key, &data, Padding::Method2)?;
-    Ok([mac[0], mac[1], mac[2], mac[3]])
+    Ok(data)
 }

@@ -28,18 +28,30 @@ pub fn derive_icc_mk(method: MkDerivation, imk: &TdesKey, pan: &Pan, psn: Psn) -
 /// Option A: `Y` = the rightmost 16 digits of PAN||PSN (left-padded with
 /// zeros when shorter) as BCD; `MK = parity(TDES(Y) || TDES(Y xor FF..))`.
 pub fn option_a(imk: &TdesKey, pan: &Pan, psn: Psn) -> TdesKey {
+    mk_from_y(imk, option_a_y(pan, psn))
+}
+
+/// Option A's input block Y: the rightmost 16 digits of PAN || PSN
+/// (left-padded with zeros), packed.
+pub(crate) fn option_a_y(pan: &Pan, psn: Psn) -> [u8; 8] {
     let mut x = [b'0'; 21];
     let digits = pan.digits().as_bytes();
     let n = digits.len() + 2;
     x[21 - n..19].copy_from_slice(digits);
     x[19..].copy_from_slice(psn.as_str().as_bytes());
-    mk_from_y(imk, &x[5..])
+    pack_y(&x[5..])
 }
 
 /// Option B (only differs from A for PANs longer than 16 digits).
 pub fn option_b(imk: &TdesKey, pan: &Pan, psn: Psn) -> TdesKey {
+    mk_from_y(imk, option_b_y(pan, psn))
+}
+
+/// Option B's input block Y: for PANs of up to 16 digits Option A's,
+/// otherwise 16 decimalised digits of SHA-1(PAN || PSN).
+pub(crate) fn option_b_y(pan: &Pan, psn: Psn) -> [u8; 8] {
     if pan.digits().len() <= 16 {
-        return option_a(imk, pan, psn);
+        return option_a_y(pan, psn);
     }
     // X = PAN||PSN, prefixed with 0 to an even length, packed as BCD.
     let mut x = Vec::with_capacity(22);
@@ -51,20 +63,37 @@ pub fn option_b(imk: &TdesKey, pan: &Pan, psn: Psn) -> TdesKey {
     let digest = Sha1::digest(pack_nibbles(&x));
     // Decimal nibbles of the digest, then its letters A..F as 0..5.
     let y: [u8; 16] = crate::primitives::decimalise(&digest);
-    mk_from_y(imk, &y)
+    pack_y(&y)
 }
 
-fn mk_from_y(imk: &TdesKey, y_digits: &[u8]) -> TdesKey {
-    let y: [u8; 8] = pack_nibbles(y_digits)
+/// The input block Y of either option.
+pub(crate) fn y_block(method: MkDerivation, pan: &Pan, psn: Psn) -> [u8; 8] {
+    match method {
+        MkDerivation::OptionA => option_a_y(pan, psn),
+        MkDerivation::OptionB => option_b_y(pan, psn),
+    }
+}
+
+fn pack_y(y_digits: &[u8]) -> [u8; 8] {
+    pack_nibbles(y_digits)
         .try_into()
-        .expect("16 digits pack into 8 bytes");
+        .expect("16 digits pack into 8 bytes")
+}
+
+/// `MK = E(IMK, Y) || E(IMK, Y xor FF..FF)`, odd parity.
+fn mk_from_y(imk: &TdesKey, y: [u8; 8]) -> TdesKey {
     let zl = imk.encrypt_block(y);
     let zr = imk.encrypt_block(crate::primitives::xor8(y, [0xFF; 8]));
-    let mut mk = zeroize::Zeroizing::new([0u8; 16]);
-    mk[..8].copy_from_slice(&zl);
-    mk[8..].copy_from_slice(&zr);
-    adjust_odd_parity(&mut mk[..]);
-    TdesKey::double(&mk)
+    TdesKey::double(&join_halves_with_parity(zl, zr))
+}
+
+/// `L || R` with odd parity: every derived EMV key is formed this way.
+pub(crate) fn join_halves_with_parity(l: [u8; 8], r: [u8; 8]) -> zeroize::Zeroizing<[u8; 16]> {
+    let mut k = zeroize::Zeroizing::new([0u8; 16]);
+    k[..8].copy_from_slice(&l);
+    k[8..].copy_from_slice(&r);
+    adjust_odd_parity(&mut k[..]);
+    k
 }
 
 #[cfg(test)]

@@ -7,9 +7,7 @@
 
 use super::ac::{self, AcPadding};
 use super::mk::{derive_icc_mk, MkDerivation};
-use super::session::{
-    ac_session_key, common_session_key, mastercard_session_key, visa_sm_session_key,
-};
+use super::session::{common_session_key, visa_sm_session_key};
 use super::sm::{self, ScriptEncryption};
 use crate::primitives::ct::ct_eq;
 use crate::types::{Atc, Pan, Pin, Psn};
@@ -106,6 +104,42 @@ struct Spec {
     pin_block: PinBlock,
     /// P2/Lc of the PIN CHANGE/UNBLOCK command header without current PIN.
     pin_change_lc: u8,
+}
+
+/// Which key an ARPC is computed under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ArpcKey {
+    /// The ICC master key for AC.
+    MasterKey,
+    /// The AC session key.
+    SessionKey,
+}
+
+/// What the ARPC key is applied to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ArpcData {
+    /// Method 1: TDES of `ARQC xor (ARC || 00..)`; 8 bytes.
+    Method1([u8; 8]),
+    /// Method 2: the first 4 bytes of the retail MAC (padding method 2)
+    /// of `ARQC || CSU || proprietary data`.
+    Method2(Vec<u8>),
+}
+
+impl ArpcData {
+    fn compute(&self, key: &TdesKey) -> Vec<u8> {
+        match self {
+            Self::Method1(block) => key.encrypt_block(*block).to_vec(),
+            Self::Method2(data) => {
+                let mac = crate::primitives::mac::retail_mac(
+                    key,
+                    data,
+                    crate::primitives::padding::Padding::Method2,
+                )
+                .expect("EMV keys are double length");
+                mac[..4].to_vec()
+            }
+        }
+    }
 }
 
 /// The terminal-supplied CDOL data common to every profile, in the order
@@ -356,10 +390,63 @@ impl CvnProfile {
 
     /// The AC session key for this transaction.
     pub fn ac_session_key(self, mk_ac: &TdesKey, terminal: &TerminalData) -> TdesKey {
+        match self.ac_session_r(terminal) {
+            None => mk_ac.clone(),
+            Some(r) => common_session_key(mk_ac, r),
+        }
+    }
+
+    /// The `R` of the common session key derivation that gives the AC
+    /// session key, or `None` when the AC is computed under the master key.
+    pub(crate) fn ac_session_r(self, terminal: &TerminalData) -> Option<[u8; 8]> {
+        let [a0, a1] = terminal.atc;
+        let [u0, u1, u2, u3] = terminal.un;
         match self.spec().ac_key {
-            AcKey::MasterKey => mk_ac.clone(),
-            AcKey::CommonAtc => ac_session_key(mk_ac, terminal.atc()),
-            AcKey::MastercardSkd => mastercard_session_key(mk_ac, terminal.atc(), terminal.un),
+            AcKey::MasterKey => None,
+            AcKey::CommonAtc => Some([a0, a1, 0, 0, 0, 0, 0, 0]),
+            AcKey::MastercardSkd => Some([a0, a1, 0, 0, u0, u1, u2, u3]),
+        }
+    }
+
+    /// The padding of the AC input.
+    pub(crate) fn ac_padding(self) -> crate::primitives::padding::Padding {
+        self.spec().padding.method()
+    }
+
+    /// Which key and which MAC input give the ARPC (checked against the
+    /// profile's method).
+    pub(crate) fn arpc_plan(
+        self,
+        arqc: &[u8; 8],
+        input: &ArpcInput,
+    ) -> Result<(ArpcKey, ArpcData), CryptoError> {
+        match (self.spec().arpc, input) {
+            (ArpcSpec::Method1MasterKey, ArpcInput::Method1 { arc }) => Ok((
+                ArpcKey::MasterKey,
+                ArpcData::Method1(ac::arpc_method1_block(arqc, *arc)),
+            )),
+            (ArpcSpec::Method1SessionKey, ArpcInput::Method1 { arc }) => Ok((
+                ArpcKey::SessionKey,
+                ArpcData::Method1(ac::arpc_method1_block(arqc, *arc)),
+            )),
+            (
+                ArpcSpec::Method2SessionKey,
+                ArpcInput::Method2 {
+                    csu,
+                    prop_auth_data,
+                },
+            ) => Ok((
+                ArpcKey::SessionKey,
+                ArpcData::Method2(ac::arpc_method2_input(arqc, *csu, prop_auth_data)?),
+            )),
+            (ArpcSpec::Method2SessionKey, ArpcInput::Method1 { .. }) => Err(CryptoError::invalid(
+                "ARPC input",
+                format!("{} uses ARPC method 2 (CSU), not an ARC", self.name()),
+            )),
+            (_, ArpcInput::Method2 { .. }) => Err(CryptoError::invalid(
+                "ARPC input",
+                format!("{} uses ARPC method 1 (ARC), not a CSU", self.name()),
+            )),
         }
     }
 
@@ -410,34 +497,16 @@ impl CvnProfile {
         arqc: &[u8; 8],
         input: &ArpcInput,
     ) -> Result<Vec<u8>, CryptoError> {
-        let spec = self.spec();
-        match (spec.arpc, input) {
-            (ArpcSpec::Method1MasterKey, ArpcInput::Method1 { arc }) => {
-                Ok(ac::arpc_method1(mk_ac, arqc, *arc).to_vec())
+        let (key, data) = self.arpc_plan(arqc, input)?;
+        let sk;
+        let key = match key {
+            ArpcKey::MasterKey => mk_ac,
+            ArpcKey::SessionKey => {
+                sk = self.ac_session_key(mk_ac, terminal);
+                &sk
             }
-            (ArpcSpec::Method1SessionKey, ArpcInput::Method1 { arc }) => {
-                let sk = self.ac_session_key(mk_ac, terminal);
-                Ok(ac::arpc_method1(&sk, arqc, *arc).to_vec())
-            }
-            (
-                ArpcSpec::Method2SessionKey,
-                ArpcInput::Method2 {
-                    csu,
-                    prop_auth_data,
-                },
-            ) => {
-                let sk = self.ac_session_key(mk_ac, terminal);
-                Ok(ac::arpc_method2(&sk, arqc, *csu, prop_auth_data)?.to_vec())
-            }
-            (ArpcSpec::Method2SessionKey, ArpcInput::Method1 { .. }) => Err(CryptoError::invalid(
-                "ARPC input",
-                format!("{} uses ARPC method 2 (CSU), not an ARC", self.name()),
-            )),
-            (_, ArpcInput::Method2 { .. }) => Err(CryptoError::invalid(
-                "ARPC input",
-                format!("{} uses ARPC method 1 (ARC), not a CSU", self.name()),
-            )),
-        }
+        };
+        Ok(data.compute(key))
     }
 
     /// The secure-messaging session keys (SMI, SMC) for a transaction.

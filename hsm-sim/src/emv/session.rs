@@ -9,10 +9,17 @@ use crate::{CryptoError, TdesKey};
 /// EMV common session key: `SK = parity(TDES_MK(F1) || TDES_MK(F2))` where
 /// F1/F2 are `R` with its third byte set to `F0`/`0F`.
 pub fn common_session_key(mk: &TdesKey, r: [u8; 8]) -> TdesKey {
+    let [f1, f2] = common_session_key_inputs(r);
+    join_with_parity(mk.encrypt_block(f1), mk.encrypt_block(f2))
+}
+
+/// The two blocks the common session key encrypts: `R` with byte 2 set to
+/// `F0` (left half) and to `0F` (right half).
+pub(crate) fn common_session_key_inputs(r: [u8; 8]) -> [[u8; 8]; 2] {
     let (mut f1, mut f2) = (r, r);
     f1[2] = 0xF0;
     f2[2] = 0x0F;
-    join_with_parity(mk.encrypt_block(f1), mk.encrypt_block(f2))
+    [f1, f2]
 }
 
 /// The AC session key from the ATC alone: CSK with `R = ATC || 00 x 6`.
@@ -112,9 +119,5 @@ fn array16(s: &[u8]) -> &[u8; 16] {
 }
 
 fn join_with_parity(l: [u8; 8], r: [u8; 8]) -> TdesKey {
-    let mut k = zeroize::Zeroizing::new([0u8; 16]);
-    k[..8].copy_from_slice(&l);
-    k[8..].copy_from_slice(&r);
-    adjust_odd_parity(&mut k[..]);
-    TdesKey::double(&k)
+    TdesKey::double(&super::mk::join_halves_with_parity(l, r))
 }

@@ -22,13 +22,34 @@ pub fn ivcvc3(kd_cvc3: &TdesKey, track_data: &[u8]) -> Result<[u8; 2], CryptoErr
 
 /// The CVC3 as 5 ASCII digits, zero-padded (`00488`, not pyemv's `488`).
 pub fn cvc3_from_iv(kd_cvc3: &TdesKey, ivcvc3: [u8; 2], un: [u8; 4], atc: Atc) -> [u8; 5] {
+    cvc3_digits(kd_cvc3.encrypt_block(cvc3_block(ivcvc3, un, atc)))
+}
+
+/// The block the CVC3 key encrypts: `IVCVC3 || UN || ATC`.
+pub(crate) fn cvc3_block(ivcvc3: [u8; 2], un: [u8; 4], atc: Atc) -> [u8; 8] {
     let a = atc.to_bytes();
-    let block = [ivcvc3[0], ivcvc3[1], un[0], un[1], un[2], un[3], a[0], a[1]];
-    let out = kd_cvc3.encrypt_block(block);
-    let value = u16::from_be_bytes([out[6], out[7]]);
-    let mut digits = [0u8; 5];
-    digits.copy_from_slice(format!("{value:05}").as_bytes());
+    [ivcvc3[0], ivcvc3[1], un[0], un[1], un[2], un[3], a[0], a[1]]
+}
+
+/// The five CVC3 digits: the last two bytes of the encrypted block as a
+/// decimal number.
+pub(crate) fn cvc3_digits(encrypted: [u8; 8]) -> [u8; 5] {
+    let mut value = u16::from_be_bytes([encrypted[6], encrypted[7]]);
+    let mut digits = [b'0'; 5];
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
     digits
+}
+
+/// The received CVC3 digits (1 to 5, the track's template decides) match
+/// the end of the computed five, in constant time.
+pub(crate) fn cvc3_matches(full: &[u8; 5], received: &[u8]) -> Result<bool, CryptoError> {
+    if received.is_empty() || received.len() > 5 {
+        return Err(CryptoError::length("CVC3 digits", "1 to 5", received.len()));
+    }
+    Ok(ct_eq(&full[5 - received.len()..], received))
 }
 
 /// Derive the card key and compute (IVCVC3, CVC3).
@@ -55,9 +76,5 @@ pub fn verify_cvc3(
     atc: Atc,
     received: &[u8],
 ) -> Result<bool, CryptoError> {
-    if received.is_empty() || received.len() > 5 {
-        return Err(CryptoError::length("CVC3 digits", "1 to 5", received.len()));
-    }
-    let full = cvc3_from_iv(kd_cvc3, ivcvc3, un, atc);
-    Ok(ct_eq(&full[5 - received.len()..], received))
+    cvc3_matches(&cvc3_from_iv(kd_cvc3, ivcvc3, un, atc), received)
 }

@@ -22,11 +22,16 @@ pub fn cvv(
     expiry: Expiry,
     service_code: ServiceCode,
 ) -> Result<Cvv, CryptoError> {
+    cvv_of_nibbles(cvk, &cvv_digits(pan, expiry, service_code))
+}
+
+/// The CVV input digits: PAN || expiry || service code.
+pub(crate) fn cvv_digits(pan: &Pan, expiry: Expiry, service_code: ServiceCode) -> Vec<u8> {
     let mut block = Vec::with_capacity(32);
     block.extend_from_slice(pan.digits().as_bytes());
     block.extend_from_slice(expiry.as_str().as_bytes());
     block.extend_from_slice(service_code.as_str().as_bytes());
-    cvv_of_nibbles(cvk, &block)
+    block
 }
 
 /// Check a CVV in constant time.
@@ -43,6 +48,18 @@ pub fn verify_cvv(
 /// The CVV algorithm over up to 32 hex-digit characters (`0-9`, `A-F`),
 /// right-padded with `0`. dCVV feeds it an ATC-altered PAN.
 pub(crate) fn cvv_of_nibbles(cvk: &TdesKey, digits: &[u8]) -> Result<Cvv, CryptoError> {
+    let input = cvv_mac_input(digits)?;
+    if cvk.len() != 16 {
+        return Err(CryptoError::length("CVK", "16", cvk.len()));
+    }
+    // E_KA(B1) xor B2, then TDES: exactly the retail MAC over B1||B2.
+    let r = retail_mac(cvk, &input, Padding::Method1)?;
+    Ok(crate::primitives::decimalise(&r))
+}
+
+/// The 16 bytes the CVV key MACs: the digits right-padded with zeros to 32
+/// and packed.
+pub(crate) fn cvv_mac_input(digits: &[u8]) -> Result<[u8; 16], CryptoError> {
     if digits.len() > 32 {
         return Err(CryptoError::length(
             "CVV input digits",
@@ -50,14 +67,11 @@ pub(crate) fn cvv_of_nibbles(cvk: &TdesKey, digits: &[u8]) -> Result<Cvv, Crypto
             digits.len(),
         ));
     }
-    if cvk.len() != 16 {
-        return Err(CryptoError::length("CVK", "16", cvk.len()));
-    }
     let mut padded = [b'0'; 32];
     padded[..digits.len()].copy_from_slice(digits);
-    // E_KA(B1) xor B2, then TDES: exactly the retail MAC over B1||B2.
-    let r = retail_mac(cvk, &pack_nibbles(&padded), Padding::Method1)?;
-    Ok(crate::primitives::decimalise(&r))
+    Ok(pack_nibbles(&padded)
+        .try_into()
+        .expect("32 digits pack into 16 bytes"))
 }
 
 #[cfg(test)]

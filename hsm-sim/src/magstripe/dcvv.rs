@@ -34,12 +34,23 @@ pub fn dcvv_with_udk(
     service_code: ServiceCode,
     atc: Atc,
 ) -> Result<Cvv, CryptoError> {
+    cvv_of_nibbles(udk, &dcvv_digits(pan, expiry_yymm, service_code, atc))
+}
+
+/// The dCVV input digits: hex(ATC) (4 characters) || PAN from its fifth
+/// digit || YYMM || service code.
+pub(crate) fn dcvv_digits(
+    pan: &Pan,
+    expiry_yymm: Expiry,
+    service_code: ServiceCode,
+    atc: Atc,
+) -> Vec<u8> {
     let mut block = Vec::with_capacity(32);
     block.extend_from_slice(format!("{:04X}", atc.0).as_bytes());
     block.extend_from_slice(&pan.digits().as_bytes()[4..]);
     block.extend_from_slice(expiry_yymm.as_str().as_bytes());
     block.extend_from_slice(service_code.as_str().as_bytes());
-    cvv_of_nibbles(udk, &block)
+    block
 }
 
 /// Check a dCVV in constant time.

@@ -2,6 +2,7 @@
 //! building blocks every payment algorithm in this crate is made of.
 
 pub mod aes;
+pub mod bitslice;
 pub mod ct;
 pub mod des;
 pub mod kcv;
