@@ -25,6 +25,7 @@
 //! `Debug`; every comparison of a cryptogram, MAC or CVV is constant-time.
 
 pub mod batch;
+pub mod batched;
 pub mod emv;
 mod error;
 pub mod keyfile;

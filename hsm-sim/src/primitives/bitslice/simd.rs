@@ -83,11 +83,14 @@ macro_rules! simd_word {
         }
 
         impl Word for $name {
-            // SAFETY (both constants): same size, every bit pattern valid.
-            const ZERO: Self =
-                Self(unsafe { std::mem::transmute::<[u64; $parts], $vec>([0; $parts]) });
-            const ONES: Self =
-                Self(unsafe { std::mem::transmute::<[u64; $parts], $vec>([u64::MAX; $parts]) });
+            const ZERO: Self = Self(
+                // SAFETY: same size, every bit pattern valid for both.
+                unsafe { std::mem::transmute::<[u64; $parts], $vec>([0; $parts]) },
+            );
+            const ONES: Self = Self(
+                // SAFETY: same size, every bit pattern valid for both.
+                unsafe { std::mem::transmute::<[u64; $parts], $vec>([u64::MAX; $parts]) },
+            );
             const PARTS: usize = $parts;
 
             #[inline(always)]

@@ -33,6 +33,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::needless_range_loop)] // r and c index two matrices
     fn is_a_transposition_and_an_involution() {
         let mut seed = 0x9E37_79B9_7F4A_7C15u64;
         let mut a = [0u64; 64];
