@@ -26,6 +26,7 @@
 
 pub mod batch;
 pub mod batched;
+pub mod bench;
 pub mod emv;
 mod error;
 pub mod keyfile;

@@ -266,7 +266,7 @@ fn joined(results: &MacResults, jobs: [Option<JobId>; 2]) -> Zeroizing<[u8; 16]>
 
 /// Pass 1: every card key (and every key given as is).
 fn derive_card_keys(commands: &[Command<'_>], lanes: &mut [Lane]) {
-    let mut batch = MacBatch::default();
+    let mut batch = MacBatch::with_capacity(2 * commands.len(), 1);
     for (cmd, lane) in commands.iter().zip(lanes.iter_mut()) {
         let derive = |imk: &TdesKey, what, method, pan: &Pan, psn| {
             double(imk, what).map(|k| (k, y_block(method, pan, psn)))
@@ -323,7 +323,7 @@ fn derive_card_keys(commands: &[Command<'_>], lanes: &mut [Lane]) {
 
 /// Pass 2: AC session keys, CVC3 IVs, dCVV/CVV MACs, plain ARPCs.
 fn second_pass(commands: &[Command<'_>], lanes: &mut [Lane]) {
-    let mut batch = MacBatch::default();
+    let mut batch = MacBatch::with_capacity(2 * commands.len(), 2);
     for (cmd, lane) in commands.iter().zip(lanes.iter_mut()) {
         if lane.done() {
             continue;
@@ -413,7 +413,7 @@ fn second_pass(commands: &[Command<'_>], lanes: &mut [Lane]) {
 
 /// Pass 3: ACs and their ARPCs, CVC3 blocks.
 fn third_pass(commands: &[Command<'_>], lanes: &mut [Lane]) {
-    let mut batch = MacBatch::default();
+    let mut batch = MacBatch::with_capacity(2 * commands.len(), 6);
     for (cmd, lane) in commands.iter().zip(lanes.iter_mut()) {
         if lane.done() {
             continue;

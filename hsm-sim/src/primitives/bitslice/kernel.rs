@@ -11,10 +11,18 @@ use super::word::Word;
 pub(crate) type Block<W> = [W; 64];
 
 /// Encrypt (or decrypt) `block` under `key`, every lane with its own key.
+///
+/// No closures and no `array::from_fn` in here: a closure does not
+/// inherit the caller's `#[target_feature]`, so the vector operators in it
+/// would become out-of-line calls.
 #[inline(always)]
 pub(crate) fn des<W: Word>(key: &Block<W>, block: &mut Block<W>, decrypt: bool) {
-    let mut l: [W; 32] = std::array::from_fn(|i| block[IP[i] as usize]);
-    let mut r: [W; 32] = std::array::from_fn(|i| block[IP[32 + i] as usize]);
+    let mut l = [W::ZERO; 32];
+    let mut r = [W::ZERO; 32];
+    for i in 0..32 {
+        l[i] = block[(IP[i] & 63) as usize];
+        r[i] = block[(IP[32 + i] & 63) as usize];
+    }
     // Two rounds per step, so the halves never need swapping: after round
     // 2k+1 `l` holds R(2k+1), after round 2k+2 `r` holds R(2k+2).
     for step in 0..8 {
@@ -27,37 +35,48 @@ pub(crate) fn des<W: Word>(key: &Block<W>, block: &mut Block<W>, decrypt: bool) 
         round(&mut r, &l, key, &KEY_SCHEDULE[second]);
     }
     // The pre-output is R16 || L16, then the final permutation.
-    let pre: [W; 64] = std::array::from_fn(|i| if i < 32 { r[i] } else { l[i - 32] });
-    for (out, &from) in block.iter_mut().zip(FP.iter()) {
-        *out = pre[from as usize];
+    for (i, &from) in FP.iter().enumerate() {
+        let from = (from & 63) as usize;
+        block[i] = if from < 32 { r[from] } else { l[from - 32] };
+    }
+}
+
+/// The six input bits of S-box `s`: `E(src) ^ subkey`. `& 31` / `& 63`
+/// let the compiler drop the bounds checks (every table entry is in range
+/// by construction).
+#[inline(always)]
+fn sbox_input<W: Word>(src: &[W; 32], key: &Block<W>, subkey: &[u8; 48], s: usize) -> [W; 6] {
+    let j = 6 * s;
+    [
+        src[(E[j] & 31) as usize] ^ key[(subkey[j] & 63) as usize],
+        src[(E[j + 1] & 31) as usize] ^ key[(subkey[j + 1] & 63) as usize],
+        src[(E[j + 2] & 31) as usize] ^ key[(subkey[j + 2] & 63) as usize],
+        src[(E[j + 3] & 31) as usize] ^ key[(subkey[j + 3] & 63) as usize],
+        src[(E[j + 4] & 31) as usize] ^ key[(subkey[j + 4] & 63) as usize],
+        src[(E[j + 5] & 31) as usize] ^ key[(subkey[j + 5] & 63) as usize],
+    ]
+}
+
+/// XOR S-box `s`'s four outputs into `dst` where P sends them.
+#[inline(always)]
+fn sbox_output<W: Word>(dst: &mut [W; 32], s: usize, out: [W; 4]) {
+    for (t, bit) in out.into_iter().enumerate() {
+        let at = (P_INV[4 * s + t] & 31) as usize;
+        dst[at] = dst[at] ^ bit;
     }
 }
 
 /// `dst ^= P(S(E(src) ^ subkey))`.
 #[inline(always)]
 fn round<W: Word>(dst: &mut [W; 32], src: &[W; 32], key: &Block<W>, subkey: &[u8; 48]) {
-    // `& 31` / `& 63` let the compiler drop the bounds checks: every table
-    // entry is in range by construction.
-    let input = |s: usize| -> [W; 6] {
-        std::array::from_fn(|m| {
-            let j = 6 * s + m;
-            src[(E[j] & 31) as usize] ^ key[(subkey[j] & 63) as usize]
-        })
-    };
-    let mut emit = |s: usize, out: [W; 4]| {
-        for (t, bit) in out.into_iter().enumerate() {
-            let at = (P_INV[4 * s + t] & 31) as usize;
-            dst[at] = dst[at] ^ bit;
-        }
-    };
-    emit(0, sboxes::s1(input(0)));
-    emit(1, sboxes::s2(input(1)));
-    emit(2, sboxes::s3(input(2)));
-    emit(3, sboxes::s4(input(3)));
-    emit(4, sboxes::s5(input(4)));
-    emit(5, sboxes::s6(input(5)));
-    emit(6, sboxes::s7(input(6)));
-    emit(7, sboxes::s8(input(7)));
+    sbox_output(dst, 0, sboxes::s1(sbox_input(src, key, subkey, 0)));
+    sbox_output(dst, 1, sboxes::s2(sbox_input(src, key, subkey, 1)));
+    sbox_output(dst, 2, sboxes::s3(sbox_input(src, key, subkey, 2)));
+    sbox_output(dst, 3, sboxes::s4(sbox_input(src, key, subkey, 3)));
+    sbox_output(dst, 4, sboxes::s5(sbox_input(src, key, subkey, 4)));
+    sbox_output(dst, 5, sboxes::s6(sbox_input(src, key, subkey, 5)));
+    sbox_output(dst, 6, sboxes::s7(sbox_input(src, key, subkey, 6)));
+    sbox_output(dst, 7, sboxes::s8(sbox_input(src, key, subkey, 7)));
 }
 
 /// `dst ^= src`, word by word.

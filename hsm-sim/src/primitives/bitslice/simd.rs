@@ -101,7 +101,9 @@ macro_rules! simd_word {
 
             #[inline(always)]
             fn from_parts(parts: &[u64; 8]) -> Self {
-                Self::from_array(std::array::from_fn(|g| parts[g]))
+                let mut a = [0u64; $parts];
+                a.copy_from_slice(&parts[..$parts]);
+                Self::from_array(a)
             }
 
             #[inline(always)]

@@ -1,0 +1,248 @@
+//! `tessera-hsm bench`: the scalar and the batched path on the same
+//! generated requests, in the same process, on every core, so that their
+//! ratio holds on a noisy machine.
+//!
+//! The requests are realistic in shape (one issuer key per profile, a
+//! different PAN, ATC, unpredictable number and amount per request) and
+//! random in content; both paths' outcomes are compared in full after the
+//! timed rounds, so a fast wrong answer fails the run instead of being
+//! reported.
+
+use std::time::Instant;
+
+use crate::batched::{
+    execute, execute_scalar, ArqcCheck, Command, Cvc3Check, CvvCheck, DcvvCheck, Outcome,
+};
+use crate::emv::mk::MkDerivation;
+use crate::emv::profile::CardDataLayout;
+use crate::emv::{ArpcInput, CvnProfile, TerminalData};
+use crate::primitives::bitslice::Kernel;
+use crate::types::{Atc, Expiry, Pan, Psn, ServiceCode};
+use crate::TdesKey;
+
+/// Commands per call of the batched path (what one engine worker would
+/// submit from a busy read).
+pub const BATCH: usize = 4096;
+
+/// Timed rounds per path; the median is reported.
+const ROUNDS: usize = 3;
+
+/// One bench run's figures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    /// Op name.
+    pub op: String,
+    /// Requests per round.
+    pub count: usize,
+    /// Scalar verifications per second (median round, all threads).
+    pub scalar_per_s: f64,
+    /// Batched verifications per second (median round, all threads).
+    pub batched_per_s: f64,
+    /// `batched_per_s / scalar_per_s`.
+    pub ratio: f64,
+    /// Threads each path ran on.
+    pub threads: usize,
+    /// The widest bitslice kernel used.
+    pub kernel: &'static str,
+}
+
+/// The ops `bench` knows.
+pub fn op_names() -> Vec<String> {
+    let mut names: Vec<String> = CvnProfile::ALL
+        .iter()
+        .map(|p| format!("cvn_{}", p.name()))
+        .collect();
+    names.extend(["cvc3", "dcvv", "cvv"].map(String::from));
+    names
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn bytes<const N: usize>(&mut self) -> [u8; N] {
+        std::array::from_fn(|_| self.next() as u8)
+    }
+}
+
+/// What the generated commands borrow.
+struct Requests {
+    key: TdesKey,
+    pans: Vec<Pan>,
+    card_data: Vec<Vec<u8>>,
+    arpc: ArpcInput,
+}
+
+fn requests(profile: Option<CvnProfile>, count: usize, rng: &mut Rng) -> Requests {
+    let card_len = match profile.map(|p| p.card_data_layout()) {
+        Some(CardDataLayout::VisaCvr4) => 4,
+        Some(CardDataLayout::MastercardCvr6) => 6,
+        Some(CardDataLayout::MastercardCvr6Counters8) => 14,
+        Some(CardDataLayout::FullIad) => 22,
+        None => 19, // track 2 equivalent data for CVC3
+    };
+    Requests {
+        key: TdesKey::double(&rng.bytes::<16>()),
+        pans: (0..count)
+            .map(|i| {
+                Pan::new(&format!("5413{:012}", i as u64 * 7919 % 1_000_000_000_000))
+                    .expect("16 digits")
+            })
+            .collect(),
+        card_data: (0..count)
+            .map(|_| (0..card_len).map(|_| rng.next() as u8).collect())
+            .collect(),
+        arpc: match profile.map(|p| p.arpc_method()) {
+            Some(2) => ArpcInput::Method2 {
+                csu: [0, 0, 0, 0],
+                prop_auth_data: Vec::new(),
+            },
+            _ => ArpcInput::Method1 { arc: *b"00" },
+        },
+    }
+}
+
+fn commands<'a>(op: &str, req: &'a Requests, rng: &mut Rng) -> Vec<Command<'a>> {
+    let profile = op.strip_prefix("cvn_").and_then(CvnProfile::from_name);
+    (0..req.pans.len())
+        .map(|i| {
+            let pan = &req.pans[i];
+            let atc = Atc(rng.next() as u16);
+            match (op, profile) {
+                (_, Some(profile)) => {
+                    let mut terminal = TerminalData {
+                        amount_authorised: rng.bytes(),
+                        un: rng.bytes(),
+                        atc: atc.to_bytes(),
+                        date: [0x26, 0x11, 0x21],
+                        ..TerminalData::default()
+                    };
+                    terminal.aip = [0x18, 0x00];
+                    Command::VerifyArqc(ArqcCheck {
+                        profile,
+                        imk_ac: &req.key,
+                        pan,
+                        psn: Psn::default(),
+                        terminal,
+                        card_data: &req.card_data[i],
+                        arqc: rng.bytes(),
+                        arpc: Some(&req.arpc),
+                    })
+                }
+                ("cvc3", _) => Command::VerifyCvc3(Cvc3Check {
+                    imk_cvc3: &req.key,
+                    method: MkDerivation::OptionA,
+                    pan,
+                    psn: Psn::default(),
+                    track_data: &req.card_data[i],
+                    un: rng.bytes(),
+                    atc,
+                    cvc3: b"123",
+                }),
+                ("dcvv", _) => Command::VerifyDcvv(DcvvCheck {
+                    imk_dcvv: &req.key,
+                    pan,
+                    psn: Psn::default(),
+                    expiry: Expiry::new("2812").expect("4 digits"),
+                    service_code: ServiceCode::new("201").expect("3 digits"),
+                    atc,
+                    dcvv: b"123",
+                }),
+                _ => Command::VerifyCvv(CvvCheck {
+                    cvk: &req.key,
+                    pan,
+                    expiry: Expiry::new("2812").expect("4 digits"),
+                    service_code: ServiceCode::new("201").expect("3 digits"),
+                    cvv: b"123",
+                }),
+            }
+        })
+        .collect()
+}
+
+/// Run `path` over `commands` on one thread per output buffer
+/// (contiguous shares); returns the seconds taken. The buffers are
+/// reused across rounds so that no round pays for fresh pages.
+fn timed(
+    commands: &[Command<'_>],
+    outputs: &mut [Vec<Outcome>],
+    path: fn(&[Command<'_>]) -> Vec<Outcome>,
+) -> f64 {
+    let share = commands.len().div_ceil(outputs.len()).max(1);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for (part, out) in commands.chunks(share).zip(outputs.iter_mut()) {
+            s.spawn(move || {
+                out.clear();
+                for chunk in part.chunks(BATCH) {
+                    out.extend(path(chunk));
+                }
+            });
+        }
+    });
+    start.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Time both paths on `count` generated requests for `op`.
+pub fn run(op: &str, count: usize, threads: usize) -> Result<BenchReport, String> {
+    if !op_names().iter().any(|n| n == op) {
+        return Err(format!(
+            "unknown bench op \"{op}\"; one of: {}",
+            op_names().join(", ")
+        ));
+    }
+    if count == 0 {
+        return Err("--count must be at least 1".into());
+    }
+    let threads = threads.max(1);
+    let mut rng = Rng(0x7E55_E2A0_0000_0001 ^ count as u64);
+    let profile = op.strip_prefix("cvn_").and_then(CvnProfile::from_name);
+    let req = requests(profile, count, &mut rng);
+    let cmds = commands(op, &req, &mut rng);
+    let (mut scalar_s, mut batched_s) = (Vec::new(), Vec::new());
+    let share = count.div_ceil(threads);
+    let buffers =
+        || -> Vec<Vec<Outcome>> { (0..threads).map(|_| Vec::with_capacity(share)).collect() };
+    let (mut scalar_out, mut batched_out) = (buffers(), buffers());
+    // TESSERA_BENCH_BATCHED_ONLY=1 skips the scalar rounds (and the
+    // comparison), to profile the batched path alone.
+    let batched_only = std::env::var_os("TESSERA_BENCH_BATCHED_ONLY").is_some();
+    for _ in 0..ROUNDS {
+        if !batched_only {
+            scalar_s.push(timed(&cmds, &mut scalar_out, execute_scalar));
+        }
+        batched_s.push(timed(&cmds, &mut batched_out, execute));
+    }
+    if batched_only {
+        scalar_s.push(f64::NAN);
+        scalar_out.clone_from(&batched_out);
+    }
+    let (scalar_out, batched_out) = (scalar_out.concat(), batched_out.concat());
+    if let Some(i) = (0..count).find(|&i| scalar_out[i] != batched_out[i]) {
+        return Err(format!(
+            "batched and scalar outcomes differ at request {i}: {:?} vs {:?}",
+            batched_out[i], scalar_out[i]
+        ));
+    }
+    let scalar_per_s = count as f64 / median(scalar_s);
+    let batched_per_s = count as f64 / median(batched_s);
+    Ok(BenchReport {
+        op: op.to_owned(),
+        count,
+        scalar_per_s,
+        batched_per_s,
+        ratio: batched_per_s / scalar_per_s,
+        threads,
+        kernel: Kernel::best().name(),
+    })
+}
