@@ -43,7 +43,7 @@ impl MacBatch {
         let start = self.data.len();
         match padding {
             // The two paddings of the hot path, written in place.
-            Padding::Method1 if !data.is_empty() && data.len() % 8 == 0 => {
+            Padding::Method1 if !data.is_empty() && data.len().is_multiple_of(8) => {
                 self.data.extend_from_slice(data);
             }
             Padding::Method2 => {
