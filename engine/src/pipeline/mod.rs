@@ -13,6 +13,7 @@
 //! approval leaves before its ATC is on disk, at one fsync per batch.
 
 pub mod clock;
+mod crypto;
 pub mod keys;
 pub mod track;
 
@@ -20,11 +21,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use hsm_sim::emv::mk::{derive_icc_mk, MkDerivation};
-use hsm_sim::emv::{ArpcInput, CvnProfile, TerminalData};
-use hsm_sim::magstripe::{cvc3, dcvv};
-use hsm_sim::primitives::ct::ct_eq;
-use hsm_sim::types::{Atc, Expiry, Pan, Psn, ServiceCode};
+use hsm_sim::batched::Outcome;
+use hsm_sim::emv::{CvnProfile, TerminalData};
+use hsm_sim::types::{Expiry, Pan, Psn, ServiceCode};
 
 use crate::config::Scheme;
 use crate::iso8583::{self, tlv, track2, Dialect, IsoMessage};
@@ -34,6 +33,7 @@ use crate::vault::records::RecordView;
 use crate::vault::types::{CardNumber, TokenState};
 use crate::vault::{replay, ApprovalRefused, ControlCheck, Vault};
 use clock::Now;
+use crypto::{CheckKind, ChipAnswer, ChipCheck, CryptoCheck};
 use keys::{ProfileKeys, SchemeKeys};
 
 /// Response codes (DE 39) the pipeline uses.
@@ -70,9 +70,9 @@ struct Decision {
     code: [u8; 2],
     /// Short reason for DE 44 and the decline log (never secret data).
     reason: &'static str,
-    /// Builds DE 55 of the answer (tag 91) for the final response code,
-    /// when the ARQC verified.
-    arpc: Option<IccResponse>,
+    /// What DE 55 of the answer (tag 91) is built from, when the ARQC
+    /// verified.
+    arpc: Option<ChipAnswer>,
     /// Journal position to wait for before answering.
     lsn: Option<Lsn>,
     /// For an approval: the token and the time its velocity was counted
@@ -100,6 +100,17 @@ enum Slot {
     Ready(Option<IsoMessage>, Option<Lsn>),
     /// An authorization, possibly waiting for the issuer.
     Auth(Box<PendingAuth>),
+    /// An authorization waiting for the batch's cryptogram checks.
+    Crypto(Box<PendingCrypto>),
+}
+
+/// An authorization whose cryptogram is checked with the rest of the
+/// batch.
+struct PendingCrypto {
+    req: IsoMessage,
+    resp: IsoMessage,
+    check: CryptoCheck,
+    key: Option<RequestKey>,
 }
 
 /// An authorization decided by the engine, not yet answered.
@@ -267,6 +278,7 @@ impl Pipeline {
             .iter()
             .map(|body| self.handle_one(body, now))
             .collect();
+        self.check_cryptograms(&mut slots, now);
         self.forward_to_issuer(&mut slots);
         let mut wait_for = Lsn::default();
         let answers: Vec<Option<IsoMessage>> = slots
@@ -275,6 +287,7 @@ impl Pipeline {
                 let (answer, lsn) = match slot {
                     Slot::Ready(a, lsn) => (a, lsn),
                     Slot::Auth(p) => self.finish(*p, now),
+                    Slot::Crypto(_) => unreachable!("check_cryptograms concluded every check"),
                 };
                 if let Some(lsn) = lsn {
                     wait_for = wait_for.max(lsn);
@@ -301,6 +314,97 @@ impl Pipeline {
                 self.dialect.encode(&msg).ok()
             })
             .collect()
+    }
+
+    /// Every cryptogram of the batch through the HSM's batch API at once,
+    /// then each concluded in request order (so two requests with the same
+    /// ATC in one batch still approve once).
+    fn check_cryptograms(&self, slots: &mut [Slot], now: Now) {
+        let checks: Vec<&CryptoCheck> = slots
+            .iter()
+            .filter_map(|s| match s {
+                Slot::Crypto(p) => Some(&p.check),
+                _ => None,
+            })
+            .collect();
+        if checks.is_empty() {
+            return;
+        }
+        let outcomes = crypto::execute(&checks, &self.profiles);
+        drop(checks);
+        let mut outcomes = outcomes.into_iter();
+        for slot in slots.iter_mut() {
+            if !matches!(slot, Slot::Crypto(_)) {
+                continue;
+            }
+            let Slot::Crypto(p) = std::mem::replace(slot, Slot::Ready(None, None)) else {
+                unreachable!("matched above")
+            };
+            let PendingCrypto {
+                req,
+                resp,
+                check,
+                key,
+            } = *p;
+            let outcome = outcomes.next().expect("one outcome per check");
+            let decision = self.conclude(check, outcome, now);
+            *slot = Slot::Auth(Box::new(PendingAuth {
+                req,
+                resp,
+                decision,
+                key,
+            }));
+        }
+    }
+
+    /// Step 4 for a checked cryptogram: accept the ATC exactly once and
+    /// journal the approval.
+    fn conclude(&self, check: CryptoCheck, outcome: Option<Outcome>, now: Now) -> Decision {
+        let CryptoCheck {
+            view,
+            fail,
+            atc,
+            profile,
+            pan,
+            kind,
+        } = check;
+        let (valid, approved_arpc) = match outcome {
+            Some(Outcome::Arqc { valid, arpc }) => (valid, arpc.unwrap_or_default()),
+            Some(Outcome::Code { valid }) => (valid, Vec::new()),
+            Some(_) | None => return Decision::decline(rc::SYSTEM_ERROR, "PROFILE_KEYS"),
+        };
+        if !valid {
+            let reason = match kind {
+                CheckKind::Chip(_) => "ARQC_MISMATCH",
+                CheckKind::Cvc3 { .. } => "CVC3_MISMATCH",
+                CheckKind::Dcvv { .. } => "DCVV_MISMATCH",
+            };
+            return Decision::decline(fail, reason);
+        }
+        let icc = match kind {
+            CheckKind::Chip(chip) => Some(ChipAnswer {
+                check: chip,
+                profile,
+                pan,
+                approved_arpc,
+            }),
+            _ => None,
+        };
+        match self.vault.approve(&view, atc, now.secs) {
+            Ok(lsn) => Decision {
+                code: rc::APPROVED,
+                reason: "",
+                arpc: icc,
+                lsn: Some(lsn),
+                approved: Some((view, now.secs)),
+            },
+            Err(ApprovalRefused::Atc(_)) => Decision::decline(fail, "ATC_REPLAY"),
+            Err(ApprovalRefused::Velocity) => Decision::decline(rc::VELOCITY, "VELOCITY"),
+            Err(ApprovalRefused::NotActive) => {
+                Decision::decline(rc::RESTRICTED, "TOKEN_NOT_ACTIVE")
+            }
+            Err(ApprovalRefused::Storage) => Decision::decline(rc::SYSTEM_ERROR, "JOURNAL"),
+        }
     }
 
     /// With an issuer configured: forward every request the engine would
@@ -380,8 +484,8 @@ impl Pipeline {
             }
         }
         resp.set(39, d.code.to_vec());
-        if let Some(build) = d.arpc {
-            resp.set(55, build(d.code));
+        if let Some(chip) = &d.arpc {
+            resp.set(55, crypto::tag91(chip, &self.profiles, d.code));
         }
         if let Some(k) = key {
             self.recent
@@ -445,14 +549,22 @@ impl Pipeline {
         let mut resp = IsoMessage::new(resp_mti);
         match &mti[..3] {
             b"010" | b"020" => {
-                let decision = self.authorize(&req, now);
+                let prepared = self.authorize(&req, now);
                 echo(&req, &mut resp, &ECHO);
-                Slot::Auth(Box::new(PendingAuth {
-                    req,
-                    resp,
-                    decision,
-                    key,
-                }))
+                match prepared {
+                    Err(decision) => Slot::Auth(Box::new(PendingAuth {
+                        req,
+                        resp,
+                        decision,
+                        key,
+                    })),
+                    Ok(check) => Slot::Crypto(Box::new(PendingCrypto {
+                        req,
+                        resp,
+                        check,
+                        key,
+                    })),
+                }
             }
             b"040" | b"042" => {
                 echo(
@@ -536,23 +648,25 @@ impl Pipeline {
         }
     }
 
-    fn authorize(&self, req: &IsoMessage, now: Now) -> Decision {
+    /// Steps 1 to 3 up to the cryptogram: a decline, or the check to run
+    /// with the rest of the batch.
+    fn authorize(&self, req: &IsoMessage, now: Now) -> Result<CryptoCheck, Decision> {
         // 1. Token from DE 2, else the PAN of DE 35; expiry from DE 14 or 35.
         let track = match req.get(35).map(track2::parse_ascii) {
             Some(Ok(t)) => Some(t),
-            Some(Err(_)) => return Decision::decline(rc::FORMAT_ERROR, "TRACK2_FORMAT"),
+            Some(Err(_)) => return Err(Decision::decline(rc::FORMAT_ERROR, "TRACK2_FORMAT")),
             None => None,
         };
         let token_digits: &[u8] = match (req.get(2), &track) {
             (Some(t), _) => t,
             (None, Some(t)) => t.pan.as_ref(),
-            (None, None) => return Decision::decline(rc::FORMAT_ERROR, "NO_TOKEN"),
+            (None, None) => return Err(Decision::decline(rc::FORMAT_ERROR, "NO_TOKEN")),
         };
         let Some(token) = std::str::from_utf8(token_digits)
             .ok()
             .and_then(|s| CardNumber::parse_digits("token", s).ok())
         else {
-            return Decision::decline(rc::INVALID_CARD, "TOKEN_FORMAT");
+            return Err(Decision::decline(rc::INVALID_CARD, "TOKEN_FORMAT"));
         };
         let expiry: Option<[u8; 4]> = match (req.get(14), &track) {
             (Some(e), _) => e.try_into().ok(),
@@ -563,26 +677,28 @@ impl Pipeline {
             req.get(4).and_then(digits_value),
             req.get(49).and_then(digits_value),
         ) else {
-            return Decision::decline(rc::FORMAT_ERROR, "AMOUNT_FORMAT");
+            return Err(Decision::decline(rc::FORMAT_ERROR, "AMOUNT_FORMAT"));
         };
 
         // 2. Vault checks.
         let Some(view) = self.vault.lookup(token) else {
-            return Decision::decline(rc::INVALID_CARD, "UNKNOWN_TOKEN");
+            return Err(Decision::decline(rc::INVALID_CARD, "UNKNOWN_TOKEN"));
         };
         match view.state {
-            TokenState::Deleted => return Decision::decline(rc::INVALID_CARD, "TOKEN_DELETED"),
+            TokenState::Deleted => {
+                return Err(Decision::decline(rc::INVALID_CARD, "TOKEN_DELETED"))
+            }
             TokenState::Inactive | TokenState::Suspended => {
-                return Decision::decline(rc::RESTRICTED, "TOKEN_NOT_ACTIVE")
+                return Err(Decision::decline(rc::RESTRICTED, "TOKEN_NOT_ACTIVE"))
             }
             TokenState::Active => {}
         }
         if view.expiry_yymm < now.yymm {
-            return Decision::decline(rc::EXPIRED, "TOKEN_EXPIRED");
+            return Err(Decision::decline(rc::EXPIRED, "TOKEN_EXPIRED"));
         }
         if let Some(e) = expiry {
             if digits_value(&e) != Some(u64::from(view.expiry_yymm)) {
-                return Decision::decline(rc::EXPIRED, "EXPIRY_MISMATCH");
+                return Err(Decision::decline(rc::EXPIRED, "EXPIRY_MISMATCH"));
             }
         }
         let pos_entry_mode = req
@@ -600,71 +716,55 @@ impl Pipeline {
         match self.vault.check_controls(&view, &txn, now.secs) {
             Ok(()) => {}
             Err(ControlCheck::Control(_)) => {
-                return Decision::decline(rc::NOT_PERMITTED, "DOMAIN_CONTROL")
+                return Err(Decision::decline(rc::NOT_PERMITTED, "DOMAIN_CONTROL"))
             }
-            Err(ControlCheck::Velocity) => return Decision::decline(rc::VELOCITY, "VELOCITY"),
+            Err(ControlCheck::Velocity) => return Err(Decision::decline(rc::VELOCITY, "VELOCITY")),
         }
 
         // 3. Cryptogram, by the token's profile.
         let Some(pk) = self.profiles.get(usize::from(view.profile)) else {
-            return Decision::decline(rc::SYSTEM_ERROR, "NO_PROFILE");
+            return Err(Decision::decline(rc::SYSTEM_ERROR, "NO_PROFILE"));
         };
         let fail = crypto_failure_code(pk.profile.scheme);
         let Ok(card_pan) = Pan::new(&token.digits()) else {
-            return Decision::decline(rc::INVALID_CARD, "TOKEN_FORMAT");
+            return Err(Decision::decline(rc::INVALID_CARD, "TOKEN_FORMAT"));
         };
         let psn = psn_of(req)
             .unwrap_or_else(|| Psn::new(&format!("{:02}", view.psn)).unwrap_or_default());
-        let verified = match (&pk.keys, pk.profile.scheme) {
-            (SchemeKeys::Emv(imk), Scheme::Emv(profile)) => {
-                self.verify_chip(req, &view, imk, profile, &card_pan, psn, amount, currency)
+        let kind = match (&pk.keys, pk.profile.scheme) {
+            (SchemeKeys::Emv(_), Scheme::Emv(profile)) => {
+                self.chip_check(req, &view, profile, psn, amount, currency)
             }
-            (SchemeKeys::Cvc3(imk), _) => self.verify_cvc3(&track, &view, imk, pk, &card_pan, psn),
-            (SchemeKeys::Dcvv(imk), _) => self.verify_dcvv(&track, &view, imk, pk, &card_pan),
+            (SchemeKeys::Cvc3(_), _) => self.cvc3_check(&track, &view, pk, &card_pan, psn),
+            (SchemeKeys::Dcvv(_), _) => self.dcvv_check(&track, &view, pk),
             _ => Err(Decision::decline(rc::SYSTEM_ERROR, "PROFILE_KEYS")),
         };
-        let (atc, icc) = match verified {
-            Ok(v) => v,
-            Err(mut d) => {
-                if d.code == rc::MC_CRYPTO {
-                    d.code = fail; // one failure code per family
-                }
-                return d;
+        let (atc, kind) = kind.map_err(|mut d| {
+            if d.code == rc::MC_CRYPTO {
+                d.code = fail; // one failure code per family
             }
-        };
-
-        // 4. Accept the ATC exactly once; journal the approval.
-        match self.vault.approve(&view, atc, now.secs) {
-            Ok(lsn) => Decision {
-                code: rc::APPROVED,
-                reason: "",
-                arpc: icc,
-                lsn: Some(lsn),
-                approved: Some((view, now.secs)),
-            },
-            Err(ApprovalRefused::Atc(_)) => Decision::decline(fail, "ATC_REPLAY"),
-            Err(ApprovalRefused::Velocity) => Decision::decline(rc::VELOCITY, "VELOCITY"),
-            Err(ApprovalRefused::NotActive) => {
-                Decision::decline(rc::RESTRICTED, "TOKEN_NOT_ACTIVE")
-            }
-            Err(ApprovalRefused::Storage) => Decision::decline(rc::SYSTEM_ERROR, "JOURNAL"),
-        }
+            d
+        })?;
+        Ok(CryptoCheck {
+            view,
+            fail,
+            atc,
+            profile: usize::from(view.profile),
+            pan: card_pan,
+            kind,
+        })
     }
 
-    /// ARQC from DE 55. On success: the ATC and a builder of tag 91 for a
-    /// given response code.
-    #[allow(clippy::too_many_arguments)]
-    fn verify_chip(
+    /// The ARQC check from DE 55, with its ATC (not yet used).
+    fn chip_check(
         &self,
         req: &IsoMessage,
         view: &RecordView,
-        imk: &hsm_sim::emv::IssuerMasterKeys,
         profile: CvnProfile,
-        pan: &Pan,
         psn: Psn,
         amount: u64,
         currency: u64,
-    ) -> Result<(u16, Option<IccResponse>), Decision> {
+    ) -> Result<(u16, CheckKind), Decision> {
         let Some(icc) = req.get(55) else {
             return Err(Decision::decline(rc::FORMAT_ERROR, "NO_CHIP_DATA"));
         };
@@ -711,39 +811,15 @@ impl Pipeline {
         if self.vault.atc_usable(view, atc).is_err() {
             return Err(Decision::decline(rc::MC_CRYPTO, "ATC_REPLAY"));
         }
-        let mk = derive_icc_mk(profile.mk_derivation(), &imk.ac, pan, psn);
-        match profile.verify_arqc(&mk, &terminal, &card_data, &arqc) {
-            Ok(true) => {}
-            _ => return Err(Decision::decline(rc::MC_CRYPTO, "ARQC_MISMATCH")),
-        }
-        let builder: IccResponse = Box::new(move |code: [u8; 2]| {
-            let input = if profile.arpc_method() == 2 {
-                // CSU: byte 2 bit 8 "issuer approves online" (VIS) on approval.
-                let csu = if code == rc::APPROVED {
-                    [0x00, 0x80, 0x00, 0x00]
-                } else {
-                    [0; 4]
-                };
-                ArpcInput::Method2 {
-                    csu,
-                    prop_auth_data: Vec::new(),
-                }
-            } else {
-                ArpcInput::Method1 { arc: code }
-            };
-            let arpc = profile
-                .generate_arpc(&mk, &terminal, &arqc, &input)
-                .unwrap_or_default();
-            let mut value = arpc;
-            match input {
-                ArpcInput::Method1 { arc } => value.extend_from_slice(&arc),
-                ArpcInput::Method2 { csu, .. } => value.extend_from_slice(&csu),
-            }
-            let mut out = Vec::with_capacity(12);
-            tlv::encode_tlv(0x91, &value, &mut out);
-            out
-        });
-        Ok((atc, Some(builder)))
+        let chip = ChipCheck {
+            profile,
+            psn,
+            terminal,
+            card_data,
+            arqc,
+            approval_input: crypto::arpc_input(profile, rc::APPROVED),
+        };
+        Ok((atc, CheckKind::Chip(Box::new(chip))))
     }
 
     /// The mag-stripe common part: the track, its dynamic digits by the
@@ -769,56 +845,54 @@ impl Pipeline {
         Ok((t, dd, atc))
     }
 
-    fn verify_cvc3(
+    fn cvc3_check(
         &self,
         track: &Option<track2::Track2>,
         view: &RecordView,
-        imk: &hsm_sim::TdesKey,
         pk: &ProfileKeys,
         pan: &Pan,
         psn: Psn,
-    ) -> Result<(u16, Option<IccResponse>), Decision> {
+    ) -> Result<(u16, CheckKind), Decision> {
         let (t, dd, atc) = self.track_dynamic_digits(track, view, pk)?;
         let template = pk.profile.track2_dd.as_deref().unwrap_or_default();
         let un_value = track::value(&dd.un) as u32;
-        let un = decimal_to_bcd4(un_value);
-        let kd = derive_icc_mk(MkDerivation::OptionA, imk, pan, psn);
-        let personalised = track::personalised_track_bytes(
+        let track_data = track::personalised_track_bytes(
             pan.digits(),
             &t.expiry,
             &pk.profile.service_code,
             &track::personalised(template),
         );
-        let iv = cvc3::ivcvc3(&kd, &personalised)
-            .map_err(|_| Decision::decline(rc::SYSTEM_ERROR, "CVC3"))?;
-        match cvc3::verify_cvc3(&kd, iv, un, Atc(atc), &dd.code) {
-            Ok(true) => Ok((atc, None)),
-            _ => Err(Decision::decline(rc::MC_CRYPTO, "CVC3_MISMATCH")),
-        }
+        Ok((
+            atc,
+            CheckKind::Cvc3 {
+                psn,
+                track_data,
+                un: decimal_to_bcd4(un_value),
+                code: dd.code.to_vec(),
+            },
+        ))
     }
 
-    fn verify_dcvv(
+    fn dcvv_check(
         &self,
         track: &Option<track2::Track2>,
         view: &RecordView,
-        imk: &hsm_sim::TdesKey,
         pk: &ProfileKeys,
-        pan: &Pan,
-    ) -> Result<(u16, Option<IccResponse>), Decision> {
+    ) -> Result<(u16, CheckKind), Decision> {
         let (t, dd, atc) = self.track_dynamic_digits(track, view, pk)?;
-        // Payment HSMs derive the dCVV key with PSN 00.
-        let udk = derive_icc_mk(MkDerivation::OptionA, imk, pan, Psn::default());
         let expiry = Expiry::new(std::str::from_utf8(&t.expiry).unwrap_or_default())
             .map_err(|_| Decision::decline(rc::FORMAT_ERROR, "TRACK2_FORMAT"))?;
-        let sc = ServiceCode::new(std::str::from_utf8(&t.service_code).unwrap_or_default())
-            .map_err(|_| Decision::decline(rc::FORMAT_ERROR, "TRACK2_FORMAT"))?;
-        let expected = dcvv::dcvv_with_udk(&udk, pan, expiry, sc, Atc(atc))
-            .map_err(|_| Decision::decline(rc::SYSTEM_ERROR, "DCVV"))?;
-        if ct_eq(&expected, &dd.code) {
-            Ok((atc, None))
-        } else {
-            Err(Decision::decline(rc::MC_CRYPTO, "DCVV_MISMATCH"))
-        }
+        let service_code =
+            ServiceCode::new(std::str::from_utf8(&t.service_code).unwrap_or_default())
+                .map_err(|_| Decision::decline(rc::FORMAT_ERROR, "TRACK2_FORMAT"))?;
+        Ok((
+            atc,
+            CheckKind::Dcvv {
+                expiry,
+                service_code,
+                code: dd.code.to_vec(),
+            },
+        ))
     }
 }
 
@@ -835,7 +909,6 @@ impl crate::server::Handler for Pipeline {
 }
 
 /// Builds DE 55 (tag 91) of the answer for a response code.
-type IccResponse = Box<dyn FnOnce([u8; 2]) -> Vec<u8>>;
 
 /// An 8-digit numeric UN as 4 BCD bytes.
 fn decimal_to_bcd4(v: u32) -> [u8; 4] {
