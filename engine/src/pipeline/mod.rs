@@ -72,7 +72,7 @@ struct Decision {
     reason: &'static str,
     /// What DE 55 of the answer (tag 91) is built from, when the ARQC
     /// verified.
-    arpc: Option<ChipAnswer>,
+    arpc: Option<Box<ChipAnswer>>,
     /// Journal position to wait for before answering.
     lsn: Option<Lsn>,
     /// For an approval: the token and the time its velocity was counted
@@ -382,12 +382,12 @@ impl Pipeline {
             return Decision::decline(fail, reason);
         }
         let icc = match kind {
-            CheckKind::Chip(chip) => Some(ChipAnswer {
+            CheckKind::Chip(chip) => Some(Box::new(ChipAnswer {
                 check: chip,
                 profile,
                 pan,
                 approved_arpc,
-            }),
+            })),
             _ => None,
         };
         match self.vault.approve(&view, atc, now.secs) {
@@ -907,8 +907,6 @@ impl crate::server::Handler for Pipeline {
         }
     }
 }
-
-/// Builds DE 55 (tag 91) of the answer for a response code.
 
 /// An 8-digit numeric UN as 4 BCD bytes.
 fn decimal_to_bcd4(v: u32) -> [u8; 4] {
