@@ -30,7 +30,6 @@ mod word;
 use std::sync::OnceLock;
 
 use kernel::Block;
-use transpose::transpose64;
 use word::Word;
 
 /// A kernel: which word type runs a chunk of lanes.
@@ -111,6 +110,7 @@ pub(crate) trait Backend: Copy {
     type W: Word;
     fn des(self, key: &Block<Self::W>, block: &mut Block<Self::W>, decrypt: bool);
     fn xor(self, dst: &mut Block<Self::W>, src: &Block<Self::W>);
+    fn transpose(self, block: &mut Block<Self::W>);
 }
 
 #[derive(Clone, Copy)]
@@ -124,6 +124,9 @@ impl Backend for Portable {
     }
     fn xor(self, dst: &mut Block<u64>, src: &Block<u64>) {
         kernel::xor(dst, src);
+    }
+    fn transpose(self, block: &mut Block<u64>) {
+        kernel::transpose(block);
     }
 }
 
@@ -209,13 +212,13 @@ impl MacJob<'_> {
     fn run<B: Backend>(&self, backend: B, out: &mut [[u8; 8]]) {
         let n = self.keys.len();
         let half = |c: usize, at: usize| be64(&self.keys[c][at..at + 8]);
-        let mut kl: Block<B::W> = load(n, true, |c| half(c, 0));
-        let mut kr: Block<B::W> = load(n, true, |c| half(c, 8));
+        let mut kl: Block<B::W> = load(backend, n, true, |c| half(c, 0));
+        let mut kr: Block<B::W> = load(backend, n, true, |c| half(c, 8));
         let block = |c: usize, b: usize| be64(&self.data[(c * self.blocks + b) * 8..][..8]);
-        let mut state: Block<B::W> = load(n, false, |c| block(c, 0));
+        let mut state: Block<B::W> = load(backend, n, false, |c| block(c, 0));
         backend.des(&kl, &mut state, false);
         for b in 1..self.blocks {
-            let next: Block<B::W> = load(n, false, |c| block(c, b));
+            let next: Block<B::W> = load(backend, n, false, |c| block(c, b));
             backend.xor(&mut state, &next);
             backend.des(&kl, &mut state, false);
         }
@@ -223,7 +226,7 @@ impl MacJob<'_> {
         backend.des(&kl, &mut state, false);
         B::W::wipe(&mut kl);
         B::W::wipe(&mut kr);
-        store(&state, n, |c, v| out[c] = v.to_be_bytes());
+        store(backend, &mut state, n, |c, v| out[c] = v.to_be_bytes());
     }
 }
 
@@ -232,40 +235,35 @@ fn be64(b: &[u8]) -> u64 {
 }
 
 /// Lanes `0..n` (at most `64 * W::PARTS`) into bitsliced form; missing
-/// lanes are 0. `secret` wipes the staging copy afterwards.
-fn load<W: Word>(n: usize, secret: bool, lane: impl Fn(usize) -> u64) -> Block<W> {
-    let mut groups = [[0u64; 64]; 8];
-    for (g, group) in groups.iter_mut().enumerate().take(W::PARTS) {
-        for (c, slot) in group.iter_mut().enumerate() {
-            let at = 64 * g + c;
-            if at < n {
-                *slot = lane(at);
-            }
+/// lanes are 0. Word `k` first holds lanes `64g + k` in its part `g`, then
+/// one transposition (in the backend's instructions) makes it bitsliced.
+/// `secret` wipes the staging copy of each word.
+fn load<B: Backend>(backend: B, n: usize, secret: bool, lane: impl Fn(usize) -> u64) -> Block<B::W> {
+    let mut words = [B::W::ZERO; 64];
+    let mut parts = [0u64; 8];
+    for (k, word) in words.iter_mut().enumerate() {
+        for (g, part) in parts.iter_mut().enumerate().take(B::W::PARTS) {
+            let at = 64 * g + k;
+            *part = if at < n { lane(at) } else { 0 };
         }
-        transpose64(group);
+        *word = B::W::from_parts(&parts);
     }
-    let words = std::array::from_fn(|i| W::from_parts(&std::array::from_fn(|g| groups[g][i])));
     if secret {
-        zeroize::Zeroize::zeroize(groups.as_flattened_mut());
+        zeroize::Zeroize::zeroize(&mut parts);
     }
+    backend.transpose(&mut words);
     words
 }
 
-/// Bitsliced words back to lanes `0..n`.
-fn store<W: Word>(block: &Block<W>, n: usize, mut put: impl FnMut(usize, u64)) {
-    let mut groups = [[0u64; 64]; 8];
-    for (i, w) in block.iter().enumerate() {
-        let mut parts = [0u64; 8];
-        w.to_parts(&mut parts);
-        for g in 0..W::PARTS {
-            groups[g][i] = parts[g];
-        }
-    }
-    for (g, group) in groups.iter_mut().enumerate().take(W::PARTS) {
-        transpose64(group);
-        for (c, v) in group.iter().enumerate() {
-            if 64 * g + c < n {
-                put(64 * g + c, *v);
+/// Bitsliced words back to lanes `0..n` (transposes `block` in place).
+fn store<B: Backend>(backend: B, block: &mut Block<B::W>, n: usize, mut put: impl FnMut(usize, u64)) {
+    backend.transpose(block);
+    let mut parts = [0u64; 8];
+    for (k, word) in block.iter().enumerate() {
+        word.to_parts(&mut parts);
+        for (g, part) in parts.iter().enumerate().take(B::W::PARTS) {
+            if 64 * g + k < n {
+                put(64 * g + k, *part);
             }
         }
     }

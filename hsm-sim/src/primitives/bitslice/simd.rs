@@ -13,8 +13,10 @@
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::{
-    __m256i, __m512i, _mm256_and_si256, _mm256_andnot_si256, _mm256_or_si256, _mm256_xor_si256,
-    _mm512_and_si512, _mm512_andnot_si512, _mm512_or_si512, _mm512_xor_si512,
+    __m256i, __m512i, _mm256_and_si256, _mm256_andnot_si256, _mm256_or_si256, _mm256_set1_epi64x,
+    _mm256_sll_epi64, _mm256_srl_epi64, _mm256_xor_si256, _mm512_and_si512, _mm512_andnot_si512,
+    _mm512_or_si512, _mm512_set1_epi64, _mm512_sll_epi64, _mm512_srl_epi64, _mm512_xor_si512,
+    _mm_cvtsi32_si128,
 };
 use std::ops::{BitAnd, BitOr, BitXor, Not};
 
@@ -23,7 +25,7 @@ use super::word::Word;
 use super::Backend;
 
 macro_rules! simd_word {
-    ($name:ident, $vec:ty, $parts:expr, $and:ident, $or:ident, $xor:ident, $andnot:ident, $feature:literal) => {
+    ($name:ident, $vec:ty, $parts:expr, $and:ident, $or:ident, $xor:ident, $andnot:ident, $set1:ident, $srl:ident, $sll:ident, $feature:literal) => {
         /// A bitsliced word of
         #[doc = concat!(stringify!($parts), " x 64 lanes (", $feature, ").")]
         #[derive(Clone, Copy)]
@@ -100,6 +102,24 @@ macro_rules! simd_word {
             }
 
             #[inline(always)]
+            fn splat(v: u64) -> Self {
+                // SAFETY: as for BitAnd.
+                Self(unsafe { $set1(v as i64) })
+            }
+
+            #[inline(always)]
+            fn shr(self, n: u32) -> Self {
+                // SAFETY: as for BitAnd.
+                Self(unsafe { $srl(self.0, _mm_cvtsi32_si128(n as i32)) })
+            }
+
+            #[inline(always)]
+            fn shl(self, n: u32) -> Self {
+                // SAFETY: as for BitAnd.
+                Self(unsafe { $sll(self.0, _mm_cvtsi32_si128(n as i32)) })
+            }
+
+            #[inline(always)]
             fn from_parts(parts: &[u64; 8]) -> Self {
                 let mut a = [0u64; $parts];
                 a.copy_from_slice(&parts[..$parts]);
@@ -132,6 +152,9 @@ simd_word!(
     _mm256_or_si256,
     _mm256_xor_si256,
     _mm256_andnot_si256,
+    _mm256_set1_epi64x,
+    _mm256_srl_epi64,
+    _mm256_sll_epi64,
     "AVX2"
 );
 simd_word!(
@@ -142,6 +165,9 @@ simd_word!(
     _mm512_or_si512,
     _mm512_xor_si512,
     _mm512_andnot_si512,
+    _mm512_set1_epi64,
+    _mm512_srl_epi64,
+    _mm512_sll_epi64,
     "AVX-512F"
 );
 
@@ -154,6 +180,11 @@ impl Avx2 {
     pub(crate) fn detect() -> Option<Self> {
         is_x86_feature_detected!("avx2").then_some(Self(()))
     }
+}
+
+#[target_feature(enable = "avx2")]
+fn transpose_avx2(block: &mut Block<Avx2Word>) {
+    kernel::transpose(block);
 }
 
 #[target_feature(enable = "avx2")]
@@ -176,6 +207,10 @@ impl Backend for Avx2 {
         // SAFETY: an `Avx2` value exists only if the CPU has AVX2.
         unsafe { xor_avx2(dst, src) }
     }
+    fn transpose(self, block: &mut Block<Avx2Word>) {
+        // SAFETY: an `Avx2` value exists only if the CPU has AVX2.
+        unsafe { transpose_avx2(block) }
+    }
 }
 
 /// Proof that the CPU has AVX-512F.
@@ -187,6 +222,11 @@ impl Avx512 {
     pub(crate) fn detect() -> Option<Self> {
         is_x86_feature_detected!("avx512f").then_some(Self(()))
     }
+}
+
+#[target_feature(enable = "avx512f")]
+fn transpose_avx512(block: &mut Block<Avx512Word>) {
+    kernel::transpose(block);
 }
 
 #[target_feature(enable = "avx512f")]
@@ -208,5 +248,9 @@ impl Backend for Avx512 {
     fn xor(self, dst: &mut Block<Avx512Word>, src: &Block<Avx512Word>) {
         // SAFETY: an `Avx512` value exists only if the CPU has AVX-512F.
         unsafe { xor_avx512(dst, src) }
+    }
+    fn transpose(self, block: &mut Block<Avx512Word>) {
+        // SAFETY: an `Avx512` value exists only if the CPU has AVX-512F.
+        unsafe { transpose_avx512(block) }
     }
 }

@@ -1,32 +1,9 @@
-//! 64 x 64 bit-matrix transposition: 64 lanes' blocks in, 64 bitsliced
-//! words out (and back: the transposition is its own inverse).
-
-/// Transpose in place. Row `r` is `a[r]`, column `c` is bit `63 - c`
-/// (the most significant bit is column 0), so afterwards word `i` holds
-/// DES bit `i` (counted from the most significant) of every lane, lane `c`
-/// in bit `63 - c`.
-///
-/// Six rounds of swapping ever smaller blocks (Hacker's Delight, 7-3):
-/// 6 x 32 swaps of 6 operations instead of 4096 single-bit moves.
-pub(super) fn transpose64(a: &mut [u64; 64]) {
-    let mut width = 32;
-    let mut mask: u64 = 0x0000_0000_FFFF_FFFF;
-    while width != 0 {
-        let mut k = 0;
-        while k < 64 {
-            let t = (a[k] ^ (a[k + width] >> width)) & mask;
-            a[k] ^= t;
-            a[k + width] ^= t << width;
-            k = (k + width + 1) & !width;
-        }
-        width >>= 1;
-        mask ^= mask << width;
-    }
-}
+//! Tests of the 64 x 64 bit-matrix transposition (`kernel::transpose`),
+//! which turns 64 lanes' blocks into 64 bitsliced words and back.
 
 #[cfg(test)]
 mod tests {
-    use super::transpose64;
+    use super::super::kernel::transpose;
 
     fn bit(x: u64, msb_index: usize) -> u64 {
         (x >> (63 - msb_index)) & 1
@@ -44,13 +21,14 @@ mod tests {
             *x = seed;
         }
         let original = a;
-        transpose64(&mut a);
+        transpose(&mut a);
+        // Row r, column c (column 0 = the most significant bit).
         for r in 0..64 {
             for c in 0..64 {
                 assert_eq!(bit(a[r], c), bit(original[c], r), "row {r} column {c}");
             }
         }
-        transpose64(&mut a);
+        transpose(&mut a);
         assert_eq!(a, original);
     }
 }

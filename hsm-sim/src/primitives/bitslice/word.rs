@@ -22,6 +22,15 @@ pub(crate) trait Word:
     /// `self & !rhs` (one instruction on x86: ANDN / VPANDN / VPTERNLOG).
     fn and_not(self, rhs: Self) -> Self;
 
+    /// `v` in every 64-bit part.
+    fn splat(v: u64) -> Self;
+
+    /// Every 64-bit part shifted right by `n` (for the transposition).
+    fn shr(self, n: u32) -> Self;
+
+    /// Every 64-bit part shifted left by `n`.
+    fn shl(self, n: u32) -> Self;
+
     /// A word from `PARTS` 64-lane groups (`parts[g]` holds lanes
     /// `64g..64g+64`).
     fn from_parts(parts: &[u64; 8]) -> Self;
@@ -42,6 +51,21 @@ impl Word for u64 {
     #[inline(always)]
     fn and_not(self, rhs: Self) -> Self {
         self & !rhs
+    }
+
+    #[inline(always)]
+    fn splat(v: u64) -> Self {
+        v
+    }
+
+    #[inline(always)]
+    fn shr(self, n: u32) -> Self {
+        self >> n
+    }
+
+    #[inline(always)]
+    fn shl(self, n: u32) -> Self {
+        self << n
     }
 
     #[inline(always)]
