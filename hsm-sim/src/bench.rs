@@ -11,7 +11,7 @@
 use std::time::Instant;
 
 use crate::batched::{
-    execute, execute_scalar, ArqcCheck, Command, Cvc3Check, CvvCheck, DcvvCheck, Outcome,
+    execute_into, execute_scalar_into, ArqcCheck, Command, Cvc3Check, CvvCheck, DcvvCheck, Outcome,
 };
 use crate::emv::mk::MkDerivation;
 use crate::emv::profile::CardDataLayout;
@@ -171,7 +171,7 @@ fn commands<'a>(op: &str, req: &'a Requests, rng: &mut Rng) -> Vec<Command<'a>> 
 fn timed(
     commands: &[Command<'_>],
     outputs: &mut [Vec<Outcome>],
-    path: fn(&[Command<'_>]) -> Vec<Outcome>,
+    path: fn(&[Command<'_>], &mut Vec<Outcome>),
 ) -> f64 {
     let share = commands.len().div_ceil(outputs.len()).max(1);
     let start = Instant::now();
@@ -180,7 +180,7 @@ fn timed(
             s.spawn(move || {
                 out.clear();
                 for chunk in part.chunks(BATCH) {
-                    out.extend(path(chunk));
+                    path(chunk, out);
                 }
             });
         }
@@ -219,9 +219,9 @@ pub fn run(op: &str, count: usize, threads: usize) -> Result<BenchReport, String
     let batched_only = std::env::var_os("TESSERA_BENCH_BATCHED_ONLY").is_some();
     for _ in 0..ROUNDS {
         if !batched_only {
-            scalar_s.push(timed(&cmds, &mut scalar_out, execute_scalar));
+            scalar_s.push(timed(&cmds, &mut scalar_out, execute_scalar_into));
         }
-        batched_s.push(timed(&cmds, &mut batched_out, execute));
+        batched_s.push(timed(&cmds, &mut batched_out, execute_into));
     }
     if batched_only {
         scalar_s.push(f64::NAN);

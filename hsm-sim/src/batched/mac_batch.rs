@@ -1,8 +1,15 @@
 //! A batch of independent retail MACs (and TDES encryptions, the MAC of one
 //! block), collected from many commands and run through the bitsliced
 //! kernels together.
+//!
+//! The buffers are reused: each thread keeps one `MacBatch` (see
+//! [`MacBatch::with_scratch`]), because allocating a few hundred KiB per
+//! call costs more than the DES work once the allocator has returned the
+//! pages to the kernel (fresh pages are zeroed on first touch).
 
-use zeroize::Zeroizing;
+use std::cell::RefCell;
+
+use zeroize::Zeroize;
 
 use crate::primitives::bitslice::retail_mac_lanes;
 use crate::primitives::mac::retail_mac;
@@ -14,45 +21,75 @@ use crate::TdesKey;
 /// below about four (measured with `examples/bitslice_speed.rs`).
 const SCALAR_BELOW: usize = 4;
 
-/// Jobs in push order: key, padded data, and where the data starts.
+/// Jobs in push order: key, padded data, and where the data starts; the
+/// results after [`MacBatch::run`].
 #[derive(Default)]
 pub(super) struct MacBatch {
-    keys: Zeroizing<Vec<[u8; 16]>>,
+    keys: Vec<[u8; 16]>,
     data: Vec<u8>,
     /// `(offset into data, blocks)` per job.
     spans: Vec<(usize, usize)>,
+    /// Results by job (they include derived key halves: wiped on clear).
+    out: Vec<[u8; 8]>,
+    /// Staging for batches that mix block counts.
+    order: Vec<usize>,
+    group_keys: Vec<[u8; 16]>,
+    group_data: Vec<u8>,
+    group_out: Vec<[u8; 8]>,
 }
 
 /// The index of a job's result.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct JobId(usize);
+pub(super) struct JobId(u32);
+
+thread_local! {
+    static SCRATCH: RefCell<Option<MacBatch>> = const { RefCell::new(None) };
+}
 
 impl MacBatch {
-    /// Room for `jobs` jobs of `blocks` blocks each without reallocating
-    /// (growing a large buffer costs a copy and fresh, zeroed pages).
-    pub(super) fn with_capacity(jobs: usize, blocks: usize) -> Self {
-        Self {
-            keys: Zeroizing::new(Vec::with_capacity(jobs)),
-            data: Vec::with_capacity(jobs * blocks * 8),
-            spans: Vec::with_capacity(jobs),
-        }
+    /// Run `f` with this thread's batch (a new one if it is in use).
+    pub(super) fn with_scratch<R>(f: impl FnOnce(&mut MacBatch) -> R) -> R {
+        let mut batch = SCRATCH.with(|s| s.borrow_mut().take()).unwrap_or_default();
+        batch.clear();
+        let r = f(&mut batch);
+        batch.clear();
+        SCRATCH.with(|s| *s.borrow_mut() = Some(batch));
+        r
     }
 
-    /// Add a retail MAC of `data` padded with `padding` under `key`.
-    pub(super) fn push(&mut self, key: &[u8; 16], data: &[u8], padding: Padding) -> JobId {
+    /// Forget every job, wiping keys and results.
+    pub(super) fn clear(&mut self) {
+        self.keys.zeroize();
+        self.out.zeroize();
+        self.group_keys.zeroize();
+        self.group_out.zeroize();
+        self.data.clear();
+        self.spans.clear();
+        self.order.clear();
+        self.group_data.clear();
+    }
+
+    /// Add a retail MAC of `parts` (concatenated) padded with `padding`
+    /// under `key`.
+    pub(super) fn push(&mut self, key: &[u8; 16], parts: &[&[u8]], padding: Padding) -> JobId {
         let start = self.data.len();
+        for p in parts {
+            self.data.extend_from_slice(p);
+        }
+        let len = self.data.len() - start;
         match padding {
             // The two paddings of the hot path, written in place.
-            Padding::Method1 if !data.is_empty() && data.len().is_multiple_of(8) => {
-                self.data.extend_from_slice(data);
-            }
+            Padding::Method1 if len > 0 && len.is_multiple_of(8) => {}
             Padding::Method2 => {
-                self.data.extend_from_slice(data);
                 self.data.push(0x80);
                 let padded = self.data.len().next_multiple_of(8);
                 self.data.resize(padded, 0);
             }
-            _ => self.data.extend_from_slice(&padding.pad(data, 8)),
+            _ => {
+                let padded = padding.pad(&self.data[start..], 8);
+                self.data.truncate(start);
+                self.data.extend_from_slice(&padded);
+            }
         }
         self.add(key, start)
     }
@@ -67,33 +104,33 @@ impl MacBatch {
     fn add(&mut self, key: &[u8; 16], start: usize) -> JobId {
         self.keys.push(*key);
         self.spans.push((start, (self.data.len() - start) / 8));
-        JobId(self.spans.len() - 1)
+        JobId(u32::try_from(self.spans.len() - 1).expect("fewer than 2^32 jobs"))
     }
 
     /// Run every job; lanes with the same number of blocks share kernel
     /// chunks.
-    pub(super) fn run(self) -> MacResults {
+    pub(super) fn run(&mut self) {
         let n = self.spans.len();
-        let mut out = vec![[0u8; 8]; n];
+        self.out.clear();
+        self.out.resize(n, [0u8; 8]);
         let blocks = self.spans.first().map_or(0, |s| s.1);
         if n >= SCALAR_BELOW && self.spans.iter().all(|s| s.1 == blocks) {
             // The usual case (one profile, fixed-length data): the jobs are
             // already contiguous lanes.
-            retail_mac_lanes(&self.keys, &self.data, blocks, &mut out);
-            return MacResults(Zeroizing::new(out));
+            retail_mac_lanes(&self.keys, &self.data, blocks, &mut self.out);
+            return;
         }
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by_key(|&j| self.spans[j].1);
-        let mut keys = Zeroizing::new(Vec::new());
-        let mut data = Vec::new();
-        let mut macs = Vec::new();
-        for group in order.chunk_by(|&a, &b| self.spans[a].1 == self.spans[b].1) {
-            let blocks = self.spans[group[0]].1;
+        self.order.clear();
+        self.order.extend(0..n);
+        let spans = &self.spans;
+        self.order.sort_by_key(|&j| spans[j].1);
+        for group in self.order.chunk_by(|&a, &b| spans[a].1 == spans[b].1) {
+            let blocks = spans[group[0]].1;
             if group.len() < SCALAR_BELOW {
                 for &j in group {
                     let key = TdesKey::double(&self.keys[j]);
-                    let (start, blocks) = self.spans[j];
-                    out[j] = retail_mac(
+                    let (start, blocks) = spans[j];
+                    self.out[j] = retail_mac(
                         &key,
                         &self.data[start..start + blocks * 8],
                         Padding::Method1,
@@ -102,29 +139,36 @@ impl MacBatch {
                 }
                 continue;
             }
-            keys.clear();
-            data.clear();
+            self.group_keys.clear();
+            self.group_data.clear();
             for &j in group {
-                keys.push(self.keys[j]);
-                let (start, _) = self.spans[j];
-                data.extend_from_slice(&self.data[start..start + blocks * 8]);
+                self.group_keys.push(self.keys[j]);
+                let (start, _) = spans[j];
+                self.group_data
+                    .extend_from_slice(&self.data[start..start + blocks * 8]);
             }
-            macs.clear();
-            macs.resize(group.len(), [0u8; 8]);
-            retail_mac_lanes(&keys, &data, blocks, &mut macs);
-            for (&j, mac) in group.iter().zip(&macs) {
-                out[j] = *mac;
+            self.group_out.clear();
+            self.group_out.resize(group.len(), [0u8; 8]);
+            retail_mac_lanes(
+                &self.group_keys,
+                &self.group_data,
+                blocks,
+                &mut self.group_out,
+            );
+            for (&j, mac) in group.iter().zip(&self.group_out) {
+                self.out[j] = *mac;
             }
         }
-        MacResults(Zeroizing::new(out))
+    }
+
+    /// A job's result (after [`MacBatch::run`]).
+    pub(super) fn get(&self, job: JobId) -> [u8; 8] {
+        self.out[job.0 as usize]
     }
 }
 
-/// The results of a run, by job.
-pub(super) struct MacResults(Zeroizing<Vec<[u8; 8]>>);
-
-impl MacResults {
-    pub(super) fn get(&self, job: JobId) -> [u8; 8] {
-        self.0[job.0]
+impl Drop for MacBatch {
+    fn drop(&mut self) {
+        self.clear();
     }
 }

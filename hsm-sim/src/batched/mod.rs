@@ -30,9 +30,9 @@ use crate::primitives::padding::Padding;
 use crate::primitives::{decimalise, xor8};
 use crate::types::{Atc, Expiry, Pan, Psn, ServiceCode};
 use crate::{CryptoError, TdesKey};
-use mac_batch::{JobId, MacBatch, MacResults};
+use mac_batch::{JobId, MacBatch};
 
-pub use scalar::execute_scalar;
+pub use scalar::{execute_scalar, execute_scalar_into};
 
 /// One request to the HSM.
 #[derive(Debug, Clone)]
@@ -231,14 +231,26 @@ impl Lane {
 
 /// Run every command; `outcomes[i]` answers `commands[i]`.
 pub fn execute(commands: &[Command<'_>]) -> Vec<Outcome> {
-    let mut lanes: Vec<Lane> = commands.iter().map(|_| Lane::default()).collect();
-    derive_card_keys(commands, &mut lanes);
-    second_pass(commands, &mut lanes);
-    third_pass(commands, &mut lanes);
-    lanes
-        .into_iter()
-        .map(|l| l.outcome.expect("every command ends in the third pass"))
-        .collect()
+    let mut out = Vec::with_capacity(commands.len());
+    execute_into(commands, &mut out);
+    out
+}
+
+/// [`execute`], appending the outcomes to `out` (so a caller can reuse
+/// one buffer).
+pub fn execute_into(commands: &[Command<'_>], out: &mut Vec<Outcome>) {
+    let mut lanes: Vec<Lane> = Vec::with_capacity(commands.len());
+    lanes.resize_with(commands.len(), Lane::default);
+    MacBatch::with_scratch(|batch| {
+        derive_card_keys(commands, &mut lanes, batch);
+        second_pass(commands, &mut lanes, batch);
+        third_pass(commands, &mut lanes, batch);
+    });
+    out.extend(
+        lanes
+            .into_iter()
+            .map(|l| l.outcome.expect("every command ends in the third pass")),
+    );
 }
 
 fn double(key: &TdesKey, what: &'static str) -> Result<Zeroizing<[u8; 16]>, CryptoError> {
@@ -257,7 +269,7 @@ fn push_mk(batch: &mut MacBatch, imk: &[u8; 16], y: [u8; 8]) -> [Option<JobId>; 
     ]
 }
 
-fn joined(results: &MacResults, jobs: [Option<JobId>; 2]) -> Zeroizing<[u8; 16]> {
+fn joined(results: &MacBatch, jobs: [Option<JobId>; 2]) -> Zeroizing<[u8; 16]> {
     let [Some(l), Some(r)] = jobs else {
         unreachable!("both halves were pushed")
     };
@@ -265,8 +277,8 @@ fn joined(results: &MacResults, jobs: [Option<JobId>; 2]) -> Zeroizing<[u8; 16]>
 }
 
 /// Pass 1: every card key (and every key given as is).
-fn derive_card_keys(commands: &[Command<'_>], lanes: &mut [Lane]) {
-    let mut batch = MacBatch::with_capacity(2 * commands.len(), 1);
+fn derive_card_keys(commands: &[Command<'_>], lanes: &mut [Lane], batch: &mut MacBatch) {
+    batch.clear();
     for (cmd, lane) in commands.iter().zip(lanes.iter_mut()) {
         let derive = |imk: &TdesKey, what, method, pan: &Pan, psn| {
             double(imk, what).map(|k| (k, y_block(method, pan, psn)))
@@ -304,11 +316,12 @@ fn derive_card_keys(commands: &[Command<'_>], lanes: &mut [Lane]) {
             }
         };
         match input {
-            Ok((imk, y)) => lane.jobs = push_mk(&mut batch, &imk, y),
+            Ok((imk, y)) => lane.jobs = push_mk(batch, &imk, y),
             Err(e) => lane.fail(e),
         }
     }
-    let results = batch.run();
+    batch.run();
+    let results = &*batch;
     for (cmd, lane) in commands.iter().zip(lanes.iter_mut()) {
         if lane.jobs[0].is_none() {
             continue;
@@ -322,8 +335,8 @@ fn derive_card_keys(commands: &[Command<'_>], lanes: &mut [Lane]) {
 }
 
 /// Pass 2: AC session keys, CVC3 IVs, dCVV/CVV MACs, plain ARPCs.
-fn second_pass(commands: &[Command<'_>], lanes: &mut [Lane]) {
-    let mut batch = MacBatch::with_capacity(2 * commands.len(), 2);
+fn second_pass(commands: &[Command<'_>], lanes: &mut [Lane], batch: &mut MacBatch) {
+    batch.clear();
     for (cmd, lane) in commands.iter().zip(lanes.iter_mut()) {
         if lane.done() {
             continue;
@@ -346,13 +359,13 @@ fn second_pass(commands: &[Command<'_>], lanes: &mut [Lane]) {
                 ];
             }
             Command::VerifyCvc3(c) => {
-                lane.jobs[0] = Some(batch.push(&lane.key, c.track_data, Padding::Method2));
+                lane.jobs[0] = Some(batch.push(&lane.key, &[c.track_data], Padding::Method2));
             }
             Command::VerifyDcvv(c) => {
                 let digits = dcvv_digits(c.pan, c.expiry, c.service_code, c.atc);
                 match cvv_mac_input(&digits) {
                     Ok(input) => {
-                        lane.jobs[0] = Some(batch.push(&lane.key, &input, Padding::Method1))
+                        lane.jobs[0] = Some(batch.push(&lane.key, &[&input], Padding::Method1))
                     }
                     Err(e) => lane.fail(e),
                 }
@@ -361,19 +374,20 @@ fn second_pass(commands: &[Command<'_>], lanes: &mut [Lane]) {
                 let digits = crate::magstripe::cvv::cvv_digits(c.pan, c.expiry, c.service_code);
                 match cvv_mac_input(&digits) {
                     Ok(input) => {
-                        lane.jobs[0] = Some(batch.push(&lane.key, &input, Padding::Method1))
+                        lane.jobs[0] = Some(batch.push(&lane.key, &[&input], Padding::Method1))
                     }
                     Err(e) => lane.fail(e),
                 }
             }
             Command::GenerateArpc(c) => match arpc_data(&c.arqc, c.input) {
-                Ok(data) => lane.jobs[0] = Some(push_arpc(&mut batch, &lane.key, &data)),
+                Ok(data) => lane.jobs[0] = Some(push_arpc(batch, &lane.key, &data)),
                 Err(e) => lane.fail(e),
             },
             Command::DeriveCardKey(_) => {}
         }
     }
-    let results = batch.run();
+    batch.run();
+    let results = &*batch;
     for (cmd, lane) in commands.iter().zip(lanes.iter_mut()) {
         if lane.done() {
             continue;
@@ -412,22 +426,23 @@ fn second_pass(commands: &[Command<'_>], lanes: &mut [Lane]) {
 }
 
 /// Pass 3: ACs and their ARPCs, CVC3 blocks.
-fn third_pass(commands: &[Command<'_>], lanes: &mut [Lane]) {
-    let mut batch = MacBatch::with_capacity(2 * commands.len(), 6);
+fn third_pass(commands: &[Command<'_>], lanes: &mut [Lane], batch: &mut MacBatch) {
+    batch.clear();
     for (cmd, lane) in commands.iter().zip(lanes.iter_mut()) {
         if lane.done() {
             continue;
         }
         match cmd {
             Command::VerifyArqc(c) => {
-                let input = match c.profile.ac_input(&c.terminal, c.card_data) {
-                    Ok(input) => input,
-                    Err(e) => {
-                        lane.fail(e);
-                        continue;
-                    }
-                };
-                lane.jobs[0] = Some(batch.push(&lane.session_key, &input, c.profile.ac_padding()));
+                // The AC input (terminal data || card data), written
+                // straight into the batch; the card data's length was
+                // checked in the first pass.
+                let terminal = c.terminal.to_bytes();
+                lane.jobs[0] = Some(batch.push(
+                    &lane.session_key,
+                    &[&terminal, c.card_data],
+                    c.profile.ac_padding(),
+                ));
                 if let Some(arpc) = c.arpc {
                     match c.profile.arpc_plan(&c.arqc, arpc) {
                         Ok((key, data)) => {
@@ -435,7 +450,7 @@ fn third_pass(commands: &[Command<'_>], lanes: &mut [Lane]) {
                                 ArpcKey::MasterKey => &lane.key,
                                 ArpcKey::SessionKey => &lane.session_key,
                             };
-                            lane.jobs[1] = Some(push_arpc(&mut batch, key, &data));
+                            lane.jobs[1] = Some(push_arpc(batch, key, &data));
                         }
                         Err(e) => lane.fail(e),
                     }
@@ -448,7 +463,8 @@ fn third_pass(commands: &[Command<'_>], lanes: &mut [Lane]) {
             _ => {}
         }
     }
-    let results = batch.run();
+    batch.run();
+    let results = &*batch;
     for (cmd, lane) in commands.iter().zip(lanes.iter_mut()) {
         if lane.done() {
             continue;
@@ -497,7 +513,7 @@ fn arpc_data(arqc: &[u8; 8], input: &ArpcInput) -> Result<ArpcData, CryptoError>
 fn push_arpc(batch: &mut MacBatch, key: &[u8; 16], data: &ArpcData) -> JobId {
     match data {
         ArpcData::Method1(block) => batch.push_block(key, *block),
-        ArpcData::Method2(input) => batch.push(key, input, Padding::Method2),
+        ArpcData::Method2(input) => batch.push(key, &[input], Padding::Method2),
     }
 }
 

@@ -13,10 +13,18 @@ use crate::CryptoError;
 
 /// Run every command with the scalar functions.
 pub fn execute_scalar(commands: &[Command<'_>]) -> Vec<Outcome> {
-    commands
-        .iter()
-        .map(|c| one(c).unwrap_or_else(Outcome::Failed))
-        .collect()
+    let mut out = Vec::with_capacity(commands.len());
+    execute_scalar_into(commands, &mut out);
+    out
+}
+
+/// [`execute_scalar`], appending to `out`.
+pub fn execute_scalar_into(commands: &[Command<'_>], out: &mut Vec<Outcome>) {
+    out.extend(
+        commands
+            .iter()
+            .map(|c| one(c).unwrap_or_else(Outcome::Failed)),
+    );
 }
 
 fn one(cmd: &Command<'_>) -> Result<Outcome, CryptoError> {

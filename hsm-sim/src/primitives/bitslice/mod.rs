@@ -238,7 +238,12 @@ fn be64(b: &[u8]) -> u64 {
 /// lanes are 0. Word `k` first holds lanes `64g + k` in its part `g`, then
 /// one transposition (in the backend's instructions) makes it bitsliced.
 /// `secret` wipes the staging copy of each word.
-fn load<B: Backend>(backend: B, n: usize, secret: bool, lane: impl Fn(usize) -> u64) -> Block<B::W> {
+fn load<B: Backend>(
+    backend: B,
+    n: usize,
+    secret: bool,
+    lane: impl Fn(usize) -> u64,
+) -> Block<B::W> {
     let mut words = [B::W::ZERO; 64];
     let mut parts = [0u64; 8];
     for (k, word) in words.iter_mut().enumerate() {
@@ -256,7 +261,12 @@ fn load<B: Backend>(backend: B, n: usize, secret: bool, lane: impl Fn(usize) -> 
 }
 
 /// Bitsliced words back to lanes `0..n` (transposes `block` in place).
-fn store<B: Backend>(backend: B, block: &mut Block<B::W>, n: usize, mut put: impl FnMut(usize, u64)) {
+fn store<B: Backend>(
+    backend: B,
+    block: &mut Block<B::W>,
+    n: usize,
+    mut put: impl FnMut(usize, u64),
+) {
     backend.transpose(block);
     let mut parts = [0u64; 8];
     for (k, word) in block.iter().enumerate() {
