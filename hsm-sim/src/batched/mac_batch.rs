@@ -57,16 +57,37 @@ impl MacBatch {
         r
     }
 
-    /// Forget every job, wiping keys and results.
+    /// Forget every job, wiping keys and results. Only the used part is
+    /// wiped: the spare capacity never held a secret, because buffers grow
+    /// only in [`MacBatch::reserve`], before anything is pushed.
     pub(super) fn clear(&mut self) {
-        self.keys.zeroize();
-        self.out.zeroize();
-        self.group_keys.zeroize();
-        self.group_out.zeroize();
+        for v in [&mut self.keys, &mut self.group_keys] {
+            v.as_flattened_mut().zeroize();
+            v.clear();
+        }
+        for v in [&mut self.out, &mut self.group_out] {
+            v.as_flattened_mut().zeroize();
+            v.clear();
+        }
         self.data.clear();
         self.spans.clear();
         self.order.clear();
         self.group_data.clear();
+    }
+
+    /// Room for `jobs` jobs of up to `blocks` blocks, grown while the
+    /// batch is empty (a growing `Vec` would leave a copy of the keys in
+    /// the freed buffer).
+    pub(super) fn reserve(&mut self, jobs: usize, blocks: usize) {
+        debug_assert!(self.spans.is_empty(), "reserve before pushing");
+        self.keys.reserve(jobs);
+        self.group_keys.reserve(jobs);
+        self.out.reserve(jobs);
+        self.group_out.reserve(jobs);
+        self.spans.reserve(jobs);
+        self.order.reserve(jobs);
+        self.data.reserve(jobs * blocks * 8);
+        self.group_data.reserve(jobs * blocks * 8);
     }
 
     /// Add a retail MAC of `parts` (concatenated) padded with `padding`

@@ -279,6 +279,9 @@ fn joined(results: &MacBatch, jobs: [Option<JobId>; 2]) -> Zeroizing<[u8; 16]> {
 /// Pass 1: every card key (and every key given as is).
 fn derive_card_keys(commands: &[Command<'_>], lanes: &mut [Lane], batch: &mut MacBatch) {
     batch.clear();
+    // Two jobs per command at most in every pass, of up to 6 blocks (the
+    // longest AC input: 33 + 32 bytes of IAD, padded).
+    batch.reserve(2 * commands.len(), 9);
     for (cmd, lane) in commands.iter().zip(lanes.iter_mut()) {
         let derive = |imk: &TdesKey, what, method, pan: &Pan, psn| {
             double(imk, what).map(|k| (k, y_block(method, pan, psn)))

@@ -46,7 +46,10 @@ pub(crate) fn dcvv_digits(
     atc: Atc,
 ) -> Vec<u8> {
     let mut block = Vec::with_capacity(32);
-    block.extend_from_slice(format!("{:04X}", atc.0).as_bytes());
+    // hex(ATC), 4 upper-case characters.
+    for shift in [12, 8, 4, 0] {
+        block.push(b"0123456789ABCDEF"[usize::from((atc.0 >> shift) & 0xF)]);
+    }
     block.extend_from_slice(&pan.digits().as_bytes()[4..]);
     block.extend_from_slice(expiry_yymm.as_str().as_bytes());
     block.extend_from_slice(service_code.as_str().as_bytes());

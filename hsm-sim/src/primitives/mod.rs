@@ -22,12 +22,18 @@ pub fn xor_in_place(dst: &mut [u8], src: &[u8]) {
 /// A->0 .. F->5, as ASCII digits. The CVV (jPOS `decimalizeVisa`) and EMV
 /// Option B both use it.
 pub fn decimalise<const N: usize>(bytes: &[u8]) -> [u8; N] {
-    let nibbles = bytes.iter().flat_map(|b| [b >> 4, b & 0xF]);
-    let digits = nibbles.clone().filter(|&v| v < 10);
-    let letters = nibbles.filter(|&v| v >= 10).map(|v| v - 10);
     let mut out = [b'0'; N];
-    for (slot, v) in out.iter_mut().zip(digits.chain(letters)) {
-        *slot = b'0' + v;
+    let mut n = 0;
+    // First pass: the decimal nibbles; second: the letters as 0..5.
+    for letters in [false, true] {
+        for &b in bytes {
+            for v in [b >> 4, b & 0xF] {
+                if n < N && (v >= 10) == letters {
+                    out[n] = b'0' + if letters { v - 10 } else { v };
+                    n += 1;
+                }
+            }
+        }
     }
     out
 }
