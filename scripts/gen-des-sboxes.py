@@ -102,32 +102,67 @@ def support(f):
     return [k for k in range(6) if cofactors(f, k)[0] != cofactors(f, k)[1]]
 
 
+def _three_var_table():
+    """Cheapest expression tree for each of the 256 functions of three
+    inputs x0, x1, x2 (bit i of the table: value at x0 x1 x2 = i, x0 the
+    most significant), by relaxation over the one-gate compositions."""
+    atoms = {0b11110000: ("x", 0), 0b11001100: ("x", 1), 0b10101010: ("x", 2)}
+    best3 = {0: (0, ("zero",)), 0xFF: (0, ("ones",))}
+    for t, e in atoms.items():
+        best3[t] = (0, e)
+    changed = True
+    while changed:
+        changed = False
+        items = list(best3.items())
+        for ta, (ca, ea) in items:
+            cand = [((~ta) & 0xFF, ca + 1, ("not", ea))]
+            for tb, (cb, eb) in items:
+                c = ca + cb + 1
+                cand += [
+                    (ta & tb, c, ("and", ea, eb)),
+                    (ta | tb, c, ("or", ea, eb)),
+                    (ta ^ tb, c, ("xor", ea, eb)),
+                    (ta & ~tb & 0xFF, c, ("andnot", ea, eb)),
+                ]
+            for t, c, e in cand:
+                if t not in best3 or c < best3[t][0]:
+                    best3[t] = (c, e)
+                    changed = True
+    return best3
+
+
+BEST3 = _three_var_table()
+
+
+def _instantiate(e, sup):
+    if e[0] == "x":
+        return ("var", sup[e[1]])
+    if e[0] in ("zero", "ones"):
+        return e
+    return (e[0],) + tuple(_instantiate(x, sup) for x in e[1:])
+
+
 def leaf_forms(f):
-    """Cheapest form of a function of at most two inputs: (cost, expr)."""
+    """Cheapest tree for a function of at most three inputs: (cost, expr)."""
     if f == 0:
         return (0, ("zero",))
     if f == FULL:
         return (0, ("ones",))
     sup = support(f)
-    atoms = [("var", k) for k in sup]
-    vals = [VARS[k] for k in sup]
-    for a, v in zip(atoms, vals):
-        if f == v:
-            return (0, a)
-        if f == FULL ^ v:
-            return (1, ("not", a))
-    if len(sup) == 2:
-        (a, b), (va, vb) = atoms, vals
-        one_gate = [
-            (va & vb, ("and", a, b)), (va | vb, ("or", a, b)), (va ^ vb, ("xor", a, b)),
-            (va & ~vb & FULL, ("andnot", a, b)), (vb & ~va & FULL, ("andnot", b, a)),
-        ]
-        for t, e in one_gate:
-            if f == t:
-                return (1, e)
-            if f == FULL ^ t:
-                return (2, ("not", e))
-    return None
+    if len(sup) > 3:
+        return None
+    sup = (sup + [k for k in range(6) if k not in sup])[:3]
+    # Project f onto its (up to) three inputs.
+    t = 0
+    for i in range(8):
+        x = 0
+        for j, k in enumerate(sup):
+            if (i >> (2 - j)) & 1:
+                x |= 1 << (5 - k)
+        if (f >> x) & 1:
+            t |= 1 << i
+    cost, e = BEST3[t]
+    return (cost, _instantiate(e, sup))
 
 
 def shannon_gates(f0, f1):

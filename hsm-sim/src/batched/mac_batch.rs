@@ -11,7 +11,7 @@ use std::cell::RefCell;
 
 use zeroize::Zeroize;
 
-use crate::primitives::bitslice::retail_mac_lanes;
+use crate::primitives::bitslice::{run_lanes, Kernel, LaneSource};
 use crate::primitives::mac::retail_mac;
 use crate::primitives::padding::Padding;
 use crate::TdesKey;
@@ -31,11 +31,8 @@ pub(super) struct MacBatch {
     spans: Vec<(usize, usize)>,
     /// Results by job (they include derived key halves: wiped on clear).
     out: Vec<[u8; 8]>,
-    /// Staging for batches that mix block counts.
+    /// The jobs of the block count being run.
     order: Vec<usize>,
-    group_keys: Vec<[u8; 16]>,
-    group_data: Vec<u8>,
-    group_out: Vec<[u8; 8]>,
 }
 
 /// The index of a job's result.
@@ -61,18 +58,13 @@ impl MacBatch {
     /// wiped: the spare capacity never held a secret, because buffers grow
     /// only in [`MacBatch::reserve`], before anything is pushed.
     pub(super) fn clear(&mut self) {
-        for v in [&mut self.keys, &mut self.group_keys] {
-            v.as_flattened_mut().zeroize();
-            v.clear();
-        }
-        for v in [&mut self.out, &mut self.group_out] {
-            v.as_flattened_mut().zeroize();
-            v.clear();
-        }
+        self.keys.as_flattened_mut().zeroize();
+        self.keys.clear();
+        self.out.as_flattened_mut().zeroize();
+        self.out.clear();
         self.data.clear();
         self.spans.clear();
         self.order.clear();
-        self.group_data.clear();
     }
 
     /// Room for `jobs` jobs of up to `blocks` blocks, grown while the
@@ -81,13 +73,10 @@ impl MacBatch {
     pub(super) fn reserve(&mut self, jobs: usize, blocks: usize) {
         debug_assert!(self.spans.is_empty(), "reserve before pushing");
         self.keys.reserve(jobs);
-        self.group_keys.reserve(jobs);
         self.out.reserve(jobs);
-        self.group_out.reserve(jobs);
         self.spans.reserve(jobs);
         self.order.reserve(jobs);
         self.data.reserve(jobs * blocks * 8);
-        self.group_data.reserve(jobs * blocks * 8);
     }
 
     /// Add a retail MAC of `parts` (concatenated) padded with `padding`
@@ -128,57 +117,41 @@ impl MacBatch {
         JobId(u32::try_from(self.spans.len() - 1).expect("fewer than 2^32 jobs"))
     }
 
-    /// Run every job; lanes with the same number of blocks share kernel
-    /// chunks.
+    /// Run every job; jobs with the same number of blocks share kernel
+    /// chunks (read in place through their indices, not copied).
     pub(super) fn run(&mut self) {
         let n = self.spans.len();
         self.out.clear();
         self.out.resize(n, [0u8; 8]);
-        let blocks = self.spans.first().map_or(0, |s| s.1);
-        if n >= SCALAR_BELOW && self.spans.iter().all(|s| s.1 == blocks) {
-            // The usual case (one profile, fixed-length data): the jobs are
-            // already contiguous lanes.
-            retail_mac_lanes(&self.keys, &self.data, blocks, &mut self.out);
-            return;
+        // Distinct block counts, in first-seen order (a few at most).
+        let mut counts: Vec<usize> = Vec::new();
+        for s in &self.spans {
+            if !counts.contains(&s.1) {
+                counts.push(s.1);
+            }
         }
-        self.order.clear();
-        self.order.extend(0..n);
-        let spans = &self.spans;
-        self.order.sort_by_key(|&j| spans[j].1);
-        for group in self.order.chunk_by(|&a, &b| spans[a].1 == spans[b].1) {
-            let blocks = spans[group[0]].1;
-            if group.len() < SCALAR_BELOW {
-                for &j in group {
+        let out = &mut self.out;
+        for blocks in counts {
+            self.order.clear();
+            self.order
+                .extend((0..n).filter(|&j| self.spans[j].1 == blocks));
+            if self.order.len() < SCALAR_BELOW {
+                for &j in &self.order {
                     let key = TdesKey::double(&self.keys[j]);
-                    let (start, blocks) = spans[j];
-                    self.out[j] = retail_mac(
-                        &key,
-                        &self.data[start..start + blocks * 8],
-                        Padding::Method1,
-                    )
-                    .expect("a double-length key");
+                    let (start, blocks) = self.spans[j];
+                    out[j] = retail_mac(&key, &self.data[start..start + blocks * 8], Padding::Method1)
+                        .expect("a double-length key");
                 }
                 continue;
             }
-            self.group_keys.clear();
-            self.group_data.clear();
-            for &j in group {
-                self.group_keys.push(self.keys[j]);
-                let (start, _) = spans[j];
-                self.group_data
-                    .extend_from_slice(&self.data[start..start + blocks * 8]);
-            }
-            self.group_out.clear();
-            self.group_out.resize(group.len(), [0u8; 8]);
-            retail_mac_lanes(
-                &self.group_keys,
-                &self.group_data,
-                blocks,
-                &mut self.group_out,
-            );
-            for (&j, mac) in group.iter().zip(&self.group_out) {
-                self.out[j] = *mac;
-            }
+            let lanes = Indexed {
+                batch_keys: &self.keys,
+                batch_data: &self.data,
+                spans: &self.spans,
+                jobs: &self.order,
+            };
+            let jobs = &self.order;
+            run_lanes(Kernel::best(), &lanes, blocks, &mut |c, mac| out[jobs[c]] = mac);
         }
     }
 
@@ -191,5 +164,26 @@ impl MacBatch {
 impl Drop for MacBatch {
     fn drop(&mut self) {
         self.clear();
+    }
+}
+
+/// The jobs of one block count, read in place.
+struct Indexed<'a> {
+    batch_keys: &'a [[u8; 16]],
+    batch_data: &'a [u8],
+    spans: &'a [(usize, usize)],
+    jobs: &'a [usize],
+}
+
+impl LaneSource for Indexed<'_> {
+    fn count(&self) -> usize {
+        self.jobs.len()
+    }
+    fn key(&self, lane: usize) -> &[u8; 16] {
+        &self.batch_keys[self.jobs[lane]]
+    }
+    fn data(&self, lane: usize) -> &[u8] {
+        let (start, blocks) = self.spans[self.jobs[lane]];
+        &self.batch_data[start..start + blocks * 8]
     }
 }

@@ -239,7 +239,10 @@ pub fn execute(commands: &[Command<'_>]) -> Vec<Outcome> {
 /// [`execute`], appending the outcomes to `out` (so a caller can reuse
 /// one buffer).
 pub fn execute_into(commands: &[Command<'_>], out: &mut Vec<Outcome>) {
-    let mut lanes: Vec<Lane> = Vec::with_capacity(commands.len());
+    // The lane states are reused per thread, like the MAC batch: a fresh
+    // few hundred KiB per call would be fresh (zeroed) pages.
+    let mut lanes = LANES.with(|l| std::mem::take(&mut *l.borrow_mut()));
+    lanes.clear();
     lanes.resize_with(commands.len(), Lane::default);
     MacBatch::with_scratch(|batch| {
         derive_card_keys(commands, &mut lanes, batch);
@@ -248,9 +251,14 @@ pub fn execute_into(commands: &[Command<'_>], out: &mut Vec<Outcome>) {
     });
     out.extend(
         lanes
-            .into_iter()
+            .drain(..)
             .map(|l| l.outcome.expect("every command ends in the third pass")),
     );
+    LANES.with(|l| *l.borrow_mut() = lanes);
+}
+
+thread_local! {
+    static LANES: std::cell::RefCell<Vec<Lane>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn double(key: &TdesKey, what: &'static str) -> Result<Zeroizing<[u8; 16]>, CryptoError> {

@@ -162,27 +162,66 @@ pub fn retail_mac_lanes_with(
     assert!(blocks > 0, "a MAC needs at least one block");
     assert_eq!(data.len(), n * 8 * blocks, "data length");
     assert_eq!(out.len(), n, "output length");
+    let lanes = Contiguous { keys, data, blocks };
+    run_lanes(widest, &lanes, blocks, &mut |c, mac| out[c] = mac);
+}
+
+/// Where a chunk's lanes come from: lane `i`'s key and its `blocks`
+/// blocks of padded data.
+pub(crate) trait LaneSource {
+    fn count(&self) -> usize;
+    fn key(&self, lane: usize) -> &[u8; 16];
+    fn data(&self, lane: usize) -> &[u8];
+}
+
+struct Contiguous<'a> {
+    keys: &'a [[u8; 16]],
+    data: &'a [u8],
+    blocks: usize,
+}
+
+impl LaneSource for Contiguous<'_> {
+    fn count(&self) -> usize {
+        self.keys.len()
+    }
+    fn key(&self, lane: usize) -> &[u8; 16] {
+        &self.keys[lane]
+    }
+    fn data(&self, lane: usize) -> &[u8] {
+        &self.data[lane * 8 * self.blocks..(lane + 1) * 8 * self.blocks]
+    }
+}
+
+/// The retail MAC of every lane of `src` (each `blocks` blocks long), in
+/// chunks for the widest kernel allowed; `put(lane, mac)` receives them.
+pub(crate) fn run_lanes<L: LaneSource>(
+    widest: Kernel,
+    src: &L,
+    blocks: usize,
+    put: &mut dyn FnMut(usize, [u8; 8]),
+) {
+    let n = src.count();
     let mut start = 0;
     while start < n {
         let left = n - start;
         let kernel = chunk_kernel(widest, left);
-        let end = start + left.min(kernel.lanes());
+        let len = left.min(kernel.lanes());
         let job = MacJob {
-            keys: &keys[start..end],
-            data: &data[start * 8 * blocks..end * 8 * blocks],
+            src,
+            start,
+            len,
             blocks,
         };
-        let out = &mut out[start..end];
         match kernel {
-            Kernel::Portable => job.run(Portable, out),
+            Kernel::Portable => job.run(Portable, put),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => job.run(simd::Avx2::detect().expect("AVX2 was detected"), out),
+            Kernel::Avx2 => job.run(simd::Avx2::detect().expect("AVX2 was detected"), put),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => job.run(simd::Avx512::detect().expect("AVX-512F was detected"), out),
+            Kernel::Avx512 => job.run(simd::Avx512::detect().expect("AVX-512F was detected"), put),
             #[cfg(not(target_arch = "x86_64"))]
-            _ => job.run(Portable, out),
+            _ => job.run(Portable, put),
         }
-        start = end;
+        start += len;
     }
 }
 
@@ -202,19 +241,21 @@ fn chunk_kernel(widest: Kernel, left: usize) -> Kernel {
         .unwrap_or(Kernel::Portable)
 }
 
-struct MacJob<'a> {
-    keys: &'a [[u8; 16]],
-    data: &'a [u8],
+/// One chunk: lanes `start..start + len` of `src`.
+struct MacJob<'a, L> {
+    src: &'a L,
+    start: usize,
+    len: usize,
     blocks: usize,
 }
 
-impl MacJob<'_> {
-    fn run<B: Backend>(&self, backend: B, out: &mut [[u8; 8]]) {
-        let n = self.keys.len();
-        let half = |c: usize, at: usize| be64(&self.keys[c][at..at + 8]);
+impl<L: LaneSource> MacJob<'_, L> {
+    fn run<B: Backend>(&self, backend: B, put: &mut dyn FnMut(usize, [u8; 8])) {
+        let (n, first) = (self.len, self.start);
+        let half = |c: usize, at: usize| be64(&self.src.key(first + c)[at..at + 8]);
         let mut kl: Block<B::W> = load(backend, n, true, |c| half(c, 0));
         let mut kr: Block<B::W> = load(backend, n, true, |c| half(c, 8));
-        let block = |c: usize, b: usize| be64(&self.data[(c * self.blocks + b) * 8..][..8]);
+        let block = |c: usize, b: usize| be64(&self.src.data(first + c)[b * 8..b * 8 + 8]);
         let mut state: Block<B::W> = load(backend, n, false, |c| block(c, 0));
         backend.des(&kl, &mut state, false);
         for b in 1..self.blocks {
@@ -226,7 +267,7 @@ impl MacJob<'_> {
         backend.des(&kl, &mut state, false);
         B::W::wipe(&mut kl);
         B::W::wipe(&mut kr);
-        store(backend, &mut state, n, |c, v| out[c] = v.to_be_bytes());
+        store(backend, &mut state, n, |c, v| put(first + c, v.to_be_bytes()));
     }
 }
 
