@@ -25,7 +25,7 @@ use crate::TdesKey;
 pub const BATCH: usize = 4096;
 
 /// Timed rounds per path; the median is reported.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// One bench run's figures.
 #[derive(Debug, Clone, serde::Serialize)]

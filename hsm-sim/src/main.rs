@@ -90,7 +90,7 @@ Exit status: 0 valid, 1 invalid, 2 bad input."
     #[command(
         after_help = "Generates COUNT requests for OP (random keys, PANs, ATCs, UNs and cryptograms), runs\n\
 them through the scalar path (the des crate, one request at a time) and the batched path\n\
-(bitsliced DES, batches of 4096), three rounds each on every core, checks that both gave\n\
+(bitsliced DES, batches of 4096), five rounds each on every core, checks that both gave\n\
 the same outcome for every request, and prints the median throughputs and their ratio.\n\
 The widest bitslice kernel the CPU has is used; TESSERA_BITSLICE=portable|avx2|avx512 caps it.\n\n\
 Ops: cvn_visa_cvn10 cvn_visa_cvn18 cvn_visa_cvn22 cvn_mastercard_cvn16 cvn_mastercard_cvn17\n\

@@ -139,8 +139,12 @@ impl MacBatch {
                 for &j in &self.order {
                     let key = TdesKey::double(&self.keys[j]);
                     let (start, blocks) = self.spans[j];
-                    out[j] = retail_mac(&key, &self.data[start..start + blocks * 8], Padding::Method1)
-                        .expect("a double-length key");
+                    out[j] = retail_mac(
+                        &key,
+                        &self.data[start..start + blocks * 8],
+                        Padding::Method1,
+                    )
+                    .expect("a double-length key");
                 }
                 continue;
             }
@@ -151,7 +155,9 @@ impl MacBatch {
                 jobs: &self.order,
             };
             let jobs = &self.order;
-            run_lanes(Kernel::best(), &lanes, blocks, &mut |c, mac| out[jobs[c]] = mac);
+            run_lanes(Kernel::best(), &lanes, blocks, &mut |c, mac| {
+                out[jobs[c]] = mac
+            });
         }
     }
 

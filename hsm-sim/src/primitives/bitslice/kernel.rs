@@ -24,15 +24,19 @@ pub(crate) fn des<W: Word>(key: &Block<W>, block: &mut Block<W>, decrypt: bool) 
         r[i] = block[(IP[32 + i] & 63) as usize];
     }
     // Two rounds per step, so the halves never need swapping: after round
-    // 2k+1 `l` holds R(2k+1), after round 2k+2 `r` holds R(2k+2).
-    for step in 0..8 {
-        let (first, second) = if decrypt {
-            (15 - 2 * step, 14 - 2 * step)
-        } else {
-            (2 * step, 2 * step + 1)
-        };
-        round(&mut l, &r, key, &KEY_SCHEDULE[first]);
-        round(&mut r, &l, key, &KEY_SCHEDULE[second]);
+    // 2k+1 `l` holds R(2k+1), after round 2k+2 `r` holds R(2k+2). The
+    // rounds are unrolled with their subkeys as constants, so every key
+    // word is read at a fixed offset (no index arithmetic per S-box input).
+    macro_rules! rounds {
+        ($($a:literal $b:literal),*) => {$(
+            round(&mut l, &r, key, &KEY_SCHEDULE[$a]);
+            round(&mut r, &l, key, &KEY_SCHEDULE[$b]);
+        )*};
+    }
+    if decrypt {
+        rounds!(15 14, 13 12, 11 10, 9 8, 7 6, 5 4, 3 2, 1 0);
+    } else {
+        rounds!(0 1, 2 3, 4 5, 6 7, 8 9, 10 11, 12 13, 14 15);
     }
     // The pre-output is R16 || L16, then the final permutation.
     for (i, &from) in FP.iter().enumerate() {

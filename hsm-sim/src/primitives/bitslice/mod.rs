@@ -267,7 +267,9 @@ impl<L: LaneSource> MacJob<'_, L> {
         backend.des(&kl, &mut state, false);
         B::W::wipe(&mut kl);
         B::W::wipe(&mut kr);
-        store(backend, &mut state, n, |c, v| put(first + c, v.to_be_bytes()));
+        store(backend, &mut state, n, |c, v| {
+            put(first + c, v.to_be_bytes())
+        });
     }
 }
 
