@@ -414,12 +414,21 @@ impl Pipeline {
         let Some(link) = &self.issuer else { return };
         let mut which = Vec::new();
         let mut requests = Vec::new();
-        for (i, slot) in slots.iter().enumerate() {
-            let Slot::Auth(p) = slot else { continue };
-            let Some((view, _)) = &p.decision.approved else {
-                continue;
-            };
-            let Some(pan) = self.vault.detokenize(view) else {
+        // Every approved token's PAN in one multi-block AES pass.
+        let approved: Vec<(usize, RecordView)> = slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, slot)| match slot {
+                Slot::Auth(p) => p.decision.approved.as_ref().map(|(v, _)| (i, *v)),
+                _ => None,
+            })
+            .collect();
+        let views: Vec<RecordView> = approved.iter().map(|(_, v)| *v).collect();
+        let pans = self.vault.detokenize_many(&views);
+        for ((i, view), pan) in approved.iter().zip(pans) {
+            let (i, view) = (*i, view);
+            let Slot::Auth(p) = &slots[i] else { continue };
+            let Some(pan) = pan else {
                 continue;
             };
             let mut fwd = p.req.clone();

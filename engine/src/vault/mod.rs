@@ -290,6 +290,16 @@ impl Vault {
         self.cipher.decrypt(view.token, view.pan_ct, view.pan_len)
     }
 
+    /// The PANs behind many tokens, decrypted together (the AES
+    /// multi-block path). Transient: zeroized when dropped.
+    pub fn detokenize_many(&self, views: &[RecordView]) -> Vec<Option<Zeroizing<CardNumberBox>>> {
+        let items: Vec<_> = views
+            .iter()
+            .map(|v| (v.token, v.pan_ct, v.pan_len))
+            .collect();
+        self.cipher.decrypt_many(&items)
+    }
+
     /// The control set of a token.
     pub fn controls(&self, view: &RecordView) -> Arc<DomainControls> {
         self.controls.get(view.controls).unwrap_or_default()

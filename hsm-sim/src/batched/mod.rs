@@ -337,7 +337,7 @@ fn derive_card_keys(commands: &[Command<'_>], lanes: &mut [Lane], batch: &mut Ma
         if lane.jobs[0].is_none() {
             continue;
         }
-        lane.key = joined(&results, lane.jobs);
+        lane.key = joined(results, lane.jobs);
         lane.jobs = [None; 2];
         if let Command::DeriveCardKey(_) = cmd {
             lane.outcome = Some(Outcome::Key(Box::new(TdesKey::double(&lane.key))));
@@ -406,13 +406,13 @@ fn second_pass(commands: &[Command<'_>], lanes: &mut [Lane], batch: &mut MacBatc
         match cmd {
             Command::VerifyArqc(_) => {
                 lane.session_key = if lane.jobs[0].is_some() {
-                    joined(&results, lane.jobs)
+                    joined(results, lane.jobs)
                 } else {
                     lane.key.clone()
                 };
             }
             Command::DeriveSessionKey(_) => {
-                let sk = joined(&results, lane.jobs);
+                let sk = joined(results, lane.jobs);
                 lane.outcome = Some(Outcome::Key(Box::new(TdesKey::double(&sk))));
             }
             Command::VerifyCvc3(_) => {
