@@ -161,22 +161,36 @@ const MAX_RECENT_ANSWERS: usize = 1 << 20;
 /// Identity of a request for retransmission matching: MTI class (first
 /// three digits: a repeat 0101 matches its 0100), DE 11, DE 41, DE 7, and
 /// the card (DE 2 or DE 35), so two cards never share an answer.
-type RequestKey = ([u8; 3], Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>);
+/// MTI class, DE 11, DE 41, DE 7 and the card field, each prefixed by its
+/// length, in one allocation.
+type RequestKey = Box<[u8]>;
+
+fn request_key(mti: &[u8], fields: [&[u8]; 4]) -> RequestKey {
+    let mut k = Vec::with_capacity(3 + 4 + fields.iter().map(|f| f.len()).sum::<usize>());
+    k.extend_from_slice(&mti[..3]);
+    for f in fields {
+        // Fields are at most 37 bytes (DE 35), so a length byte suffices.
+        k.push(f.len().min(255) as u8);
+        k.extend_from_slice(f);
+    }
+    k.into_boxed_slice()
+}
 
 /// Recent answers, bounded in count and age.
 #[derive(Debug, Default)]
 struct RecentAnswers {
-    by_key: HashMap<RequestKey, (IsoMessage, Option<Lsn>)>,
+    /// The answer as it was sent (encoded), and its journal position.
+    by_key: HashMap<RequestKey, (Vec<u8>, Option<Lsn>)>,
     order: std::collections::VecDeque<(u32, RequestKey)>,
 }
 
 impl RecentAnswers {
-    fn get(&mut self, key: &RequestKey, now: u32) -> Option<(IsoMessage, Option<Lsn>)> {
+    fn get(&mut self, key: &RequestKey, now: u32) -> Option<(Vec<u8>, Option<Lsn>)> {
         self.expire(now);
         self.by_key.get(key).cloned()
     }
 
-    fn insert(&mut self, key: RequestKey, answer: IsoMessage, lsn: Option<Lsn>, now: u32) {
+    fn insert(&mut self, key: RequestKey, answer: Vec<u8>, lsn: Option<Lsn>, now: u32) {
         self.expire(now);
         if self.order.len() >= MAX_RECENT_ANSWERS {
             if let Some((_, old)) = self.order.pop_front() {
@@ -281,17 +295,19 @@ impl Pipeline {
         self.check_cryptograms(&mut slots, now);
         self.forward_to_issuer(&mut slots);
         let mut wait_for = Lsn::default();
+        let mut keys: Vec<Option<(RequestKey, Option<Lsn>)>> = Vec::with_capacity(slots.len());
         let answers: Vec<Option<IsoMessage>> = slots
             .into_iter()
             .map(|slot| {
-                let (answer, lsn) = match slot {
-                    Slot::Ready(a, lsn) => (a, lsn),
+                let (answer, lsn, key) = match slot {
+                    Slot::Ready(a, lsn) => (a, lsn, None),
                     Slot::Auth(p) => self.finish(*p, now),
                     Slot::Crypto(_) => unreachable!("check_cryptograms concluded every check"),
                 };
                 if let Some(lsn) = lsn {
                     wait_for = wait_for.max(lsn);
                 }
+                keys.push(key.map(|k| (k, lsn)));
                 answer
             })
             .collect();
@@ -300,7 +316,7 @@ impl Pipeline {
         let durable = wait_for == Lsn::default() || self.vault.wait_durable(wait_for).is_ok();
         let answered = answers.iter().filter(|a| a.is_some()).count() as u64;
         self.metrics.latency(started.elapsed(), answered);
-        answers
+        let encoded: Vec<Option<Vec<u8>>> = answers
             .into_iter()
             .map(|a| {
                 let mut msg = a?;
@@ -313,7 +329,17 @@ impl Pipeline {
                 self.count(&msg);
                 self.dialect.encode(&msg).ok()
             })
-            .collect()
+            .collect();
+        // Remember what was sent (one lock for the batch), for
+        // retransmissions and repeats.
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, bytes) in keys.into_iter().zip(&encoded) {
+            if let (Some((k, lsn)), Some(bytes)) = (key, bytes) {
+                recent.insert(k, bytes.clone(), lsn, now.secs);
+            }
+        }
+        drop(recent);
+        encoded
     }
 
     /// Every cryptogram of the batch through the HSM's batch API at once,
@@ -473,7 +499,12 @@ impl Pipeline {
 
     /// Complete an authorization answer: DE 38/39/44/55, the reversal
     /// memory, the retransmission cache, the decline log.
-    fn finish(&self, p: PendingAuth, now: Now) -> (Option<IsoMessage>, Option<Lsn>) {
+    /// The answer, its journal position, and the key to remember it by.
+    fn finish(
+        &self,
+        p: PendingAuth,
+        now: Now,
+    ) -> (Option<IsoMessage>, Option<Lsn>, Option<RequestKey>) {
         let PendingAuth {
             req,
             mut resp,
@@ -496,13 +527,7 @@ impl Pipeline {
         if let Some(chip) = &d.arpc {
             resp.set(55, crypto::tag91(chip, &self.profiles, d.code));
         }
-        if let Some(k) = key {
-            self.recent
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(k, resp.clone(), d.lsn, now.secs);
-        }
-        (Some(resp), d.lsn)
+        (Some(resp), d.lsn, key)
     }
 
     fn count(&self, msg: &IsoMessage) {
@@ -534,13 +559,7 @@ impl Pipeline {
         let key: Option<RequestKey> = match (req.get(11), req.get(41), req.get(7)) {
             (Some(stan), Some(tid), Some(de7)) if &mti[..3] != b"080" => {
                 let card = req.get(2).or_else(|| req.get(35)).unwrap_or_default();
-                Some((
-                    [mti[0], mti[1], mti[2]],
-                    stan.to_vec(),
-                    tid.to_vec(),
-                    de7.to_vec(),
-                    card.to_vec(),
-                ))
+                Some(request_key(&mti, [stan, tid, de7, card]))
             }
             _ => None,
         };
@@ -550,9 +569,12 @@ impl Pipeline {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(k, now.secs);
-            if let Some((mut answer, lsn)) = cached {
-                answer.set_mti(resp_mti);
-                return Slot::Ready(Some(answer), lsn);
+            // The answer as sent, with the MTI of this request's answer.
+            if let Some(mut answer) =
+                cached.and_then(|(bytes, lsn)| self.dialect.decode(&bytes).ok().map(|m| (m, lsn)))
+            {
+                answer.0.set_mti(resp_mti);
+                return Slot::Ready(Some(answer.0), answer.1);
             }
         }
         let mut resp = IsoMessage::new(resp_mti);
@@ -583,11 +605,11 @@ impl Pipeline {
                 );
                 self.reverse(&req);
                 resp.set(39, rc::APPROVED.to_vec());
-                if let Some(k) = key {
+                if let (Some(k), Ok(bytes)) = (key, self.dialect.encode(&resp)) {
                     self.recent
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(k, resp.clone(), None, now.secs);
+                        .insert(k, bytes, None, now.secs);
                 }
                 Slot::Ready(Some(resp), None)
             }
