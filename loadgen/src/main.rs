@@ -61,6 +61,10 @@ domain_violation, amount_mismatch, malformed, reversal (default: the demo's rate
         /// (replays and reversals refer to them) [default: 0.5% of the pool, at least 5000].
         #[arg(long)]
         warmup: Option<usize>,
+        /// Transactions to prepare; sending stops early if they run out
+        /// [default: 1.5 x duration x the rate (open loop) or x 60,000/s (closed loop), + 10,000].
+        #[arg(long)]
+        pool: Option<usize>,
         /// Open loop: requests per second (latency from each scheduled send time).
         #[arg(long, conflicts_with = "in_flight")]
         rate: Option<f64>,
@@ -146,6 +150,7 @@ fn run_cli(cli: Cli) -> Result<bool, String> {
             connections,
             duration,
             warmup,
+            pool,
             rate,
             in_flight,
             mix,
@@ -184,7 +189,8 @@ fn run_cli(cli: Cli) -> Result<bool, String> {
                 },
             };
             let per_s = rate.unwrap_or(60_000.0);
-            let count = (per_s * duration.as_secs_f64() * 1.5) as usize + 10_000;
+            let count =
+                pool.unwrap_or((per_s * duration.as_secs_f64() * 1.5) as usize + 10_000);
             let warmup = warmup.unwrap_or((count / 200).max(5_000));
             let pool = prepare(
                 &PrepareSpec {

@@ -18,6 +18,10 @@ pub mod keys;
 pub mod track;
 
 use std::collections::HashMap;
+
+/// The pipeline's maps: seeded (so keys chosen by an acquirer cannot
+/// force collisions) but much cheaper than SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -141,7 +145,7 @@ pub struct Pipeline {
     dialect: Dialect,
     auth_counter: AtomicU64,
     /// (DE 11, DE 7, DE 32) of approvals -> token and time, for DE 90.
-    approvals: Mutex<HashMap<(u32, u64, u64), ApprovalRecord>>,
+    approvals: Mutex<FastMap<(u32, u64, u64), ApprovalRecord>>,
     /// Answers by code, latency histogram.
     metrics: Arc<crate::metrics::Metrics>,
     /// Answers of recent requests, for retransmissions and repeats.
@@ -180,7 +184,7 @@ fn request_key(mti: &[u8], fields: [&[u8]; 4]) -> RequestKey {
 #[derive(Debug, Default)]
 struct RecentAnswers {
     /// The answer as it was sent (encoded), and its journal position.
-    by_key: HashMap<RequestKey, (Vec<u8>, Option<Lsn>)>,
+    by_key: FastMap<RequestKey, (Vec<u8>, Option<Lsn>)>,
     order: std::collections::VecDeque<(u32, RequestKey)>,
 }
 
@@ -253,7 +257,7 @@ impl Pipeline {
             profiles,
             dialect,
             auth_counter: AtomicU64::new(0),
-            approvals: Mutex::new(HashMap::new()),
+            approvals: Mutex::new(FastMap::default()),
             metrics: Arc::new(crate::metrics::Metrics::default()),
             recent: Mutex::new(RecentAnswers::default()),
             issuer: None,
