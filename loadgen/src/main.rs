@@ -189,8 +189,7 @@ fn run_cli(cli: Cli) -> Result<bool, String> {
                 },
             };
             let per_s = rate.unwrap_or(60_000.0);
-            let count =
-                pool.unwrap_or((per_s * duration.as_secs_f64() * 1.5) as usize + 10_000);
+            let count = pool.unwrap_or((per_s * duration.as_secs_f64() * 1.5) as usize + 10_000);
             let warmup = warmup.unwrap_or((count / 200).max(5_000));
             let pool = prepare(
                 &PrepareSpec {

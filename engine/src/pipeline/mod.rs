@@ -149,7 +149,7 @@ pub struct Pipeline {
     /// Answers by code, latency histogram.
     metrics: Arc<crate::metrics::Metrics>,
     /// Answers of recent requests, for retransmissions and repeats.
-    recent: Mutex<RecentAnswers>,
+    recent: Arc<Mutex<RecentAnswers>>,
     /// The issuer leg, when configured; otherwise the engine stands in.
     issuer: Option<crate::issuer::IssuerLink>,
     /// Write one line per decline to stderr (`serve`: yes; the demo, whose
@@ -259,7 +259,7 @@ impl Pipeline {
             auth_counter: AtomicU64::new(0),
             approvals: Mutex::new(FastMap::default()),
             metrics: Arc::new(crate::metrics::Metrics::default()),
-            recent: Mutex::new(RecentAnswers::default()),
+            recent: Arc::new(Mutex::new(RecentAnswers::default())),
             issuer: None,
             log_declines: true,
         }
@@ -288,8 +288,14 @@ impl Pipeline {
     }
 
     /// Answers for a batch of request bodies (one slot each; `None` = no
-    /// answer, e.g. the message was itself a response).
+    /// answer, e.g. the message was itself a response). Waits until the
+    /// batch's approvals are durable.
     pub fn answer_batch(&self, frames: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
+        self.decide_batch(frames).release()
+    }
+
+    /// Everything but the wait for the journal and the encoding.
+    fn decide_batch(&self, frames: &[&[u8]]) -> DecidedBatch {
         let started = std::time::Instant::now();
         let now = Now::system();
         let mut slots: Vec<Slot> = frames
@@ -315,35 +321,17 @@ impl Pipeline {
                 answer
             })
             .collect();
-        // One wait for the whole batch: approvals leave only once their
-        // ATCs are durable (sync mode).
-        let durable = wait_for == Lsn::default() || self.vault.wait_durable(wait_for).is_ok();
-        let answered = answers.iter().filter(|a| a.is_some()).count() as u64;
-        self.metrics.latency(started.elapsed(), answered);
-        let encoded: Vec<Option<Vec<u8>>> = answers
-            .into_iter()
-            .map(|a| {
-                let mut msg = a?;
-                if !durable && msg.get(39) == Some(&rc::APPROVED[..]) {
-                    // The journal failed: nothing may be approved.
-                    msg.set(39, rc::SYSTEM_ERROR.to_vec());
-                    msg.remove(38);
-                    msg.remove(55);
-                }
-                self.count(&msg);
-                self.dialect.encode(&msg).ok()
-            })
-            .collect();
-        // Remember what was sent (one lock for the batch), for
-        // retransmissions and repeats.
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        for (key, bytes) in keys.into_iter().zip(&encoded) {
-            if let (Some((k, lsn)), Some(bytes)) = (key, bytes) {
-                recent.insert(k, bytes.clone(), lsn, now.secs);
-            }
+        DecidedBatch {
+            answers,
+            keys,
+            wait_for,
+            started,
+            now,
+            vault: Arc::clone(&self.vault),
+            metrics: Arc::clone(&self.metrics),
+            recent: Arc::clone(&self.recent),
+            dialect: self.dialect,
         }
-        drop(recent);
-        encoded
     }
 
     /// Every cryptogram of the batch through the HSM's batch API at once,
@@ -532,12 +520,6 @@ impl Pipeline {
             resp.set(55, crypto::tag91(chip, &self.profiles, d.code));
         }
         (Some(resp), d.lsn, key)
-    }
-
-    fn count(&self, msg: &IsoMessage) {
-        if let Some(code) = msg.get(39).and_then(digits_value) {
-            self.metrics.response(code as u8);
-        }
     }
 
     /// Answers given so far, by response code (e.g. "00" -> 1234).
@@ -931,9 +913,81 @@ impl Pipeline {
     }
 }
 
+/// A batch decided, its answers not yet released: they leave once every
+/// approval in it is durable (one wait for the whole batch).
+struct DecidedBatch {
+    answers: Vec<Option<IsoMessage>>,
+    keys: Vec<Option<(RequestKey, Option<Lsn>)>>,
+    wait_for: Lsn,
+    started: std::time::Instant,
+    now: Now,
+    vault: Arc<Vault>,
+    metrics: Arc<crate::metrics::Metrics>,
+    recent: Arc<Mutex<RecentAnswers>>,
+    dialect: Dialect,
+}
+
+impl DecidedBatch {
+    /// Nothing to wait for (no approval in the batch).
+    fn ready(&self) -> bool {
+        self.wait_for == Lsn::default()
+    }
+
+    /// Wait for the journal, then encode. In `sync` durability no approval
+    /// leaves before its ATC is on disk; if the journal failed, nothing in
+    /// the batch is approved.
+    fn release(self) -> Vec<Option<Vec<u8>>> {
+        let durable = self.ready() || self.vault.wait_durable(self.wait_for).is_ok();
+        let answered = self.answers.iter().filter(|a| a.is_some()).count() as u64;
+        self.metrics.latency(self.started.elapsed(), answered);
+        let encoded: Vec<Option<Vec<u8>>> = self
+            .answers
+            .into_iter()
+            .map(|a| {
+                let mut msg = a?;
+                if !durable && msg.get(39) == Some(&rc::APPROVED[..]) {
+                    msg.set(39, rc::SYSTEM_ERROR.to_vec());
+                    msg.remove(38);
+                    msg.remove(55);
+                }
+                if let Some(code) = msg.get(39).and_then(digits_value) {
+                    self.metrics.response(code as u8);
+                }
+                self.dialect.encode(&msg).ok()
+            })
+            .collect();
+        // Remember what was sent (one lock for the batch), for
+        // retransmissions and repeats.
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, bytes) in self.keys.into_iter().zip(&encoded) {
+            if let (Some((k, lsn)), Some(bytes)) = (key, bytes) {
+                recent.insert(k, bytes.clone(), lsn, self.now.secs);
+            }
+        }
+        drop(recent);
+        encoded
+    }
+}
+
 impl crate::server::Handler for Pipeline {
     fn handle_batch(&self, _conn: crate::server::ConnId, frames: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
         self.answer_batch(frames)
+    }
+
+    /// The worker decides the batch; the wait for the journal and the
+    /// encoding run on the server's acknowledgement thread, so workers keep
+    /// deciding while the disk syncs.
+    fn handle_batch_deferred(
+        &self,
+        _conn: crate::server::ConnId,
+        frames: &[&[u8]],
+    ) -> crate::server::Answers {
+        let batch = self.decide_batch(frames);
+        if batch.ready() {
+            crate::server::Answers::Now(batch.release())
+        } else {
+            crate::server::Answers::Deferred(Box::new(move || batch.release()))
+        }
     }
 
     fn shutdown(&self) {

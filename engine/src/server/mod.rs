@@ -122,8 +122,44 @@ pub trait Handler: Send + Sync + 'static {
     /// answers nothing for the batch.
     fn handle_batch(&self, conn: ConnId, frames: &[&[u8]]) -> Vec<Option<Vec<u8>>>;
 
+    /// Like [`handle_batch`](Handler::handle_batch), but the answers may be
+    /// [`Answers::Deferred`]: produced later by a closure that may block
+    /// (until the batch's journal records are durable). The server then
+    /// runs it on its acknowledgement thread, so the worker goes on with
+    /// the next batch instead of waiting for the disk. The default answers
+    /// at once.
+    fn handle_batch_deferred(&self, conn: ConnId, frames: &[&[u8]]) -> Answers {
+        Answers::Now(self.handle_batch(conn, frames))
+    }
+
     /// Called once on shutdown, after every dispatched batch is answered.
     fn shutdown(&self) {}
+}
+
+/// The answers to a batch, now or once a condition holds.
+pub enum Answers {
+    /// Write these now.
+    Now(Vec<Option<Vec<u8>>>),
+    /// Run this (it may block) and write what it returns. Closures run one
+    /// at a time, in the order the batches were handled, on one thread.
+    Deferred(Box<dyn FnOnce() -> Vec<Option<Vec<u8>>> + Send>),
+}
+
+impl fmt::Debug for Answers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Now(a) => write!(f, "Answers::Now({} slots)", a.len()),
+            Self::Deferred(_) => f.write_str("Answers::Deferred"),
+        }
+    }
+}
+
+/// A batch whose answers wait on the acknowledgement thread.
+struct Deferred {
+    conn: Arc<Conn>,
+    headers: Vec<Option<[u8; 5]>>,
+    frames: usize,
+    answers: Box<dyn FnOnce() -> Vec<Option<Vec<u8>>> + Send>,
 }
 
 /// Settings of the listener.
@@ -324,14 +360,24 @@ impl Server {
             active: Arc::new(AtomicUsize::new(0)),
         });
         let (tx, rx) = crossbeam_channel::unbounded::<Batch>();
+        // Deferred answers (waiting for the journal) go to one thread, in
+        // order, so a worker never sleeps on the disk.
+        let (ack_tx, ack_rx) = crossbeam_channel::unbounded::<Deferred>();
+        let acker = {
+            let ctx = Arc::clone(&ctx);
+            thread::Builder::new()
+                .name("tessera-acker".into())
+                .spawn(move || ack_loop(&ack_rx, &ctx))?
+        };
 
         let mut workers = Vec::with_capacity(ctx.config.workers);
         let mut result = Ok(());
         for i in 0..ctx.config.workers {
             let (rx, handler, ctx) = (rx.clone(), Arc::clone(&handler), Arc::clone(&ctx));
+            let ack_tx = ack_tx.clone();
             match thread::Builder::new()
                 .name(format!("tessera-worker-{i}"))
-                .spawn(move || worker_loop(&rx, &*handler, &ctx))
+                .spawn(move || worker_loop(&rx, &ack_tx, &*handler, &ctx))
             {
                 Ok(h) => workers.push(h),
                 Err(e) => {
@@ -341,6 +387,7 @@ impl Server {
             }
         }
         drop(rx);
+        drop(ack_tx);
 
         let mut readers = Vec::new();
         if result.is_ok() {
@@ -365,6 +412,9 @@ impl Server {
         for h in workers {
             let _ = h.join();
         }
+        // The workers are gone, so is every sender: the acker answers what
+        // is left and ends.
+        let _ = acker.join();
         if catch_unwind(AssertUnwindSafe(|| handler.shutdown())).is_err() {
             log(format_args!("event=handler_shutdown_panic"));
         }
@@ -751,24 +801,73 @@ fn reader_loop(conn: &Arc<Conn>, ctx: &Ctx, tx: &Sender<Batch>) {
     }
 }
 
-fn worker_loop(rx: &Receiver<Batch>, handler: &dyn Handler, ctx: &Ctx) {
+fn worker_loop(rx: &Receiver<Batch>, ack: &Sender<Deferred>, handler: &dyn Handler, ctx: &Ctx) {
     for batch in rx.iter() {
         let conn = Arc::clone(&batch.conn);
         let n = batch.spans.len();
         // Our own code should not panic; if it does, keep the worker alive
         // and the in-flight count right.
-        if catch_unwind(AssertUnwindSafe(|| process_batch(batch, handler, ctx))).is_err() {
-            log(format_args!("event=worker_panic conn={}", conn.id));
-            conn.close();
+        match catch_unwind(AssertUnwindSafe(|| process_batch(batch, handler, ctx))) {
+            Ok(Some(deferred)) => {
+                // The acker finishes the frames once it has answered them.
+                if let Err(e) = ack.send(deferred) {
+                    run_deferred(e.into_inner(), ctx);
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(_) => {
+                log(format_args!("event=worker_panic conn={}", conn.id));
+                conn.close();
+            }
         }
         conn.finish(n);
     }
 }
 
-fn process_batch(batch: Batch, handler: &dyn Handler, ctx: &Ctx) {
+/// Answers deferred batches in the order they were handled.
+fn ack_loop(rx: &Receiver<Deferred>, ctx: &Ctx) {
+    for d in rx.iter() {
+        run_deferred(d, ctx);
+    }
+}
+
+fn run_deferred(d: Deferred, ctx: &Ctx) {
+    let Deferred {
+        conn,
+        headers,
+        frames,
+        answers,
+    } = d;
+    match catch_unwind(AssertUnwindSafe(answers)) {
+        Ok(answers) => {
+            if answers.len() != frames {
+                log(format_args!(
+                    "event=handler_answer_count conn={} frames={frames} answers={}",
+                    conn.id,
+                    answers.len()
+                ));
+            }
+            write_answers(&conn, &headers, &answers, ctx);
+        }
+        Err(_) => {
+            bump(&ctx.counters.handler_panics, 1);
+            log(format_args!(
+                "event=handler_panic conn={} peer={} frames={frames}",
+                conn.id, conn.peer
+            ));
+            conn.close();
+        }
+    }
+    conn.finish(frames);
+}
+
+/// Handle a batch; its answers are written before returning, or handed
+/// back to go to the acknowledgement thread.
+fn process_batch(batch: Batch, handler: &dyn Handler, ctx: &Ctx) -> Option<Deferred> {
     let conn = &batch.conn;
     if conn.is_closed() {
-        return;
+        return None;
     }
     let frames: Vec<&[u8]> = batch
         .spans
@@ -776,8 +875,18 @@ fn process_batch(batch: Batch, handler: &dyn Handler, ctx: &Ctx) {
         .map(|&(off, len)| &batch.data[off..off + len])
         .collect();
     bump(&ctx.counters.batches, 1);
-    let answers = match catch_unwind(AssertUnwindSafe(|| handler.handle_batch(conn.id, &frames))) {
-        Ok(a) => a,
+    let answers = match catch_unwind(AssertUnwindSafe(|| {
+        handler.handle_batch_deferred(conn.id, &frames)
+    })) {
+        Ok(Answers::Now(a)) => a,
+        Ok(Answers::Deferred(answers)) => {
+            return Some(Deferred {
+                conn: Arc::clone(conn),
+                headers: batch.headers,
+                frames: frames.len(),
+                answers,
+            });
+        }
         Err(_) => {
             bump(&ctx.counters.handler_panics, 1);
             log(format_args!(
@@ -787,7 +896,7 @@ fn process_batch(batch: Batch, handler: &dyn Handler, ctx: &Ctx) {
                 frames.len()
             ));
             conn.close();
-            return;
+            return None;
         }
     };
     if answers.len() != frames.len() {
@@ -798,9 +907,15 @@ fn process_batch(batch: Batch, handler: &dyn Handler, ctx: &Ctx) {
             answers.len()
         ));
     }
+    write_answers(conn, &batch.headers, &answers, ctx);
+    None
+}
+
+/// Frame and write a batch's answers in one write.
+fn write_answers(conn: &Conn, headers: &[Option<[u8; 5]>], answers: &[Option<Vec<u8>>], ctx: &Ctx) {
     let mut out = Vec::new();
     let mut written = 0u64;
-    for (answer, header) in answers.iter().zip(&batch.headers) {
+    for (answer, header) in answers.iter().zip(headers) {
         let Some(answer) = answer else { continue };
         let mark = out.len();
         match write_frame(ctx.config.framing, *header, answer, &mut out) {
