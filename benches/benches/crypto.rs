@@ -1,5 +1,5 @@
-//! Scalar-path baselines for every cryptogram verification, so later work
-//! (batching, bitslicing) has a number to beat measured the same way.
+//! Scalar-path baselines for every cryptogram verification, and the
+//! batched (bitsliced) path measured beside them in the same run.
 //!
 //! Each verification is the whole job an issuer host does per
 //! transaction: derive the card key from the issuer master key, derive
@@ -133,5 +133,59 @@ fn magstripe(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, baseline, arqc_verification, magstripe);
+/// The bitsliced kernels (one TDES block per lane, every lane its own
+/// key) and the batch API, with the scalar path measured in the same run.
+fn batched(c: &mut Criterion) {
+    use hsm_sim::batched::{execute, execute_scalar, ArqcCheck, Command};
+    use hsm_sim::primitives::bitslice::{retail_mac_lanes_with, Kernel};
+
+    const LANES: usize = 4096;
+    let keys: Vec<[u8; 16]> = (0..LANES).map(|i| [(i % 251) as u8; 16]).collect();
+    let data = vec![0x5Au8; LANES * 8];
+    let mut group = c.benchmark_group("bitslice_tdes_4096_lanes");
+    group.throughput(criterion::Throughput::Elements(LANES as u64));
+    for kernel in Kernel::available() {
+        group.bench_function(kernel.name(), |b| {
+            let mut out = vec![[0u8; 8]; LANES];
+            b.iter(|| retail_mac_lanes_with(kernel, black_box(&keys), &data, 1, &mut out))
+        });
+    }
+    group.finish();
+
+    // Mastercard CVN 16, a batch of 1024 verifications (each with its
+    // ARPC), batched vs scalar.
+    let imk = TdesKey::new(&IMK).expect("key");
+    let pans: Vec<Pan> = (0..1024)
+        .map(|i| Pan::new(&format!("5413330089{i:06}")).expect("pan"))
+        .collect();
+    let p = CvnProfile::MastercardCvn16;
+    let data = card_data(p);
+    let arc = ArpcInput::Method1 { arc: *b"00" };
+    let cmds: Vec<Command<'_>> = pans
+        .iter()
+        .map(|pan| {
+            Command::VerifyArqc(ArqcCheck {
+                profile: p,
+                imk_ac: &imk,
+                pan,
+                psn: Psn::default(),
+                terminal: terminal(),
+                card_data: &data,
+                arqc: [0x24, 0xCC, 0xF3, 0xDE, 0xE3, 0x15, 0x8C, 0x70],
+                arpc: Some(&arc),
+            })
+        })
+        .collect();
+    let mut group = c.benchmark_group("verify_arqc_batch_1024");
+    group.throughput(criterion::Throughput::Elements(cmds.len() as u64));
+    group.bench_function("mastercard_cvn16/batched", |b| {
+        b.iter(|| execute(black_box(&cmds)))
+    });
+    group.bench_function("mastercard_cvn16/scalar", |b| {
+        b.iter(|| execute_scalar(black_box(&cmds)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, baseline, arqc_verification, magstripe, batched);
 criterion_main!(benches);

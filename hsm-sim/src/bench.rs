@@ -165,27 +165,65 @@ fn commands<'a>(op: &str, req: &'a Requests, rng: &mut Rng) -> Vec<Command<'a>> 
         .collect()
 }
 
-/// Run `path` over `commands` on one thread per output buffer
-/// (contiguous shares); returns the seconds taken. The buffers are
-/// reused across rounds so that no round pays for fresh pages.
-fn timed(
+type Path = fn(&[Command<'_>], &mut Vec<Outcome>);
+
+/// Run both paths `rounds` times over `commands`, each thread on its
+/// contiguous share, and return each path's round times and outcomes.
+/// The threads live for the whole run (as an engine's workers do), so the
+/// batched path's per-thread buffers are warm after the first round, and
+/// two barriers around each round time it from the main thread.
+fn timed_rounds(
     commands: &[Command<'_>],
-    outputs: &mut [Vec<Outcome>],
-    path: fn(&[Command<'_>], &mut Vec<Outcome>),
-) -> f64 {
-    let share = commands.len().div_ceil(outputs.len()).max(1);
-    let start = Instant::now();
-    std::thread::scope(|s| {
-        for (part, out) in commands.chunks(share).zip(outputs.iter_mut()) {
-            s.spawn(move || {
-                out.clear();
-                for chunk in part.chunks(BATCH) {
-                    path(chunk, out);
-                }
-            });
+    threads: usize,
+    rounds: usize,
+    paths: &[Path],
+) -> (Vec<Vec<f64>>, Vec<Vec<Outcome>>) {
+    let share = commands.len().div_ceil(threads).max(1);
+    let parts: Vec<&[Command<'_>]> = commands.chunks(share).collect();
+    let barrier = std::sync::Barrier::new(parts.len() + 1);
+    let mut times = vec![Vec::with_capacity(rounds); paths.len()];
+    let outs: Vec<Vec<Vec<Outcome>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .iter()
+            .map(|part| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    let mut outs: Vec<Vec<Outcome>> = paths
+                        .iter()
+                        .map(|_| Vec::with_capacity(part.len()))
+                        .collect();
+                    for _ in 0..rounds {
+                        for (path, out) in paths.iter().zip(outs.iter_mut()) {
+                            barrier.wait();
+                            out.clear();
+                            for chunk in part.chunks(BATCH) {
+                                path(chunk, out);
+                            }
+                            barrier.wait();
+                        }
+                    }
+                    outs
+                })
+            })
+            .collect();
+        for _ in 0..rounds {
+            for t in times.iter_mut() {
+                barrier.wait();
+                let start = Instant::now();
+                barrier.wait();
+                t.push(start.elapsed().as_secs_f64());
+            }
         }
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("bench thread"))
+            .collect()
     });
-    start.elapsed().as_secs_f64()
+    // Outcomes per path, in request order.
+    let per_path = (0..paths.len())
+        .map(|p| outs.iter().flat_map(|o| o[p].iter().cloned()).collect())
+        .collect();
+    (times, per_path)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -209,25 +247,23 @@ pub fn run(op: &str, count: usize, threads: usize) -> Result<BenchReport, String
     let profile = op.strip_prefix("cvn_").and_then(CvnProfile::from_name);
     let req = requests(profile, count, &mut rng);
     let cmds = commands(op, &req, &mut rng);
-    let (mut scalar_s, mut batched_s) = (Vec::new(), Vec::new());
-    let share = count.div_ceil(threads);
-    let buffers =
-        || -> Vec<Vec<Outcome>> { (0..threads).map(|_| Vec::with_capacity(share)).collect() };
-    let (mut scalar_out, mut batched_out) = (buffers(), buffers());
-    // TESSERA_BENCH_BATCHED_ONLY=1 skips the scalar rounds (and the
-    // comparison), to profile the batched path alone.
+    // TESSERA_BENCH_BATCHED_ONLY=1 runs the batched path alone (to
+    // profile it), compared with itself.
     let batched_only = std::env::var_os("TESSERA_BENCH_BATCHED_ONLY").is_some();
-    for _ in 0..ROUNDS {
-        if !batched_only {
-            scalar_s.push(timed(&cmds, &mut scalar_out, execute_scalar_into));
-        }
-        batched_s.push(timed(&cmds, &mut batched_out, execute_into));
-    }
-    if batched_only {
-        scalar_s.push(f64::NAN);
-        scalar_out.clone_from(&batched_out);
-    }
-    let (scalar_out, batched_out) = (scalar_out.concat(), batched_out.concat());
+    let paths: Vec<Path> = if batched_only {
+        vec![execute_into, execute_into]
+    } else {
+        vec![execute_scalar_into, execute_into]
+    };
+    let (mut times, mut outs) = timed_rounds(&cmds, threads, ROUNDS, &paths);
+    let (batched_s, scalar_s) = (
+        times.pop().expect("two paths"),
+        times.pop().expect("two paths"),
+    );
+    let (batched_out, scalar_out) = (
+        outs.pop().expect("two paths"),
+        outs.pop().expect("two paths"),
+    );
     if let Some(i) = (0..count).find(|&i| scalar_out[i] != batched_out[i]) {
         return Err(format!(
             "batched and scalar outcomes differ at request {i}: {:?} vs {:?}",
