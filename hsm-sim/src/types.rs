@@ -42,6 +42,55 @@ pub(crate) fn pack_nibbles(digits: &[u8]) -> Vec<u8> {
         .collect()
 }
 
+/// [`pack_nibbles`] into an array of `N` bytes (`digits` has `2N`), with
+/// no allocation: the batched path packs several inputs per request.
+pub(crate) fn pack_nibbles_array<const N: usize>(digits: &[u8]) -> [u8; N] {
+    debug_assert_eq!(digits.len(), 2 * N);
+    let mut out = [0u8; N];
+    for (o, p) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        *o = (nibble(p[0]) << 4) | nibble(p[1]);
+    }
+    out
+}
+
+/// Up to 32 ASCII digits in a fixed buffer: the CVV-family inputs (at
+/// most 26 digits) built without allocating.
+#[derive(Clone, Copy)]
+pub(crate) struct DigitString {
+    bytes: [u8; 32],
+    len: usize,
+    /// Digits that did not fit (an input longer than 32 digits).
+    overflow: usize,
+}
+
+impl DigitString {
+    pub(crate) fn new() -> Self {
+        Self {
+            bytes: [b'0'; 32],
+            len: 0,
+            overflow: 0,
+        }
+    }
+
+    pub(crate) fn push(&mut self, digits: &[u8]) {
+        let room = 32 - self.len;
+        let n = digits.len().min(room);
+        self.bytes[self.len..self.len + n].copy_from_slice(&digits[..n]);
+        self.len += n;
+        self.overflow += digits.len() - n;
+    }
+
+    /// The number of digits pushed (including any that did not fit).
+    pub(crate) fn total_len(&self) -> usize {
+        self.len + self.overflow
+    }
+
+    /// The digits right-padded with `0` to 32.
+    pub(crate) fn padded(&self) -> &[u8; 32] {
+        &self.bytes
+    }
+}
+
 fn nibble(c: u8) -> u8 {
     match c {
         b'0'..=b'9' => c - b'0',
@@ -116,6 +165,11 @@ macro_rules! fixed_digits {
             /// The digits as a string slice.
             pub fn as_str(&self) -> &str {
                 std::str::from_utf8(&self.0).expect("validated ASCII digits")
+            }
+
+            /// The ASCII digits.
+            pub fn as_bytes(&self) -> &[u8] {
+                &self.0
             }
         }
     };

@@ -38,7 +38,7 @@ pub(crate) fn option_a_y(pan: &Pan, psn: Psn) -> [u8; 8] {
     let digits = pan.digits().as_bytes();
     let n = digits.len() + 2;
     x[21 - n..19].copy_from_slice(digits);
-    x[19..].copy_from_slice(psn.as_str().as_bytes());
+    x[19..].copy_from_slice(psn.as_bytes());
     pack_y(&x[5..])
 }
 
@@ -75,9 +75,7 @@ pub(crate) fn y_block(method: MkDerivation, pan: &Pan, psn: Psn) -> [u8; 8] {
 }
 
 fn pack_y(y_digits: &[u8]) -> [u8; 8] {
-    pack_nibbles(y_digits)
-        .try_into()
-        .expect("16 digits pack into 8 bytes")
+    crate::types::pack_nibbles_array(y_digits)
 }
 
 /// `MK = E(IMK, Y) || E(IMK, Y xor FF..FF)`, odd parity.

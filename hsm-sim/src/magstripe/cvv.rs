@@ -9,7 +9,7 @@
 use crate::primitives::ct::ct_eq;
 use crate::primitives::mac::retail_mac;
 use crate::primitives::padding::Padding;
-use crate::types::{pack_nibbles, Expiry, Pan, ServiceCode};
+use crate::types::{pack_nibbles_array, DigitString, Expiry, Pan, ServiceCode};
 use crate::{CryptoError, TdesKey};
 
 /// A 3-digit card verification value, as ASCII digits.
@@ -22,18 +22,17 @@ pub fn cvv(
     expiry: Expiry,
     service_code: ServiceCode,
 ) -> Result<Cvv, CryptoError> {
-    cvv_of_nibbles(cvk, &cvv_digits(pan, expiry, service_code))
+    cvv_of_digits(cvk, &cvv_digits(pan, expiry, service_code))
 }
 
 /// The CVV input digits: PAN || expiry || service code.
-pub(crate) fn cvv_digits(pan: &Pan, expiry: Expiry, service_code: ServiceCode) -> Vec<u8> {
-    let mut block = Vec::with_capacity(32);
-    block.extend_from_slice(pan.digits().as_bytes());
-    block.extend_from_slice(expiry.as_str().as_bytes());
-    block.extend_from_slice(service_code.as_str().as_bytes());
-    block
+pub(crate) fn cvv_digits(pan: &Pan, expiry: Expiry, service_code: ServiceCode) -> DigitString {
+    let mut d = DigitString::new();
+    d.push(pan.digits().as_bytes());
+    d.push(expiry.as_bytes());
+    d.push(service_code.as_bytes());
+    d
 }
-
 /// Check a CVV in constant time.
 pub fn verify_cvv(
     cvk: &TdesKey,
@@ -47,7 +46,7 @@ pub fn verify_cvv(
 
 /// The CVV algorithm over up to 32 hex-digit characters (`0-9`, `A-F`),
 /// right-padded with `0`. dCVV feeds it an ATC-altered PAN.
-pub(crate) fn cvv_of_nibbles(cvk: &TdesKey, digits: &[u8]) -> Result<Cvv, CryptoError> {
+pub(crate) fn cvv_of_digits(cvk: &TdesKey, digits: &DigitString) -> Result<Cvv, CryptoError> {
     let input = cvv_mac_input(digits)?;
     if cvk.len() != 16 {
         return Err(CryptoError::length("CVK", "16", cvk.len()));
@@ -59,19 +58,15 @@ pub(crate) fn cvv_of_nibbles(cvk: &TdesKey, digits: &[u8]) -> Result<Cvv, Crypto
 
 /// The 16 bytes the CVV key MACs: the digits right-padded with zeros to 32
 /// and packed.
-pub(crate) fn cvv_mac_input(digits: &[u8]) -> Result<[u8; 16], CryptoError> {
-    if digits.len() > 32 {
+pub(crate) fn cvv_mac_input(digits: &DigitString) -> Result<[u8; 16], CryptoError> {
+    if digits.total_len() > 32 {
         return Err(CryptoError::length(
             "CVV input digits",
             "at most 32",
-            digits.len(),
+            digits.total_len(),
         ));
     }
-    let mut padded = [b'0'; 32];
-    padded[..digits.len()].copy_from_slice(digits);
-    Ok(pack_nibbles(&padded)
-        .try_into()
-        .expect("32 digits pack into 16 bytes"))
+    Ok(pack_nibbles_array(digits.padded()))
 }
 
 #[cfg(test)]

@@ -7,10 +7,10 @@
 //! follows jPOS: the ATC enters as 4 upper-case hex characters, the PSN is
 //! a parameter (default `00`), and the service code is included.
 
-use super::cvv::{cvv_of_nibbles, Cvv};
+use super::cvv::{cvv_of_digits, Cvv};
 use crate::emv::mk::option_a;
 use crate::primitives::ct::ct_eq;
-use crate::types::{Atc, Expiry, Pan, Psn, ServiceCode};
+use crate::types::{Atc, DigitString, Expiry, Pan, Psn, ServiceCode};
 use crate::{CryptoError, TdesKey};
 
 /// The dCVV of one transaction.
@@ -34,7 +34,7 @@ pub fn dcvv_with_udk(
     service_code: ServiceCode,
     atc: Atc,
 ) -> Result<Cvv, CryptoError> {
-    cvv_of_nibbles(udk, &dcvv_digits(pan, expiry_yymm, service_code, atc))
+    cvv_of_digits(udk, &dcvv_digits(pan, expiry_yymm, service_code, atc))
 }
 
 /// The dCVV input digits: hex(ATC) (4 characters) || PAN from its fifth
@@ -44,18 +44,16 @@ pub(crate) fn dcvv_digits(
     expiry_yymm: Expiry,
     service_code: ServiceCode,
     atc: Atc,
-) -> Vec<u8> {
-    let mut block = Vec::with_capacity(32);
+) -> DigitString {
+    let mut d = DigitString::new();
     // hex(ATC), 4 upper-case characters.
-    for shift in [12, 8, 4, 0] {
-        block.push(b"0123456789ABCDEF"[usize::from((atc.0 >> shift) & 0xF)]);
-    }
-    block.extend_from_slice(&pan.digits().as_bytes()[4..]);
-    block.extend_from_slice(expiry_yymm.as_str().as_bytes());
-    block.extend_from_slice(service_code.as_str().as_bytes());
-    block
+    let hex = [12, 8, 4, 0].map(|shift| b"0123456789ABCDEF"[usize::from((atc.0 >> shift) & 0xF)]);
+    d.push(&hex);
+    d.push(&pan.digits().as_bytes()[4..]);
+    d.push(expiry_yymm.as_bytes());
+    d.push(service_code.as_bytes());
+    d
 }
-
 /// Check a dCVV in constant time.
 pub fn verify_dcvv(
     imk_dcvv: &TdesKey,
