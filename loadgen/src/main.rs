@@ -62,7 +62,7 @@ domain_violation, amount_mismatch, malformed, reversal (default: the demo's rate
         #[arg(long)]
         warmup: Option<usize>,
         /// Transactions to prepare; sending stops early if they run out
-        /// [default: 1.5 x duration x the rate (open loop) or x 60,000/s (closed loop), + 10,000].
+        /// [default: 1.5 x duration x the rate (open loop) or x 100,000/s (closed loop), + 10,000].
         #[arg(long)]
         pool: Option<usize>,
         /// Open loop: requests per second (latency from each scheduled send time).
@@ -188,7 +188,7 @@ fn run_cli(cli: Cli) -> Result<bool, String> {
                     in_flight: n.unwrap_or(64),
                 },
             };
-            let per_s = rate.unwrap_or(60_000.0);
+            let per_s = rate.unwrap_or(engine::demo::CLOSED_LOOP_ESTIMATE_PER_S);
             let count = pool.unwrap_or((per_s * duration.as_secs_f64() * 1.5) as usize + 10_000);
             let warmup = warmup.unwrap_or((count / 200).max(5_000));
             let pool = prepare(
