@@ -187,5 +187,38 @@ fn batched(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, baseline, arqc_verification, magstripe, batched);
+/// AES: one block at a time against the multi-block path (AES-NI with
+/// eight blocks in flight), as the vault's PAN keystream uses it.
+fn aes_blocks(c: &mut Criterion) {
+    let key = hsm_sim::AesKey::new(&[0x42; 32]).expect("key");
+    let mut group = c.benchmark_group("aes256_64_blocks");
+    group.throughput(criterion::Throughput::Elements(64));
+    group.bench_function("one_at_a_time", |b| {
+        let blocks = [[7u8; 16]; 64];
+        b.iter(|| {
+            let mut out = [[0u8; 16]; 64];
+            for (o, i) in out.iter_mut().zip(blocks.iter()) {
+                *o = key.encrypt_block(black_box(*i));
+            }
+            out
+        })
+    });
+    group.bench_function("encrypt_blocks", |b| {
+        b.iter(|| {
+            let mut blocks = [[7u8; 16]; 64];
+            key.encrypt_blocks(black_box(&mut blocks));
+            blocks
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    baseline,
+    arqc_verification,
+    magstripe,
+    batched,
+    aes_blocks
+);
 criterion_main!(benches);
