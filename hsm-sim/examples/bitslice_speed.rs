@@ -1,3 +1,9 @@
+//! Nanoseconds per TDES block per lane for each bitslice kernel this CPU
+//! has (65,536 lanes, best of five): the figures behind the chunk-size
+//! thresholds in `primitives/bitslice/mod.rs` and `batched/mac_batch.rs`.
+//!
+//! `cargo run --release -p hsm-sim --example bitslice_speed`
+
 use hsm_sim::primitives::bitslice::{retail_mac_lanes_with, Kernel};
 fn main() {
     let n = 1 << 16;

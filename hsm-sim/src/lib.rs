@@ -9,7 +9,9 @@
 //!
 //! Layout, from the bottom up:
 //! - [`primitives`]: DES/TDES and AES keys, ISO 9797-1 padding and MACs,
-//!   CMAC, key check values, DES parity, constant-time comparison.
+//!   CMAC, key check values, DES parity, constant-time comparison, and the
+//!   bitsliced DES kernels ([`primitives::bitslice`]: many lanes, each with
+//!   its own key, in `u64`, AVX2 or AVX-512 words).
 //! - [`types`]: validated PAN, PSN, ATC, PIN, expiry, service code.
 //! - [`emv`]: ICC master keys, session keys, AC/ARPC, secure messaging and
 //!   the CVN profiles that combine them.
@@ -18,6 +20,11 @@
 //! - [`tr31`]: TR-31 key blocks A, B, C and D.
 //! - [`keyfile`]: the JSON key file, checked against its KCVs on load.
 //! - [`batch`]: the JSON request/answer layer of `tessera-hsm batch`.
+//! - [`batched`]: the batch API (commands in, outcomes out, in order) that
+//!   runs every DES-family step of a batch through the bitsliced kernels,
+//!   and its scalar reference.
+//! - [`bench`]: `tessera-hsm bench`, the scalar and batched paths timed on
+//!   the same requests.
 //!
 //! Every algorithm is described, with its sources and open points, in the
 //! project's `crypto-algorithms.md`, and tested against the published

@@ -62,6 +62,13 @@ impl Kernel {
         }
     }
 
+    /// The widest kernel this CPU can run (whatever `TESSERA_BITSLICE`
+    /// says).
+    pub fn widest_available() -> Kernel {
+        static WIDEST: OnceLock<Kernel> = OnceLock::new();
+        *WIDEST.get_or_init(|| Self::available().into_iter().max().unwrap_or(Self::Portable))
+    }
+
     /// The kernels this CPU can run, narrowest first.
     pub fn available() -> Vec<Kernel> {
         let mut out = vec![Self::Portable];
@@ -148,9 +155,10 @@ pub fn retail_mac_lanes(keys: &[[u8; 16]], data: &[u8], blocks: usize, out: &mut
 /// [`retail_mac_lanes`] with at most the given kernel (for tests and
 /// benchmarks that compare kernels).
 ///
+/// A kernel wider than the CPU has is capped to what it has.
+///
 /// # Panics
-/// If the slices' lengths disagree, `blocks` is 0, or the CPU lacks the
-/// kernel asked for.
+/// If the slices' lengths disagree or `blocks` is 0 (a bug in the caller).
 pub fn retail_mac_lanes_with(
     widest: Kernel,
     keys: &[[u8; 16]],
@@ -201,6 +209,7 @@ pub(crate) fn run_lanes<L: LaneSource>(
     put: &mut dyn FnMut(usize, [u8; 8]),
 ) {
     let n = src.count();
+    let widest = widest.min(Kernel::widest_available());
     let mut start = 0;
     while start < n {
         let left = n - start;
