@@ -18,6 +18,7 @@ use crate::emv::profile::CardDataLayout;
 use crate::emv::{ArpcInput, CvnProfile, TerminalData};
 use crate::primitives::bitslice::Kernel;
 use crate::types::{Atc, Expiry, Pan, Psn, ServiceCode};
+use crate::xorshift::XorShift as Rng;
 use crate::TdesKey;
 
 /// Commands per call of the batched path (what one engine worker would
@@ -56,20 +57,6 @@ pub fn op_names() -> Vec<String> {
     names
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn bytes<const N: usize>(&mut self) -> [u8; N] {
-        std::array::from_fn(|_| self.next() as u8)
-    }
-}
-
 /// What the generated commands borrow.
 struct Requests {
     key: TdesKey,
@@ -95,7 +82,7 @@ fn requests(profile: Option<CvnProfile>, count: usize, rng: &mut Rng) -> Request
             })
             .collect(),
         card_data: (0..count)
-            .map(|_| (0..card_len).map(|_| rng.next() as u8).collect())
+            .map(|_| (0..card_len).map(|_| rng.next_u64() as u8).collect())
             .collect(),
         arpc: match profile.map(|p| p.arpc_method()) {
             Some(2) => ArpcInput::Method2 {
@@ -112,7 +99,7 @@ fn commands<'a>(op: &str, req: &'a Requests, rng: &mut Rng) -> Vec<Command<'a>> 
     (0..req.pans.len())
         .map(|i| {
             let pan = &req.pans[i];
-            let atc = Atc(rng.next() as u16);
+            let atc = Atc(rng.next_u64() as u16);
             match (op, profile) {
                 (_, Some(profile)) => {
                     let mut terminal = TerminalData {
@@ -243,7 +230,7 @@ pub fn run(op: &str, count: usize, threads: usize) -> Result<BenchReport, String
         return Err("--count must be at least 1".into());
     }
     let threads = threads.max(1);
-    let mut rng = Rng(0x7E55_E2A0_0000_0001 ^ count as u64);
+    let mut rng = Rng::new(0x7E55_E2A0_0000_0001 ^ count as u64);
     let profile = op.strip_prefix("cvn_").and_then(CvnProfile::from_name);
     let req = requests(profile, count, &mut rng);
     let cmds = commands(op, &req, &mut rng);

@@ -42,6 +42,7 @@ pub mod perso;
 pub mod primitives;
 pub mod tr31;
 pub mod types;
+mod xorshift;
 
 pub use error::CryptoError;
 pub use primitives::aes::AesKey;

@@ -3,20 +3,18 @@
 use super::*;
 use crate::emv::IssuerMasterKeys;
 
-struct Rng(u64);
+/// The shared generator, with the digit strings these tests need.
+struct Rng(crate::xorshift::XorShift);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+        self.0.next_u64()
     }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.0.below(n)
     }
     fn bytes<const N: usize>(&mut self) -> [u8; N] {
-        std::array::from_fn(|_| self.next() as u8)
+        self.0.bytes()
     }
     fn digits(&mut self, n: usize) -> String {
         (0..n)
@@ -200,7 +198,7 @@ fn commands<'a>(rng: &mut Rng, inp: &'a Inputs, cards: &'a [Vec<u8>]) -> Vec<Com
 
 #[test]
 fn batched_equals_scalar_for_random_mixed_batches() {
-    let mut rng = Rng(0xDEC0_DE00_1234_5678);
+    let mut rng = Rng(crate::xorshift::XorShift::new(0xDEC0_DE00_1234_5678));
     let mut valid = 0;
     for size in [1, 3, 17, 200, 1500] {
         let inp = inputs(&mut rng, size);

@@ -66,7 +66,12 @@ impl Kernel {
     /// says).
     pub fn widest_available() -> Kernel {
         static WIDEST: OnceLock<Kernel> = OnceLock::new();
-        *WIDEST.get_or_init(|| Self::available().into_iter().max().unwrap_or(Self::Portable))
+        *WIDEST.get_or_init(|| {
+            Self::available()
+                .into_iter()
+                .max()
+                .unwrap_or(Self::Portable)
+        })
     }
 
     /// The kernels this CPU can run, narrowest first.

@@ -20,7 +20,7 @@ use std::arch::x86_64::{
 };
 use std::ops::{BitAnd, BitOr, BitXor, Not};
 
-use super::kernel::{self, Block};
+use super::kernel::Block;
 use super::word::Word;
 use super::Backend;
 
@@ -171,86 +171,61 @@ simd_word!(
     "AVX-512F"
 );
 
-/// Proof that the CPU has AVX2.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Avx2(());
+/// A backend: a zero-sized proof that the CPU has the feature, made only
+/// by `detect()`, and the `#[target_feature]` entry points that compile the
+/// generic kernel with the feature's instructions.
+macro_rules! backend {
+    ($name:ident, $word:ident, $entry:ident, $feature:tt, $what:literal) => {
+        #[doc = concat!("Proof that the CPU has ", $what, ".")]
+        #[derive(Clone, Copy, Debug)]
+        pub(crate) struct $name(());
 
-impl Avx2 {
-    /// The backend, if this CPU has AVX2.
-    pub(crate) fn detect() -> Option<Self> {
-        is_x86_feature_detected!("avx2").then_some(Self(()))
-    }
+        impl $name {
+            #[doc = concat!("The backend, if this CPU has ", $what, ".")]
+            pub(crate) fn detect() -> Option<Self> {
+                is_x86_feature_detected!($feature).then_some(Self(()))
+            }
+        }
+
+        /// The entry points, compiled with the feature enabled.
+        mod $entry {
+            use super::super::kernel::{self, Block};
+            use super::$word;
+
+            #[target_feature(enable = $feature)]
+            pub(super) fn des(key: &Block<$word>, block: &mut Block<$word>, decrypt: bool) {
+                kernel::des(key, block, decrypt);
+            }
+
+            #[target_feature(enable = $feature)]
+            pub(super) fn xor(dst: &mut Block<$word>, src: &Block<$word>) {
+                kernel::xor(dst, src);
+            }
+
+            #[target_feature(enable = $feature)]
+            pub(super) fn transpose(block: &mut Block<$word>) {
+                kernel::transpose(block);
+            }
+        }
+
+        impl Backend for $name {
+            type W = $word;
+            fn des(self, key: &Block<$word>, block: &mut Block<$word>, decrypt: bool) {
+                // SAFETY: a value of this type exists only if `detect` found
+                // the feature on this CPU.
+                unsafe { $entry::des(key, block, decrypt) }
+            }
+            fn xor(self, dst: &mut Block<$word>, src: &Block<$word>) {
+                // SAFETY: as for `des`.
+                unsafe { $entry::xor(dst, src) }
+            }
+            fn transpose(self, block: &mut Block<$word>) {
+                // SAFETY: as for `des`.
+                unsafe { $entry::transpose(block) }
+            }
+        }
+    };
 }
 
-#[target_feature(enable = "avx2")]
-fn transpose_avx2(block: &mut Block<Avx2Word>) {
-    kernel::transpose(block);
-}
-
-#[target_feature(enable = "avx2")]
-fn xor_avx2(dst: &mut Block<Avx2Word>, src: &Block<Avx2Word>) {
-    kernel::xor(dst, src);
-}
-
-#[target_feature(enable = "avx2")]
-fn des_avx2(key: &Block<Avx2Word>, block: &mut Block<Avx2Word>, decrypt: bool) {
-    kernel::des(key, block, decrypt);
-}
-
-impl Backend for Avx2 {
-    type W = Avx2Word;
-    fn des(self, key: &Block<Avx2Word>, block: &mut Block<Avx2Word>, decrypt: bool) {
-        // SAFETY: an `Avx2` value exists only if the CPU has AVX2.
-        unsafe { des_avx2(key, block, decrypt) }
-    }
-    fn xor(self, dst: &mut Block<Avx2Word>, src: &Block<Avx2Word>) {
-        // SAFETY: an `Avx2` value exists only if the CPU has AVX2.
-        unsafe { xor_avx2(dst, src) }
-    }
-    fn transpose(self, block: &mut Block<Avx2Word>) {
-        // SAFETY: an `Avx2` value exists only if the CPU has AVX2.
-        unsafe { transpose_avx2(block) }
-    }
-}
-
-/// Proof that the CPU has AVX-512F.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Avx512(());
-
-impl Avx512 {
-    /// The backend, if this CPU has AVX-512F.
-    pub(crate) fn detect() -> Option<Self> {
-        is_x86_feature_detected!("avx512f").then_some(Self(()))
-    }
-}
-
-#[target_feature(enable = "avx512f")]
-fn transpose_avx512(block: &mut Block<Avx512Word>) {
-    kernel::transpose(block);
-}
-
-#[target_feature(enable = "avx512f")]
-fn xor_avx512(dst: &mut Block<Avx512Word>, src: &Block<Avx512Word>) {
-    kernel::xor(dst, src);
-}
-
-#[target_feature(enable = "avx512f")]
-fn des_avx512(key: &Block<Avx512Word>, block: &mut Block<Avx512Word>, decrypt: bool) {
-    kernel::des(key, block, decrypt);
-}
-
-impl Backend for Avx512 {
-    type W = Avx512Word;
-    fn des(self, key: &Block<Avx512Word>, block: &mut Block<Avx512Word>, decrypt: bool) {
-        // SAFETY: an `Avx512` value exists only if the CPU has AVX-512F.
-        unsafe { des_avx512(key, block, decrypt) }
-    }
-    fn xor(self, dst: &mut Block<Avx512Word>, src: &Block<Avx512Word>) {
-        // SAFETY: an `Avx512` value exists only if the CPU has AVX-512F.
-        unsafe { xor_avx512(dst, src) }
-    }
-    fn transpose(self, block: &mut Block<Avx512Word>) {
-        // SAFETY: an `Avx512` value exists only if the CPU has AVX-512F.
-        unsafe { transpose_avx512(block) }
-    }
-}
+backend!(Avx2, Avx2Word, avx2, "avx2", "AVX2");
+backend!(Avx512, Avx512Word, avx512, "avx512f", "AVX-512F");

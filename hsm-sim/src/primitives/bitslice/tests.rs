@@ -3,27 +3,12 @@
 use super::{retail_mac_lanes_with, Kernel};
 use crate::primitives::mac::retail_mac;
 use crate::primitives::padding::Padding;
+use crate::xorshift::XorShift as Rng;
 use crate::TdesKey;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn fill(&mut self, b: &mut [u8]) {
-        for x in b {
-            *x = self.next() as u8;
-        }
-    }
-}
 
 #[allow(clippy::needless_range_loop)] // c indexes keys, data and output
 fn check(kernel: Kernel, lanes: usize, blocks: usize, seed: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut keys = vec![[0u8; 16]; lanes];
     keys.iter_mut().for_each(|k| rng.fill(k));
     let mut data = vec![0u8; lanes * blocks * 8];
@@ -85,7 +70,7 @@ fn best_kernel_is_available() {
 fn a_million_random_lanes_match_the_scalar_path() {
     const LANES: usize = 1 << 20;
     const BATCH: usize = 4096;
-    let mut rng = Rng(0x0BAD_5EED_CAFE_F00D);
+    let mut rng = Rng::new(0x0BAD_5EED_CAFE_F00D);
     let kernels = Kernel::available();
     let mut compared = 0;
     for batch in 0..LANES / BATCH {
