@@ -54,8 +54,9 @@ pub(crate) fn pack_nibbles_array<const N: usize>(digits: &[u8]) -> [u8; N] {
 }
 
 /// Up to 32 ASCII digits in a fixed buffer: the CVV-family inputs (at
-/// most 26 digits) built without allocating.
-#[derive(Clone, Copy)]
+/// most 26 digits) built without allocating. They include PAN digits, so
+/// the buffer is wiped on drop.
+#[derive(Clone)]
 pub(crate) struct DigitString {
     bytes: [u8; 32],
     len: usize,
@@ -88,6 +89,12 @@ impl DigitString {
     /// The digits right-padded with `0` to 32.
     pub(crate) fn padded(&self) -> &[u8; 32] {
         &self.bytes
+    }
+}
+
+impl Drop for DigitString {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.bytes);
     }
 }
 

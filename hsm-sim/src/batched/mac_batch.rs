@@ -54,7 +54,7 @@ impl MacBatch {
         r
     }
 
-    /// Forget every job, wiping keys and results. Only the used part is
+    /// Forget every job, wiping keys, data and results. Only the used part is
     /// wiped: the spare capacity never held a secret, because buffers grow
     /// only in [`MacBatch::reserve`], before anything is pushed.
     pub(super) fn clear(&mut self) {
@@ -62,6 +62,8 @@ impl MacBatch {
         self.keys.clear();
         self.out.as_flattened_mut().zeroize();
         self.out.clear();
+        // The data holds PAN-derived blocks (Option A/B, CVV digits).
+        self.data.as_mut_slice().zeroize();
         self.data.clear();
         self.spans.clear();
         self.order.clear();

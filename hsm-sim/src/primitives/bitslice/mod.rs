@@ -286,6 +286,8 @@ impl<L: LaneSource> MacJob<'_, L> {
         store(backend, &mut state, n, |c, v| {
             put(first + c, v.to_be_bytes())
         });
+        // The MACs of a key derivation are key halves: wipe them too.
+        B::W::wipe(&mut state);
     }
 }
 
