@@ -86,22 +86,22 @@ pub fn authorization(pk: &ProfileKeys, t: &CardTxn) -> Result<IsoMessage, CardEr
     let pan = Pan::new(&t.token).map_err(|e| CardError(e.to_string()))?;
     let psn = Psn::new(&format!("{:02}", t.psn)).map_err(|e| CardError(e.to_string()))?;
     let mut m = IsoMessage::new(*b"0100");
-    m.set(3, b"000000".to_vec());
+    m.set(3, b"000000");
     m.set(4, format!("{:012}", t.amount).into_bytes());
-    m.set(7, b"1121120000".to_vec());
+    m.set(7, b"1121120000");
     m.set(11, format!("{:06}", t.stan % 1_000_000).into_bytes());
-    m.set(12, b"120000".to_vec());
-    m.set(13, b"1121".to_vec());
+    m.set(12, b"120000");
+    m.set(13, b"1121");
     m.set(23, format!("0{:02}", t.psn).into_bytes());
     m.set(37, format!("{:012}", t.stan).into_bytes());
-    m.set(41, b"TERM0001".to_vec());
-    m.set(42, b"MERCHANT0000001".to_vec());
+    m.set(41, b"TERM0001");
+    m.set(42, b"MERCHANT0000001");
     m.set(49, format!("{:03}", t.currency).into_bytes());
     match (&pk.keys, pk.profile.scheme) {
         (SchemeKeys::Emv(imk), Scheme::Emv(profile)) => {
             m.set(2, t.token.clone().into_bytes());
-            m.set(14, t.expiry.to_vec());
-            m.set(22, b"071".to_vec());
+            m.set(14, t.expiry);
+            m.set(22, b"071");
             let terminal = TerminalData {
                 amount_authorised: bcd(t.amount, 6).try_into().expect("6 bytes"),
                 amount_other: [0; 6],
@@ -165,7 +165,7 @@ pub fn authorization(pk: &ProfileKeys, t: &CardTxn) -> Result<IsoMessage, CardEr
                 un_digits.as_bytes(),
                 format!("{:05}", t.atc).as_bytes(),
             );
-            m.set(22, b"911".to_vec());
+            m.set(22, b"911");
             m.set(
                 35,
                 track2_ascii(&t.token, &t.expiry, &pk.profile.service_code, &dd),
@@ -181,7 +181,7 @@ pub fn authorization(pk: &ProfileKeys, t: &CardTxn) -> Result<IsoMessage, CardEr
             let code = dcvv::dcvv_with_udk(&udk, &pan, expiry, sc, Atc(t.atc))
                 .map_err(|e| CardError(e.to_string()))?;
             let dd = track::fill(template, &code, b"", format!("{:05}", t.atc).as_bytes());
-            m.set(22, b"911".to_vec());
+            m.set(22, b"911");
             m.set(
                 35,
                 track2_ascii(&t.token, &t.expiry, &pk.profile.service_code, &dd),

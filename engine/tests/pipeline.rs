@@ -207,12 +207,12 @@ fn declines_with_their_codes() {
 
     // Amount in DE 4 differs from 9F02.
     let mut req = authorization(pk, &txn(&a, 2)).unwrap();
-    req.set(4, b"000000009999".to_vec());
+    req.set(4, b"000000009999");
     assert_eq!(code(&run(&s.pipeline, &req)), "88");
 
     // Unknown token.
     let mut req = authorization(pk, &txn(&a, 3)).unwrap();
-    req.set(2, b"5204730000000000".to_vec());
+    req.set(2, b"5204730000000000");
     assert_eq!(code(&run(&s.pipeline, &req)), "14");
 
     // Suspended, then deleted.
@@ -229,7 +229,7 @@ fn declines_with_their_codes() {
 
     // Expiry mismatch.
     let mut req = authorization(pk, &txn(&c, 1)).unwrap();
-    req.set(14, b"2501".to_vec());
+    req.set(14, b"2501");
     assert_eq!(code(&run(&s.pipeline, &req)), "54");
 
     // Domain controls and velocity on a token of its own.
@@ -261,7 +261,7 @@ fn declines_with_their_codes() {
         "57"
     );
     let mut wrong_mode = authorization(pk, &txn(&view, 2)).unwrap();
-    wrong_mode.set(22, b"051".to_vec());
+    wrong_mode.set(22, b"051");
     assert_eq!(code(&run(&s.pipeline, &wrong_mode)), "57");
     assert_eq!(
         code(&run(
@@ -293,14 +293,14 @@ fn format_errors_network_messages_and_responses() {
     assert_eq!(r.get_str(11), Some("123456"));
     // A response is never answered.
     let mut resp = IsoMessage::new(*b"0110");
-    resp.set(11, b"000001".to_vec());
+    resp.set(11, b"000001");
     let bytes = Dialect::Ascii.encode(&resp).unwrap();
     assert!(s.pipeline.answer_batch(&[&bytes])[0].is_none());
     // 0800 echo test.
     let mut echo = IsoMessage::new(*b"0800");
-    echo.set(7, b"1121120000".to_vec());
-    echo.set(11, b"000002".to_vec());
-    echo.set(70, b"301".to_vec());
+    echo.set(7, b"1121120000");
+    echo.set(11, b"000002");
+    echo.set(70, b"301");
     let r = run(&s.pipeline, &echo);
     assert_eq!(
         (r.mti(), code(&r), r.get_str(70)),
@@ -362,10 +362,10 @@ fn retransmissions_are_answered_from_the_cache_and_reversals_undo_velocity() {
     let mut rev = IsoMessage::new(*b"0400");
     for f in [2, 3, 4, 7, 11, 41, 49] {
         if let Some(val) = req.get(f) {
-            rev.set(f, val.to_vec());
+            rev.set(f, val);
         }
     }
-    rev.set(11, b"000555".to_vec());
+    rev.set(11, b"000555");
     let de90 = format!(
         "0100{}{}{:011}{:011}",
         req.get_str(11).unwrap(),
@@ -412,10 +412,10 @@ fn issuer(
                 let pan_ok = pans.get(&token).map(String::as_bytes) == req.get(2);
                 let mut a = IsoMessage::new(*b"0110");
                 for f in [2, 11, 41] {
-                    a.set(f, req.get(f).unwrap().to_vec());
+                    a.set(f, req.get(f).unwrap());
                 }
-                a.set(39, if pan_ok { code } else { "05" }.as_bytes().to_vec());
-                a.set(38, b"ISS123".to_vec());
+                a.set(39, if pan_ok { code } else { "05" }.as_bytes());
+                a.set(38, b"ISS123");
                 let out = Dialect::Ascii.encode(&a).unwrap();
                 let mut framed = (out.len() as u16).to_be_bytes().to_vec();
                 framed.extend_from_slice(&out);

@@ -134,9 +134,9 @@ fn request(e: &Engine, i: usize, atc: u16) -> Vec<u8> {
 /// A fresh connection answers an 0800 echo: the server is alive.
 fn alive(e: &Engine) -> bool {
     let mut m = IsoMessage::new(*b"0800");
-    m.set(7, b"1121120000".to_vec());
-    m.set(11, b"000999".to_vec());
-    m.set(70, b"301".to_vec());
+    m.set(7, b"1121120000");
+    m.set(11, b"000999");
+    m.set(70, b"301");
     let Ok(mut s) = TcpStream::connect(&e.addr) else {
         return false;
     };
@@ -326,7 +326,7 @@ fn decline_outcomes_over_tcp() {
     s.write_all(&frame(&request(&e, 7, 20))).unwrap();
     assert_eq!(read_answer(&mut s).get_str(39), Some("00"));
     let mut replay = Dialect::Ascii.decode(&request(&e, 7, 20)).unwrap();
-    replay.set(11, b"999001".to_vec());
+    replay.set(11, b"999001");
     s.write_all(&frame(&Dialect::Ascii.encode(&replay).unwrap()))
         .unwrap();
     let a = read_answer(&mut s);
@@ -338,7 +338,7 @@ fn decline_outcomes_over_tcp() {
     assert_eq!(a.get_str(44), Some("ATC_REPLAY"));
     // Unknown token: 14.
     let mut unknown = Dialect::Ascii.decode(&request(&e, 8, 21)).unwrap();
-    unknown.set(2, b"5204730000000000".to_vec());
+    unknown.set(2, b"5204730000000000");
     unknown.remove(35);
     s.write_all(&frame(&Dialect::Ascii.encode(&unknown).unwrap()))
         .unwrap();

@@ -407,7 +407,7 @@ impl Dialect {
         // Each field takes at least one byte, so this never reserves more
         // entries than the input could fill.
         let count = (data_bits.count_ones() as usize).min(bytes.len() - pos);
-        let mut msg = IsoMessage::with_capacity(mti, count);
+        let mut msg = IsoMessage::with_capacity(mti, count, bytes.len() - pos);
         let mut remaining = data_bits;
         while remaining != 0 {
             let lz = remaining.leading_zeros();
@@ -420,17 +420,19 @@ impl Dialect {
                     partial: msg,
                 });
             }
-            match self.decode_field(field, bytes, pos) {
-                Ok((value, next)) => {
-                    msg.push_sorted(field, value);
+            let start = msg.buffer().len();
+            match self.decode_field(field, bytes, pos, msg.buffer()) {
+                Ok(next) => {
+                    msg.push_sorted_from(field, start);
                     pos = next;
                 }
                 Err(kind) => {
+                    msg.buffer().truncate(start);
                     return Err(DecodeError {
                         kind,
                         offset: pos,
                         partial: msg,
-                    })
+                    });
                 }
             }
         }
@@ -456,14 +458,15 @@ impl Dialect {
         Ok(msg)
     }
 
-    /// Decode field `field` starting at `pos`; returns the canonical value
-    /// and the position after it.
+    /// Decode field `field` starting at `pos`, appending its canonical value
+    /// to `out`; returns the position after it.
     fn decode_field(
         self,
         field: u8,
         bytes: &[u8],
         pos: usize,
-    ) -> Result<(Vec<u8>, usize), DecodeErrorKind> {
+        out: &mut Vec<u8>,
+    ) -> Result<usize, DecodeErrorKind> {
         let spec = self.spec(field);
         let rest = &bytes[pos..];
         let digits = spec.len.prefix_digits();
@@ -491,27 +494,26 @@ impl Dialect {
             need: wire_len,
             have: data.len(),
         })?;
-        let value = match spec.encoding {
+        match spec.encoding {
             Encoding::Raw => {
                 check_content(field, spec.content, raw)?;
-                raw.to_vec()
+                out.extend_from_slice(raw);
             }
             Encoding::Hex => {
                 if !raw.len().is_multiple_of(2) {
                     return Err(DecodeErrorKind::OddHexLength { field });
                 }
-                let mut v = Vec::with_capacity(raw.len() / 2);
+                let start = out.len();
                 for pair in raw.chunks_exact(2) {
                     match (hex_val(pair[0]), hex_val(pair[1])) {
-                        (Some(h), Some(l)) => v.push(h << 4 | l),
+                        (Some(h), Some(l)) => out.push(h << 4 | l),
                         _ => return Err(DecodeErrorKind::BadHex { field }),
                     }
                 }
-                check_content(field, spec.content, &v)?;
-                v
+                check_content(field, spec.content, &out[start..])?;
             }
-        };
-        Ok((value, pos + digits + wire_len))
+        }
+        Ok(pos + digits + wire_len)
     }
 
     /// Encode a message, validating every value against this dialect's spec.

@@ -20,17 +20,31 @@ pub const fn is_data_field(n: u8) -> bool {
 /// dialect writes them as hex. Values are not validated by [`set`]; the
 /// dialect's `encode` does that and names the offending field.
 ///
-/// Storage is a vector of `(field, value)` sorted by field number: decoding
-/// appends in order (no search, one allocation per field), messages carry
-/// 10-30 fields so lookups by binary search are a few comparisons, and
-/// equality is plain vector equality.
+/// Storage: every value in one byte buffer, and a vector of `(field,
+/// start, length)` sorted by field number. Decoding copies the values into
+/// the buffer in order (two allocations per message instead of one per
+/// field: the allocator was the largest user-space cost of a pipeline
+/// worker), messages carry 10-30 fields so lookups by binary search are a
+/// few comparisons. A value replaced by [`set`] stays in the buffer unused
+/// until the message is dropped; equality compares MTI and fields, not the
+/// buffer.
 ///
 /// [`set`]: IsoMessage::set
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct IsoMessage {
     mti: [u8; 4],
-    fields: Vec<(u8, Vec<u8>)>,
+    /// `(field, start, len)` into `buf`, ascending by field.
+    fields: Vec<(u8, u32, u32)>,
+    buf: Vec<u8>,
 }
+
+impl PartialEq for IsoMessage {
+    fn eq(&self, other: &Self) -> bool {
+        self.mti == other.mti && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for IsoMessage {}
 
 impl IsoMessage {
     /// An empty message with this MTI (not validated here; `encode` checks
@@ -39,13 +53,16 @@ impl IsoMessage {
         IsoMessage {
             mti,
             fields: Vec::new(),
+            buf: Vec::new(),
         }
     }
 
-    pub(crate) fn with_capacity(mti: [u8; 4], n: usize) -> Self {
+    /// Room for `n` fields and `bytes` bytes of values.
+    pub(crate) fn with_capacity(mti: [u8; 4], n: usize, bytes: usize) -> Self {
         IsoMessage {
             mti,
             fields: Vec::with_capacity(n),
+            buf: Vec::with_capacity(bytes),
         }
     }
 
@@ -60,12 +77,17 @@ impl IsoMessage {
     }
 
     fn index(&self, n: u8) -> Result<usize, usize> {
-        self.fields.binary_search_by_key(&n, |(f, _)| *f)
+        self.fields.binary_search_by_key(&n, |(f, _, _)| *f)
     }
 
     /// A field's canonical value.
     pub fn get(&self, n: u8) -> Option<&[u8]> {
-        self.index(n).ok().map(|i| self.fields[i].1.as_slice())
+        self.index(n).ok().map(|i| self.value(i))
+    }
+
+    fn value(&self, i: usize) -> &[u8] {
+        let (_, start, len) = self.fields[i];
+        &self.buf[start as usize..(start + len) as usize]
     }
 
     /// A text field (`n`, `ans`, track 2, amounts) as `&str`; `None` for
@@ -89,45 +111,65 @@ impl IsoMessage {
     /// If `n` is not a data field: field numbers are constants in the
     /// calling code, so this is a programming error. Use
     /// [`try_set`](Self::try_set) for computed numbers.
-    pub fn set(&mut self, n: u8, value: impl Into<Vec<u8>>) {
+    pub fn set(&mut self, n: u8, value: impl AsRef<[u8]>) {
         if let Err(e) = self.try_set(n, value) {
             panic!("{e}");
         }
     }
 
     /// Set field `n`, refusing bitmap bits and out-of-range numbers.
-    pub fn try_set(&mut self, n: u8, value: impl Into<Vec<u8>>) -> Result<(), BadFieldNumber> {
+    pub fn try_set(&mut self, n: u8, value: impl AsRef<[u8]>) -> Result<(), BadFieldNumber> {
         if !is_data_field(n) {
             return Err(BadFieldNumber(n));
         }
-        let value = value.into();
+        let entry = self.append(value.as_ref());
         match self.index(n) {
-            Ok(i) => self.fields[i].1 = value,
-            Err(i) => self.fields.insert(i, (n, value)),
+            Ok(i) => self.fields[i] = (n, entry.0, entry.1),
+            Err(i) => self.fields.insert(i, (n, entry.0, entry.1)),
         }
         Ok(())
     }
 
-    /// Append a field known to be above every present field (decoder fast
-    /// path; keeps the vector sorted).
-    pub(crate) fn push_sorted(&mut self, n: u8, value: Vec<u8>) {
-        debug_assert!(self.fields.last().is_none_or(|(f, _)| *f < n));
-        self.fields.push((n, value));
+    /// Copy a value to the end of the buffer: `(start, len)`.
+    fn append(&mut self, value: &[u8]) -> (u32, u32) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(value);
+        // Values are at most 999 bytes and messages at most a few KiB.
+        (start as u32, value.len() as u32)
+    }
+
+    /// The value buffer, for the decoder to write a value in place before
+    /// [`push_sorted_from`](Self::push_sorted_from) claims it.
+    pub(crate) fn buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// Claim `buf[start..]` as field `n`, which is above every present
+    /// field (decoder fast path; keeps the vector sorted).
+    pub(crate) fn push_sorted_from(&mut self, n: u8, start: usize) {
+        debug_assert!(self.fields.last().is_none_or(|(f, _, _)| *f < n));
+        let len = self.buf.len() - start;
+        self.fields.push((n, start as u32, len as u32));
     }
 
     /// Remove field `n`, returning its value.
     pub fn remove(&mut self, n: u8) -> Option<Vec<u8>> {
-        self.index(n).ok().map(|i| self.fields.remove(i).1)
+        let i = self.index(n).ok()?;
+        let value = self.value(i).to_vec();
+        self.fields.remove(i);
+        Some(value)
     }
 
     /// Present field numbers, ascending.
     pub fn field_numbers(&self) -> impl Iterator<Item = u8> + '_ {
-        self.fields.iter().map(|(f, _)| *f)
+        self.fields.iter().map(|(f, _, _)| *f)
     }
 
     /// Present fields with their values, ascending.
     pub fn iter(&self) -> impl Iterator<Item = (u8, &[u8])> + '_ {
-        self.fields.iter().map(|(f, v)| (*f, v.as_slice()))
+        self.fields
+            .iter()
+            .map(|&(f, start, len)| (f, &self.buf[start as usize..(start + len) as usize]))
     }
 
     /// Number of present fields.

@@ -443,7 +443,7 @@ fn track2_without_separator() {
 fn encode_validates_and_names_the_field() {
     let enc = |n: u8, v: &[u8]| {
         let mut m = IsoMessage::new(*b"0100");
-        m.set(n, v.to_vec());
+        m.set(n, v);
         Dialect::Ascii.encode(&m).err()
     };
     assert_eq!(

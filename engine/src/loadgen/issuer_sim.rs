@@ -62,15 +62,15 @@ impl SimHandler {
         if &mti[..2] == b"08" {
             for f in [7, 11, 70] {
                 if let Some(v) = req.get(f) {
-                    resp.set(f, v.to_vec());
+                    resp.set(f, v);
                 }
             }
-            resp.set(39, b"00".to_vec());
+            resp.set(39, b"00");
             return self.dialect.encode(&resp).ok();
         }
         for f in ECHO {
             if let Some(v) = req.get(f) {
-                resp.set(f, v.to_vec());
+                resp.set(f, v);
             }
         }
         let pan_ok = token_from_de48(&req)
@@ -80,10 +80,10 @@ impl SimHandler {
             c.approved.fetch_add(1, Ordering::Relaxed);
             let n = c.auth_ids.fetch_add(1, Ordering::Relaxed) % 1_000_000;
             resp.set(38, format!("{n:06}").into_bytes());
-            resp.set(39, b"00".to_vec());
+            resp.set(39, b"00");
         } else {
             c.pan_mismatches.fetch_add(1, Ordering::Relaxed);
-            resp.set(39, b"05".to_vec());
+            resp.set(39, b"05");
         }
         self.dialect.encode(&resp).ok()
     }
@@ -230,14 +230,14 @@ mod tests {
 
     fn request(stan: &str, pan: &str) -> IsoMessage {
         let mut m = IsoMessage::new(*b"0100");
-        m.set(2, pan.as_bytes().to_vec());
-        m.set(3, b"000000".to_vec());
-        m.set(4, b"000000001234".to_vec());
-        m.set(7, b"1121120000".to_vec());
-        m.set(11, stan.as_bytes().to_vec());
+        m.set(2, pan.as_bytes());
+        m.set(3, b"000000");
+        m.set(4, b"000000001234");
+        m.set(7, b"1121120000");
+        m.set(11, stan.as_bytes());
         m.set(37, format!("000000{stan}").into_bytes());
-        m.set(41, b"TERM0001".to_vec());
-        m.set(49, b"978".to_vec());
+        m.set(41, b"TERM0001");
+        m.set(49, b"978");
         put_token_in_de48(&mut m, TOKEN);
         m
     }
@@ -294,9 +294,9 @@ mod tests {
         assert_eq!(a.get(39), Some(&b"05"[..]));
 
         let mut echo = IsoMessage::new(*b"0800");
-        echo.set(7, b"1121120000".to_vec());
-        echo.set(11, b"000004".to_vec());
-        echo.set(70, b"301".to_vec());
+        echo.set(7, b"1121120000");
+        echo.set(11, b"000004");
+        echo.set(70, b"301");
         let a = exchange(&mut s, &echo);
         assert_eq!((a.mti(), a.get(39)), (*b"0810", Some(&b"00"[..])));
 

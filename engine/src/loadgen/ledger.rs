@@ -373,9 +373,9 @@ mod tests {
 
     fn answer(code: &[u8; 2]) -> IsoMessage {
         let mut m = IsoMessage::new(*b"0110");
-        m.set(2, TOKEN.as_bytes().to_vec());
-        m.set(37, b"000000000042".to_vec());
-        m.set(39, code.to_vec());
+        m.set(2, TOKEN.as_bytes());
+        m.set(37, b"000000000042");
+        m.set(39, code);
         let mut f55 = Vec::new();
         tlv::encode_tlv(0x91, &arpc(), &mut f55);
         m.set(55, f55);
@@ -430,14 +430,14 @@ mod tests {
         one_mismatch(&p, &m, "MTI: expected 0110, got 0410");
 
         let mut m = good.clone();
-        m.set(39, b"05".to_vec());
-        m.set(44, b"ISSUER_DECLINE".to_vec());
+        m.set(39, b"05");
+        m.set(44, b"ISSUER_DECLINE");
         one_mismatch(&p, &m, "DE 39: expected 00, got 05 (ISSUER_DECLINE)");
         m.remove(39);
         one_mismatch(&p, &m, "got none");
 
         let mut m = good.clone();
-        m.set(2, PAN.as_bytes().to_vec());
+        m.set(2, PAN.as_bytes());
         one_mismatch(&p, &m, "DE 2: not the request's token");
         m.remove(2);
         one_mismatch(&p, &m, "DE 2: missing");
@@ -446,7 +446,7 @@ mod tests {
         one_mismatch(&no_token, &good, "DE 2: present");
 
         let mut m = good.clone();
-        m.set(37, b"000000000043".to_vec());
+        m.set(37, b"000000000043");
         one_mismatch(&p, &m, "DE 37: expected 000000000042, got 000000000043");
 
         let mut m = good.clone();

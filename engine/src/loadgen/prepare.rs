@@ -738,7 +738,7 @@ impl Builder<'_> {
                 })?;
                 let txn = self.txn(card, stan)?;
                 let mut msg = self.build(card, &txn)?;
-                msg.set(22, b"011".to_vec());
+                msg.set(22, b"011");
                 let e = Self::expect(&msg, rc::NOT_PERMITTED);
                 self.finish(msg, kind, de7, e)
             }
@@ -772,13 +772,13 @@ impl Builder<'_> {
                     .ok_or_else(|| invalid("internal: no warmup approval left to reverse"))?;
                 let mut msg = IsoMessage::new(*b"0400");
                 msg.set(2, w.txn.token.clone().into_bytes());
-                msg.set(3, b"000000".to_vec());
+                msg.set(3, b"000000");
                 msg.set(4, format!("{:012}", w.txn.amount).into_bytes());
                 msg.set(11, format!("{stan:06}").into_bytes());
-                msg.set(12, b"120000".to_vec());
-                msg.set(13, b"1121".to_vec());
-                msg.set(41, b"TERM0001".to_vec());
-                msg.set(42, b"MERCHANT0000001".to_vec());
+                msg.set(12, b"120000");
+                msg.set(13, b"1121");
+                msg.set(41, b"TERM0001");
+                msg.set(42, b"MERCHANT0000001");
                 msg.set(49, format!("{:03}", w.txn.currency).into_bytes());
                 // Original MTI, STAN, DE 7, acquirer (none: zeros), forwarding.
                 let mut de90 = Vec::with_capacity(42);

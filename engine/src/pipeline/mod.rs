@@ -476,7 +476,7 @@ impl Pipeline {
             };
             if code == rc::APPROVED {
                 if let Some(auth_id) = answer.as_ref().and_then(|a| a.get(38)) {
-                    p.resp.set(38, auth_id.to_vec());
+                    p.resp.set(38, auth_id);
                 }
             } else {
                 if let Some((view, at)) = &p.decision.approved {
@@ -510,12 +510,12 @@ impl Pipeline {
             }
             self.remember_approval(&req, now);
         } else {
-            resp.set(44, d.reason.as_bytes().to_vec());
+            resp.set(44, d.reason.as_bytes());
             if self.log_declines {
                 log_decline(&req, d.code, d.reason);
             }
         }
-        resp.set(39, d.code.to_vec());
+        resp.set(39, d.code);
         if let Some(chip) = &d.arpc {
             resp.set(55, crypto::tag91(chip, &self.profiles, d.code));
         }
@@ -590,7 +590,7 @@ impl Pipeline {
                     &[2, 3, 4, 7, 11, 12, 13, 32, 37, 41, 42, 49, 90],
                 );
                 self.reverse(&req);
-                resp.set(39, rc::APPROVED.to_vec());
+                resp.set(39, rc::APPROVED);
                 if let (Some(k), Ok(bytes)) = (key, self.dialect.encode(&resp)) {
                     self.recent
                         .lock()
@@ -601,12 +601,12 @@ impl Pipeline {
             }
             b"080" => {
                 echo(&req, &mut resp, &[7, 11, 70]);
-                resp.set(39, rc::APPROVED.to_vec());
+                resp.set(39, rc::APPROVED);
                 Slot::Ready(Some(resp), None)
             }
             _ => {
                 echo(&req, &mut resp, &[11, 37, 41]);
-                resp.set(39, rc::FORMAT_ERROR.to_vec());
+                resp.set(39, rc::FORMAT_ERROR);
                 Slot::Ready(Some(resp), None)
             }
         }
@@ -946,7 +946,7 @@ impl DecidedBatch {
             .map(|a| {
                 let mut msg = a?;
                 if !durable && msg.get(39) == Some(&rc::APPROVED[..]) {
-                    msg.set(39, rc::SYSTEM_ERROR.to_vec());
+                    msg.set(39, rc::SYSTEM_ERROR);
                     msg.remove(38);
                     msg.remove(55);
                 }
@@ -1018,7 +1018,7 @@ fn psn_of(req: &IsoMessage) -> Option<Psn> {
 fn echo(req: &IsoMessage, resp: &mut IsoMessage, fields: &[u8]) {
     for &f in fields {
         if let Some(v) = req.get(f) {
-            resp.set(f, v.to_vec());
+            resp.set(f, v);
         }
     }
 }
@@ -1031,7 +1031,7 @@ fn format_error(e: &iso8583::DecodeError) -> Option<IsoMessage> {
     let mti = iso8583::response_mti(partial.mti())?;
     let mut resp = IsoMessage::new(mti);
     echo(partial, &mut resp, &[11, 37, 41]);
-    resp.set(39, rc::FORMAT_ERROR.to_vec());
+    resp.set(39, rc::FORMAT_ERROR);
     Some(resp)
 }
 
