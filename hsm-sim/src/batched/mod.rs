@@ -34,6 +34,9 @@ use mac_batch::{JobId, MacBatch};
 
 pub use scalar::{execute_scalar, execute_scalar_into};
 
+/// Batches of fewer commands run on the scalar path (see `execute_into`).
+const SCALAR_BELOW: usize = 4;
+
 /// One request to the HSM.
 #[derive(Debug, Clone)]
 pub enum Command<'a> {
@@ -239,6 +242,13 @@ pub fn execute(commands: &[Command<'_>]) -> Vec<Outcome> {
 /// [`execute`], appending the outcomes to `out` (so a caller can reuse
 /// one buffer).
 pub fn execute_into(commands: &[Command<'_>], out: &mut Vec<Outcome>) {
+    if commands.len() < SCALAR_BELOW {
+        // A kernel chunk costs as much for one lane as for 64, and the
+        // scalar path reuses the issuer keys' schedules: for a handful of
+        // commands it is the faster one (and bit-exact with this one).
+        execute_scalar_into(commands, out);
+        return;
+    }
     // The lane states are reused per thread, like the MAC batch: a fresh
     // few hundred KiB per call would be fresh (zeroed) pages.
     let mut lanes = LANES.with(|l| std::mem::take(&mut *l.borrow_mut()));
