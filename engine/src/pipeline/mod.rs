@@ -389,6 +389,13 @@ impl Pipeline {
         let (valid, approved_arpc) = match outcome {
             Some(Outcome::Arqc { valid, arpc }) => (valid, arpc.unwrap_or_default()),
             Some(Outcome::Code { valid }) => (valid, Vec::new()),
+            // The HSM refused the input (e.g. a template giving more than
+            // five CVC3 digits): as the scalar path answered, a cryptogram
+            // failure for chip and CVC3, a system error for dCVV.
+            Some(Outcome::Failed(_)) => match kind {
+                CheckKind::Dcvv { .. } => return Decision::decline(rc::SYSTEM_ERROR, "DCVV"),
+                _ => (false, Vec::new()),
+            },
             Some(_) | None => return Decision::decline(rc::SYSTEM_ERROR, "PROFILE_KEYS"),
         };
         if !valid {
