@@ -13,7 +13,7 @@
 //!
 //! Layout: `word` (the word type), `tables` (FIPS 46-3 permutations and the
 //! key schedule as indices), `sboxes` (generated circuits), `kernel` (one
-//! DES over words), `transpose` (lanes <-> words), `simd` (AVX2 and
+//! DES over words, and the lanes <-> words transposition), `simd` (AVX2 and
 //! AVX-512 words, the only `unsafe`). This file picks a kernel per chunk of
 //! lanes and runs the retail-MAC program that every DES-family step of the
 //! payment algorithms reduces to: a TDES encryption is the retail MAC of
@@ -24,7 +24,6 @@ mod sboxes;
 #[cfg(target_arch = "x86_64")]
 mod simd;
 mod tables;
-mod transpose;
 mod word;
 
 use std::sync::OnceLock;
