@@ -15,6 +15,7 @@
 pub mod clock;
 mod crypto;
 pub mod keys;
+mod shards;
 pub mod track;
 
 use std::collections::HashMap;
@@ -23,7 +24,7 @@ use std::collections::HashMap;
 /// force collisions) but much cheaper than SipHash.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use hsm_sim::batched::Outcome;
 use hsm_sim::emv::{CvnProfile, TerminalData};
@@ -39,6 +40,7 @@ use crate::vault::{replay, ApprovalRefused, ControlCheck, Vault};
 use clock::Now;
 use crypto::{CheckKind, ChipAnswer, ChipCheck, CryptoCheck};
 use keys::{ProfileKeys, SchemeKeys};
+use shards::{Sharded, SHARDS};
 
 /// Response codes (DE 39) the pipeline uses.
 pub mod rc {
@@ -145,11 +147,11 @@ pub struct Pipeline {
     dialect: Dialect,
     auth_counter: AtomicU64,
     /// (DE 11, DE 7, DE 32) of approvals -> token and time, for DE 90.
-    approvals: Mutex<FastMap<(u32, u64, u64), ApprovalRecord>>,
+    approvals: Sharded<FastMap<(u32, u64, u64), ApprovalRecord>>,
     /// Answers by code, latency histogram.
     metrics: Arc<crate::metrics::Metrics>,
     /// Answers of recent requests, for retransmissions and repeats.
-    recent: Arc<Mutex<RecentAnswers>>,
+    recent: Arc<Sharded<RecentAnswers>>,
     /// The issuer leg, when configured; otherwise the engine stands in.
     issuer: Option<crate::issuer::IssuerLink>,
     /// Write one line per decline to stderr (`serve`: yes; the demo, whose
@@ -196,7 +198,7 @@ impl RecentAnswers {
 
     fn insert(&mut self, key: RequestKey, answer: Vec<u8>, lsn: Option<Lsn>, now: u32) {
         self.expire(now);
-        if self.order.len() >= MAX_RECENT_ANSWERS {
+        if self.order.len() >= MAX_RECENT_ANSWERS / SHARDS {
             if let Some((_, old)) = self.order.pop_front() {
                 self.by_key.remove(&old);
             }
@@ -257,9 +259,9 @@ impl Pipeline {
             profiles,
             dialect,
             auth_counter: AtomicU64::new(0),
-            approvals: Mutex::new(FastMap::default()),
+            approvals: Sharded::default(),
             metrics: Arc::new(crate::metrics::Metrics::default()),
-            recent: Arc::new(Mutex::new(RecentAnswers::default())),
+            recent: Arc::new(Sharded::default()),
             issuer: None,
             log_declines: true,
         }
@@ -557,11 +559,7 @@ impl Pipeline {
             _ => None,
         };
         if let Some(k) = &key {
-            let cached = self
-                .recent
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(k, now.secs);
+            let cached = self.recent.lock_for(k).get(k, now.secs);
             // The answer as sent, with the MTI of this request's answer.
             if let Some(mut answer) =
                 cached.and_then(|(bytes, lsn)| self.dialect.decode(&bytes).ok().map(|m| (m, lsn)))
@@ -599,10 +597,7 @@ impl Pipeline {
                 self.reverse(&req);
                 resp.set(39, rc::APPROVED);
                 if let (Some(k), Ok(bytes)) = (key, self.dialect.encode(&resp)) {
-                    self.recent
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(k, bytes, None, now.secs);
+                    self.recent.lock_for(&k).insert(k, bytes, None, now.secs);
                 }
                 Slot::Ready(Some(resp), None)
             }
@@ -637,8 +632,8 @@ impl Pipeline {
             req.get(32).unwrap_or_default(),
         );
         if let (Some(token), Some(key)) = (token, key) {
-            let mut m = self.approvals.lock().unwrap_or_else(|p| p.into_inner());
-            if m.len() >= MAX_REMEMBERED_APPROVALS {
+            let mut m = self.approvals.lock_for(&key);
+            if m.len() >= MAX_REMEMBERED_APPROVALS / SHARDS {
                 m.clear(); // bounded memory: old approvals can no longer be reversed
             }
             m.insert(
@@ -660,11 +655,7 @@ impl Pipeline {
         let Some(key) = Self::approval_key(&de90[4..10], &de90[10..20], &de90[20..31]) else {
             return;
         };
-        let original = self
-            .approvals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key);
+        let original = self.approvals.lock_for(&key).remove(&key);
         if let Some(a) = original {
             if let Some(view) = self.vault.lookup(a.token) {
                 self.vault.reverse_approval(&view, a.at_secs);
@@ -930,7 +921,7 @@ struct DecidedBatch {
     now: Now,
     vault: Arc<Vault>,
     metrics: Arc<crate::metrics::Metrics>,
-    recent: Arc<Mutex<RecentAnswers>>,
+    recent: Arc<Sharded<RecentAnswers>>,
     dialect: Dialect,
 }
 
@@ -963,15 +954,14 @@ impl DecidedBatch {
                 self.dialect.encode(&msg).ok()
             })
             .collect();
-        // Remember what was sent (one lock for the batch), for
-        // retransmissions and repeats.
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        // Remember what was sent, for retransmissions and repeats.
         for (key, bytes) in self.keys.into_iter().zip(&encoded) {
             if let (Some((k, lsn)), Some(bytes)) = (key, bytes) {
-                recent.insert(k, bytes.clone(), lsn, self.now.secs);
+                self.recent
+                    .lock_for(&k)
+                    .insert(k, bytes.clone(), lsn, self.now.secs);
             }
         }
-        drop(recent);
         encoded
     }
 }
