@@ -390,11 +390,26 @@ fn serve(config: &Path, a: ServeArgs) -> Result<(), CliError> {
         eprintln!("tessera: warning: {w}");
     }
     let vault = Arc::new(vault);
-    let pipeline = Arc::new(crate::pipeline::Pipeline::new(
-        Arc::clone(&vault),
-        profiles,
-        dialect,
-    ));
+    let mut pipeline = crate::pipeline::Pipeline::new(Arc::clone(&vault), profiles, dialect);
+    if let Some(issuer) = a.issuer.as_deref().or(l.issuer.as_deref()) {
+        use std::net::ToSocketAddrs;
+        let addr = issuer
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| CliError::new(format!("cannot resolve issuer address \"{issuer}\"")))?;
+        let timeout = a.issuer_timeout_ms.unwrap_or(l.issuer_timeout_ms);
+        // The issuer link speaks the listener's framing and dialect.
+        let link = crate::issuer::IssuerLink::connect(
+            addr,
+            server_config.framing,
+            dialect,
+            std::time::Duration::from_millis(timeout),
+        );
+        eprintln!("tessera: forwarding approvable requests to the issuer at {addr} (timeout {timeout} ms)");
+        pipeline = pipeline.with_issuer(link);
+    }
+    let pipeline = Arc::new(pipeline);
     if let Some(m) = &a.metrics {
         let addr = m
             .parse()
