@@ -13,14 +13,16 @@ f1 = f|v=1 and derivative d = f0 ^ f1,
     negative Davio:  f = f1 ^ (!v & d)           2 gates + f1 + d
 
 and the cheapest choice over every variable is kept. Functions of at most
-two inputs are looked up in a table of one-gate forms. The four outputs of
+three inputs are looked up in a table of their cheapest expression trees
+(computed once by relaxation over one-gate compositions). The four outputs of
 one S-box are then emitted together, so a sub-function they share (or its
 complement) is computed once.
 
 The circuits are ours (about twice the gate count of the hand-searched
-circuits of Kwan or Rusakov); they are checked exhaustively against the
-S-box tables by the tests in bitslice.rs and, through whole DES blocks,
-against the `des` crate.
+circuits of Kwan or Rusakov); they are checked through whole DES blocks
+against the `des` crate (`hsm-sim/src/primitives/bitslice/tests.rs`: the
+FIPS known answer and a million random lanes, so every S-box sees every
+input many times).
 
 Usage: python3 scripts/gen-des-sboxes.py > hsm-sim/src/primitives/bitslice/sboxes.rs
 """

@@ -6,8 +6,9 @@
 //! for any decoder), and the ARQC verification alone (the share of the
 //! pipeline that is cryptography).
 
-// The allocator `tessera` ships with: the pipeline allocates per field, so
-// the system allocator would measure something else.
+// The allocator `tessera` ships with: the pipeline allocates per message
+// (decoded values, answers, cache entries), so the system allocator would
+// measure something else.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

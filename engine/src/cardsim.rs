@@ -12,7 +12,7 @@ use hsm_sim::magstripe::{cvc3, dcvv};
 use hsm_sim::types::{Atc, Expiry, Pan, Psn, ServiceCode};
 
 use crate::config::Scheme;
-use crate::iso8583::{tlv, IsoMessage};
+use crate::iso8583::{bcd, tlv, IsoMessage};
 use crate::pipeline::keys::{ProfileKeys, SchemeKeys};
 use crate::pipeline::track;
 
@@ -41,14 +41,6 @@ pub struct CardTxn {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot build card data: {0}")]
 pub struct CardError(String);
-
-fn bcd(v: u64, bytes: usize) -> Vec<u8> {
-    let s = format!("{:0w$}", v, w = bytes * 2);
-    s.as_bytes()[s.len() - bytes * 2..]
-        .chunks(2)
-        .map(|p| ((p[0] - b'0') << 4) | (p[1] - b'0'))
-        .collect()
-}
 
 /// The issuer application data a card of this profile sends (9F10).
 pub fn iad_for(profile: CvnProfile) -> Vec<u8> {
@@ -103,11 +95,11 @@ pub fn authorization(pk: &ProfileKeys, t: &CardTxn) -> Result<IsoMessage, CardEr
             m.set(14, t.expiry);
             m.set(22, b"071");
             let terminal = TerminalData {
-                amount_authorised: bcd(t.amount, 6).try_into().expect("6 bytes"),
+                amount_authorised: bcd::<6>(t.amount),
                 amount_other: [0; 6],
-                terminal_country: bcd(826, 2).try_into().expect("2 bytes"),
+                terminal_country: bcd::<2>(826),
                 tvr: [0; 5],
-                currency: bcd(u64::from(t.currency), 2).try_into().expect("2 bytes"),
+                currency: bcd::<2>(u64::from(t.currency)),
                 date: [0x26, 0x11, 0x21],
                 txn_type: 0,
                 un: t.un.to_be_bytes(),
@@ -137,7 +129,7 @@ pub fn authorization(pk: &ProfileKeys, t: &CardTxn) -> Result<IsoMessage, CardEr
                 (0x82, &terminal.aip[..]),
                 (0x9F1A, &terminal.terminal_country[..]),
                 (0x9F03, &terminal.amount_other[..]),
-                (0x5F34, &[bcd(u64::from(t.psn), 1)[0]][..]),
+                (0x5F34, &bcd::<1>(u64::from(t.psn))[..]),
             ] {
                 tlv::encode_tlv(tag, v, &mut f55);
             }
@@ -157,7 +149,7 @@ pub fn authorization(pk: &ProfileKeys, t: &CardTxn) -> Result<IsoMessage, CardEr
             // The card uses only the UN digits the track carries.
             let n_un = template.bytes().filter(|&c| c == b'U').count();
             let un_used = track::value(&un_digits.as_bytes()[8 - n_un..]) as u32;
-            let un_used: [u8; 4] = bcd(u64::from(un_used), 4).try_into().expect("4 bytes");
+            let un_used: [u8; 4] = bcd::<4>(u64::from(un_used));
             let code = cvc3::cvc3_from_iv(&kd, iv, un_used, Atc(t.atc));
             let dd = track::fill(
                 template,

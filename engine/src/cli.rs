@@ -163,7 +163,7 @@ enum VaultCommand {
         #[arg(long, default_value_t = 0)]
         restricted_every: u64,
     },
-    /// Write one JSON line per token (token, expiry, psn, profile, state, par[, pan]).
+    /// Write one JSON line per token (token, expiry, psn, profile, state, par[, pos_entry_modes][, pan]).
     Export {
         #[command(flatten)]
         dir: DataDir,
@@ -336,10 +336,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 crate::iso8583::Dialect::Ascii
             };
             let bytes = d.encode(&msg).map_err(|e| CliError::new(e.to_string()))?;
-            println!(
-                "{}",
-                bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-            );
+            println!("{}", crate::iso8583::hex_string(&bytes));
             Ok(())
         }
     }

@@ -23,7 +23,7 @@ impl XorShift {
     }
 
     /// A value below `n` (n > 0; the slight modulo bias does not matter here).
-    #[allow(dead_code)] // used by the tests
+    #[cfg(test)]
     pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n
     }
@@ -32,7 +32,7 @@ impl XorShift {
         std::array::from_fn(|_| self.next_u64() as u8)
     }
 
-    #[allow(dead_code)] // used by the tests
+    #[cfg(test)]
     pub(crate) fn fill(&mut self, b: &mut [u8]) {
         for x in b {
             *x = self.next_u64() as u8;

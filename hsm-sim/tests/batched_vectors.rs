@@ -1,7 +1,7 @@
 //! Every vector file of a DES-family operation through the batched path
 //! (`hsm_sim::batched::execute`): each file's cases repeated until the
-//! batch fills the widest kernel, every other copy tampered with so that
-//! it must be refused.
+//! batch fills the widest kernel; in the verification files (CVN, CVC3,
+//! dCVV, CVV) every other copy is tampered with so that it must be refused.
 //!
 //! Secure-messaging outputs of the CVN files (script MAC, PIN change) and
 //! the AES, SCP, TR-31 and tree-derivation files are not batched; they stay

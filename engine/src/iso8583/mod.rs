@@ -80,6 +80,29 @@ pub(crate) fn hex_encode_upper(bytes: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// The value of a digits-only field: 1 to 19 ASCII digits, else `None`
+/// (never `str::parse`, which accepts a sign).
+pub fn digits_value(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(b.iter().fold(0u64, |a, d| a * 10 + u64::from(d - b'0')))
+}
+
+/// The rightmost `2N` decimal digits of `v` as `N` packed BCD bytes
+/// (EMV amounts, currency codes, unpredictable numbers).
+pub fn bcd<const N: usize>(mut v: u64) -> [u8; N] {
+    let mut out = [0u8; N];
+    for byte in out.iter_mut().rev() {
+        let low = (v % 10) as u8;
+        v /= 10;
+        let high = (v % 10) as u8;
+        v /= 10;
+        *byte = (high << 4) | low;
+    }
+    out
+}
+
 /// Upper-case hex string.
 pub fn hex_string(bytes: &[u8]) -> String {
     let mut v = Vec::with_capacity(bytes.len() * 2);

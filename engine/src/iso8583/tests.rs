@@ -700,3 +700,15 @@ proptest! {
         prop_assert_eq!(got, bodies);
     }
 }
+
+#[test]
+fn bcd_packs_the_rightmost_digits() {
+    use super::{bcd, digits_value};
+    assert_eq!(bcd::<4>(12_345_678), [0x12, 0x34, 0x56, 0x78]);
+    assert_eq!(bcd::<4>(912_345_678), [0x12, 0x34, 0x56, 0x78]);
+    assert_eq!(bcd::<2>(840), [0x08, 0x40]);
+    assert_eq!(bcd::<6>(1000), [0, 0, 0, 0, 0x10, 0x00]);
+    assert_eq!(digits_value(b"000000001000"), Some(1000));
+    assert_eq!(digits_value(b"-1"), None);
+    assert_eq!(digits_value(b""), None);
+}

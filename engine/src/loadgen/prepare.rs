@@ -31,6 +31,7 @@ use hsm_sim::types::{mask_pan, Pan, Psn};
 use super::{Expect, Kind, Prepared};
 use crate::cardsim::{self, CardTxn};
 use crate::config::{Config, Scheme};
+use crate::iso8583::digits_value;
 use crate::iso8583::{tlv, Dialect, IsoMessage};
 use crate::pipeline::keys::{self, ProfileKeys, SchemeKeys};
 use crate::pipeline::rc;
@@ -216,6 +217,9 @@ fn card_pos_mode(scheme: Scheme) -> u8 {
 
 /// The code the engine declines a bad cryptogram (or replayed ATC, or
 /// amount mismatch) with: 82 for the Visa family, 88 for the others.
+/// Written here apart from the pipeline's on purpose: the ledger checks the
+/// engine's answers against this model, so it must not share the engine's
+/// code for the rule it checks.
 pub fn crypto_failure_code(scheme: Scheme) -> [u8; 2] {
     match scheme {
         Scheme::Emv(p) if p.name().starts_with("visa") => rc::VISA_CRYPTO,
@@ -226,11 +230,6 @@ pub fn crypto_failure_code(scheme: Scheme) -> [u8; 2] {
 
 fn is_chip(scheme: Scheme) -> bool {
     matches!(scheme, Scheme::Emv(_))
-}
-
-fn digits_u64(s: &str) -> Option<u64> {
-    (!s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| s.bytes().fold(0u64, |a, d| a * 10 + u64::from(d - b'0')))
 }
 
 fn load_cards(
@@ -268,7 +267,7 @@ fn load_cards(
         };
         let l: ExportLine =
             serde_json::from_str(&line).map_err(|e| bad(format!("not an export line: {e}")))?;
-        let token_value = digits_u64(&l.token)
+        let token_value = digits_value(l.token.as_bytes())
             .filter(|_| Pan::new(&l.token).is_ok())
             .ok_or_else(|| bad("token is not a card number".into()))?;
         known.insert(token_value);
@@ -282,14 +281,14 @@ fn load_cards(
             .ok()
             .filter(|e: &[u8; 4]| e.iter().all(u8::is_ascii_digit))
             .ok_or_else(|| bad("expiry is not YYMM".into()))?;
-        let psn = digits_u64(&l.psn)
+        let psn = digits_value(l.psn.as_bytes())
             .filter(|&p| p <= 99 && l.psn.len() == 2)
             .ok_or_else(|| bad("psn is not 2 digits".into()))? as u8;
         let modes = l
             .pos_entry_modes
             .iter()
             .map(|m| {
-                digits_u64(m)
+                digits_value(m.as_bytes())
                     .filter(|&v| v <= 99 && m.len() == 2)
                     .map(|v| v as u8)
             })
@@ -808,7 +807,7 @@ impl Builder<'_> {
         for _ in 0..1000 {
             let r = &ranges[self.rng.below(ranges.len() as u64) as usize];
             let n = number_in_range(r, self.rng.next_u64()).digits();
-            if digits_u64(&n).is_some_and(|v| !self.cards.known.contains(&v)) {
+            if digits_value(n.as_bytes()).is_some_and(|v| !self.cards.known.contains(&v)) {
                 return Ok(n);
             }
         }

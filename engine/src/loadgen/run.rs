@@ -816,10 +816,7 @@ fn answer_id(dialect: Dialect, body: &[u8]) -> Result<u64, NoId> {
         Err(e) => e.partial,
     };
     let v = msg.get(37).ok_or(NoId::Missing)?.trim_ascii();
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return Err(NoId::NotDigits);
-    }
-    Ok(v.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
+    crate::iso8583::digits_value(v).ok_or(NoId::NotDigits)
 }
 
 enum End {

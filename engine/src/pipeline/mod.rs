@@ -31,7 +31,7 @@ use hsm_sim::emv::{CvnProfile, TerminalData};
 use hsm_sim::types::{Expiry, Pan, Psn, ServiceCode};
 
 use crate::config::Scheme;
-use crate::iso8583::{self, tlv, track2, Dialect, IsoMessage};
+use crate::iso8583::{self, bcd, digits_value, tlv, track2, Dialect, IsoMessage};
 use crate::vault::controls::TxnContext;
 use crate::vault::journal::Lsn;
 use crate::vault::records::RecordView;
@@ -135,8 +135,8 @@ struct ApprovalRecord {
     at_secs: u32,
 }
 
-/// Approvals kept for matching reversals (bounded: oldest half dropped
-/// when full).
+/// Approvals kept for matching reversals (bounded: a shard, 1/64 of the
+/// map, is cleared when it holds its share).
 const MAX_REMEMBERED_APPROVALS: usize = 1 << 20;
 
 /// The authorization pipeline.
@@ -218,14 +218,6 @@ impl RecentAnswers {
             }
         }
     }
-}
-
-/// Digits only (never `str::parse`, which accepts a sign).
-fn digits_value(b: &[u8]) -> Option<u64> {
-    if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(b.iter().fold(0u64, |a, d| a * 10 + u64::from(d - b'0')))
 }
 
 /// The CVN byte a profile's IAD carries, and where.
@@ -499,7 +491,8 @@ impl Pipeline {
     }
 
     /// Complete an authorization answer: DE 38/39/44/55, the reversal
-    /// memory, the retransmission cache, the decline log.
+    /// memory and the decline log (the retransmission cache is filled when
+    /// the batch is released).
     /// The answer, its journal position, and the key to remember it by.
     fn finish(
         &self,
@@ -807,11 +800,8 @@ impl Pipeline {
         let iad = tag(0x9F10)
             .filter(|v| !v.is_empty() && v.len() <= 32)
             .ok_or_else(missing)?;
-        // DE 4 must equal 9F02 and DE 49 must equal 5F2A.
-        let amount_hex = iso8583::hex_string(&terminal.amount_authorised).into_bytes();
-        let currency_hex = iso8583::hex_string(&terminal.currency).into_bytes();
-        if digits_value(&amount_hex) != Some(amount)
-            || digits_value(&currency_hex) != Some(currency)
+        // DE 4 (n12) must equal 9F02 and DE 49 (n3) must equal 5F2A.
+        if terminal.amount_authorised != bcd::<6>(amount) || terminal.currency != bcd::<2>(currency)
         {
             return Err(Decision::decline(rc::MC_CRYPTO, "AMOUNT_MISMATCH"));
         }
@@ -882,7 +872,7 @@ impl Pipeline {
             CheckKind::Cvc3 {
                 psn,
                 track_data,
-                un: decimal_to_bcd4(un_value),
+                un: bcd::<4>(u64::from(un_value)),
                 code: dd.code.to_vec(),
             },
         ))
@@ -992,13 +982,6 @@ impl crate::server::Handler for Pipeline {
             eprintln!("tessera: journal flush on shutdown failed: {e}");
         }
     }
-}
-
-/// An 8-digit numeric UN as 4 BCD bytes.
-fn decimal_to_bcd4(v: u32) -> [u8; 4] {
-    let s = format!("{:08}", v % 100_000_000);
-    let d = s.as_bytes();
-    [0, 2, 4, 6].map(|i| ((d[i] - b'0') << 4) | (d[i + 1] - b'0'))
 }
 
 /// PSN from DE 23 (3 digits, the last two) or tag 5F34.

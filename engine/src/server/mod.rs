@@ -18,21 +18,26 @@
 //!   the kernel backlog), and counted in [`ServerStats::connections_rejected`].
 //! - **One reader thread per connection**: blocking reads with a short read
 //!   timeout ([`POLL_INTERVAL`]) so it notices shutdown and enforces the idle
-//!   and stalled-read timeouts. Its read buffer is allocated once, at
-//!   `max_frame + 16` bytes (`max_frame` counts the TPDU; the longest length
-//!   prefix is 4 bytes),
-//!   and never grows: a declared length over `max_frame` is a framing error as
+//!   and stalled-read timeouts. Its read buffer is allocated once, at 64 KiB
+//!   or `max_frame + 16` bytes if larger (`max_frame` counts the TPDU; the
+//!   longest length prefix is 4 bytes), so a pipelining client's frames
+//!   arrive in wide batches, and never grows: a declared length over
+//!   `max_frame` is a framing error as
 //!   soon as the prefix is read, so nothing is ever allocated for an oversized
 //!   frame. After every read, **all complete frames in the buffer are copied
 //!   into one owned batch** (one allocation for all bodies) and sent to the
 //!   worker pool: the pipeline, and behind it the HSM and the vault, see
 //!   batches rather than single calls, and the batch size grows naturally
 //!   with load (more bytes arrive per read when the server falls behind).
-//! - **Worker pool** ([`ServerConfig::workers`] threads, default one per
-//!   core) fed by an unbounded crossbeam channel. A worker calls
-//!   [`Handler::handle_batch`] inside `catch_unwind`, frames every `Some`
-//!   answer into one buffer and writes it with a single `write_all` under the
-//!   connection's write lock. Several batches of one connection may be in
+//! - **Worker pool** ([`ServerConfig::workers`] threads) fed by an
+//!   unbounded crossbeam channel. A worker calls
+//!   [`Handler::handle_batch_deferred`] inside `catch_unwind`, frames every
+//!   `Some` answer into one buffer and writes it with a single `write_all`
+//!   under the connection's write lock. An [`Answers::Deferred`] batch (the
+//!   pipeline's, while its approvals wait for the journal) goes instead to
+//!   the **acknowledgement thread** (`tessera-acker`), which runs the
+//!   closures one at a time in order and writes their answers, so workers
+//!   never sleep on the disk. Several batches of one connection may be in
 //!   flight on different workers at once, so answers go out in **completion
 //!   order** (ISO 8583 peers match answers by STAN/RRN, not by position).
 //!
@@ -220,7 +225,7 @@ pub struct ServerStats {
     pub frames: u64,
     /// Zero-length keep-alive frames ignored.
     pub keepalives: u64,
-    /// Calls of [`Handler::handle_batch`].
+    /// Batches handed to the handler.
     pub batches: u64,
     /// Answer frames written.
     pub answers: u64,

@@ -19,7 +19,7 @@ use crate::TdesKey;
 /// Groups smaller than this go through the scalar `des` crate: a kernel
 /// chunk costs the same for 1 lane as for 64, and the scalar path wins
 /// below about four (measured with `examples/bitslice_speed.rs`).
-const SCALAR_BELOW: usize = 4;
+pub(super) const SCALAR_BELOW: usize = 4;
 
 /// Jobs in push order: key, padded data, and where the data starts; the
 /// results after [`MacBatch::run`].
@@ -91,7 +91,11 @@ impl MacBatch {
         let len = self.data.len() - start;
         match padding {
             // The two paddings of the hot path, written in place.
-            Padding::Method1 if len > 0 && len.is_multiple_of(8) => {}
+            Padding::Method1 => {
+                // Zeros to a whole block; empty data is one zero block.
+                let padded = start + len.max(1).next_multiple_of(8);
+                self.data.resize(padded, 0);
+            }
             Padding::Method2 => {
                 self.data.push(0x80);
                 let padded = self.data.len().next_multiple_of(8);

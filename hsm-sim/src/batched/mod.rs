@@ -30,12 +30,9 @@ use crate::primitives::padding::Padding;
 use crate::primitives::{decimalise, xor8};
 use crate::types::{Atc, Expiry, Pan, Psn, ServiceCode};
 use crate::{CryptoError, TdesKey};
-use mac_batch::{JobId, MacBatch};
+use mac_batch::{JobId, MacBatch, SCALAR_BELOW};
 
 pub use scalar::{execute_scalar, execute_scalar_into};
-
-/// Batches of fewer commands run on the scalar path (see `execute_into`).
-const SCALAR_BELOW: usize = 4;
 
 /// One request to the HSM.
 #[derive(Debug, Clone)]
@@ -252,7 +249,6 @@ pub fn execute_into(commands: &[Command<'_>], out: &mut Vec<Outcome>) {
     // The lane states are reused per thread, like the MAC batch: a fresh
     // few hundred KiB per call would be fresh (zeroed) pages.
     let mut lanes = LANES.with(|l| std::mem::take(&mut *l.borrow_mut()));
-    lanes.clear();
     lanes.resize_with(commands.len(), Lane::default);
     MacBatch::with_scratch(|batch| {
         derive_card_keys(commands, &mut lanes, batch);
@@ -296,9 +292,9 @@ fn joined(results: &MacBatch, jobs: [Option<JobId>; 2]) -> Zeroizing<[u8; 16]> {
 
 /// Pass 1: every card key (and every key given as is).
 fn derive_card_keys(commands: &[Command<'_>], lanes: &mut [Lane], batch: &mut MacBatch) {
-    batch.clear();
-    // Two jobs per command at most in every pass, of up to 6 blocks (the
-    // longest AC input: 33 + 32 bytes of IAD, padded).
+    // `with_scratch` handed the batch over cleared. Two jobs per command at
+    // most in every pass, of up to 9 blocks (the longest AC input: 33 + 32
+    // bytes of IAD, padded).
     batch.reserve(2 * commands.len(), 9);
     for (cmd, lane) in commands.iter().zip(lanes.iter_mut()) {
         let derive = |imk: &TdesKey, what, method, pan: &Pan, psn| {
@@ -317,22 +313,19 @@ fn derive_card_keys(commands: &[Command<'_>], lanes: &mut [Lane], batch: &mut Ma
                 derive(c.imk_dcvv, "IMK-dCVV", MkDerivation::OptionA, c.pan, c.psn)
             }
             Command::DeriveCardKey(c) => derive(c.imk, "IMK", c.method, c.pan, c.psn),
-            Command::VerifyCvv(c) => {
-                double(c.cvk, "CVK")
-                    .map(|k| lane.key = k)
-                    .unwrap_or_else(|e| lane.fail(e));
-                continue;
-            }
-            Command::GenerateArpc(c) => {
-                double(c.key, "ARPC key")
-                    .map(|k| lane.key = k)
-                    .unwrap_or_else(|e| lane.fail(e));
-                continue;
-            }
-            Command::DeriveSessionKey(c) => {
-                double(c.mk, "ICC master key")
-                    .map(|k| lane.key = k)
-                    .unwrap_or_else(|e| lane.fail(e));
+            // Commands that bring their key: it is used as given.
+            Command::VerifyCvv(CvvCheck { cvk: key, .. })
+            | Command::GenerateArpc(ArpcRequest { key, .. })
+            | Command::DeriveSessionKey(SessionKeyRequest { mk: key, .. }) => {
+                let what = match cmd {
+                    Command::VerifyCvv(_) => "CVK",
+                    Command::GenerateArpc(_) => "ARPC key",
+                    _ => "ICC master key",
+                };
+                match double(key, what) {
+                    Ok(k) => lane.key = k,
+                    Err(e) => lane.fail(e),
+                }
                 continue;
             }
         };

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::emv::IssuerMasterKeys;
+use crate::magstripe::{cvc3, cvv, dcvv};
 
 /// The shared generator, with the digit strings these tests need.
 struct Rng(crate::xorshift::XorShift);
@@ -137,39 +138,71 @@ fn commands<'a>(rng: &mut Rng, inp: &'a Inputs, cards: &'a [Vec<u8>]) -> Vec<Com
                         arpc,
                     })
                 }
+                // Codes: half the card's own (computed on the scalar path,
+                // so a wrong batched MAC shows as valid != valid), half random.
                 3 => {
                     let k = rng.below(6) as usize;
+                    let method = if rng.below(2) == 0 {
+                        MkDerivation::OptionA
+                    } else {
+                        MkDerivation::OptionB
+                    };
+                    let (un, atc) = (rng.bytes(), Atc(rng.next() as u16));
+                    let own = rng.below(2) == 0 && key.len() == 16 && (1..=5).contains(&k);
+                    let cvc3 = if own {
+                        let (_, full) = cvc3::cvc3(key, method, pan, psn, blob, un, atc).unwrap();
+                        full[5 - k..].to_vec().leak() as &[u8]
+                    } else {
+                        digits(rng, k)
+                    };
                     Command::VerifyCvc3(Cvc3Check {
                         imk_cvc3: key,
-                        method: if rng.below(2) == 0 {
-                            MkDerivation::OptionA
-                        } else {
-                            MkDerivation::OptionB
-                        },
+                        method,
                         pan,
                         psn,
                         track_data: blob,
-                        un: rng.bytes(),
-                        atc: Atc(rng.next() as u16),
-                        cvc3: digits(rng, k),
+                        un,
+                        atc,
+                        cvc3,
                     })
                 }
-                4 => Command::VerifyDcvv(DcvvCheck {
-                    imk_dcvv: key,
-                    pan,
-                    psn,
-                    expiry: Expiry::new(&rng.digits(4)).unwrap(),
-                    service_code: ServiceCode::new(&rng.digits(3)).unwrap(),
-                    atc: Atc(rng.next() as u16),
-                    dcvv: digits(rng, 3),
-                }),
-                5 => Command::VerifyCvv(CvvCheck {
-                    cvk: key,
-                    pan,
-                    expiry: Expiry::new(&rng.digits(4)).unwrap(),
-                    service_code: ServiceCode::new(&rng.digits(3)).unwrap(),
-                    cvv: digits(rng, 3),
-                }),
+                4 => {
+                    let expiry = Expiry::new(&rng.digits(4)).unwrap();
+                    let service_code = ServiceCode::new(&rng.digits(3)).unwrap();
+                    let atc = Atc(rng.next() as u16);
+                    let dcvv = if rng.below(2) == 0 && key.len() == 16 {
+                        let own = dcvv::dcvv(key, pan, psn, expiry, service_code, atc).unwrap();
+                        own.to_vec().leak() as &[u8]
+                    } else {
+                        digits(rng, 3)
+                    };
+                    Command::VerifyDcvv(DcvvCheck {
+                        imk_dcvv: key,
+                        pan,
+                        psn,
+                        expiry,
+                        service_code,
+                        atc,
+                        dcvv,
+                    })
+                }
+                5 => {
+                    let expiry = Expiry::new(&rng.digits(4)).unwrap();
+                    let service_code = ServiceCode::new(&rng.digits(3)).unwrap();
+                    let code = if rng.below(2) == 0 && key.len() == 16 {
+                        let own = cvv::cvv(key, pan, expiry, service_code).unwrap();
+                        own.to_vec().leak() as &[u8]
+                    } else {
+                        digits(rng, 3)
+                    };
+                    Command::VerifyCvv(CvvCheck {
+                        cvk: key,
+                        pan,
+                        expiry,
+                        service_code,
+                        cvv: code,
+                    })
+                }
                 _ => match rng.below(3) {
                     0 => Command::DeriveCardKey(CardKeyRequest {
                         method: if rng.below(2) == 0 {
@@ -199,7 +232,7 @@ fn commands<'a>(rng: &mut Rng, inp: &'a Inputs, cards: &'a [Vec<u8>]) -> Vec<Com
 #[test]
 fn batched_equals_scalar_for_random_mixed_batches() {
     let mut rng = Rng(crate::xorshift::XorShift::new(0xDEC0_DE00_1234_5678));
-    let mut valid = 0;
+    let (mut valid, mut codes_valid) = (0, 0);
     for size in [1, 3, 17, 200, 1500] {
         let inp = inputs(&mut rng, size);
         let cards: Vec<Vec<u8>> = (0..size)
@@ -218,8 +251,12 @@ fn batched_equals_scalar_for_random_mixed_batches() {
             if matches!(b, Outcome::Arqc { valid: true, .. }) {
                 valid += 1;
             }
+            if matches!(b, Outcome::Code { valid: true }) {
+                codes_valid += 1;
+            }
         }
     }
     // The comparison must have covered accepted cryptograms too.
     assert!(valid > 50, "only {valid} valid ARQCs");
+    assert!(codes_valid > 50, "only {codes_valid} valid codes");
 }

@@ -141,25 +141,13 @@ impl Backend for Portable {
     }
 }
 
-/// ISO 9797-1 MAC algorithm 3 (the retail MAC) with DES, for many lanes:
-/// lane `c` has key `keys[c]` (16 bytes, `KL || KR`) and data
+/// ISO 9797-1 MAC algorithm 3 (the retail MAC) with DES, for many lanes,
+/// on at most the kernel `widest` (capped to what the CPU has): lane `c`
+/// has key `keys[c]` (16 bytes, `KL || KR`) and data
 /// `data[c * 8 * blocks..(c + 1) * 8 * blocks]`, already padded. The MAC
-/// goes to `out[c]`.
-///
-/// With one block this is 2-key TDES encryption, so it also runs the key
-/// derivations and the ARPC. Chunks of lanes go to the widest kernel that
-/// the rest of the batch fills.
-///
-/// # Panics
-/// If the slices' lengths disagree (a bug in the caller, not bad input).
-pub fn retail_mac_lanes(keys: &[[u8; 16]], data: &[u8], blocks: usize, out: &mut [[u8; 8]]) {
-    retail_mac_lanes_with(Kernel::best(), keys, data, blocks, out);
-}
-
-/// [`retail_mac_lanes`] with at most the given kernel (for tests and
-/// benchmarks that compare kernels).
-///
-/// A kernel wider than the CPU has is capped to what it has.
+/// goes to `out[c]`. With one block this is 2-key TDES encryption. The
+/// batch API reads its jobs in place through [`run_lanes`]; this contiguous
+/// form serves the tests and benchmarks that compare kernels.
 ///
 /// # Panics
 /// If the slices' lengths disagree or `blocks` is 0 (a bug in the caller).
@@ -236,12 +224,6 @@ pub(crate) fn run_lanes<L: LaneSource>(
         }
         start += len;
     }
-}
-
-/// 2-key TDES encryption of one block per lane, in place.
-pub fn tdes_encrypt_lanes(keys: &[[u8; 16]], blocks: &mut [[u8; 8]]) {
-    let data: Vec<u8> = blocks.iter().flatten().copied().collect();
-    retail_mac_lanes(keys, &data, 1, blocks);
 }
 
 /// The kernel for the next chunk. A chunk costs the same however few of

@@ -72,7 +72,6 @@ fn a_million_random_lanes_match_the_scalar_path() {
     const BATCH: usize = 4096;
     let mut rng = Rng::new(0x0BAD_5EED_CAFE_F00D);
     let kernels = Kernel::available();
-    let mut compared = 0;
     for batch in 0..LANES / BATCH {
         let blocks = 1 + batch % 6;
         let mut keys = vec![[0u8; 16]; BATCH];
@@ -93,7 +92,5 @@ fn a_million_random_lanes_match_the_scalar_path() {
                 assert_eq!(out[c], expected[c], "{kernel:?} batch {batch} lane {c}");
             }
         }
-        compared += BATCH;
     }
-    assert_eq!(compared, LANES);
 }
