@@ -16,15 +16,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
-use engine::cardsim::{authorization, CardTxn};
 use engine::config::Config;
 use engine::iso8583::{tlv, Dialect, IsoMessage};
-use engine::pipeline::keys::{self, ProfileKeys};
 use engine::pipeline::Pipeline;
+use engine::profile::keys::{self, ProfileKeys};
 use engine::vault::provision::{provision, ProvisionSpec};
 use engine::vault::records::RecordView;
 use engine::vault::types::{DomainControls, TokenState};
 use engine::vault::{OpenOptions, Vault};
+use loadgen::cardsim::{authorization, CardTxn};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -137,7 +137,7 @@ fn pipeline(c: &mut Criterion) {
     // Cryptography alone: what an ARQC verification costs (derive ICC MK,
     // SKD session key, AC), for the ratio.
     let view = f.cards[0];
-    let engine::pipeline::keys::SchemeKeys::Emv(imk) = &f.profiles[usize::from(view.profile)].keys
+    let engine::profile::keys::SchemeKeys::Emv(imk) = &f.profiles[usize::from(view.profile)].keys
     else {
         unreachable!("mc_cvn16 is EMV")
     };

@@ -1,19 +1,27 @@
 //! # engine: the Tessera authorization engine
 //!
+//! The library a program embeds to authorize token transactions: no command
+//! line, no simulator.
+//!
+//! - [`config`] loads and checks `config/tessera.toml`.
 //! - [`vault`] is the token vault (tokens, encrypted PANs, lifecycle, domain
 //!   controls, replay protection), durable through a journal and snapshots.
-//! - [`config`] loads and checks `config/tessera.toml`.
+//! - [`profile`]: each card profile's issuer keys and track 2 template.
+//! - [`iso8583`]: the message codec (two dialects), framing, BER-TLV,
+//!   track 2, response codes.
+//! - [`pipeline`]: one batch of requests in, answers out: detokenize,
+//!   check, verify the cryptogram in the HSM, accept the ATC once.
+//! - [`issuer`]: the link that forwards approvable requests to the issuer.
+//! - [`server`]: the TCP listener.
+//! - [`metrics`]: Prometheus text exposition.
 
 #![forbid(unsafe_code)]
 
-pub mod cardsim;
-pub mod cli;
 pub mod config;
-pub mod demo;
 pub mod iso8583;
 pub mod issuer;
-pub mod loadgen;
 pub mod metrics;
 pub mod pipeline;
+pub mod profile;
 pub mod server;
 pub mod vault;

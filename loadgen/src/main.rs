@@ -1,5 +1,5 @@
 //! `tessera-loadgen`: stress the engine the way a payment network would and
-//! prove every answer right. A thin command line over `engine::loadgen`.
+//! prove every answer right. A thin command line over the `loadgen` library.
 
 #![forbid(unsafe_code)]
 
@@ -12,9 +12,10 @@ use clap::{Parser, Subcommand};
 use engine::config::Config;
 use engine::iso8583::framing::Framing;
 use engine::iso8583::Dialect;
-use engine::loadgen::prepare::{prepare, PrepareSpec};
-use engine::loadgen::run::{run, run_warmup, Mode, RunConfig};
-use engine::loadgen::{issuer_sim, ledger::Ledger, report::Report, Kind};
+use loadgen::issuer_sim;
+use loadgen::model::Kind;
+use loadgen::run::{Mode, RunConfig};
+use loadgen::session::{default_faults, run_session, warmup_size, SessionSpec};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -166,7 +167,7 @@ fn run_cli(cli: Cli) -> Result<bool, String> {
                 d => return Err(format!("--dialect must be ascii or binary, not {d}")),
             };
             let faults = match faults.as_deref() {
-                None => engine::demo::default_faults(),
+                None => default_faults(),
                 Some("none") => Vec::new(),
                 Some(f) => pairs(f)?
                     .into_iter()
@@ -188,29 +189,6 @@ fn run_cli(cli: Cli) -> Result<bool, String> {
                     in_flight: n.unwrap_or(64),
                 },
             };
-            let per_s = rate.unwrap_or(engine::demo::CLOSED_LOOP_ESTIMATE_PER_S);
-            let count = pool.unwrap_or((per_s * duration.as_secs_f64() * 1.5) as usize + 10_000);
-            let warmup = warmup.unwrap_or((count / 200).max(5_000));
-            let pool = prepare(
-                &PrepareSpec {
-                    export,
-                    count,
-                    warmup,
-                    mix,
-                    faults,
-                    seed,
-                    dialect,
-                },
-                &cfg,
-                &keys,
-            )
-            .map_err(|e| e.to_string())?;
-            eprintln!(
-                "tessera-loadgen: prepared {} transactions (+{} warm-up) over {} cards",
-                pool.main.len(),
-                pool.warmup.len(),
-                pool.tokens
-            );
             let run_cfg = RunConfig {
                 target,
                 connections,
@@ -221,20 +199,24 @@ fn run_cli(cli: Cli) -> Result<bool, String> {
                 progress: true,
                 drain_timeout: Duration::from_secs(5),
             };
-            let mut warm = Ledger::new(dialect);
-            run_warmup(&run_cfg, &pool.warmup, &mut warm).map_err(|e| e.to_string())?;
-            let result = run(&run_cfg, &pool.main).map_err(|e| e.to_string())?;
-            let rep = Report::from_run(&run_cfg, &result);
-            println!("{}", rep.print());
+            let mut session = SessionSpec::new(run_cfg, export, faults, seed, "tessera-loadgen");
+            session.prepare.mix = mix;
+            if let Some(count) = pool {
+                session.prepare.count = count;
+            }
+            session.prepare.warmup = warmup.unwrap_or(warmup_size(session.prepare.count));
+            let outcome = run_session(&session, &cfg, &keys).map_err(|e| e.to_string())?;
             if let Some(dir) = report {
-                rep.write(&dir, &result.histogram)
+                outcome
+                    .report
+                    .write(&dir, &outcome.result.histogram)
                     .map_err(|e| e.to_string())?;
                 println!("report written to {}", dir.display());
             }
-            if !warm.ok() {
-                println!("warm-up mismatches:\n{}", warm.table());
+            if !outcome.warmup.ok() {
+                println!("warm-up mismatches:\n{}", outcome.warmup.table());
             }
-            Ok(warm.ok() && result.ledger.ok() && !result.pool_exhausted)
+            Ok(outcome.all_expected() && !outcome.result.pool_exhausted)
         }
     }
 }

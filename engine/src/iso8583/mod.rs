@@ -46,6 +46,7 @@
 pub mod codec;
 pub mod framing;
 pub mod message;
+pub mod rc;
 pub mod spec;
 pub mod tlv;
 pub mod track2;

@@ -11,9 +11,9 @@ use hsm_sim::emv::mk::{derive_icc_mk, MkDerivation};
 use hsm_sim::emv::{ArpcInput, CvnProfile, TerminalData};
 use hsm_sim::types::{Atc, Expiry, Pan, Psn, ServiceCode};
 
-use super::keys::{ProfileKeys, SchemeKeys};
-use super::rc;
+use crate::iso8583::rc;
 use crate::iso8583::tlv;
+use crate::profile::keys::{ProfileKeys, SchemeKeys};
 use crate::vault::records::RecordView;
 
 /// One request's cryptogram check, with what concluding it needs.

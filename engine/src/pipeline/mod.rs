@@ -14,9 +14,7 @@
 
 pub mod clock;
 mod crypto;
-pub mod keys;
 mod shards;
-pub mod track;
 
 use std::collections::HashMap;
 
@@ -31,7 +29,10 @@ use hsm_sim::emv::{CvnProfile, TerminalData};
 use hsm_sim::types::{Expiry, Pan, Psn, ServiceCode};
 
 use crate::config::Scheme;
+use crate::iso8583::rc;
 use crate::iso8583::{self, bcd, digits_value, tlv, track2, Dialect, IsoMessage};
+use crate::profile::keys::{ProfileKeys, SchemeKeys};
+use crate::profile::track;
 use crate::vault::controls::TxnContext;
 use crate::vault::journal::Lsn;
 use crate::vault::records::RecordView;
@@ -39,34 +40,7 @@ use crate::vault::types::{CardNumber, TokenState};
 use crate::vault::{replay, ApprovalRefused, ControlCheck, Vault};
 use clock::Now;
 use crypto::{CheckKind, ChipAnswer, ChipCheck, CryptoCheck};
-use keys::{ProfileKeys, SchemeKeys};
 use shards::{Sharded, SHARDS};
-
-/// Response codes (DE 39) the pipeline uses.
-pub mod rc {
-    /// Approved.
-    pub const APPROVED: [u8; 2] = *b"00";
-    /// Invalid card number: unknown or deleted token.
-    pub const INVALID_CARD: [u8; 2] = *b"14";
-    /// Format error.
-    pub const FORMAT_ERROR: [u8; 2] = *b"30";
-    /// Expired card (or expiry mismatch).
-    pub const EXPIRED: [u8; 2] = *b"54";
-    /// Transaction not permitted to cardholder: domain controls.
-    pub const NOT_PERMITTED: [u8; 2] = *b"57";
-    /// Restricted card: inactive or suspended token.
-    pub const RESTRICTED: [u8; 2] = *b"62";
-    /// Exceeds withdrawal frequency limit: velocity.
-    pub const VELOCITY: [u8; 2] = *b"65";
-    /// Visa: negative CAM, dCVV, iCVV or CVV result.
-    pub const VISA_CRYPTO: [u8; 2] = *b"82";
-    /// Mastercard: cryptographic failure.
-    pub const MC_CRYPTO: [u8; 2] = *b"88";
-    /// Issuer or switch inoperative: no issuer answer in time.
-    pub const ISSUER_UNAVAILABLE: [u8; 2] = *b"91";
-    /// System malfunction.
-    pub const SYSTEM_ERROR: [u8; 2] = *b"96";
-}
 
 /// Fields an authorization answer echoes from the request.
 const ECHO: [u8; 12] = [2, 3, 4, 7, 11, 12, 13, 32, 37, 41, 42, 49];

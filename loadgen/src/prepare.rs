@@ -28,14 +28,14 @@ use hsm_sim::emv::{ArpcInput, TerminalData};
 use hsm_sim::keyfile::KeyStore;
 use hsm_sim::types::{mask_pan, Pan, Psn};
 
-use super::{Expect, Kind, Prepared};
 use crate::cardsim::{self, CardTxn};
-use crate::config::{Config, Scheme};
-use crate::iso8583::digits_value;
-use crate::iso8583::{tlv, Dialect, IsoMessage};
-use crate::pipeline::keys::{self, ProfileKeys, SchemeKeys};
-use crate::pipeline::rc;
-use crate::vault::provision::{mix, number_in_range};
+use crate::model::{Expect, Kind, Prepared};
+use engine::config::{Config, Scheme};
+use engine::iso8583::digits_value;
+use engine::iso8583::rc;
+use engine::iso8583::{tlv, Dialect, IsoMessage};
+use engine::profile::keys::{self, ProfileKeys, SchemeKeys};
+use engine::vault::provision::{mix, number_in_range};
 
 /// What to prepare.
 #[derive(Debug, Clone)]
@@ -987,12 +987,12 @@ pub fn prepare(spec: &PrepareSpec, config: &Config, keys: &KeyStore) -> Result<P
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loadgen::ledger::Ledger;
-    use crate::loadgen::Answer;
-    use crate::pipeline::Pipeline;
-    use crate::vault::provision::{provision, ProvisionSpec};
-    use crate::vault::types::{DomainControls, TokenState};
-    use crate::vault::{OpenOptions, Vault};
+    use crate::ledger::Ledger;
+    use crate::model::Answer;
+    use engine::pipeline::Pipeline;
+    use engine::vault::provision::{provision, ProvisionSpec};
+    use engine::vault::types::{DomainControls, TokenState};
+    use engine::vault::{OpenOptions, Vault};
     use std::path::Path;
     use std::sync::Arc;
 
@@ -1041,7 +1041,7 @@ mod tests {
         .unwrap();
         let export = dir.path().join("export.jsonl");
         let file = std::fs::File::create(&export).unwrap();
-        crate::vault::export::write_jsonl(&vault, std::io::BufWriter::new(file), true).unwrap();
+        engine::vault::export::write_jsonl(&vault, std::io::BufWriter::new(file), true).unwrap();
         Setup {
             dir,
             cfg,

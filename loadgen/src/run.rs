@@ -85,11 +85,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use hdrhistogram::Histogram;
 
-use super::ledger::Ledger;
-use super::report::{fmt_ms, thousands};
-use super::{Answer, Kind, Prepared};
-use crate::iso8583::framing::Framing;
-use crate::iso8583::{next_frame, write_frame, Dialect};
+use crate::ledger::Ledger;
+use crate::model::{Answer, Kind, Prepared};
+use crate::report::{fmt_ms, thousands};
+use engine::iso8583::framing::Framing;
+use engine::iso8583::{next_frame, write_frame, Dialect};
 
 /// Default wait for outstanding answers after the last send.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -816,7 +816,7 @@ fn answer_id(dialect: Dialect, body: &[u8]) -> Result<u64, NoId> {
         Err(e) => e.partial,
     };
     let v = msg.get(37).ok_or(NoId::Missing)?.trim_ascii();
-    crate::iso8583::digits_value(v).ok_or(NoId::NotDigits)
+    engine::iso8583::digits_value(v).ok_or(NoId::NotDigits)
 }
 
 enum End {
@@ -985,8 +985,8 @@ pub(crate) mod tests {
     use std::net::TcpListener;
 
     use super::*;
-    use crate::iso8583::IsoMessage;
-    use crate::loadgen::Expect;
+    use crate::model::Expect;
+    use engine::iso8583::IsoMessage;
 
     /// What the in-test server does with each frame.
     #[derive(Debug, Clone, Copy)]

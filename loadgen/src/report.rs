@@ -15,8 +15,8 @@ use std::path::Path;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::ledger::Ledger;
-use super::run::{Mode, RunConfig, RunResult};
+use crate::ledger::Ledger;
+use crate::run::{Mode, RunConfig, RunResult};
 
 /// Latency percentiles, µs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -455,10 +455,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::iso8583::Dialect;
-    use crate::loadgen::run::latency_histogram;
-    use crate::loadgen::run::tests::{cfg, pool, server, Behavior};
-    use crate::loadgen::Kind;
+    use crate::model::Kind;
+    use crate::run::latency_histogram;
+    use crate::run::tests::{cfg, pool, server, Behavior};
+    use engine::iso8583::Dialect;
 
     fn histogram() -> Histogram<u64> {
         let mut h = latency_histogram();
@@ -630,7 +630,7 @@ mod tests {
     fn closed_loop_run_writes_its_files() {
         let addr = server(Behavior::Echo);
         let c = cfg(addr, Mode::Closed { in_flight: 4 }, 2, 10_000);
-        let r = crate::loadgen::run::run(&c, &pool(300, Kind::Valid)).unwrap();
+        let r = crate::run::run(&c, &pool(300, Kind::Valid)).unwrap();
         let report = Report::from_run(&c, &r);
         assert!(report.ok, "{}", report.print());
         assert_eq!((report.mode, report.in_flight), ("closed", Some(4)));

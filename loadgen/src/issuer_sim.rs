@@ -1,6 +1,6 @@
 //! The issuer the engine forwards approvable requests to.
 //!
-//! It runs on the engine's own TCP server ([`crate::server`]) and checks
+//! It runs on the engine's own TCP server ([`engine::server`]) and checks
 //! what matters about the issuer leg: the engine must send the real PAN in
 //! DE 2 and the token in DE 48 (sub-element `01`). A request whose DE 2 is
 //! not the PAN behind its token is counted as a mismatch and declined
@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::iso8583::{response_mti, Dialect, Framing, IsoMessage};
-use crate::issuer::token_from_de48;
-use crate::server::{ConnId, Handler, Server, ServerConfig, ServerStats, ShutdownHandle};
+use engine::iso8583::{response_mti, Dialect, Framing, IsoMessage};
+use engine::issuer::token_from_de48;
+use engine::server::{ConnId, Handler, Server, ServerConfig, ServerStats, ShutdownHandle};
 
 /// Fields an approval echoes.
 const ECHO: [u8; 11] = [2, 3, 4, 7, 11, 12, 13, 37, 41, 42, 49];
@@ -220,8 +220,8 @@ pub fn pans_from_export(path: impl AsRef<Path>) -> io::Result<HashMap<String, St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::iso8583::{next_frame, write_frame};
-    use crate::issuer::{put_token_in_de48, IssuerLink};
+    use engine::iso8583::{next_frame, write_frame};
+    use engine::issuer::{put_token_in_de48, IssuerLink};
     use std::io::{Read, Write};
     use std::net::TcpStream;
 

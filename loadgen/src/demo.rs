@@ -11,17 +11,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Config;
-use crate::iso8583::framing::Framing;
-use crate::iso8583::Dialect;
-use crate::loadgen::prepare::{prepare, PrepareSpec};
-use crate::loadgen::run::{run, run_warmup, Mode, RunConfig};
-use crate::loadgen::{issuer_sim, ledger::Ledger, report::Report, Kind};
-use crate::pipeline::Pipeline;
-use crate::server::{Server, ServerConfig};
-use crate::vault::provision::{provision, ProvisionSpec};
-use crate::vault::types::{DomainControls, TokenState};
-use crate::vault::{OpenOptions, Vault};
+use engine::config::Config;
+use engine::iso8583::framing::Framing;
+use engine::iso8583::Dialect;
+use engine::issuer::IssuerLink;
+use engine::pipeline::Pipeline;
+use engine::profile::keys;
+use engine::server::{Handler, Server, ServerConfig};
+use engine::vault::provision::{provision, ProvisionSpec};
+use engine::vault::types::{DomainControls, TokenState};
+use engine::vault::{OpenOptions, Vault};
+
+use crate::issuer_sim;
+use crate::run::{Mode, RunConfig};
+use crate::session::{default_faults, run_session, SessionSpec};
 
 /// What the demo does.
 #[derive(Debug, Clone)]
@@ -38,21 +41,6 @@ pub struct DemoSpec {
     pub rate: Option<f64>,
     /// Requests in flight per connection (closed loop).
     pub in_flight: usize,
-}
-
-/// The default fault rates of the load generator, in percent.
-pub fn default_faults() -> Vec<(Kind, f64)> {
-    vec![
-        (Kind::WrongCryptogram, 1.0),
-        (Kind::ReplayedAtc, 0.5),
-        (Kind::UnknownToken, 0.5),
-        (Kind::SuspendedToken, 0.5),
-        (Kind::ExpiredToken, 0.5),
-        (Kind::DomainViolation, 0.5),
-        (Kind::AmountMismatch, 0.5),
-        (Kind::Malformed, 0.2),
-        (Kind::Reversal, 0.3),
-    ]
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -102,9 +90,9 @@ pub fn run_demo(config_path: &Path, spec: &DemoSpec) -> Result<bool, String> {
     let issuer =
         issuer_sim::start(any, pans, Dialect::Ascii, Framing::Len2Exclusive).map_err(err)?;
     let issuer_addr = issuer.local_addr();
-    let profiles = crate::pipeline::keys::load(&cfg, &keys)?;
+    let profiles = keys::load(&cfg, &keys)?;
     let vault = Arc::new(vault);
-    let link = crate::issuer::IssuerLink::connect(
+    let link = IssuerLink::connect(
         issuer_addr,
         Framing::Len2Exclusive,
         Dialect::Ascii,
@@ -127,7 +115,7 @@ pub fn run_demo(config_path: &Path, spec: &DemoSpec) -> Result<bool, String> {
     .map_err(err)?;
     let engine_addr = server.local_addr().map_err(err)?;
     let stop = server.shutdown_handle();
-    let handler: Arc<dyn crate::server::Handler> = pipeline.clone();
+    let handler: Arc<dyn Handler> = pipeline.clone();
     let engine_thread = std::thread::spawn(move || server.run(handler));
     eprintln!("demo: engine on {engine_addr}, issuer simulator on {issuer_addr}");
 
@@ -146,38 +134,11 @@ pub fn run_demo(config_path: &Path, spec: &DemoSpec) -> Result<bool, String> {
         progress: true,
         drain_timeout: Duration::from_secs(5),
     };
-    // Enough transactions that the pool outlasts the run at full speed
-    // (closed loop: ~100,000/s in process on the 2-core reference machine).
-    let per_s = spec.rate.unwrap_or(CLOSED_LOOP_ESTIMATE_PER_S);
-    let count = ((per_s * spec.duration.as_secs_f64()) * 1.5) as usize + 10_000;
-    let prepared = prepare(
-        &PrepareSpec {
-            export: export.clone(),
-            count,
-            // Reversals and replays refer to warm-up approvals: scale it.
-            warmup: (count / 200).max(5_000),
-            mix: Vec::new(),
-            faults: default_faults(),
-            seed: 7,
-            dialect: Dialect::Ascii,
-        },
-        &cfg,
-        &keys,
-    )
-    .map_err(err)?;
-    eprintln!(
-        "demo: prepared {} transactions (+{} warm-up) over {} cards",
-        prepared.main.len(),
-        prepared.warmup.len(),
-        prepared.tokens
-    );
-    let mut warm = Ledger::new(Dialect::Ascii);
-    run_warmup(&run_cfg, &prepared.warmup, &mut warm).map_err(err)?;
-    let result = run(&run_cfg, &prepared.main).map_err(err)?;
-    let report = Report::from_run(&run_cfg, &result);
-    println!("{}", report.print());
-    report
-        .write(&spec.report_dir, &result.histogram)
+    let session = SessionSpec::new(run_cfg, export.clone(), default_faults(), 7, "demo");
+    let outcome = run_session(&session, &cfg, &keys).map_err(err)?;
+    outcome
+        .report
+        .write(&spec.report_dir, &outcome.result.histogram)
         .map_err(err)?;
     let issuer_stats = issuer.stats();
     println!(
@@ -190,7 +151,7 @@ pub fn run_demo(config_path: &Path, spec: &DemoSpec) -> Result<bool, String> {
     issuer.stop();
     vault.flush().map_err(err)?;
     let _ = std::fs::remove_dir_all(&work);
-    if result.pool_exhausted {
+    if outcome.result.pool_exhausted {
         // Not a wrong answer: the engine outran the prepared pool, and the
         // figures above cover the time it lasted.
         eprintln!(
@@ -198,12 +159,9 @@ pub fn run_demo(config_path: &Path, spec: &DemoSpec) -> Result<bool, String> {
              (a faster machine than the pool was sized for); the figures cover the sending time"
         );
     }
-    let clean = warm.ok() && result.ledger.ok() && issuer_stats.pan_mismatches == 0;
+    let clean = outcome.all_expected() && issuer_stats.pan_mismatches == 0;
     Ok(clean)
 }
-
-/// The closed-loop rate the pool is sized for (1.5 x this x the duration).
-pub const CLOSED_LOOP_ESTIMATE_PER_S: f64 = 100_000.0;
 
 fn tempfile_dir() -> Result<PathBuf, String> {
     let dir = std::env::temp_dir().join(format!("tessera-demo-{}", std::process::id()));
@@ -214,6 +172,6 @@ fn tempfile_dir() -> Result<PathBuf, String> {
 /// The vault's export with PANs (test data) for the simulators.
 fn write_export(vault: &Vault, path: &Path) -> Result<(), String> {
     let file = std::fs::File::create(path).map_err(err)?;
-    crate::vault::export::write_jsonl(vault, std::io::BufWriter::new(file), true).map_err(err)?;
+    engine::vault::export::write_jsonl(vault, std::io::BufWriter::new(file), true).map_err(err)?;
     Ok(())
 }

@@ -10,10 +10,10 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use engine::cardsim::{authorization, CardTxn};
 use engine::iso8583::{Dialect, IsoMessage};
-use engine::pipeline::keys::{self, ProfileKeys};
+use engine::profile::keys::{self, ProfileKeys};
 use engine::vault::records::RecordView;
+use loadgen::cardsim::{authorization, CardTxn};
 
 struct Engine {
     child: Child,

@@ -11,10 +11,10 @@ use hsm_sim::emv::{CvnProfile, TerminalData};
 use hsm_sim::magstripe::{cvc3, dcvv};
 use hsm_sim::types::{Atc, Expiry, Pan, Psn, ServiceCode};
 
-use crate::config::Scheme;
-use crate::iso8583::{bcd, tlv, IsoMessage};
-use crate::pipeline::keys::{ProfileKeys, SchemeKeys};
-use crate::pipeline::track;
+use engine::config::Scheme;
+use engine::iso8583::{bcd, tlv, IsoMessage};
+use engine::profile::keys::{ProfileKeys, SchemeKeys};
+use engine::profile::track;
 
 /// One transaction to build.
 #[derive(Debug, Clone)]

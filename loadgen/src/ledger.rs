@@ -15,8 +15,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{Answer, Kind, Prepared};
-use crate::iso8583::{tlv, Dialect, IsoMessage};
+use crate::model::{Answer, Kind, Prepared};
+use engine::iso8583::{tlv, Dialect, IsoMessage};
 
 /// How many mismatches are kept with a description.
 pub const KEPT_MISMATCHES: usize = 20;
@@ -347,7 +347,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loadgen::Expect;
+    use crate::model::Expect;
 
     const TOKEN: &str = "4895370000000017";
     const PAN: &str = "4761000000000019";

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::Config;
-use crate::vault::provision::{provision, ProvisionSpec};
-use crate::vault::types::{CardNumber, DomainControls, TokenState, Velocity};
-use crate::vault::{OpenOptions, TokenizeRequest, Vault};
+use engine::config::Config;
+use engine::vault::provision::{provision, ProvisionSpec};
+use engine::vault::types::{CardNumber, DomainControls, TokenState, Velocity};
+use engine::vault::{OpenOptions, TokenizeRequest, Vault};
 
 /// The top-level command line.
 #[derive(Debug, Parser)]
@@ -264,9 +264,9 @@ macro_rules! from_err {
     ($($t:ty),*) => {$(impl From<$t> for CliError { fn from(e: $t) -> Self { Self(e.to_string()) } })*};
 }
 from_err!(
-    crate::config::ConfigError,
-    crate::vault::VaultError,
-    crate::vault::types::CardNumberError,
+    engine::config::ConfigError,
+    engine::vault::VaultError,
+    engine::vault::types::CardNumberError,
     std::io::Error,
     serde_json::Error
 );
@@ -284,7 +284,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             rate,
             in_flight,
         } => {
-            let spec = crate::demo::DemoSpec {
+            let spec = loadgen::demo::DemoSpec {
                 tokens,
                 duration: std::time::Duration::from_secs_f64(seconds),
                 report_dir: report,
@@ -292,7 +292,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 rate,
                 in_flight,
             };
-            if crate::demo::run_demo(&cli.config, &spec).map_err(CliError::new)? {
+            if loadgen::demo::run_demo(&cli.config, &spec).map_err(CliError::new)? {
                 println!("demo: every answer was the expected one");
                 Ok(())
             } else {
@@ -309,13 +309,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             dialect,
         } => {
             let (cfg, keys) = Config::load(&cli.config)?;
-            let profiles = crate::pipeline::keys::load(&cfg, &keys).map_err(CliError::new)?;
+            let profiles = engine::profile::keys::load(&cfg, &keys).map_err(CliError::new)?;
             let vault = open(&cli.config, &dir)?;
             let t = token_arg(&token)?;
             let view = vault
                 .lookup(t)
                 .ok_or_else(|| CliError::new(format!("unknown token {}", t.masked())))?;
-            let txn = crate::cardsim::CardTxn {
+            let txn = loadgen::cardsim::CardTxn {
                 token: t.digits(),
                 expiry: format!("{:04}", view.expiry_yymm)
                     .into_bytes()
@@ -328,23 +328,23 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 un: 12_345_678,
                 stan,
             };
-            let msg = crate::cardsim::authorization(&profiles[usize::from(view.profile)], &txn)
+            let msg = loadgen::cardsim::authorization(&profiles[usize::from(view.profile)], &txn)
                 .map_err(|e| CliError::new(e.to_string()))?;
             let d = if dialect == "binary" {
-                crate::iso8583::Dialect::Binary
+                engine::iso8583::Dialect::Binary
             } else {
-                crate::iso8583::Dialect::Ascii
+                engine::iso8583::Dialect::Ascii
             };
             let bytes = d.encode(&msg).map_err(|e| CliError::new(e.to_string()))?;
-            println!("{}", crate::iso8583::hex_string(&bytes));
+            println!("{}", engine::iso8583::hex_string(&bytes));
             Ok(())
         }
     }
 }
 
 fn serve(config: &Path, a: ServeArgs) -> Result<(), CliError> {
-    use crate::iso8583::Dialect;
-    use crate::server::{Server, ServerConfig};
+    use engine::iso8583::Dialect;
+    use engine::server::{Server, ServerConfig};
     let (cfg, keys) = Config::load(config)?;
     let l = cfg.listener.clone();
     let listen = a.listen.as_deref().unwrap_or(&l.listen);
@@ -377,7 +377,7 @@ fn serve(config: &Path, a: ServeArgs) -> Result<(), CliError> {
         },
         ..ServerConfig::default()
     };
-    let profiles = crate::pipeline::keys::load(&cfg, &keys).map_err(CliError::new)?;
+    let profiles = engine::profile::keys::load(&cfg, &keys).map_err(CliError::new)?;
     let opts = OpenOptions {
         truncate_corrupt: a.dir.truncate_corrupt,
         create: false,
@@ -387,7 +387,7 @@ fn serve(config: &Path, a: ServeArgs) -> Result<(), CliError> {
         eprintln!("tessera: warning: {w}");
     }
     let vault = Arc::new(vault);
-    let mut pipeline = crate::pipeline::Pipeline::new(Arc::clone(&vault), profiles, dialect);
+    let mut pipeline = engine::pipeline::Pipeline::new(Arc::clone(&vault), profiles, dialect);
     if let Some(issuer) = a.issuer.as_deref().or(l.issuer.as_deref()) {
         use std::net::ToSocketAddrs;
         let addr = issuer
@@ -397,7 +397,7 @@ fn serve(config: &Path, a: ServeArgs) -> Result<(), CliError> {
             .ok_or_else(|| CliError::new(format!("cannot resolve issuer address \"{issuer}\"")))?;
         let timeout = a.issuer_timeout_ms.unwrap_or(l.issuer_timeout_ms);
         // The issuer link speaks the listener's framing and dialect.
-        let link = crate::issuer::IssuerLink::connect(
+        let link = engine::issuer::IssuerLink::connect(
             addr,
             server_config.framing,
             dialect,
@@ -411,7 +411,7 @@ fn serve(config: &Path, a: ServeArgs) -> Result<(), CliError> {
         let addr = m
             .parse()
             .map_err(|_| CliError::new(format!("cannot parse metrics address \"{m}\"")))?;
-        let bound = crate::metrics::serve(addr, pipeline.metrics())?;
+        let bound = engine::metrics::serve(addr, pipeline.metrics())?;
         eprintln!("tessera: metrics on http://{bound}/metrics");
     }
     let server = Server::bind(server_config)?;
@@ -434,7 +434,7 @@ fn serve(config: &Path, a: ServeArgs) -> Result<(), CliError> {
         vault.len(),
         dialect
     );
-    let handler: Arc<dyn crate::server::Handler> = pipeline.clone();
+    let handler: Arc<dyn engine::server::Handler> = pipeline.clone();
     let stats = server.run(handler)?;
     stop.shutdown();
     let _ = snapshots.join();
@@ -521,7 +521,7 @@ fn vault_command(config: &Path, cmd: VaultCommand) -> Result<(), CliError> {
             let file = std::fs::File::create(&out)
                 .map_err(|e| CliError::new(format!("cannot create {}: {e}", out.display())))?;
             let mut w = BufWriter::new(file);
-            let n = crate::vault::export::write_jsonl(&vault, &mut w, with_pan)?;
+            let n = engine::vault::export::write_jsonl(&vault, &mut w, with_pan)?;
             w.get_ref().sync_all()?;
             eprintln!(
                 "exported {n} tokens to {}{}",

@@ -1,26 +1,6 @@
-//! The load generator: card and acquirer simulator, issuer simulator, and
-//! the runner that proves every answer right under load.
-//!
-//! It lives in the engine library (the `tessera-loadgen` binary is a thin
-//! CLI over it) because `tessera demo` runs it in-process, and a separate
-//! crate would need the engine while the engine's binary needed it: a
-//! dependency cycle.
-//!
-//! - [`prepare`]: builds the pool of transactions before the timed run,
-//!   each with the answer it must get ([`Expect`]), faults included.
-//! - [`run`]: open loop (a rate, latency from the scheduled send time) or
-//!   closed loop (in-flight per connection), over K connections.
-//! - [`ledger`]: checks every answer against its expectation.
-//! - [`report`]: HdrHistogram percentiles, `report.json`, `latency.hgrm`,
-//!   `latency.svg`.
-//! - [`issuer_sim`]: the issuer the engine forwards to; checks DE 2 is the
-//!   PAN behind the token in DE 48.
-
-pub mod issuer_sim;
-pub mod ledger;
-pub mod prepare;
-pub mod report;
-pub mod run;
+//! What the load generator sends and what it must get back: the kind of a
+//! prepared transaction (valid, or one injected fault), the answer it
+//! must get, and what came back.
 
 /// What a prepared transaction is: a valid one, or one injected fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -6,10 +6,9 @@ mod common;
 
 use std::sync::Arc;
 
-use engine::cardsim::{authorization, CardTxn};
 use engine::iso8583::{tlv, Dialect, IsoMessage};
-use engine::pipeline::keys;
 use engine::pipeline::Pipeline;
+use engine::profile::keys;
 use engine::vault::provision::{provision, ProvisionSpec};
 use engine::vault::records::RecordView;
 use engine::vault::types::{DomainControls, TokenState, Velocity};
@@ -17,6 +16,7 @@ use engine::vault::TokenizeRequest;
 use hsm_sim::emv::mk::derive_icc_mk;
 use hsm_sim::emv::{ArpcInput, TerminalData};
 use hsm_sim::types::{Pan, Psn};
+use loadgen::cardsim::{authorization, CardTxn};
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -122,7 +122,7 @@ fn every_profile_approves_and_answers_a_correct_arpc() {
             let f55 = req.get(55).unwrap();
             let tags = tlv::parse(f55).unwrap();
             let arqc: [u8; 8] = tlv::find(&tags, 0x9F26).unwrap().try_into().unwrap();
-            let engine::pipeline::keys::SchemeKeys::Emv(imk) = &pk.keys else {
+            let engine::profile::keys::SchemeKeys::Emv(imk) = &pk.keys else {
                 unreachable!()
             };
             let mk = derive_icc_mk(

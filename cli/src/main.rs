@@ -1,4 +1,6 @@
-//! `tessera`: the Tessera payment-token engine.
+//! `tessera`: the Tessera payment-token engine's command line. A thin
+//! layer: the engine is the `engine` library, the demo and simulators are
+//! the `loadgen` library.
 
 #![forbid(unsafe_code)]
 
@@ -6,12 +8,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod cli;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = engine::cli::Cli::parse();
-    match engine::cli::run(cli) {
+    let cli = cli::Cli::parse();
+    match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tessera: {e}");
