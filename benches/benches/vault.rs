@@ -149,7 +149,7 @@ fn vault_benches(c: &mut Criterion) {
             let mut i = 0u64;
             b.iter(|| {
                 i += 1;
-                let pan = engine::vault::provision::number_in_range(
+                let pan = engine::vault::ranges::number_in_range(
                     &engine::config::Range {
                         prefix: "4761".into(),
                         length: 16,

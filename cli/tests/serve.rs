@@ -1,6 +1,6 @@
 //! `tessera serve` end to end over real TCP: approvals for every profile,
 //! pipelining, many connections, fragmented and coalesced frames, every
-//! malformed input of the reference's list followed by a liveness check,
+//! malformed input of `docs/iso8583.md` §6 followed by a liveness check,
 //! and SIGTERM draining to exit status 0.
 
 mod common;

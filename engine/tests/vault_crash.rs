@@ -43,7 +43,7 @@ fn child(dir: &Path, seed: u64) -> ! {
     for i in 0u64.. {
         let r = mix(seed, i);
         if tokens.len() < 10 || r.is_multiple_of(5) {
-            let pan = engine::vault::provision::number_in_range(
+            let pan = engine::vault::ranges::number_in_range(
                 &engine::config::Range {
                     prefix: "5413".into(),
                     length: 16,

@@ -26,8 +26,8 @@
 //! - [`bench`]: `tessera-hsm bench`, the scalar and batched paths timed on
 //!   the same requests.
 //!
-//! Every algorithm is described, with its sources and open points, in the
-//! project's `crypto-algorithms.md`, and tested against the published
+//! Every algorithm is described, with its sources and open points, in
+//! `docs/cryptography.md`, and tested against the published
 //! vectors in `tests/vectors/`. Keys are zeroized on drop and redacted in
 //! `Debug`; every comparison of a cryptogram, MAC or CVV is constant-time.
 

@@ -14,8 +14,8 @@
 //! - [`run`]: open loop (a rate, latency from the scheduled send time) or
 //!   closed loop (in flight per connection), over K connections.
 //! - [`ledger`]: checks every answer against its expectation.
-//! - [`report`]: HdrHistogram percentiles, `report.json`, `latency.hgrm`,
-//!   `latency.svg`.
+//! - [`report`]: HdrHistogram percentiles, `report.json`, `latency.hgrm`;
+//!   [`plot`] draws `latency.svg`; [`format`] prints numbers.
 //! - [`issuer_sim`]: the issuer the engine forwards to; checks DE 2 is the
 //!   PAN behind the token in DE 48.
 //! - [`session`]: prepare → warm-up → run → report, shared by
@@ -26,9 +26,11 @@
 
 pub mod cardsim;
 pub mod demo;
+pub mod format;
 pub mod issuer_sim;
 pub mod ledger;
 pub mod model;
+pub mod plot;
 pub mod prepare;
 pub mod report;
 pub mod run;

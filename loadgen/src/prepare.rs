@@ -35,7 +35,8 @@ use engine::iso8583::digits_value;
 use engine::iso8583::rc;
 use engine::iso8583::{tlv, Dialect, IsoMessage};
 use engine::profile::keys::{self, ProfileKeys, SchemeKeys};
-use engine::vault::provision::{mix, number_in_range};
+use engine::vault::provision::mix;
+use engine::vault::ranges::number_in_range;
 
 /// What to prepare.
 #[derive(Debug, Clone)]

@@ -85,9 +85,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use hdrhistogram::Histogram;
 
+use crate::format::{fmt_ms, thousands};
 use crate::ledger::Ledger;
 use crate::model::{Answer, Kind, Prepared};
-use crate::report::{fmt_ms, thousands};
 use engine::iso8583::framing::Framing;
 use engine::iso8583::{next_frame, write_frame, Dialect};
 

@@ -8,8 +8,8 @@
 //!   [`Dialect::decode`]) walks it. Two ship: [`Dialect::Ascii`]
 //!   (pyiso8583 `default_ascii`, wire-compatible with jPOS ISO87A for the
 //!   fields we use) and [`Dialect::Binary`] (pyiso8583 `default`: 8-byte
-//!   binary bitmaps, `b` fields raw). Both tables come from the reference's
-//!   field table; the binary one is derived from the ascii one at compile
+//!   binary bitmaps, `b` fields raw). Both tables are the field table of
+//!   `docs/iso8583.md` §2; the binary one is derived from the ascii one at compile
 //!   time, so they cannot disagree except where pyiso8583 does. Adding a
 //!   link's dialect means adding a table, not a code path.
 //! - **Canonical field form.** [`IsoMessage`] holds values independent of

@@ -1,7 +1,7 @@
 //! Field specifications: the two dialects as static tables.
 //!
-//! Every row was taken from the field table in
-//! `shared/reference/iso8583.md` (generated from pyiso8583 4.0.1 `specs.py`):
+//! Every row follows pyiso8583 4.0.1 `specs.py` (the field table of
+//! `docs/iso8583.md` §2):
 //! the `ascii` table is `default_ascii`, the `binary` table is `default`,
 //! which differs only for the `b` fields (52, 55, 64, 65, 96, 128). The
 //! content class (`n`, `ans`, ...) comes from jPOS `ISO87APackager`, because

@@ -129,7 +129,7 @@ fn secondary_bitmap_and_lower_case_hex() {
     assert_eq!(Dialect::Binary.decode(&b), Ok(m));
 }
 
-// ---- malformed inputs (reference section 6) ----
+// ---- malformed inputs (`docs/iso8583.md` §6) ----
 
 /// MTI 0100, hex bitmap for `fields`, then `body` verbatim.
 fn wire(fields: &[u8], body: &[u8]) -> Vec<u8> {
@@ -265,7 +265,7 @@ fn bit65_rejected_after_echo_fields() {
 
 #[test]
 fn field_missing_data() {
-    // Reference case: bit 2, LL=16, 4 digits.
+    // docs/iso8583.md §6 case 9: bit 2, LL=16, 4 digits.
     let e = err(&wire(&[2], b"164761"));
     assert_eq!(
         e.kind,

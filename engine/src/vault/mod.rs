@@ -14,10 +14,13 @@
 pub mod codec;
 pub mod controls;
 pub mod export;
+pub mod files;
 pub mod journal;
 pub mod pan_crypto;
 pub mod provision;
+pub mod ranges;
 pub mod records;
+pub mod recovery;
 pub mod replay;
 pub mod snapshot;
 pub mod types;
@@ -168,7 +171,7 @@ impl Vault {
             aes_key(keys, &config.vault.data_key)?,
             aes_key(keys, &config.vault.index_key)?,
         );
-        let recovery = journal::recover(dir, opts.truncate_corrupt).map_err(storage)?;
+        let recovery = recovery::recover(dir, opts.truncate_corrupt).map_err(storage)?;
         let journal = Journal::open(
             dir,
             recovery.next_seq,
@@ -453,7 +456,7 @@ impl Vault {
             let mut seed = [0u8; 8];
             getrandom::fill(&mut seed)
                 .map_err(|e| VaultError::Storage(format!("no randomness: {e}")))?;
-            let t = provision::number_in_range(range, u64::from_le_bytes(seed));
+            let t = ranges::number_in_range(range, u64::from_le_bytes(seed));
             if !self.by_token.contains(&t.value()) {
                 return Ok(t);
             }

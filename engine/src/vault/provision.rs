@@ -8,7 +8,8 @@
 
 use crate::config::{Range, Scheme};
 
-use super::types::{luhn_check_digit, CardNumber, DomainControls, TokenImage, TokenState};
+use super::ranges::{account_digits, number_in_range};
+use super::types::{DomainControls, TokenImage, TokenState};
 use super::{Vault, VaultError};
 
 /// What to provision.
@@ -44,22 +45,6 @@ pub fn mix(seed: u64, i: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
-}
-
-/// How many account digits a range has (length - prefix - check digit).
-fn account_digits(r: &Range) -> u32 {
-    u32::from(r.length) - r.prefix.len() as u32 - 1
-}
-
-/// The number in `r` whose account digits are `x mod 10^k`, with its
-/// Luhn check digit.
-pub fn number_in_range(r: &Range, x: u64) -> CardNumber {
-    let k = account_digits(r);
-    let account = x % 10u64.pow(k);
-    let mut digits = format!("{}{:0k$}", r.prefix, account, k = k as usize);
-    let check = luhn_check_digit(digits.as_bytes());
-    digits.push(char::from(b'0' + check));
-    CardNumber::parse("token", &digits).expect("built Luhn-valid in range")
 }
 
 fn brand(scheme: Scheme) -> u8 {

@@ -47,7 +47,10 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::codec::{self, CodecError, FrameReader, NextFrame, RawFrame, TAG_SNAPSHOT_TRAILER};
-use super::journal::{parse_journal_name, sync_dir, MAX_SEQ};
+use super::files::{
+    parse_journal_name, parse_snapshot_name, parse_snapshot_tmp_name, snapshot_file_name,
+    snapshot_tmp_name, sync_dir, MAX_SEQ,
+};
 use super::types::JournalRecord;
 
 /// First 8 bytes of every snapshot file.
@@ -57,35 +60,6 @@ pub const SNAPSHOT_HEADER_LEN: u64 = 16;
 /// Payload length of the trailer frame: type byte and count.
 const TRAILER_PAYLOAD_LEN: usize = 9;
 const IO_BUF: usize = 1 << 20;
-
-/// `snapshot-{seq:016}.snap`.
-pub fn snapshot_file_name(seq: u64) -> String {
-    format!("snapshot-{seq:016}.snap")
-}
-
-/// `snapshot-{seq:016}.snap.tmp`: a snapshot being written.
-pub fn snapshot_tmp_name(seq: u64) -> String {
-    format!("snapshot-{seq:016}.snap.tmp")
-}
-
-/// The seq of a complete snapshot's file name.
-pub fn parse_snapshot_name(name: &str) -> Option<u64> {
-    parse_seq(name, "snapshot-", ".snap")
-}
-
-/// The seq of an unfinished snapshot's file name.
-pub fn parse_snapshot_tmp_name(name: &str) -> Option<u64> {
-    parse_seq(name, "snapshot-", ".snap.tmp")
-}
-
-/// `{prefix}{16 digits}{suffix}` exactly.
-pub(crate) fn parse_seq(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
-    let digits = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
-    if digits.len() != 16 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
 
 /// A snapshot could not be written, read or pruned.
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,7 @@
 //! ARPC method and secure-messaging scheme each cryptogram version uses.
 //!
 //! The table follows pyemv's HSM-checked `cvn` classes (see
-//! `crypto-algorithms.md` §3.3). CVNs are named by the decimal value of the
+//! `docs/cryptography.md` §3.3). CVNs are named by the decimal value of the
 //! CVN byte, as pyemv does: Mastercard "CVN 16" is `0x10`.
 
 use super::ac::{self, AcPadding};

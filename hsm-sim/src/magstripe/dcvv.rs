@@ -3,7 +3,7 @@
 //! `UDK = OptionA(IMK-dCVV, PAN, PSN)`, then the CVV algorithm under UDK
 //! over `hex(ATC) || PAN[4..] || YYMM || service code`.
 //!
-//! Sources disagree on three points (crypto-algorithms.md §6); this
+//! Sources disagree on three points (`docs/cryptography.md` §6.3); this
 //! follows jPOS: the ATC enters as 4 upper-case hex characters, the PSN is
 //! a parameter (default `00`), and the service code is included.
 

@@ -1,5 +1,5 @@
 //! EMV CPS key diversification, "KMC → KDC" (EMV CPS v1.1; GlobalPlatformPro
-//! templates `emv` and `visa2`; `crypto-algorithms.md` §7.1).
+//! templates `emv` and `visa2`; `docs/cryptography.md` §7.1).
 //!
 //! The card's static secure-channel keys (KDC) are derived from the issuer's
 //! personalisation master key (KMC) and the card's 10-byte key

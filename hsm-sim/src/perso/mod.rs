@@ -1,5 +1,5 @@
 //! Card personalisation: EMV CPS key diversification and the
-//! GlobalPlatform secure channels SCP02 and SCP03 (`crypto-algorithms.md`
+//! GlobalPlatform secure channels SCP02 and SCP03 (`docs/cryptography.md`
 //! §7).
 //!
 //! A personalisation bureau never holds the keys of an individual card. It

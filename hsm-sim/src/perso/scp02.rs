@@ -1,5 +1,5 @@
 //! GlobalPlatform SCP02, host side (GP Card Spec 2.1.1/2.2 Appendix E;
-//! `crypto-algorithms.md` §7.2).
+//! `docs/cryptography.md` §7.2).
 //!
 //! The handshake: the host sends INITIALIZE UPDATE with an 8-byte host
 //! challenge; the card answers with its 2-byte sequence counter (SSC), a
@@ -403,7 +403,7 @@ mod tests {
     }
 
     /// Without ICV encryption the published session does not verify: the
-    /// negative control of `crypto-algorithms.md` §7.2.
+    /// negative control of `docs/cryptography.md` §7.2.
     #[test]
     fn pysim_session_needs_icv_encryption() {
         let mut s = pysim_session(0x05);

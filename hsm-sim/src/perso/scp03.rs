@@ -1,5 +1,5 @@
 //! GlobalPlatform SCP03, host side (GP Card Spec 2.2 Amendment D v1.1.1,
-//! S8 mode; `crypto-algorithms.md` §7.3).
+//! S8 mode; `docs/cryptography.md` §7.3).
 //!
 //! The handshake is SCP02's, with AES: INITIALIZE UPDATE carries an 8-byte
 //! host challenge, the card answers with an 8-byte card challenge and card

@@ -4,7 +4,7 @@ use ::aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
 use ::aes::{Aes128, Aes192, Aes256};
 use zeroize::Zeroizing;
 
-use crate::CryptoError;
+use crate::error::CryptoError;
 
 #[derive(Clone)]
 enum Schedule {

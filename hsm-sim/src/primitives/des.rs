@@ -9,7 +9,7 @@ use ::des::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
 use ::des::Des;
 use zeroize::Zeroizing;
 
-use crate::CryptoError;
+use crate::error::CryptoError;
 
 /// A single (8), double (16) or triple (24 bytes) length DES key.
 ///

@@ -2,8 +2,9 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::batch::error::{BatchError, InField};
 use crate::batch::input::hex_upper;
-use crate::batch::{BatchError, InField, Input};
+use crate::batch::input::Input;
 use crate::emv::ac::{self, AcPadding};
 use crate::emv::mk::{derive_icc_mk, MkDerivation};
 use crate::emv::profile::CardDataLayout;

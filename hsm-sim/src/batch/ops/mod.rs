@@ -8,7 +8,8 @@ mod tr31;
 
 use serde_json::Value;
 
-use super::{BatchError, Input};
+use super::error::BatchError;
+use super::input::Input;
 
 type OpFn = fn(&Input) -> Result<Value, BatchError>;
 

@@ -12,8 +12,9 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::batch::error::{BatchError, InField};
 use crate::batch::input::hex_upper;
-use crate::batch::{BatchError, InField, Input};
+use crate::batch::input::Input;
 use crate::perso::cps::{derive_kdc_set, odd_parity, CpsMethod};
 use crate::perso::scp02::{Scp02Options, Scp02Session};
 use crate::perso::scp03::{pseudo_random_card_challenge, InitUpdateResponse, Scp03Session};

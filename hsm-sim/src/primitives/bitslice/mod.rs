@@ -11,7 +11,8 @@
 //! table lookups, so the code is constant-time by construction and every
 //! lane can have its own key at no extra cost.
 //!
-//! Layout: `word` (the word type), `tables` (FIPS 46-3 permutations and the
+//! Layout: `word` (the word type), `backend` (what a kernel provides, and
+//! the portable one), `tables` (FIPS 46-3 permutations and the
 //! key schedule as indices), `sboxes` (generated circuits), `kernel` (one
 //! DES over words, and the lanes <-> words transposition), `simd` (AVX2 and
 //! AVX-512 words, the only `unsafe`). This file picks a kernel per chunk of
@@ -19,6 +20,7 @@
 //! payment algorithms reduces to: a TDES encryption is the retail MAC of
 //! one block.
 
+mod backend;
 mod kernel;
 mod sboxes;
 #[cfg(target_arch = "x86_64")]
@@ -28,6 +30,7 @@ mod word;
 
 use std::sync::OnceLock;
 
+use backend::{Backend, Portable};
 use kernel::Block;
 use word::Word;
 
@@ -111,33 +114,6 @@ impl Kernel {
             "avx512" => Self::Avx512,
             _ => Self::Portable,
         }
-    }
-}
-
-/// What a kernel must provide: DES over its words, and XOR (so that word
-/// operations always run inside code compiled for the kernel's
-/// instructions).
-pub(crate) trait Backend: Copy {
-    type W: Word;
-    fn des(self, key: &Block<Self::W>, block: &mut Block<Self::W>, decrypt: bool);
-    fn xor(self, dst: &mut Block<Self::W>, src: &Block<Self::W>);
-    fn transpose(self, block: &mut Block<Self::W>);
-}
-
-#[derive(Clone, Copy)]
-struct Portable;
-
-impl Backend for Portable {
-    type W = u64;
-    #[inline(never)]
-    fn des(self, key: &Block<u64>, block: &mut Block<u64>, decrypt: bool) {
-        kernel::des(key, block, decrypt);
-    }
-    fn xor(self, dst: &mut Block<u64>, src: &Block<u64>) {
-        kernel::xor(dst, src);
-    }
-    fn transpose(self, block: &mut Block<u64>) {
-        kernel::transpose(block);
     }
 }
 

@@ -20,9 +20,9 @@ use std::arch::x86_64::{
 };
 use std::ops::{BitAnd, BitOr, BitXor, Not};
 
+use super::backend::Backend;
 use super::kernel::Block;
 use super::word::Word;
-use super::Backend;
 
 macro_rules! simd_word {
     ($name:ident, $vec:ty, $parts:expr, $and:ident, $or:ident, $xor:ident, $andnot:ident, $set1:ident, $srl:ident, $sll:ident, $feature:literal) => {
@@ -189,8 +189,8 @@ macro_rules! backend {
 
         /// The entry points, compiled with the feature enabled.
         mod $entry {
-            use super::super::kernel::{self, Block};
             use super::$word;
+            use crate::primitives::bitslice::kernel::{self, Block};
 
             #[target_feature(enable = $feature)]
             pub(super) fn des(key: &Block<$word>, block: &mut Block<$word>, decrypt: bool) {

@@ -1,0 +1,1119 @@
+//! Recovery: on start-up, rebuild the record stream from the newest
+//! snapshot and the journal files after it, truncating a torn tail and
+//! refusing corruption.
+//!
+//! # Recovery: torn tail versus corruption
+//!
+//! A crash in the middle of a write can leave the end of the last journal
+//! file torn: a frame cut short, the end of the file zero-filled (the
+//! filesystem extended the file but the data never landed), or the last
+//! frame's bytes only partly written. None of that was acknowledged (in
+//! `sync` mode an acknowledgement waits for the fsync that covers the
+//! whole batch), so [`recover`] truncates it and reports a warning naming
+//! the file and offset. A frame is a torn tail when it is in the last
+//! journal file and
+//!
+//! 1. it runs past the end of the file, or
+//! 2. every byte from its start to the end of the file is zero, or
+//! 3. it is the last frame (its length field is valid and it ends exactly
+//!    at the end of the file) and its checksum does not match,
+//!
+//! **and** no intact frame (valid length and checksum) starts anywhere
+//! after its first byte. That last condition keeps a damaged length field
+//! in the middle of the file from swallowing the acknowledged records
+//! after it as if they were a torn tail.
+//!
+//! Anything else is corruption of data that may have been acknowledged: a
+//! bad frame followed by more data, a frame with a correct checksum whose
+//! payload does not decode, a bad header (corrupt at offset 0), or any bad
+//! frame in a journal file that is not the last one (rotation makes a file
+//! durable before the next one exists, so only the last can be torn).
+//! Recovery then stops start-up with [`RecoveryError::Corrupt`], naming
+//! the file and the byte offset. The operator may restart with
+//! `--truncate-corrupt` (`truncate_corrupt = true`): the file is truncated
+//! there and every later journal file is moved aside (renamed to
+//! `*.discarded`, not applied): records after a gap would be applied out of
+//! context. A warning lists what was lost.
+//!
+//! A last journal file shorter than its 16-byte header whose bytes are a
+//! prefix of the header (or zeros) was cut off right after creation: it is
+//! truncated to 0 bytes and [`Journal::open`] writes the header again.
+//! Journal files must follow each other (and the snapshot's seq) without a
+//! gap; a missing one stops start-up ([`RecoveryError::MissingJournal`])
+//! unless `truncate_corrupt`, which sets aside the files after the gap.
+//! Journal files older than the snapshot are ignored (`snapshot::prune`
+//! deletes them). In `async` mode a torn tail may hold acknowledged
+//! changes: that is the documented risk of the mode.
+//!
+//! Start-up order: [`recover`], apply the snapshot's records
+//! ([`Recovery::for_each_snapshot_record`]) then [`Recovery::journal`],
+//! then [`Journal::open`] at [`Recovery::next_seq`]. Opening the journal
+//! without recovering first could append after a torn tail and turn it
+//! into corruption.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use super::codec::{self, FrameReader, NextFrame, RawFrame, FRAME_HEADER_LEN, MAX_RECORD};
+use super::files::{
+    journal_file_name, parse_journal_name, parse_snapshot_name, parse_snapshot_tmp_name,
+    snapshot_file_name, snapshot_tmp_name, sync_dir,
+};
+use super::journal::{header, JOURNAL_HEADER_LEN, JOURNAL_MAGIC};
+use super::snapshot::{self, SnapshotError};
+use super::types::JournalRecord;
+
+/// What [`recover`] found. Rebuild the vault by applying the snapshot's
+/// records ([`Recovery::for_each_snapshot_record`]), then
+/// [`Recovery::journal`], then open the journal at [`Recovery::next_seq`].
+#[derive(Debug)]
+pub struct Recovery {
+    /// The newest snapshot's file, if any. Its header and trailer were
+    /// checked; every record is checked as it is streamed.
+    pub snapshot: Option<PathBuf>,
+    /// Its seq.
+    pub snapshot_seq: Option<u64>,
+    /// The record count its trailer announces.
+    pub snapshot_records: u64,
+    /// Every record of the journal files with seq >= the snapshot's (all
+    /// of them without a snapshot), in file then offset order.
+    pub journal: Vec<JournalRecord>,
+    /// The seq to pass to [`Journal::open`]: the last journal file's (to
+    /// append to it), else the snapshot's, else 1.
+    pub next_seq: u64,
+    /// What recovery repaired or removed, one line each, for the log.
+    pub warnings: Vec<String>,
+}
+
+impl Recovery {
+    /// Stream the snapshot's records to `f` (nothing without a snapshot);
+    /// returns how many. Constant memory. See
+    /// [`snapshot::for_each_record`]: on error, `f` may have seen a prefix.
+    pub fn for_each_snapshot_record<E: fmt::Display>(
+        &self,
+        f: impl FnMut(JournalRecord) -> Result<(), E>,
+    ) -> Result<u64, SnapshotError> {
+        match &self.snapshot {
+            None => Ok(0),
+            Some(path) => snapshot::for_each_record(path, f).map(|(_, n)| n),
+        }
+    }
+
+    /// The snapshot's records in memory (empty without a snapshot). For
+    /// tests and small vaults; prefer [`Recovery::for_each_snapshot_record`].
+    pub fn snapshot_records(&self) -> Result<Vec<JournalRecord>, SnapshotError> {
+        let mut v = Vec::new();
+        self.for_each_snapshot_record(|r| {
+            v.push(r);
+            Ok::<(), std::convert::Infallible>(())
+        })?;
+        Ok(v)
+    }
+}
+
+/// Recovery refused to start.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    /// The data directory does not exist.
+    #[error("data directory {} does not exist", dir.display())]
+    DataDirMissing {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The data directory cannot be read (or is not a directory).
+    #[error("data directory {} cannot be read: {source}", dir.display())]
+    DataDirUnreadable {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A journal record that may have been acknowledged is damaged.
+    #[error(
+        "journal file {} is corrupt at byte offset {offset}: {reason}. Start-up stopped; \
+         restarting with --truncate-corrupt truncates the file at that offset, \
+         losing this record and everything after it (including later journal files)",
+        file.display()
+    )]
+    Corrupt {
+        /// The journal file.
+        file: PathBuf,
+        /// Byte offset of the bad frame (0: the header).
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A journal file between others (or right after the snapshot) is missing.
+    #[error(
+        "journal file {} is missing (the files after it cannot be applied without it). \
+         Start-up stopped; restarting with --truncate-corrupt sets aside the journal files after \
+         the gap, losing their records",
+        missing.display()
+    )]
+    MissingJournal {
+        /// The file that should be there.
+        missing: PathBuf,
+    },
+    /// The newest snapshot is unreadable or damaged.
+    #[error("{0} (the newest snapshot must be readable; move it away only if the journal files since the previous snapshot still exist)")]
+    Snapshot(#[from] SnapshotError),
+    /// Repairing (truncating, renaming) failed.
+    #[error("recovery I/O error: {op} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which file or directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn rio_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RecoveryError + 'a {
+    move |source| RecoveryError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Recover the record stream from `dir`: find the newest snapshot (its
+/// header and trailer checked; the records are streamed later through
+/// [`Recovery::for_each_snapshot_record`]) and read the journal files from
+/// its seq on. Repairs torn tails and removes unfinished snapshots (with
+/// warnings); stops at corruption unless `truncate_corrupt`. Changes files
+/// only once everything was read and no error stopped it. See the module
+/// docs.
+pub fn recover(dir: &Path, truncate_corrupt: bool) -> Result<Recovery, RecoveryError> {
+    let listing = list_dir(dir)?;
+    let mut warnings = Vec::new();
+
+    let snapshot_seq = listing.snapshots.last().copied();
+    let snapshot = snapshot_seq.map(|seq| dir.join(snapshot_file_name(seq)));
+    let mut snapshot_records = 0;
+    if let Some(path) = &snapshot {
+        (_, snapshot_records) = snapshot::check_snapshot(path)?;
+    }
+
+    // The journal files that matter: from the snapshot's seq on.
+    let from = snapshot_seq.unwrap_or(0);
+    let files: Vec<u64> = listing
+        .journals
+        .iter()
+        .copied()
+        .filter(|&s| s >= from)
+        .collect();
+
+    let mut journal = Vec::new();
+    let mut truncate: Option<(PathBuf, u64)> = None;
+    let mut discard_from: Option<usize> = None;
+    for (i, &seq) in files.iter().enumerate() {
+        let path = dir.join(journal_file_name(seq));
+        // Files must follow the snapshot, and each other, without a gap.
+        let expected = if i == 0 {
+            snapshot_seq
+        } else {
+            Some(files[i - 1] + 1)
+        };
+        if let Some(expected) = expected.filter(|&e| e != seq) {
+            let missing = dir.join(journal_file_name(expected));
+            if !truncate_corrupt {
+                return Err(RecoveryError::MissingJournal { missing });
+            }
+            warnings.push(format!(
+                "--truncate-corrupt: journal file {} is missing; the journal files after it are set aside",
+                missing.display()
+            ));
+            discard_from = Some(i);
+            break;
+        }
+        let last = i + 1 == files.len();
+        let Some(bad) = scan_journal(&path, seq, last, &mut journal)? else {
+            continue;
+        };
+        if bad.torn && last {
+            warnings.push(format!(
+                "journal file {}: torn tail at byte offset {} ({}); truncated there \
+                 (an interrupted write, never acknowledged in sync mode)",
+                path.display(),
+                bad.offset,
+                bad.reason
+            ));
+            truncate = Some((path, bad.offset));
+            break;
+        }
+        let reason = if bad.torn {
+            format!("{} in a journal file that is not the last one", bad.reason)
+        } else {
+            bad.reason
+        };
+        if !truncate_corrupt {
+            return Err(RecoveryError::Corrupt {
+                file: path,
+                offset: bad.offset,
+                reason,
+            });
+        }
+        warnings.push(format!(
+            "--truncate-corrupt: journal file {} is corrupt at byte offset {} ({reason}); truncated there, \
+             the records from there on are lost",
+            path.display(),
+            bad.offset
+        ));
+        truncate = Some((path, bad.offset));
+        discard_from = Some(i + 1);
+        break;
+    }
+
+    // Decisions made; only now change files.
+    if let Some((path, offset)) = &truncate {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(rio_err("open for truncation", path))?;
+        f.set_len(*offset).map_err(rio_err("truncate", path))?;
+        f.sync_all().map_err(rio_err("fsync", path))?;
+    }
+    let mut kept = files.len();
+    if let Some(first) = discard_from {
+        kept = first;
+        let mut moved = Vec::new();
+        for &seq in &files[first..] {
+            let path = dir.join(journal_file_name(seq));
+            let to = discard_name(&path);
+            fs::rename(&path, &to).map_err(rio_err("set aside", &path))?;
+            moved.push(to.display().to_string());
+        }
+        if !moved.is_empty() {
+            warnings.push(format!(
+                "--truncate-corrupt: later journal files set aside, their records NOT applied: {}",
+                moved.join(", ")
+            ));
+        }
+    }
+    for seq in &listing.snapshot_tmps {
+        let path = dir.join(snapshot_tmp_name(*seq));
+        fs::remove_file(&path).map_err(rio_err("remove", &path))?;
+        warnings.push(format!("removed unfinished snapshot {}", path.display()));
+    }
+    if discard_from.is_some() || !listing.snapshot_tmps.is_empty() {
+        sync_dir(dir).map_err(rio_err("fsync directory", dir))?;
+    }
+
+    let next_seq = files[..kept].last().copied().or(snapshot_seq).unwrap_or(1);
+    Ok(Recovery {
+        snapshot,
+        snapshot_seq,
+        snapshot_records,
+        journal,
+        next_seq,
+        warnings,
+    })
+}
+
+/// The vault files in a data directory, each list sorted by seq.
+struct Listing {
+    journals: Vec<u64>,
+    snapshots: Vec<u64>,
+    snapshot_tmps: Vec<u64>,
+}
+
+fn list_dir(dir: &Path) -> Result<Listing, RecoveryError> {
+    let unreadable = |source| RecoveryError::DataDirUnreadable {
+        dir: dir.to_owned(),
+        source,
+    };
+    match fs::metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(RecoveryError::DataDirMissing {
+                dir: dir.to_owned(),
+            })
+        }
+        Err(e) => return Err(unreadable(e)),
+        Ok(m) if !m.is_dir() => return Err(unreadable(io::Error::other("not a directory"))),
+        Ok(_) => {}
+    }
+    let mut l = Listing {
+        journals: Vec::new(),
+        snapshots: Vec::new(),
+        snapshot_tmps: Vec::new(),
+    };
+    for entry in fs::read_dir(dir).map_err(unreadable)? {
+        let name = entry.map_err(unreadable)?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(s) = parse_journal_name(name) {
+            l.journals.push(s);
+        } else if let Some(s) = parse_snapshot_name(name) {
+            l.snapshots.push(s);
+        } else if let Some(s) = parse_snapshot_tmp_name(name) {
+            l.snapshot_tmps.push(s);
+        }
+    }
+    l.journals.sort_unstable();
+    l.snapshots.sort_unstable();
+    l.snapshot_tmps.sort_unstable();
+    Ok(l)
+}
+
+/// `{path}.discarded`, or `.discarded.N` if that is taken.
+fn discard_name(path: &Path) -> PathBuf {
+    let with = |suffix: String| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    let mut p = with(".discarded".into());
+    let mut n = 1;
+    while p.exists() {
+        p = with(format!(".discarded.{n}"));
+        n += 1;
+    }
+    p
+}
+
+/// The first bad frame of a journal file.
+struct BadFrame {
+    offset: u64,
+    /// Torn by the rules in the module docs (which only apply to the last
+    /// file; the caller decides).
+    torn: bool,
+    reason: String,
+}
+
+/// Read journal file `seq`, pushing its records up to the first bad frame
+/// onto `out`; returns that bad frame, if any.
+fn scan_journal(
+    path: &Path,
+    seq: u64,
+    last: bool,
+    out: &mut Vec<JournalRecord>,
+) -> Result<Option<BadFrame>, RecoveryError> {
+    let file = File::open(path).map_err(rio_err("open", path))?;
+    let len = file.metadata().map_err(rio_err("stat", path))?.len();
+    let mut r = BufReader::with_capacity(1 << 20, file);
+
+    // Header.
+    let expected = header(seq);
+    if len == 0 && last {
+        // Created, crash before the header landed (or truncated to 0 by an
+        // earlier recovery): nothing in it. `Journal::open` writes the header.
+        return Ok(None);
+    }
+    let mut h = vec![0; len.min(JOURNAL_HEADER_LEN) as usize];
+    r.read_exact(&mut h).map_err(rio_err("read", path))?;
+    // The header is written and fsynced before any record: a header write
+    // cut short leaves its bytes or zeros, and nothing but zeros after it.
+    let header_write_cut = h.iter().zip(expected).all(|(&b, e)| b == e || b == 0);
+    if len < JOURNAL_HEADER_LEN {
+        let torn = header_write_cut;
+        return Ok(Some(BadFrame {
+            offset: 0,
+            torn,
+            reason: format!("header incomplete ({len} of 16 bytes)"),
+        }));
+    }
+    if h[..] != expected[..] {
+        let reason = if &h[..8] != JOURNAL_MAGIC {
+            "bad header: not a journal file (magic is not TJRNL001)".to_owned()
+        } else {
+            let found = u64::from_le_bytes(h[8..16].try_into().unwrap_or_default());
+            format!("bad header: seq {found} does not match the file name")
+        };
+        let torn = header_write_cut && zeros_to_end(path, JOURNAL_HEADER_LEN)?;
+        return Ok(Some(BadFrame {
+            offset: 0,
+            torn,
+            reason,
+        }));
+    }
+
+    let mut frames = FrameReader::new(r, JOURNAL_HEADER_LEN, len);
+    loop {
+        let at = frames.position();
+        let next = frames.next_frame().map_err(rio_err("read", path))?;
+        // (torn candidate, why, whether anything but zeros follows)
+        let (torn, reason, data_follows) = match next {
+            NextFrame::End => return Ok(None),
+            NextFrame::Frame(p) => match codec::decode_payload(p) {
+                Ok(rec) => {
+                    out.push(rec);
+                    continue;
+                }
+                // Written whole (the checksum matches) but not a record we
+                // know: never a torn write. Possibly a newer version's.
+                Err(e) => (
+                    false,
+                    format!("record does not decode although its checksum matches: {e}"),
+                    true,
+                ),
+            },
+            NextFrame::Incomplete => (
+                true,
+                "record runs past the end of the file".to_owned(),
+                true,
+            ),
+            NextFrame::Corrupt {
+                reason,
+                declared_end,
+            } => {
+                if declared_end == Some(len) {
+                    (true, format!("last record damaged: {reason}"), true)
+                } else if zeros_to_end(path, at)? {
+                    (true, "zero-filled to the end of the file".to_owned(), false)
+                } else {
+                    (false, reason.to_string(), true)
+                }
+            }
+        };
+        // A torn candidate with an intact frame after it is not a tail.
+        let torn = torn && !(data_follows && intact_frame_after(path, at, len)?);
+        return Ok(Some(BadFrame {
+            offset: at,
+            torn,
+            reason,
+        }));
+    }
+}
+
+/// Whether every byte of `path` from `offset` to the end is zero.
+fn zeros_to_end(path: &Path, offset: u64) -> Result<bool, RecoveryError> {
+    let mut f = File::open(path).map_err(rio_err("open", path))?;
+    f.seek(SeekFrom::Start(offset))
+        .map_err(rio_err("seek", path))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(rio_err("read", path)(e)),
+        };
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+    }
+}
+
+/// Whether an intact frame (valid length, matching checksum) starts at any
+/// offset after `offset`. Only called for torn candidates, whose tail is
+/// short: a frame past the end, or the last frame (<= 8 + 64 KiB).
+fn intact_frame_after(path: &Path, offset: u64, len: u64) -> Result<bool, RecoveryError> {
+    const WINDOW: u64 = (FRAME_HEADER_LEN + MAX_RECORD) as u64;
+    let mut f = File::open(path).map_err(rio_err("open", path))?;
+    let mut start = offset + 1;
+    while start + (FRAME_HEADER_LEN as u64) < len {
+        // Read a window holding any frame that starts in its first half.
+        let end = len.min(start + 2 * WINDOW);
+        f.seek(SeekFrom::Start(start))
+            .map_err(rio_err("seek", path))?;
+        let mut buf = vec![0; (end - start) as usize];
+        f.read_exact(&mut buf).map_err(rio_err("read", path))?;
+        if buf.iter().all(|&b| b == 0) {
+            // No frame starts where its length field is zero; only the
+            // last 3 positions have length bytes beyond the window.
+            start = if end == len { len } else { end - 3 };
+            continue;
+        }
+        let scan = if end == len {
+            buf.len()
+        } else {
+            WINDOW as usize
+        };
+        if (0..scan).any(|p| matches!(codec::read_raw_frame(&buf, p), RawFrame::Complete(..))) {
+            return Ok(true);
+        }
+        start += scan as u64;
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vault::codec::tests::record;
+    use crate::vault::journal::{Durability, Journal, JournalError, Lsn};
+    use crate::vault::snapshot::{prune, write_snapshot};
+    use crate::vault::types::{CardNumber, TokenState};
+    use proptest::strategy::{Strategy, ValueTree};
+    use std::time::{Duration, Instant};
+
+    fn sample(n: usize, seed: u8) -> Vec<JournalRecord> {
+        let mut runner = proptest::test_runner::TestRunner::new_with_rng(
+            Default::default(),
+            proptest::test_runner::TestRng::from_seed(
+                proptest::test_runner::RngAlgorithm::ChaCha,
+                &[seed; 32],
+            ),
+        );
+        proptest::collection::vec(record(), n)
+            .new_tree(&mut runner)
+            .unwrap()
+            .current()
+    }
+
+    fn atc(i: u32) -> JournalRecord {
+        let token = CardNumber::parse_digits("token", "4895370000000008").unwrap();
+        JournalRecord::Atc {
+            token,
+            atc: i as u16,
+            at_secs: i,
+        }
+    }
+
+    fn frame_len(rec: &JournalRecord) -> usize {
+        let mut v = Vec::new();
+        codec::encode_record(rec, &mut v).unwrap();
+        v.len()
+    }
+
+    /// Write `recs` into journal `seq` of `dir` and close it.
+    fn write_journal(dir: &Path, seq: u64, recs: &[JournalRecord]) -> PathBuf {
+        let j = Journal::open(dir, seq, Durability::Sync).unwrap();
+        let lsn = j.append_batch(recs).unwrap();
+        j.wait_durable(lsn).unwrap();
+        dir.join(journal_file_name(seq))
+    }
+
+    /// Byte offset of record `i` in a journal file of `recs`.
+    fn offset_of(recs: &[JournalRecord], i: usize) -> u64 {
+        JOURNAL_HEADER_LEN + recs[..i].iter().map(|r| frame_len(r) as u64).sum::<u64>()
+    }
+
+    #[test]
+    fn append_wait_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        let recs = sample(50, 1);
+        let j = Journal::open(dir.path(), 1, Durability::Sync).unwrap();
+        let mut last = Lsn(0);
+        for r in &recs {
+            let lsn = j.append(r).unwrap();
+            assert!(lsn > last);
+            last = lsn;
+        }
+        assert_eq!(last, Lsn(50));
+        j.wait_durable(last).unwrap();
+        assert!(j.durable_lsn() >= last);
+        // Recovery while the journal is open (as after a crash right now).
+        let r = recover(dir.path(), false).unwrap();
+        assert_eq!(r.journal, recs);
+        assert!(r.snapshot.is_none() && r.warnings.is_empty());
+        assert_eq!(r.next_seq, 1);
+        drop(j);
+        // Reopen and append to the same file.
+        let more = sample(5, 2);
+        write_journal(dir.path(), 1, &more);
+        let r = recover(dir.path(), false).unwrap();
+        assert_eq!(r.journal, [recs, more].concat());
+    }
+
+    #[test]
+    fn empty_dir_and_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = recover(dir.path(), false).unwrap();
+        assert_eq!(
+            (r.journal.len(), r.next_seq, r.snapshot.is_none()),
+            (0, 1, true)
+        );
+
+        let missing = dir.path().join("nope");
+        let err = recover(&missing, false).unwrap_err();
+        assert!(matches!(err, RecoveryError::DataDirMissing { .. }));
+        assert!(err.to_string().contains("nope"), "{err}");
+        let file = dir.path().join("plain");
+        fs::write(&file, b"").unwrap();
+        let err = recover(&file, false).unwrap_err();
+        assert!(matches!(err, RecoveryError::DataDirUnreadable { .. }));
+        assert!(err.to_string().contains("plain"), "{err}");
+        assert!(Journal::open(&missing, 1, Durability::Sync).is_err());
+
+        write_journal(dir.path(), 2, &[atc(1)]);
+        let err = Journal::open(dir.path(), 1, Durability::Sync).unwrap_err();
+        assert!(
+            matches!(err, JournalError::NotNewest { seq: 1, .. }),
+            "{err}"
+        );
+
+        // A record the codec refuses is refused by append, nothing written.
+        let j = Journal::open(dir.path(), 2, Durability::Sync).unwrap();
+        let bad = JournalRecord::Controls {
+            id: 1,
+            controls: crate::vault::types::DomainControls {
+                merchant_ids: vec!["x".repeat(16)],
+                ..Default::default()
+            },
+        };
+        assert!(matches!(
+            j.append_batch(&[atc(2), bad]),
+            Err(JournalError::Codec(_))
+        ));
+        j.flush().unwrap();
+        drop(j);
+        assert_eq!(recover(dir.path(), false).unwrap().journal, [atc(1)]);
+    }
+
+    #[test]
+    fn torn_tail_at_every_byte_is_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let recs = sample(6, 3);
+        let path = write_journal(dir.path(), 1, &recs);
+        let full = fs::read(&path).unwrap();
+        let last_at = offset_of(&recs, 5) as usize;
+        assert_eq!(full.len(), last_at + frame_len(&recs[5]));
+        for cut in last_at..full.len() {
+            fs::write(&path, &full[..cut]).unwrap();
+            let r = recover(dir.path(), false).unwrap();
+            assert_eq!(r.journal, recs[..5], "cut at {cut}");
+            assert_eq!(
+                fs::metadata(&path).unwrap().len(),
+                last_at as u64,
+                "cut at {cut}"
+            );
+            if cut == last_at {
+                assert!(r.warnings.is_empty());
+            } else {
+                assert_eq!(r.warnings.len(), 1, "cut at {cut}");
+                let w = &r.warnings[0];
+                assert!(
+                    w.contains("journal-0000000000000001.log")
+                        && w.contains(&format!("offset {last_at}")),
+                    "{w}"
+                );
+            }
+        }
+        // Appending after the repair continues cleanly.
+        write_journal(dir.path(), 1, &recs[5..]);
+        assert_eq!(recover(dir.path(), false).unwrap().journal, recs);
+
+        // The last record's bytes partly wrong (checksum fails, ends at EOF).
+        for i in [last_at + 8, full.len() - 1] {
+            let mut bad = full.clone();
+            bad[i] ^= 0x55;
+            fs::write(&path, &bad).unwrap();
+            let r = recover(dir.path(), false).unwrap();
+            assert_eq!(r.journal, recs[..5]);
+            assert_eq!(r.warnings.len(), 1);
+        }
+    }
+
+    #[test]
+    fn torn_header_of_the_last_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_journal(dir.path(), 1, &[]);
+        let full = fs::read(&path).unwrap();
+        for cut in 0..16 {
+            fs::write(&path, &full[..cut]).unwrap();
+            let r = recover(dir.path(), false).unwrap();
+            assert_eq!((r.journal.len(), r.next_seq), (0, 1));
+            assert_eq!(r.warnings.len(), usize::from(cut > 0));
+            assert_eq!(fs::metadata(&path).unwrap().len(), 0);
+        }
+        // Header bytes partly landed, the file extended with zeros.
+        let mut cut = full[..5].to_vec();
+        cut.resize(4096, 0);
+        fs::write(&path, &cut).unwrap();
+        let r = recover(dir.path(), false).unwrap();
+        assert_eq!(r.warnings.len(), 1);
+        assert_eq!(fs::metadata(&path).unwrap().len(), 0);
+        // But a header that is not ours is corruption at offset 0.
+        let mut other = full.clone();
+        other[0] = b'X';
+        fs::write(&path, &other).unwrap();
+        let err = recover(dir.path(), false).unwrap_err();
+        assert!(
+            matches!(err, RecoveryError::Corrupt { offset: 0, .. }),
+            "{err}"
+        );
+        fs::write(&path, b"").unwrap();
+
+        write_journal(dir.path(), 1, &[atc(1)]);
+        assert_eq!(recover(dir.path(), false).unwrap().journal, [atc(1)]);
+    }
+
+    #[test]
+    fn zero_filled_tail_is_torn() {
+        let dir = tempfile::tempdir().unwrap();
+        let recs = sample(4, 4);
+        let path = write_journal(dir.path(), 1, &recs);
+        let full = fs::read(&path).unwrap();
+        let mut zeroed = full.clone();
+        zeroed.extend_from_slice(&[0; 8192]);
+        fs::write(&path, &zeroed).unwrap();
+        let r = recover(dir.path(), false).unwrap();
+        assert_eq!(r.journal, recs);
+        assert!(r.warnings[0].contains("zero-filled"), "{:?}", r.warnings);
+        assert_eq!(fs::read(&path).unwrap(), full);
+
+        // The last two records' bytes never landed (zeros in their place).
+        let at = offset_of(&recs, 2) as usize;
+        let mut zeroed = full.clone();
+        zeroed[at..].fill(0);
+        fs::write(&path, &zeroed).unwrap();
+        let r = recover(dir.path(), false).unwrap();
+        assert_eq!(r.journal, recs[..2]);
+        assert_eq!(fs::metadata(&path).unwrap().len(), at as u64);
+    }
+
+    #[test]
+    fn corrupt_middle_record_stops_or_truncates() {
+        let dir = tempfile::tempdir().unwrap();
+        let recs = sample(5, 5);
+        let path = write_journal(dir.path(), 1, &recs);
+        let full = fs::read(&path).unwrap();
+        let at = offset_of(&recs, 2);
+        let mut bad = full.clone();
+        bad[at as usize + 9] ^= 0x01;
+        fs::write(&path, &bad).unwrap();
+
+        let err = recover(dir.path(), false).unwrap_err();
+        let RecoveryError::Corrupt { file, offset, .. } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!((file, *offset), (&path, at));
+        let msg = err.to_string();
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(msg.contains(&format!("byte offset {at}")), "{msg}");
+        assert!(msg.contains("--truncate-corrupt"), "{msg}");
+        // Nothing was changed by the refusal.
+        assert_eq!(fs::read(&path).unwrap(), bad);
+
+        let r = recover(dir.path(), true).unwrap();
+        assert_eq!(r.journal, recs[..2]);
+        assert_eq!(r.warnings.len(), 1);
+        assert!(
+            r.warnings[0].contains(&format!("offset {at}")),
+            "{:?}",
+            r.warnings
+        );
+        assert_eq!(fs::metadata(&path).unwrap().len(), at);
+        // Clean from now on.
+        assert!(recover(dir.path(), false).unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn damaged_length_does_not_pass_for_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let recs: Vec<_> = (0..5).map(atc).collect();
+        let path = write_journal(dir.path(), 1, &recs);
+        let full = fs::read(&path).unwrap();
+        let at = offset_of(&recs, 1) as usize;
+        let len = (full.len() - at) as u32;
+        // Record 1 now claims to run past the end of the file...
+        let mut bad = full.clone();
+        bad[at..at + 4].copy_from_slice(&(len + 100).to_le_bytes());
+        fs::write(&path, &bad).unwrap();
+        let err = recover(dir.path(), false).unwrap_err();
+        assert!(
+            matches!(err, RecoveryError::Corrupt { offset, .. } if offset == at as u64),
+            "{err}"
+        );
+        // ...or to end exactly at the end of the file.
+        bad[at..at + 4].copy_from_slice(&(len - 8).to_le_bytes());
+        fs::write(&path, &bad).unwrap();
+        let err = recover(dir.path(), false).unwrap_err();
+        assert!(
+            matches!(err, RecoveryError::Corrupt { offset, .. } if offset == at as u64),
+            "{err}"
+        );
+        // Bad magic: corrupt at offset 0.
+        let mut bad = full.clone();
+        bad[3] = b'x';
+        fs::write(&path, &bad).unwrap();
+        let err = recover(dir.path(), false).unwrap_err();
+        assert!(
+            matches!(err, RecoveryError::Corrupt { offset: 0, .. }),
+            "{err}"
+        );
+        // A checksum-valid record that does not decode, even at the end.
+        let mut bad = full.clone();
+        let mut junk = vec![1, 0, 0, 0];
+        junk.extend_from_slice(&crc32c::crc32c(&[0x42]).to_le_bytes());
+        junk.push(0x42);
+        bad.extend_from_slice(&junk);
+        fs::write(&path, &bad).unwrap();
+        let err = recover(dir.path(), false).unwrap_err();
+        assert!(
+            matches!(err, RecoveryError::Corrupt { offset, .. } if offset == full.len() as u64),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn corruption_in_an_earlier_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let a = sample(4, 6);
+        let b = sample(3, 7);
+        let c = sample(3, 8);
+        let p1 = write_journal(d, 1, &a);
+        write_journal(d, 2, &b);
+        let p3 = write_journal(d, 3, &c);
+        assert_eq!(
+            recover(d, false).unwrap().journal,
+            [a.clone(), b.clone(), c.clone()].concat()
+        );
+
+        // Even a "torn" tail is corruption in a file that is not the last.
+        let full = fs::read(&p1).unwrap();
+        fs::write(&p1, &full[..full.len() - 3]).unwrap();
+        let at = offset_of(&a, 3);
+        let err = recover(d, false).unwrap_err();
+        assert!(
+            matches!(&err, RecoveryError::Corrupt { file, offset, .. } if *file == p1 && *offset == at),
+            "{err}"
+        );
+
+        let r = recover(d, true).unwrap();
+        assert_eq!(r.journal, a[..3]);
+        assert_eq!(r.next_seq, 1);
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.contains("journal-0000000000000003.log.discarded")),
+            "{:?}",
+            r.warnings
+        );
+        assert!(!p3.exists() && d.join("journal-0000000000000003.log.discarded").exists());
+        // The journal continues in file 1 and can rotate past the old seqs.
+        let j = Journal::open(d, r.next_seq, Durability::Sync).unwrap();
+        j.append(&atc(9)).unwrap();
+        assert_eq!(j.rotate().unwrap(), 2);
+        j.append(&atc(10)).unwrap();
+        j.flush().unwrap();
+        drop(j);
+        let r = recover(d, false).unwrap();
+        assert_eq!(r.journal, [&a[..3], &[atc(9), atc(10)]].concat());
+        assert_eq!(r.next_seq, 2);
+    }
+
+    #[test]
+    fn missing_journal_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write_journal(d, 1, &[atc(1)]);
+        write_journal(d, 2, &[atc(2)]);
+        write_journal(d, 3, &[atc(3)]);
+        fs::remove_file(d.join(journal_file_name(2))).unwrap();
+        let err = recover(d, false).unwrap_err();
+        assert!(matches!(err, RecoveryError::MissingJournal { .. }));
+        assert!(
+            err.to_string().contains("journal-0000000000000002.log"),
+            "{err}"
+        );
+        let r = recover(d, true).unwrap();
+        assert_eq!((r.journal, r.next_seq), (vec![atc(1)], 1));
+    }
+
+    #[test]
+    fn concurrent_appends_are_all_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), 1, Durability::Sync).unwrap();
+        let threads = 4u32;
+        let per = 250u32;
+        let acked: Vec<Vec<JournalRecord>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads)
+                .map(|t| {
+                    let j = &j;
+                    s.spawn(move || {
+                        let mut acked = Vec::new();
+                        for i in 0..per {
+                            let rec = atc(t * per + i);
+                            let lsn = j.append(&rec).unwrap();
+                            j.wait_durable(lsn).unwrap();
+                            assert!(j.durable_lsn() >= lsn);
+                            acked.push(rec);
+                        }
+                        acked
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        // Without closing the journal: every acknowledged record is there.
+        let r = recover(dir.path(), false).unwrap();
+        assert_eq!(r.journal.len(), (threads * per) as usize);
+        for (t, recs) in acked.iter().enumerate() {
+            // Each thread's records appear, in its own order.
+            let mine: Vec<_> = r
+                .journal
+                .iter()
+                .filter(|x| recs.contains(x))
+                .cloned()
+                .collect();
+            assert_eq!(&mine, recs, "thread {t}");
+        }
+    }
+
+    #[test]
+    fn rotate_snapshot_prune_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let before = sample(20, 9);
+        let j = Journal::open(d, 1, Durability::Sync).unwrap();
+        j.append_batch(&before[..10]).unwrap();
+        assert_eq!(j.rotate().unwrap(), 2);
+        assert_eq!(j.seq(), 2);
+        j.append_batch(&before[10..]).unwrap();
+        let s = j.rotate().unwrap();
+        assert_eq!(s, 3);
+        // The vault would write its state as of the rotation: here, simply
+        // everything journaled before it.
+        write_snapshot(d, s, before.clone()).unwrap();
+        let after = sample(7, 10);
+        let lsn = j.append_batch(&after).unwrap();
+        j.wait_durable(lsn).unwrap();
+
+        // Before pruning the old journal files are still there but ignored.
+        let r = recover(d, false).unwrap();
+        assert_eq!(r.snapshot_seq, Some(3));
+        assert_eq!(r.snapshot_records().unwrap(), before);
+        assert_eq!(r.journal, after);
+        assert_eq!(r.next_seq, 3);
+
+        let removed = prune(d, s).unwrap();
+        assert_eq!(removed.len(), 2);
+        fs::write(d.join(snapshot_tmp_name(4)), b"half").unwrap();
+        let r = recover(d, false).unwrap();
+        let mut streamed = Vec::new();
+        let n = r
+            .for_each_snapshot_record(|rec| {
+                streamed.push(rec);
+                Ok::<(), String>(())
+            })
+            .unwrap();
+        assert_eq!(n, before.len() as u64);
+        assert_eq!(
+            (r.snapshot_seq, r.snapshot_records),
+            (Some(3), before.len() as u64)
+        );
+        assert_eq!(streamed, before);
+        assert_eq!(r.journal, after);
+        assert!(
+            r.warnings[0].contains("snapshot-0000000000000004.snap.tmp"),
+            "{:?}",
+            r.warnings
+        );
+        assert!(!d.join(snapshot_tmp_name(4)).exists());
+        drop(j);
+
+        // Damage inside the snapshot shows when it is streamed, naming it.
+        let snap = d.join(snapshot_file_name(3));
+        let bytes = fs::read(&snap).unwrap();
+        let mut bad = bytes.clone();
+        bad[20] ^= 0xFF;
+        fs::write(&snap, &bad).unwrap();
+        let r = recover(d, false).unwrap();
+        let err = r.snapshot_records().unwrap_err();
+        assert!(
+            matches!(err, SnapshotError::Corrupt { offset: 16, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("snapshot-0000000000000003.snap"),
+            "{err}"
+        );
+
+        // A newest snapshot cut short stops recovery itself, naming it.
+        fs::write(&snap, &bytes[..bytes.len() - 1]).unwrap();
+        let err = recover(d, false).unwrap_err();
+        assert!(matches!(err, RecoveryError::Snapshot(_)));
+        assert!(
+            err.to_string().contains("snapshot-0000000000000003.snap"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn snapshot_without_its_journal_file() {
+        // A snapshot whose journal file was never created: recovery opens
+        // the journal at the snapshot's seq.
+        let dir = tempfile::tempdir().unwrap();
+        write_snapshot(dir.path(), 5, sample(3, 11)).unwrap();
+        let r = recover(dir.path(), false).unwrap();
+        assert_eq!((r.next_seq, r.journal.len()), (5, 0));
+        write_journal(dir.path(), r.next_seq, &[atc(1)]);
+        assert_eq!(recover(dir.path(), false).unwrap().journal, [atc(1)]);
+        // But a journal after a gap is refused.
+        write_journal(dir.path(), 7, &[atc(2)]);
+        assert!(matches!(
+            recover(dir.path(), false),
+            Err(RecoveryError::MissingJournal { .. })
+        ));
+    }
+
+    #[test]
+    fn async_mode_flushes_on_drop_and_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let recs = sample(30, 12);
+        let j = Journal::open(dir.path(), 1, Durability::Async).unwrap();
+        let lsn = j.append_batch(&recs[..10]).unwrap();
+        // Returns at once; the writer gets there within the interval.
+        j.wait_durable(lsn).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while j.durable_lsn() < lsn {
+            assert!(Instant::now() < deadline, "async writer never flushed");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(recover(dir.path(), false).unwrap().journal, recs[..10]);
+        j.append_batch(&recs[10..]).unwrap();
+        drop(j);
+        assert_eq!(recover(dir.path(), false).unwrap().journal, recs);
+
+        let j = Journal::open(dir.path(), 1, Durability::Async).unwrap();
+        j.append(&atc(1)).unwrap();
+        j.flush().unwrap();
+        assert_eq!(j.durable_lsn(), Lsn(1));
+    }
+
+    #[test]
+    fn a_failed_sync_fails_everything_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), 1, Durability::Sync).unwrap();
+        let ok = j.append(&atc(1)).unwrap();
+        j.wait_durable(ok).unwrap();
+        j.inject_sync_failure();
+        let lost = j.append(&atc(2)).unwrap();
+        let err = j.wait_durable(lost).unwrap_err();
+        assert!(
+            matches!(err, JournalError::Failed(_)) && err.to_string().contains("fdatasync"),
+            "{err}"
+        );
+        assert_eq!(j.durable_lsn(), ok);
+        // What was durable stays reported durable; nothing else is accepted.
+        j.wait_durable(ok).unwrap();
+        assert!(matches!(j.append(&atc(3)), Err(JournalError::Failed(_))));
+        assert!(matches!(j.flush(), Err(JournalError::Failed(_))));
+        assert!(matches!(j.rotate(), Err(JournalError::Failed(_))));
+        drop(j);
+
+        let j = Journal::open(dir.path(), 2, Durability::Async).unwrap();
+        j.inject_sync_failure();
+        j.append(&atc(4)).unwrap();
+        assert!(matches!(j.flush(), Err(JournalError::Failed(_))));
+        assert!(matches!(
+            j.wait_durable(Lsn(1)),
+            Err(JournalError::Failed(_))
+        ));
+    }
+
+    #[test]
+    fn state_changes_round_trip_through_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = CardNumber::parse_digits("token", "4895370000000008").unwrap();
+        let recs = vec![
+            JournalRecord::State {
+                token,
+                state: TokenState::Active,
+            },
+            JournalRecord::State {
+                token,
+                state: TokenState::Deleted,
+            },
+        ];
+        write_journal(dir.path(), 1, &recs);
+        assert_eq!(recover(dir.path(), false).unwrap().journal, recs);
+    }
+}
