@@ -16,12 +16,14 @@ use crate::iso8583::tlv;
 use crate::profile::keys::{ProfileKeys, SchemeKeys};
 use crate::vault::records::RecordView;
 
+use super::decline::Family;
+
 /// One request's cryptogram check, with what concluding it needs.
 pub(super) struct CryptoCheck {
     /// The token's record (for the ATC and the approval).
     pub view: RecordView,
-    /// The family's failure code (82 Visa, 88 others).
-    pub fail: [u8; 2],
+    /// The card family (its code answers a failed check).
+    pub family: Family,
     /// The ATC to accept once the check passes.
     pub atc: u16,
     /// Index of the profile (and its keys).

@@ -6,8 +6,13 @@
 //! at 20,000/s went from 25 ms to 9 ms when the rehashes were taken out);
 //! 64 shards make each rehash 64 times smaller and spread the locking.
 
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::sync::{Mutex, MutexGuard};
+
+/// The pipeline's maps: seeded (so keys chosen by an acquirer cannot
+/// force collisions) but much cheaper than SipHash.
+pub(super) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Shards per map.
 pub(super) const SHARDS: usize = 64;

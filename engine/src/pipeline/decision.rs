@@ -1,0 +1,70 @@
+//! A batch on its way to answers: what was decided for each request, and
+//! the requests still waiting for the batch's cryptogram checks.
+
+use crate::iso8583::{rc, IsoMessage};
+use crate::vault::journal::Lsn;
+use crate::vault::records::RecordView;
+
+use super::crypto::{ChipAnswer, CryptoCheck};
+use super::decline::Decline;
+use super::retransmit::RequestKey;
+
+/// What the pipeline decided for one request.
+pub(super) struct Decision {
+    /// Why it was declined; `None` for an approval.
+    pub decline: Option<Decline>,
+    /// What DE 55 of the answer (tag 91) is built from, when the ARQC
+    /// verified.
+    pub arpc: Option<Box<ChipAnswer>>,
+    /// Journal position to wait for before answering.
+    pub lsn: Option<Lsn>,
+    /// For an approval: the token and the time its velocity was counted
+    /// (undone if the issuer declines), and the record (to detokenize for
+    /// the issuer leg).
+    pub approved: Option<(RecordView, u32)>,
+}
+
+impl Decision {
+    pub fn decline(decline: Decline) -> Self {
+        Self {
+            decline: Some(decline),
+            arpc: None,
+            lsn: None,
+            approved: None,
+        }
+    }
+
+    /// DE 39.
+    pub fn code(&self) -> [u8; 2] {
+        self.decline.map_or(rc::APPROVED, Decline::code)
+    }
+}
+
+/// One request of a batch on its way to an answer.
+pub(super) enum Slot {
+    /// Answered (or deliberately not: `None`), with a journal position to
+    /// wait for.
+    Ready(Option<IsoMessage>, Option<Lsn>),
+    /// An authorization, possibly waiting for the issuer.
+    Auth(Box<PendingAuth>),
+    /// An authorization waiting for the batch's cryptogram checks.
+    Crypto(Box<PendingCrypto>),
+}
+
+/// An authorization whose cryptogram is checked with the rest of the
+/// batch.
+pub(super) struct PendingCrypto {
+    pub req: IsoMessage,
+    pub resp: IsoMessage,
+    pub check: CryptoCheck,
+    pub key: Option<RequestKey>,
+}
+
+/// An authorization decided by the engine, not yet answered.
+pub(super) struct PendingAuth {
+    pub req: IsoMessage,
+    /// The answer so far (echoed fields).
+    pub resp: IsoMessage,
+    pub decision: Decision,
+    pub key: Option<RequestKey>,
+}

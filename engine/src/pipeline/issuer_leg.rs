@@ -1,0 +1,78 @@
+//! The issuer leg: every request the engine would approve goes to the
+//! issuer with DE 2 = the PAN and the token in DE 48, one batch per read;
+//! the issuer's DE 39 (and 38) decide, and a decline undoes the velocity
+//! count. No answer in time: 91.
+
+use crate::iso8583::rc;
+use crate::issuer::put_token_in_de48;
+use crate::vault::records::RecordView;
+
+use super::decision::Slot;
+use super::decline::Decline;
+use super::Pipeline;
+
+impl Pipeline {
+    /// With an issuer configured: forward every request the engine would
+    /// approve, with DE 2 = the PAN and the token in DE 48, in one batch;
+    /// the issuer's DE 39 (and 38) decide. No answer in time: 91.
+    pub(super) fn forward_to_issuer(&self, slots: &mut [Slot]) {
+        let Some(link) = &self.issuer else { return };
+        let mut which = Vec::new();
+        let mut requests = Vec::new();
+        // Every approved token's PAN in one multi-block AES pass.
+        let approved: Vec<(usize, RecordView)> = slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, slot)| match slot {
+                Slot::Auth(p) => p.decision.approved.as_ref().map(|(v, _)| (i, *v)),
+                _ => None,
+            })
+            .collect();
+        let views: Vec<RecordView> = approved.iter().map(|(_, v)| *v).collect();
+        let pans = self.vault.detokenize_many(&views);
+        for ((i, view), pan) in approved.iter().zip(pans) {
+            let (i, view) = (*i, view);
+            let Slot::Auth(p) = &slots[i] else { continue };
+            let Some(pan) = pan else {
+                continue;
+            };
+            let mut fwd = p.req.clone();
+            fwd.set(2, pan.0.digits().into_bytes());
+            for f in [35, 45, 52, 55] {
+                fwd.remove(f);
+            }
+            put_token_in_de48(&mut fwd, &view.token.digits());
+            which.push(i);
+            requests.push(fwd);
+        }
+        if requests.is_empty() {
+            return;
+        }
+        let answers = link.forward_batch(requests);
+        for (i, answer) in which.into_iter().zip(answers) {
+            let Slot::Auth(p) = &mut slots[i] else {
+                continue;
+            };
+            let decline = match answer
+                .as_ref()
+                .and_then(|a| a.get(39))
+                .and_then(|c| <[u8; 2]>::try_from(c).ok())
+            {
+                Some(rc::APPROVED) => None,
+                Some(code) => Some(Decline::Issuer(code)),
+                None => Some(Decline::IssuerTimeout),
+            };
+            if decline.is_none() {
+                if let Some(auth_id) = answer.as_ref().and_then(|a| a.get(38)) {
+                    p.resp.set(38, auth_id);
+                }
+            } else {
+                if let Some((view, at)) = &p.decision.approved {
+                    self.vault.reverse_approval(view, *at);
+                }
+                p.decision.approved = None;
+                p.decision.decline = decline;
+            }
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Releasing a decided batch: its answers leave once every approval in
+//! it is durable (one journal wait for the whole batch), are counted, and
+//! are remembered for retransmissions.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::iso8583::{digits_value, rc, Dialect, IsoMessage};
+use crate::metrics::Metrics;
+use crate::vault::journal::Lsn;
+use crate::vault::Vault;
+
+use super::clock::Now;
+use super::retransmit::{RecentAnswers, RequestKey};
+use super::shards::Sharded;
+
+/// A batch decided, its answers not yet released: they leave once every
+/// approval in it is durable (one wait for the whole batch).
+pub(super) struct DecidedBatch {
+    pub answers: Vec<Option<IsoMessage>>,
+    pub keys: Vec<Option<(RequestKey, Option<Lsn>)>>,
+    pub wait_for: Lsn,
+    pub started: Instant,
+    pub now: Now,
+    pub vault: Arc<Vault>,
+    pub metrics: Arc<Metrics>,
+    pub recent: Arc<Sharded<RecentAnswers>>,
+    pub dialect: Dialect,
+}
+
+impl DecidedBatch {
+    /// Nothing to wait for (no approval in the batch).
+    pub fn ready(&self) -> bool {
+        self.wait_for == Lsn::default()
+    }
+
+    /// Wait for the journal, then encode. In `sync` durability no approval
+    /// leaves before its ATC is on disk; if the journal failed, nothing in
+    /// the batch is approved.
+    pub fn release(self) -> Vec<Option<Vec<u8>>> {
+        let durable = self.ready() || self.vault.wait_durable(self.wait_for).is_ok();
+        let answered = self.answers.iter().filter(|a| a.is_some()).count() as u64;
+        self.metrics.latency(self.started.elapsed(), answered);
+        let encoded: Vec<Option<Vec<u8>>> = self
+            .answers
+            .into_iter()
+            .map(|a| {
+                let mut msg = a?;
+                if !durable && msg.get(39) == Some(&rc::APPROVED[..]) {
+                    msg.set(39, rc::SYSTEM_ERROR);
+                    msg.remove(38);
+                    msg.remove(55);
+                }
+                if let Some(code) = msg.get(39).and_then(digits_value) {
+                    self.metrics.response(code as u8);
+                }
+                self.dialect.encode(&msg).ok()
+            })
+            .collect();
+        // Remember what was sent, for retransmissions and repeats.
+        for (key, bytes) in self.keys.into_iter().zip(&encoded) {
+            if let (Some((k, lsn)), Some(bytes)) = (key, bytes) {
+                self.recent
+                    .lock_for(&k)
+                    .insert(k, bytes.clone(), lsn, self.now.secs);
+            }
+        }
+        encoded
+    }
+}
