@@ -103,7 +103,7 @@ impl Pipeline {
             .unwrap_or_else(|| Psn::new(&format!("{:02}", view.psn)).unwrap_or_default());
         let kind = match (&pk.keys, pk.profile.scheme) {
             (SchemeKeys::Emv(_), Scheme::Emv(profile)) => {
-                self.chip_check(req, &view, profile, family, psn, amount, currency)
+                self.chip_check(req, &view, profile, psn, amount, currency)
             }
             (SchemeKeys::Cvc3(_), _) => self.cvc3_check(&track, &view, pk, family, &card_pan, psn),
             (SchemeKeys::Dcvv(_), _) => self.dcvv_check(&track, &view, pk, family),
@@ -126,11 +126,11 @@ impl Pipeline {
         req: &IsoMessage,
         view: &RecordView,
         profile: CvnProfile,
-        family: Family,
         psn: Psn,
         amount: u64,
         currency: u64,
     ) -> Result<(u16, CheckKind), Decision> {
+        let family = Family::of(Scheme::Emv(profile));
         let Some(icc) = req.get(55) else {
             return Err(Decision::decline(Decline::NoChipData));
         };
