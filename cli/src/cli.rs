@@ -2,12 +2,15 @@
 //! library; errors come back as one line and a non-zero exit.
 
 use std::io::BufWriter;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
 use engine::config::Config;
+use engine::iso8583::{Dialect, Framing};
+use engine::serve::{self, ServeOptions};
 use engine::vault::provision::{provision, ProvisionSpec};
 use engine::vault::types::{CardNumber, DomainControls, TokenState, Velocity};
 use engine::vault::{OpenOptions, TokenizeRequest, Vault};
@@ -17,7 +20,7 @@ use engine::vault::{OpenOptions, TokenizeRequest, Vault};
 #[command(
     name = "tessera",
     version,
-    about = "Tessera payment-token engine: token vault (the ISO 8583 listener and demo come next)"
+    about = "Tessera payment-token engine: token vault, ISO 8583 authorization listener, demo"
 )]
 pub struct Cli {
     /// Configuration file.
@@ -54,7 +57,7 @@ enum Command {
         stan: u32,
         /// ascii or binary.
         #[arg(long, default_value = "ascii")]
-        dialect: String,
+        dialect: Dialect,
     },
     /// The whole system in one command: provision 100,000 tokens, start the
     /// engine and the issuer simulator on free loopback ports, run the load
@@ -97,13 +100,13 @@ struct ServeArgs {
     dir: DataDir,
     /// Address to listen on [config: listener.listen; default 127.0.0.1:8583].
     #[arg(long)]
-    listen: Option<String>,
+    listen: Option<SocketAddr>,
     /// Framing: len2, len2-inclusive, ascii4 or len2-tpdu [config: listener.framing].
     #[arg(long)]
-    framing: Option<String>,
+    framing: Option<Framing>,
     /// Dialect: ascii or binary [config: listener.dialect].
     #[arg(long)]
-    dialect: Option<String>,
+    dialect: Option<Dialect>,
     /// Largest frame in bytes [config: listener.max_frame; default 8192].
     #[arg(long)]
     max_frame: Option<usize>,
@@ -123,7 +126,7 @@ struct ServeArgs {
     /// Serve Prometheus metrics (answers by code, latency histogram) on ADDR.
     /// Off by default.
     #[arg(long, value_name = "ADDR")]
-    metrics: Option<String>,
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -265,6 +268,7 @@ macro_rules! from_err {
 }
 from_err!(
     engine::config::ConfigError,
+    engine::serve::ServeError,
     engine::vault::VaultError,
     engine::vault::types::CardNumberError,
     std::io::Error,
@@ -330,12 +334,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             };
             let msg = loadgen::cardsim::authorization(&profiles[usize::from(view.profile)], &txn)
                 .map_err(|e| CliError::new(e.to_string()))?;
-            let d = if dialect == "binary" {
-                engine::iso8583::Dialect::Binary
-            } else {
-                engine::iso8583::Dialect::Ascii
-            };
-            let bytes = d.encode(&msg).map_err(|e| CliError::new(e.to_string()))?;
+            let bytes = dialect
+                .encode(&msg)
+                .map_err(|e| CliError::new(e.to_string()))?;
             println!("{}", engine::iso8583::hex_string(&bytes));
             Ok(())
         }
@@ -343,110 +344,53 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 fn serve(config: &Path, a: ServeArgs) -> Result<(), CliError> {
-    use engine::iso8583::Dialect;
-    use engine::server::{Server, ServerConfig};
-    let (cfg, keys) = Config::load(config)?;
+    let (mut cfg, keys) = Config::load(config)?;
+    // Flags override the config file's [listener].
+    let l = &mut cfg.listener;
+    l.listen = a.listen.unwrap_or(l.listen);
+    l.framing = a.framing.unwrap_or(l.framing);
+    l.dialect = a.dialect.unwrap_or(l.dialect);
+    l.max_frame = a.max_frame.unwrap_or(l.max_frame);
+    l.max_connections = a.max_connections.unwrap_or(l.max_connections);
+    l.issuer = a.issuer.or(l.issuer.take());
+    l.issuer_timeout_ms = a.issuer_timeout_ms.unwrap_or(l.issuer_timeout_ms);
+    l.workers = a.workers.unwrap_or(l.workers);
     let l = cfg.listener.clone();
-    let listen = a.listen.as_deref().unwrap_or(&l.listen);
-    let framing_name = a.framing.as_deref().unwrap_or(&l.framing);
-    let dialect = match a.dialect.as_deref().unwrap_or(&l.dialect) {
-        "ascii" => Dialect::Ascii,
-        "binary" => Dialect::Binary,
-        other => {
-            return Err(CliError::new(format!(
-                "dialect must be ascii or binary, not \"{other}\""
-            )))
-        }
-    };
-    let server_config = ServerConfig {
-        listen: listen
-            .parse()
-            .map_err(|_| CliError::new(format!("cannot parse listen address \"{listen}\"")))?,
-        framing: framing_name.parse().map_err(|_| {
-            CliError::new(format!(
-                "framing must be len2, len2-inclusive, ascii4 or len2-tpdu, not \"{framing_name}\""
-            ))
-        })?,
-        max_frame: a.max_frame.unwrap_or(l.max_frame),
-        max_connections: a.max_connections.unwrap_or(l.max_connections),
-        idle_timeout: std::time::Duration::from_secs(l.idle_timeout_secs),
-        stalled_read_timeout: std::time::Duration::from_secs(l.stalled_read_timeout_secs),
-        workers: match a.workers.unwrap_or(l.workers) {
-            0 => 4 * std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        },
-        ..ServerConfig::default()
-    };
-    let profiles = engine::profile::keys::load(&cfg, &keys).map_err(CliError::new)?;
-    let opts = OpenOptions {
+    let opts = ServeOptions {
         truncate_corrupt: a.dir.truncate_corrupt,
-        create: false,
+        handle_signals: true,
+        metrics: a.metrics,
+        ..ServeOptions::new(&a.dir.data_dir)
     };
-    let (vault, warnings) = Vault::open(&a.dir.data_dir, Arc::new(cfg), &keys, opts)?;
-    for w in warnings {
+    let running = serve::start(&cfg, &keys, &opts)?;
+    for w in running.warnings() {
         eprintln!("tessera: warning: {w}");
     }
-    let vault = Arc::new(vault);
-    let mut pipeline = engine::pipeline::Pipeline::new(Arc::clone(&vault), profiles, dialect);
-    if let Some(issuer) = a.issuer.as_deref().or(l.issuer.as_deref()) {
-        use std::net::ToSocketAddrs;
-        let addr = issuer
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| CliError::new(format!("cannot resolve issuer address \"{issuer}\"")))?;
-        let timeout = a.issuer_timeout_ms.unwrap_or(l.issuer_timeout_ms);
-        // The issuer link speaks the listener's framing and dialect.
-        let link = engine::issuer::IssuerLink::connect(
-            addr,
-            server_config.framing,
-            dialect,
-            std::time::Duration::from_millis(timeout),
+    if let Some(addr) = running.issuer_addr() {
+        eprintln!(
+            "tessera: forwarding approvable requests to the issuer at {addr} (timeout {} ms)",
+            l.issuer_timeout_ms
         );
-        eprintln!("tessera: forwarding approvable requests to the issuer at {addr} (timeout {timeout} ms)");
-        pipeline = pipeline.with_issuer(link);
     }
-    let pipeline = Arc::new(pipeline);
-    if let Some(m) = &a.metrics {
-        let addr = m
-            .parse()
-            .map_err(|_| CliError::new(format!("cannot parse metrics address \"{m}\"")))?;
-        let bound = engine::metrics::serve(addr, pipeline.metrics())?;
+    if let Some(bound) = running.metrics_addr() {
         eprintln!("tessera: metrics on http://{bound}/metrics");
     }
-    let server = Server::bind(server_config)?;
-    let addr = server.local_addr()?;
-    let stop = server.shutdown_handle();
-    // Snapshots on schedule, so the journal stays short.
-    let snapshots = {
-        let (vault, stop) = (Arc::clone(&vault), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.is_shutdown() {
-                std::thread::sleep(std::time::Duration::from_millis(500));
-                if let Err(e) = vault.snapshot_if_due() {
-                    eprintln!("tessera: snapshot failed: {e}");
-                }
-            }
-        })
-    };
     eprintln!(
-        "tessera: serving {} tokens on {addr} ({framing_name}, {:?} dialect)",
-        vault.len(),
-        dialect
+        "tessera: serving {} tokens on {} ({}, {:?} dialect)",
+        running.vault().len(),
+        running.local_addr(),
+        l.framing,
+        l.dialect
     );
-    let handler: Arc<dyn engine::server::Handler> = pipeline.clone();
-    let stats = server.run(handler)?;
-    stop.shutdown();
-    let _ = snapshots.join();
-    vault.flush()?;
-    let counts: Vec<String> = pipeline
-        .response_counts()
+    let stopped = running.wait()?;
+    let counts: Vec<String> = stopped
+        .response_counts
         .into_iter()
         .map(|(c, n)| format!("{c}={n}"))
         .collect();
     eprintln!(
         "tessera: stopped after {} connections; answers by code: {}",
-        stats.connections_accepted,
+        stopped.stats.connections_accepted,
         counts.join(" ")
     );
     Ok(())

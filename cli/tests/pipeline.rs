@@ -408,7 +408,7 @@ fn issuer(
                 let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
                 s.read_exact(&mut body).unwrap();
                 let req = Dialect::Ascii.decode(&body).unwrap();
-                let token = engine::issuer::token_from_de48(&req).unwrap();
+                let token = engine::iso8583::de48::token_from_de48(&req).unwrap();
                 let pan_ok = pans.get(&token).map(String::as_bytes) == req.get(2);
                 let mut a = IsoMessage::new(*b"0110");
                 for f in [2, 11, 41] {

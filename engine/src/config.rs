@@ -5,11 +5,16 @@
 //! typo is a start-up error and not a declined transaction at 3 a.m.
 
 use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use hsm_sim::emv::CvnProfile;
 use hsm_sim::keyfile::KeyStore;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+
+use crate::iso8583::{Dialect, Framing};
 
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -187,16 +192,21 @@ struct ConfigFile {
 }
 
 /// `[listener]`: the ISO 8583 listener of `tessera serve`. Flags override.
+/// Every value is parsed when the config loads: a typo in a framing or
+/// dialect name is an error naming the accepted values.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenerConfig {
     /// Address to listen on.
-    pub listen: String,
+    #[serde(deserialize_with = "parsed")]
+    pub listen: SocketAddr,
     /// `len2` (2-byte length excluding itself), `len2-inclusive`,
     /// `ascii4`, or `len2-tpdu`.
-    pub framing: String,
+    #[serde(deserialize_with = "parsed")]
+    pub framing: Framing,
     /// `ascii` (pyiso8583 default_ascii / jPOS ISO87A) or `binary`.
-    pub dialect: String,
+    #[serde(deserialize_with = "parsed")]
+    pub dialect: Dialect,
     /// Largest frame accepted, bytes.
     pub max_frame: usize,
     /// Connections at once.
@@ -210,18 +220,30 @@ pub struct ListenerConfig {
     pub issuer: Option<String>,
     /// How long to wait for the issuer before answering 91, milliseconds.
     pub issuer_timeout_ms: u64,
-    /// Pipeline worker threads; 0 = four per core. Workers spend much of a
-    /// batch waiting (the journal's fdatasync, the issuer's answer), so more
-    /// workers than cores keep the cores busy and make group commits larger.
+    /// Pipeline worker threads; 0 = the server's default
+    /// ([`crate::server::default_workers`]: four per core).
     pub workers: usize,
+}
+
+/// A string field parsed with the type's `FromStr`, its error as the
+/// config error (the names of the accepted values included).
+fn parsed<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: Display,
+{
+    let s = String::deserialize(d)?;
+    s.parse()
+        .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
 }
 
 impl Default for ListenerConfig {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:8583".into(),
-            framing: "len2".into(),
-            dialect: "ascii".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8583)),
+            framing: Framing::Len2Exclusive,
+            dialect: Dialect::Ascii,
             max_frame: 8192,
             max_connections: 1024,
             idle_timeout_secs: 300,

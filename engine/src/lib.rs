@@ -13,6 +13,8 @@
 //!   check, verify the cryptogram in the HSM, accept the ATC once.
 //! - [`issuer`]: the link that forwards approvable requests to the issuer.
 //! - [`server`]: the TCP listener.
+//! - [`serve`]: assembles a running engine from a config
+//!   ([`serve::start`]).
 //! - [`metrics`]: Prometheus text exposition.
 
 #![forbid(unsafe_code)]
@@ -23,5 +25,6 @@ pub mod issuer;
 pub mod metrics;
 pub mod pipeline;
 pub mod profile;
+pub mod serve;
 pub mod server;
 pub mod vault;

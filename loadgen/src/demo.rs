@@ -14,10 +14,7 @@ use std::time::Duration;
 use engine::config::Config;
 use engine::iso8583::framing::Framing;
 use engine::iso8583::Dialect;
-use engine::issuer::IssuerLink;
-use engine::pipeline::Pipeline;
-use engine::profile::keys;
-use engine::server::{Handler, Server, ServerConfig};
+use engine::serve::{self, ServeOptions};
 use engine::vault::provision::{provision, ProvisionSpec};
 use engine::vault::types::{DomainControls, TokenState};
 use engine::vault::{OpenOptions, Vault};
@@ -84,39 +81,28 @@ pub fn run_demo(config_path: &Path, spec: &DemoSpec) -> Result<bool, String> {
     // The export (with PANs: test data) feeds the card and issuer simulators.
     let export = work.join("tokens.jsonl");
     write_export(&vault, &export)?;
+    vault.flush().map_err(err)?;
+    drop(vault);
 
     let any: SocketAddr = "127.0.0.1:0".parse().map_err(err)?;
     let pans = issuer_sim::pans_from_export(&export).map_err(err)?;
     let issuer =
         issuer_sim::start(any, pans, Dialect::Ascii, Framing::Len2Exclusive).map_err(err)?;
     let issuer_addr = issuer.local_addr();
-    let profiles = keys::load(&cfg, &keys)?;
-    let vault = Arc::new(vault);
-    let link = IssuerLink::connect(
-        issuer_addr,
-        Framing::Len2Exclusive,
-        Dialect::Ascii,
-        Duration::from_secs(2),
-    );
-    let pipeline = Arc::new(
-        Pipeline::new(Arc::clone(&vault), profiles, Dialect::Ascii)
-            .with_issuer(link)
-            .with_decline_log(false),
-    );
-    // Workers wait on fdatasync and the issuer: four per core keep the
-    // cores busy (as `tessera serve` does by default).
-    let workers = 4 * std::thread::available_parallelism().map_or(1, |n| n.get());
-    let server = Server::bind(ServerConfig {
-        listen: any,
-        handle_signals: false,
-        workers,
-        ..ServerConfig::default()
-    })
-    .map_err(err)?;
-    let engine_addr = server.local_addr().map_err(err)?;
-    let stop = server.shutdown_handle();
-    let handler: Arc<dyn Handler> = pipeline.clone();
-    let engine_thread = std::thread::spawn(move || server.run(handler));
+    // The engine as `tessera serve` runs it, on a free loopback port, with
+    // the issuer leg to the simulator.
+    let mut cfg = (*cfg).clone();
+    cfg.listener.listen = any;
+    cfg.listener.framing = Framing::Len2Exclusive;
+    cfg.listener.dialect = Dialect::Ascii;
+    cfg.listener.issuer = Some(issuer_addr.to_string());
+    cfg.listener.issuer_timeout_ms = 2000;
+    let opts = ServeOptions {
+        decline_log: false,
+        ..ServeOptions::new(&data)
+    };
+    let engine = serve::start(&cfg, &keys, &opts).map_err(err)?;
+    let engine_addr = engine.local_addr();
     eprintln!("demo: engine on {engine_addr}, issuer simulator on {issuer_addr}");
 
     let run_cfg = RunConfig {
@@ -146,10 +132,8 @@ pub fn run_demo(config_path: &Path, spec: &DemoSpec) -> Result<bool, String> {
         issuer_stats.requests, issuer_stats.approved, issuer_stats.pan_mismatches
     );
     println!("report written to {}", spec.report_dir.display());
-    stop.shutdown();
-    let _ = engine_thread.join();
+    engine.stop().map_err(err)?;
     issuer.stop();
-    vault.flush().map_err(err)?;
     let _ = std::fs::remove_dir_all(&work);
     if outcome.result.pool_exhausted {
         // Not a wrong answer: the engine outran the prepared pool, and the

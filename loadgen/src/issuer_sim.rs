@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use engine::iso8583::de48::token_from_de48;
 use engine::iso8583::{response_mti, Dialect, Framing, IsoMessage};
-use engine::issuer::token_from_de48;
 use engine::server::{ConnId, Handler, Server, ServerConfig, ServerStats, ShutdownHandle};
 
 /// Fields an approval echoes.
@@ -220,8 +220,9 @@ pub fn pans_from_export(path: impl AsRef<Path>) -> io::Result<HashMap<String, St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use engine::iso8583::de48::put_token_in_de48;
     use engine::iso8583::{next_frame, write_frame};
-    use engine::issuer::{put_token_in_de48, IssuerLink};
+    use engine::issuer::IssuerLink;
     use std::io::{Read, Write};
     use std::net::TcpStream;
 

@@ -83,7 +83,7 @@ domain_violation, amount_mismatch, malformed, reversal (default: the demo's rate
         report: Option<PathBuf>,
         /// ascii or binary.
         #[arg(long, default_value = "ascii")]
-        dialect: String,
+        dialect: Dialect,
         /// Seed of the prepared transactions.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -161,11 +161,6 @@ fn run_cli(cli: Cli) -> Result<bool, String> {
             seed,
         } => {
             let (cfg, keys) = Config::load(&cli.config).map_err(|e| e.to_string())?;
-            let dialect = match dialect.as_str() {
-                "ascii" => Dialect::Ascii,
-                "binary" => Dialect::Binary,
-                d => return Err(format!("--dialect must be ascii or binary, not {d}")),
-            };
             let faults = match faults.as_deref() {
                 None => default_faults(),
                 Some("none") => Vec::new(),

@@ -41,9 +41,11 @@
 //!   size of the input (values are copies of wire bytes, hex halves them).
 //!
 //! Around the codec: [`framing`] cuts the TCP stream, [`tlv`] parses field
-//! 55, [`track2`] parses field 35 / tag 57.
+//! 55, [`track2`] parses field 35 / tag 57, [`de48`] carries the token to
+//! the issuer, [`rc`] names the response codes.
 
 pub mod codec;
+pub mod de48;
 pub mod framing;
 pub mod message;
 pub mod rc;

@@ -3,8 +3,8 @@
 //! the issuer's DE 39 (and 38) decide, and a decline undoes the velocity
 //! count. No answer in time: 91.
 
+use crate::iso8583::de48::put_token_in_de48;
 use crate::iso8583::rc;
-use crate::issuer::put_token_in_de48;
 use crate::vault::records::RecordView;
 
 use super::decision::Slot;

@@ -190,7 +190,7 @@ pub struct ServerConfig {
     /// Close a connection when writing its answers blocks this long (the
     /// client does not read).
     pub write_timeout: Duration,
-    /// Worker threads calling the handler; 0 = one per available core.
+    /// Worker threads calling the handler; 0 = [`default_workers`].
     pub workers: usize,
     /// Install SIGTERM/SIGINT handlers for [`Server::run`] (the binary: yes;
     /// tests: no, they use [`Server::shutdown_handle`]).
@@ -212,6 +212,14 @@ impl Default for ServerConfig {
             handle_signals: true,
         }
     }
+}
+
+/// Worker threads when none are configured: four per core. Workers spend
+/// much of a batch waiting (the journal's fdatasync, the issuer's answer),
+/// so more workers than cores keep the cores busy and make group commits
+/// larger.
+pub fn default_workers() -> usize {
+    4 * thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Counters returned by [`Server::run`].
@@ -322,7 +330,7 @@ impl Server {
             return Err(invalid("server: timeouts must be > 0"));
         }
         if config.workers == 0 {
-            config.workers = thread::available_parallelism().map_or(2, |n| n.get());
+            config.workers = default_workers();
         }
         let listener = TcpListener::bind(config.listen)?;
         listener.set_nonblocking(true)?;

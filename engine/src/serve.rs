@@ -1,0 +1,249 @@
+//! A running engine, assembled in one place: the vault opened from its
+//! data directory, the card profiles' keys, the pipeline (with the issuer
+//! leg when `[listener] issuer` is set), the ISO 8583 listener, scheduled
+//! snapshots and, on request, the metrics endpoint.
+//!
+//! `tessera serve`, `tessera demo` and the integration tests all start the
+//! engine through [`start`], so what they run is the same engine.
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hsm_sim::keyfile::KeyStore;
+
+use crate::config::Config;
+use crate::issuer::IssuerLink;
+use crate::pipeline::Pipeline;
+use crate::profile::keys;
+use crate::server::{Handler, Server, ServerConfig, ServerStats, ShutdownHandle};
+use crate::vault::{OpenOptions, Vault, VaultError};
+
+/// How often the snapshot thread asks the vault whether one is due.
+const SNAPSHOT_POLL: Duration = Duration::from_millis(500);
+
+/// What [`start`] needs besides the configuration.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The vault's data directory.
+    pub data_dir: PathBuf,
+    /// Create the data directory if it is missing (otherwise an error).
+    pub create: bool,
+    /// Start even if a journal record in the middle is corrupt, truncating
+    /// the journal there.
+    pub truncate_corrupt: bool,
+    /// Stop on SIGTERM / SIGINT (the `tessera serve` process: yes; an
+    /// engine embedded in another program or a test: no).
+    pub handle_signals: bool,
+    /// One line on stderr per decline.
+    pub decline_log: bool,
+    /// Serve Prometheus metrics on this address.
+    pub metrics: Option<SocketAddr>,
+}
+
+impl ServeOptions {
+    /// Options for the vault in `data_dir`, everything else off.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            create: false,
+            truncate_corrupt: false,
+            handle_signals: false,
+            decline_log: true,
+            metrics: None,
+        }
+    }
+}
+
+/// Why the engine could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The vault could not be opened or flushed.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// A profile's keys are missing from the key file.
+    #[error("{0}")]
+    Keys(String),
+    /// `[listener] issuer` does not resolve.
+    #[error("cannot resolve issuer address \"{0}\"")]
+    IssuerAddress(String),
+    /// The listener or the metrics endpoint could not bind.
+    #[error("{what}: {source}")]
+    Io {
+        /// What failed.
+        what: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+    /// The listener's thread ended abnormally.
+    #[error("the listener thread panicked")]
+    Panicked,
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> ServeError {
+    move |source| ServeError::Io { what, source }
+}
+
+/// An engine serving on its listener.
+#[derive(Debug)]
+pub struct Running {
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    issuer_addr: Option<SocketAddr>,
+    warnings: Vec<String>,
+    vault: Arc<Vault>,
+    pipeline: Arc<Pipeline>,
+    stop: ShutdownHandle,
+    server: JoinHandle<io::Result<ServerStats>>,
+    snapshots: JoinHandle<()>,
+}
+
+/// What a stopped engine did.
+#[derive(Debug, Clone)]
+pub struct Stopped {
+    /// The listener's counters.
+    pub stats: ServerStats,
+    /// Answers by response code ("00" -> n).
+    pub response_counts: Vec<(String, u64)>,
+}
+
+/// Open the vault, build the pipeline and start listening, as
+/// `config.listener` says. Returns once the listener is bound: the engine
+/// serves on other threads until [`Running::stop`] (or a signal, with
+/// `handle_signals`).
+pub fn start(config: &Config, keys: &KeyStore, opts: &ServeOptions) -> Result<Running, ServeError> {
+    let l = &config.listener;
+    let profiles = keys::load(config, keys).map_err(ServeError::Keys)?;
+    let open = OpenOptions {
+        truncate_corrupt: opts.truncate_corrupt,
+        create: opts.create,
+    };
+    let (vault, warnings) = Vault::open(&opts.data_dir, Arc::new(config.clone()), keys, open)?;
+    let vault = Arc::new(vault);
+    let mut pipeline =
+        Pipeline::new(Arc::clone(&vault), profiles, l.dialect).with_decline_log(opts.decline_log);
+    let mut issuer_addr = None;
+    if let Some(issuer) = &l.issuer {
+        let addr = issuer
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| ServeError::IssuerAddress(issuer.clone()))?;
+        // The issuer link speaks the listener's framing and dialect.
+        let link = IssuerLink::connect(
+            addr,
+            l.framing,
+            l.dialect,
+            Duration::from_millis(l.issuer_timeout_ms),
+        );
+        pipeline = pipeline.with_issuer(link);
+        issuer_addr = Some(addr);
+    }
+    let pipeline = Arc::new(pipeline);
+    let metrics_addr = match opts.metrics {
+        Some(addr) => {
+            Some(crate::metrics::serve(addr, pipeline.metrics()).map_err(io_err("metrics"))?)
+        }
+        None => None,
+    };
+    let server = Server::bind(ServerConfig {
+        listen: l.listen,
+        framing: l.framing,
+        max_frame: l.max_frame,
+        max_connections: l.max_connections,
+        idle_timeout: Duration::from_secs(l.idle_timeout_secs),
+        stalled_read_timeout: Duration::from_secs(l.stalled_read_timeout_secs),
+        workers: l.workers,
+        handle_signals: opts.handle_signals,
+        ..ServerConfig::default()
+    })
+    .map_err(io_err("listener"))?;
+    let addr = server.local_addr().map_err(io_err("listener"))?;
+    let stop = server.shutdown_handle();
+    // Snapshots on schedule, so the journal stays short.
+    let snapshots = {
+        let (vault, stop) = (Arc::clone(&vault), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.is_shutdown() {
+                std::thread::sleep(SNAPSHOT_POLL);
+                if let Err(e) = vault.snapshot_if_due() {
+                    eprintln!("tessera: snapshot failed: {e}");
+                }
+            }
+        })
+    };
+    let handler: Arc<dyn Handler> = pipeline.clone();
+    let server = std::thread::spawn(move || server.run(handler));
+    Ok(Running {
+        addr,
+        metrics_addr,
+        issuer_addr,
+        warnings,
+        vault,
+        pipeline,
+        stop,
+        server,
+        snapshots,
+    })
+}
+
+impl Running {
+    /// Where the listener accepts connections.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Where the metrics are served, if they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The issuer the pipeline forwards to, if any.
+    pub fn issuer_addr(&self) -> Option<SocketAddr> {
+        self.issuer_addr
+    }
+
+    /// What recovery reported when the vault opened (a torn tail
+    /// truncated, files set aside).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The live vault.
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
+    }
+
+    /// The pipeline (metrics, answers by code).
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    /// A handle that stops the listener from any thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.stop.clone()
+    }
+
+    /// Wait until the listener stops (a signal, or a shutdown handle), then
+    /// stop the snapshots and flush the journal.
+    pub fn wait(self) -> Result<Stopped, ServeError> {
+        let stats = self.server.join().map_err(|_| ServeError::Panicked)?;
+        self.stop.shutdown();
+        let _ = self.snapshots.join();
+        self.vault.flush()?;
+        let stats = stats.map_err(io_err("listener"))?;
+        Ok(Stopped {
+            stats,
+            response_counts: self.pipeline.response_counts(),
+        })
+    }
+
+    /// Stop: drain in-flight requests, flush the journal.
+    pub fn stop(self) -> Result<Stopped, ServeError> {
+        self.stop.shutdown();
+        self.wait()
+    }
+}
