@@ -136,7 +136,7 @@ fn magstripe(c: &mut Criterion) {
 /// The bitsliced kernels (one TDES block per lane, every lane its own
 /// key) and the batch API, with the scalar path measured in the same run.
 fn batched(c: &mut Criterion) {
-    use hsm_sim::batched::{execute, execute_scalar, ArqcCheck, Command};
+    use hsm_sim::batch::{execute, execute_scalar, ArqcCheck, Command};
     use hsm_sim::primitives::bitslice::{retail_mac_lanes_with, Kernel};
 
     const LANES: usize = 4096;

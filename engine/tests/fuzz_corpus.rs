@@ -16,7 +16,7 @@ const TARGETS: &[(&str, Entry)] = &[
     ("iso8583_frames", engine::iso8583::fuzz_frames),
     ("iso8583_tlv", engine::iso8583::fuzz_tlv),
     ("iso8583_track2", engine::iso8583::fuzz_track2),
-    ("hsm_batch_request", hsm_sim::batch::fuzz_request_line),
+    ("hsm_batch_request", hsm_sim::jsonl::fuzz_request_line),
     ("hsm_key_file", hsm_sim::keyfile::fuzz_key_file),
     ("vault_record", engine::vault::codec::fuzz_record),
     ("vault_snapshot", engine::vault::snapshot::fuzz_snapshot),

@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use crate::batched::{
+use crate::batch::{
     execute_into, execute_scalar_into, ArqcCheck, Command, Cvc3Check, CvvCheck, DcvvCheck, Outcome,
 };
 use crate::emv::mk::MkDerivation;

@@ -19,8 +19,8 @@
 //! - [`perso`]: EMV CPS key diversification, SCP02, SCP03.
 //! - [`tr31`]: TR-31 key blocks A, B, C and D.
 //! - [`keyfile`]: the JSON key file, checked against its KCVs on load.
-//! - [`batch`]: the JSON request/answer layer of `tessera-hsm batch`.
-//! - [`batched`]: the batch API (commands in, outcomes out, in order) that
+//! - [`jsonl`]: the JSON Lines request/answer layer of `tessera-hsm batch`.
+//! - [`batch`]: the batch API (commands in, outcomes out, in order) that
 //!   runs every DES-family step of a batch through the bitsliced kernels,
 //!   and its scalar reference.
 //! - [`bench`]: `tessera-hsm bench`, the scalar and batched paths timed on
@@ -32,10 +32,10 @@
 //! `Debug`; every comparison of a cryptogram, MAC or CVV is constant-time.
 
 pub mod batch;
-pub mod batched;
 pub mod bench;
 pub mod emv;
 mod error;
+pub mod jsonl;
 pub mod keyfile;
 pub mod magstripe;
 pub mod perso;

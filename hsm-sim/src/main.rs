@@ -225,7 +225,7 @@ fn run(cli: Cli) -> Result<ExitCode, Fail> {
     match cli.command {
         Command::Batch { op } => {
             if let Some(op) = &op {
-                if !hsm_sim::batch::OP_NAMES.contains(&op.as_str()) {
+                if !hsm_sim::jsonl::OP_NAMES.contains(&op.as_str()) {
                     return Err(Fail(format!(
                         "--op: unknown op \"{op}\" (see `tessera-hsm ops`)"
                     )));
@@ -233,11 +233,11 @@ fn run(cli: Cli) -> Result<ExitCode, Fail> {
             }
             let stdin = BufReader::with_capacity(1 << 16, io::stdin().lock());
             let stdout = BufWriter::with_capacity(1 << 16, io::stdout().lock());
-            hsm_sim::batch::run_stream(stdin, stdout, keys, op.as_deref())?;
+            hsm_sim::jsonl::run_stream(stdin, stdout, keys, op.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Ops => {
-            for op in hsm_sim::batch::OP_NAMES {
+            for op in hsm_sim::jsonl::OP_NAMES {
                 println!("{op}");
             }
             Ok(ExitCode::SUCCESS)

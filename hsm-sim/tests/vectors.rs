@@ -1,5 +1,5 @@
 //! Every case of every vector file through the library's request layer
-//! (`hsm_sim::batch::run_request`, which parses the input into the typed
+//! (`hsm_sim::jsonl::run_request`, which parses the input into the typed
 //! API and calls it). The CLI gets the same files in `tests/cli.rs`.
 //!
 //! An answer passes when every field of the vector's `output` is present
@@ -25,7 +25,7 @@ fn check_op(op: &str) {
         cases += 1;
         let id = case["id"].as_str().unwrap_or("?").to_owned();
         let request = json!({ "op": op, "input": case["input"] });
-        match hsm_sim::batch::run_request(&request, None) {
+        match hsm_sim::jsonl::run_request(&request, None) {
             Err(e) => failures.push(format!("{id}: error {e}")),
             Ok(out) => {
                 for (field, want) in case["output"].as_object().expect("output object") {
@@ -98,7 +98,7 @@ fn every_vector_file_is_an_op() {
         })
         .collect();
     files.sort();
-    let mut ops: Vec<&str> = hsm_sim::batch::OP_NAMES.to_vec();
+    let mut ops: Vec<&str> = hsm_sim::jsonl::OP_NAMES.to_vec();
     ops.sort_unstable();
     assert_eq!(files, ops);
 }

@@ -2,7 +2,7 @@
 //! (state, expiry, domain controls, velocity), prepare the cryptogram
 //! check for the batch, and once it ran, accept the ATC exactly once.
 
-use hsm_sim::batched::Outcome;
+use hsm_sim::batch::Outcome;
 use hsm_sim::emv::{CvnProfile, TerminalData};
 use hsm_sim::types::{Expiry, Pan, Psn, ServiceCode};
 

@@ -1,12 +1,12 @@
 //! The cryptogram checks of a batch, run together through the HSM's batch
-//! API (`hsm_sim::batched`): every ARQC, CVC3 and dCVV of what the listener
+//! API (`hsm_sim::batch`): every ARQC, CVC3 and dCVV of what the listener
 //! read at once shares the bitsliced DES kernels.
 //!
 //! A check is prepared per request (everything the vault and the message
 //! say), the whole batch is executed, then each outcome is concluded in
 //! request order (ATC accepted once, approval journaled).
 
-use hsm_sim::batched::{ArqcCheck, Command, Cvc3Check, DcvvCheck, Outcome};
+use hsm_sim::batch::{ArqcCheck, Command, Cvc3Check, DcvvCheck, Outcome};
 use hsm_sim::emv::mk::{derive_icc_mk, MkDerivation};
 use hsm_sim::emv::{ArpcInput, CvnProfile, TerminalData};
 use hsm_sim::types::{Atc, Expiry, Pan, Psn, ServiceCode};
@@ -158,7 +158,7 @@ pub(super) fn commands<'a>(
 pub(super) fn execute(checks: &[&CryptoCheck], profiles: &[ProfileKeys]) -> Vec<Option<Outcome>> {
     let cmds = commands(checks, profiles);
     let runnable: Vec<Command<'_>> = cmds.iter().flatten().cloned().collect();
-    let mut outcomes = hsm_sim::batched::execute(&runnable).into_iter();
+    let mut outcomes = hsm_sim::batch::execute(&runnable).into_iter();
     cmds.iter()
         .map(|c| c.as_ref().and_then(|_| outcomes.next()))
         .collect()

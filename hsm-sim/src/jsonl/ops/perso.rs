@@ -12,9 +12,9 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::batch::error::{BatchError, InField};
-use crate::batch::input::hex_upper;
-use crate::batch::input::Input;
+use crate::jsonl::error::{BatchError, InField};
+use crate::jsonl::input::hex_upper;
+use crate::jsonl::input::Input;
 use crate::perso::cps::{derive_kdc_set, odd_parity, CpsMethod};
 use crate::perso::scp02::{Scp02Options, Scp02Session};
 use crate::perso::scp03::{pseudo_random_card_challenge, InitUpdateResponse, Scp03Session};
@@ -222,7 +222,7 @@ pub fn scp03(i: &Input) -> Result<Value, BatchError> {
 mod tests {
     use serde_json::{json, Value};
 
-    use crate::batch::{run_request, BatchError};
+    use crate::jsonl::{run_request, BatchError};
 
     /// scp03 vector `rnd-4` (AES-192, pseudo-random challenge, R-MAC).
     fn rnd4() -> Value {

@@ -3,9 +3,9 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::batch::error::BatchError;
-use crate::batch::input::hex_upper;
-use crate::batch::input::Input;
+use crate::jsonl::error::BatchError;
+use crate::jsonl::input::hex_upper;
+use crate::jsonl::input::Input;
 use crate::primitives::ct::ct_eq;
 use crate::tr31::{self, Tr31Error, Tr31Header, Tr31Version};
 

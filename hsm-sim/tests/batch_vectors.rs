@@ -1,5 +1,5 @@
 //! Every vector file of a DES-family operation through the batched path
-//! (`hsm_sim::batched::execute`): each file's cases repeated until the
+//! (`hsm_sim::batch::execute`): each file's cases repeated until the
 //! batch fills the widest kernel; in the verification files (CVN, CVC3,
 //! dCVV, CVV) every other copy is tampered with so that it must be refused.
 //!
@@ -9,14 +9,14 @@
 
 use std::path::PathBuf;
 
-use hsm_sim::batch::Input;
-use hsm_sim::batched::{
+use hsm_sim::batch::{
     execute, ArpcRequest, ArqcCheck, CardKeyRequest, Command, Cvc3Check, CvvCheck, DcvvCheck,
     Outcome, SessionKeyRequest,
 };
 use hsm_sim::emv::mk::MkDerivation;
 use hsm_sim::emv::profile::CardDataLayout;
 use hsm_sim::emv::{ArpcInput, CvnProfile, TerminalData};
+use hsm_sim::jsonl::Input;
 use hsm_sim::types::{Atc, Expiry, Pan, Psn, ServiceCode};
 use hsm_sim::TdesKey;
 use serde_json::{Map, Value};

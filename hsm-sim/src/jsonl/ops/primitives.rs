@@ -2,9 +2,9 @@
 
 use serde_json::{json, Value};
 
-use crate::batch::error::{BatchError, InField};
-use crate::batch::input::hex_upper;
-use crate::batch::input::Input;
+use crate::jsonl::error::{BatchError, InField};
+use crate::jsonl::input::hex_upper;
+use crate::jsonl::input::Input;
 use crate::primitives::kcv::{aes_kcv, des_kcv, AesKcvConvention};
 use crate::primitives::mac::{aes_cmac as cmac, cbc_mac_aes, cbc_mac_tdes, retail_mac};
 use crate::primitives::padding::Padding;

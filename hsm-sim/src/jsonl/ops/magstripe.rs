@@ -3,10 +3,10 @@
 use serde_json::{json, Value};
 
 use super::emv::{atc, pan, psn};
-use crate::batch::error::{BatchError, InField};
-use crate::batch::input::hex_upper;
-use crate::batch::input::Input;
 use crate::emv::mk::MkDerivation;
+use crate::jsonl::error::{BatchError, InField};
+use crate::jsonl::input::hex_upper;
+use crate::jsonl::input::Input;
 use crate::magstripe::{cvc3 as mc, cvv as visa_cvv, dcvv as visa_dcvv};
 use crate::types::{Expiry, ServiceCode};
 

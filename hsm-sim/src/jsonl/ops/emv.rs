@@ -2,14 +2,14 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::batch::error::{BatchError, InField};
-use crate::batch::input::hex_upper;
-use crate::batch::input::Input;
 use crate::emv::ac::{self, AcPadding};
 use crate::emv::mk::{derive_icc_mk, MkDerivation};
 use crate::emv::profile::CardDataLayout;
 use crate::emv::session::{self, TreeParams};
 use crate::emv::{ArpcInput, CvnProfile, IssuerMasterKeys, TerminalData};
+use crate::jsonl::error::{BatchError, InField};
+use crate::jsonl::input::hex_upper;
+use crate::jsonl::input::Input;
 use crate::primitives::ct::ct_eq;
 use crate::primitives::kcv::des_kcv;
 use crate::types::{Atc, Pan, Pin, Psn};
