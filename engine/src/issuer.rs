@@ -123,7 +123,7 @@ enum LinkState {
 }
 
 #[derive(Default)]
-struct Counters {
+struct LinkCounters {
     forwarded: AtomicU64,
     answered: AtomicU64,
     timed_out: AtomicU64,
@@ -131,7 +131,7 @@ struct Counters {
     reconnects: AtomicU64,
 }
 
-struct Shared {
+struct LinkCore {
     addr: SocketAddr,
     framing: Framing,
     dialect: Dialect,
@@ -143,7 +143,7 @@ struct Shared {
     pending: Mutex<HashMap<Key, Pending>>,
     stop: AtomicBool,
     next_batch: AtomicU64,
-    counters: Counters,
+    counters: LinkCounters,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -158,7 +158,7 @@ fn bump(c: &AtomicU64, n: usize) {
 /// [module docs](self)). Share it between worker threads by reference or
 /// `Arc`; dropping it stops the reader thread and closes the connection.
 pub struct IssuerLink {
-    shared: Arc<Shared>,
+    shared: Arc<LinkCore>,
     reader: Option<JoinHandle<()>>,
 }
 
@@ -185,7 +185,7 @@ impl IssuerLink {
         dialect: Dialect,
         timeout: Duration,
     ) -> IssuerLink {
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(LinkCore {
             addr,
             framing,
             dialect,
@@ -197,7 +197,7 @@ impl IssuerLink {
             pending: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
             next_batch: AtomicU64::new(0),
-            counters: Counters::default(),
+            counters: LinkCounters::default(),
         });
         let sh = Arc::clone(&shared);
         let reader = std::thread::Builder::new()
@@ -370,7 +370,7 @@ impl Drop for IssuerLink {
     }
 }
 
-impl Shared {
+impl LinkCore {
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }

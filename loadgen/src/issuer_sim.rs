@@ -37,7 +37,7 @@ pub struct IssuerSimStats {
 }
 
 #[derive(Debug, Default)]
-struct Counters {
+struct IssuerSimCounters {
     requests: AtomicU64,
     approved: AtomicU64,
     pan_mismatches: AtomicU64,
@@ -48,7 +48,7 @@ struct Counters {
 struct SimHandler {
     pans: HashMap<String, String>,
     dialect: Dialect,
-    counters: Arc<Counters>,
+    counters: Arc<IssuerSimCounters>,
 }
 
 impl SimHandler {
@@ -101,7 +101,7 @@ pub struct IssuerSim {
     addr: SocketAddr,
     handle: ShutdownHandle,
     thread: Option<JoinHandle<io::Result<ServerStats>>>,
-    counters: Arc<Counters>,
+    counters: Arc<IssuerSimCounters>,
 }
 
 impl IssuerSim {
@@ -125,7 +125,7 @@ impl IssuerSim {
         })?;
         let addr = server.local_addr()?;
         let handle = server.shutdown_handle();
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(IssuerSimCounters::default());
         let handler = Arc::new(SimHandler {
             pans,
             dialect,

@@ -312,7 +312,7 @@ enum Plan {
 }
 
 /// State shared by all threads of one execution.
-struct Shared<'a> {
+struct RunCore<'a> {
     pool: &'a [Prepared],
     next: AtomicU64,
     exhausted: AtomicBool,
@@ -323,7 +323,7 @@ struct Shared<'a> {
     drain_timeout: Duration,
 }
 
-impl Shared<'_> {
+impl RunCore<'_> {
     /// The next pool index to send, or `None` when sending is over
     /// (open loop: scheduled past the duration; pool exhausted).
     fn claim(&self) -> Option<usize> {
@@ -366,7 +366,7 @@ impl Shared<'_> {
 }
 
 /// One connection, shared by its writer and reader.
-struct Conn {
+struct LoadConn {
     stream: TcpStream,
     dead: AtomicBool,
     /// Answers so far (progress line; written by the reader only).
@@ -375,7 +375,7 @@ struct Conn {
     mismatches: AtomicU64,
 }
 
-impl Conn {
+impl LoadConn {
     fn kill(&self) {
         self.dead.store(true, Ordering::Relaxed);
         let _ = self.stream.shutdown(Shutdown::Both);
@@ -424,7 +424,7 @@ fn execute(
     let conns = (0..cfg.connections)
         .map(|_| connect(cfg))
         .collect::<io::Result<Vec<_>>>()?;
-    let sh = Shared {
+    let sh = RunCore {
         pool,
         next: AtomicU64::new(0),
         exhausted: AtomicBool::new(false),
@@ -504,14 +504,14 @@ fn execute(
     })
 }
 
-fn connect(cfg: &RunConfig) -> io::Result<Conn> {
+fn connect(cfg: &RunConfig) -> io::Result<LoadConn> {
     let stream = TcpStream::connect(cfg.target)?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(READ_POLL))?;
     // A server that stops reading must not block a writer forever: the
     // write fails, the connection is closed, its requests count as closed.
     stream.set_write_timeout(Some(cfg.drain_timeout.max(Duration::from_secs(1))))?;
-    Ok(Conn {
+    Ok(LoadConn {
         stream,
         dead: AtomicBool::new(false),
         answered: AtomicU64::new(0),
@@ -522,8 +522,8 @@ fn connect(cfg: &RunConfig) -> io::Result<Conn> {
 /// A connection's writer: sends, then tells the reader it is done (also
 /// on error; if it panics the dropped channel says the same).
 fn writer(
-    sh: &Shared<'_>,
-    conn: &Conn,
+    sh: &RunCore<'_>,
+    conn: &LoadConn,
     to_reader: &Sender<ToReader>,
     credits: &Receiver<usize>,
 ) -> io::Result<WriterOut> {
@@ -549,7 +549,7 @@ fn writer(
 /// Hand the batch to the reader, then write it. A failed write closes the
 /// connection (the reader then records the batch as closed).
 fn send_batch(
-    conn: &Conn,
+    conn: &LoadConn,
     batch: &[u8],
     regs: Vec<Reg>,
     to_reader: &Sender<ToReader>,
@@ -569,8 +569,8 @@ fn send_batch(
 }
 
 fn open_writer(
-    sh: &Shared<'_>,
-    conn: &Conn,
+    sh: &RunCore<'_>,
+    conn: &LoadConn,
     rate: f64,
     duration: Duration,
     to_reader: &Sender<ToReader>,
@@ -614,8 +614,8 @@ fn open_writer(
 }
 
 fn closed_writer(
-    sh: &Shared<'_>,
-    conn: &Conn,
+    sh: &RunCore<'_>,
+    conn: &LoadConn,
     in_flight: usize,
     duration: Option<Duration>,
     to_reader: &Sender<ToReader>,
@@ -787,7 +787,7 @@ impl Matcher<'_> {
     }
 
     /// Counts for the progress line.
-    fn count(&self, conn: &Conn) {
+    fn count(&self, conn: &LoadConn) {
         conn.answered.store(self.out.answered, Ordering::Relaxed);
         let bad = self.out.ledger.mismatches() + self.out.unmatched;
         conn.mismatches.store(bad, Ordering::Relaxed);
@@ -827,8 +827,8 @@ enum End {
 }
 
 fn reader(
-    sh: &Shared<'_>,
-    conn: &Conn,
+    sh: &RunCore<'_>,
+    conn: &LoadConn,
     regs: &Receiver<ToReader>,
     mut credits: Option<Sender<usize>>,
     snap: Option<&Snap>,
@@ -935,7 +935,7 @@ fn reader(
 }
 
 /// Print a progress line each second until `stop` is dropped.
-fn progress_loop(start: Instant, conns: &[Conn], snaps: &[Snap], stop: &Receiver<()>) {
+fn progress_loop(start: Instant, conns: &[LoadConn], snaps: &[Snap], stop: &Receiver<()>) {
     let mut hist = latency_histogram();
     let mut last_answered = 0;
     for tick in 1u64.. {

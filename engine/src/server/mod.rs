@@ -161,7 +161,7 @@ impl fmt::Debug for Answers {
 
 /// A batch whose answers wait on the acknowledgement thread.
 struct Deferred {
-    conn: Arc<Conn>,
+    conn: Arc<AcquirerConn>,
     headers: Vec<Option<[u8; 5]>>,
     frames: usize,
     answers: Box<dyn FnOnce() -> Vec<Option<Vec<u8>>> + Send>,
@@ -249,7 +249,7 @@ pub struct ServerStats {
 }
 
 #[derive(Debug, Default)]
-struct Counters {
+struct ListenerCounters {
     connections_accepted: AtomicU64,
     connections_rejected: AtomicU64,
     frames: AtomicU64,
@@ -266,7 +266,7 @@ fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
-impl Counters {
+impl ListenerCounters {
     fn snapshot(&self) -> ServerStats {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         ServerStats {
@@ -368,7 +368,7 @@ impl Server {
         };
         let ctx = Arc::new(Ctx {
             config,
-            counters: Counters::default(),
+            counters: ListenerCounters::default(),
             shutdown,
             active: Arc::new(AtomicUsize::new(0)),
         });
@@ -468,9 +468,9 @@ fn log(args: fmt::Arguments<'_>) {
 #[derive(Debug)]
 struct Ctx {
     config: ServerConfig,
-    counters: Counters,
+    counters: ListenerCounters,
     shutdown: Arc<AtomicBool>,
-    /// Connections open (decremented when the last reference to a `Conn`
+    /// Connections open (decremented when the last reference to an `AcquirerConn`
     /// goes, i.e. after its reader exits and its last batch is answered).
     active: Arc<AtomicUsize>,
 }
@@ -483,7 +483,7 @@ impl Ctx {
 
 /// One connection, shared by its reader and the workers answering it.
 #[derive(Debug)]
-struct Conn {
+struct AcquirerConn {
     id: ConnId,
     peer: SocketAddr,
     stream: TcpStream,
@@ -495,7 +495,7 @@ struct Conn {
     active: Arc<AtomicUsize>,
 }
 
-impl Conn {
+impl AcquirerConn {
     /// Closes the connection at once (both directions), whoever still holds it.
     fn close(&self) {
         if !self.closed.swap(true, Ordering::SeqCst) {
@@ -519,7 +519,7 @@ impl Conn {
     }
 }
 
-impl Drop for Conn {
+impl Drop for AcquirerConn {
     fn drop(&mut self) {
         self.active.fetch_sub(1, Ordering::SeqCst);
     }
@@ -528,7 +528,7 @@ impl Drop for Conn {
 /// Frames read together from one connection: owned copies of the bodies.
 #[derive(Debug)]
 struct Batch {
-    conn: Arc<Conn>,
+    conn: Arc<AcquirerConn>,
     data: Vec<u8>,
     spans: Vec<(usize, usize)>,
     headers: Vec<Option<[u8; 5]>>,
@@ -570,7 +570,7 @@ fn accept_loop(listener: &TcpListener, ctx: &Arc<Ctx>, tx: &Sender<Batch>) -> Ve
         next_id += 1;
         ctx.active.fetch_add(1, Ordering::SeqCst);
         bump(&ctx.counters.connections_accepted, 1);
-        let conn = Arc::new(Conn {
+        let conn = Arc::new(AcquirerConn {
             id: ConnId(next_id),
             peer,
             stream,
@@ -662,7 +662,7 @@ fn split_frames(
     Ok(s)
 }
 
-fn reader_loop(conn: &Arc<Conn>, ctx: &Ctx, tx: &Sender<Batch>) {
+fn reader_loop(conn: &Arc<AcquirerConn>, ctx: &Ctx, tx: &Sender<Batch>) {
     let cfg = &ctx.config;
     // Read up to 64 KiB at a time (or one largest frame): everything a
     // pipelining client has sent becomes one batch, so the pipeline's
@@ -925,7 +925,12 @@ fn process_batch(batch: Batch, handler: &dyn Handler, ctx: &Ctx) -> Option<Defer
 }
 
 /// Frame and write a batch's answers in one write.
-fn write_answers(conn: &Conn, headers: &[Option<[u8; 5]>], answers: &[Option<Vec<u8>>], ctx: &Ctx) {
+fn write_answers(
+    conn: &AcquirerConn,
+    headers: &[Option<[u8; 5]>],
+    answers: &[Option<Vec<u8>>],
+    ctx: &Ctx,
+) {
     let mut out = Vec::new();
     let mut written = 0u64;
     for (answer, header) in answers.iter().zip(headers) {

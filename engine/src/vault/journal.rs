@@ -157,15 +157,15 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Jou
 
 /// The append-only journal. Cheap to share (`&self` methods, `Sync`).
 pub struct Journal {
-    shared: Arc<Shared>,
+    shared: Arc<WriterCore>,
     writer: Option<JoinHandle<()>>,
 }
 
-struct Shared {
+struct WriterCore {
     dir: PathBuf,
     durability: Durability,
     /// Buffer and counters. Held only briefly (never across I/O).
-    state: Mutex<State>,
+    state: Mutex<WriterState>,
     /// Wakes the writer.
     work: Condvar,
     /// Wakes threads waiting for durability or for buffer space.
@@ -180,7 +180,7 @@ struct Shared {
     fail_next_sync: std::sync::atomic::AtomicBool,
 }
 
-struct State {
+struct WriterState {
     /// Encoded frames not yet taken by the writer.
     buf: Vec<u8>,
     /// Lsn of the last record in `buf` (or appended at all).
@@ -245,10 +245,10 @@ impl Journal {
             }
         }
         let segment = open_segment(dir, seq)?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(WriterCore {
             dir: dir.to_owned(),
             durability,
-            state: Mutex::new(State {
+            state: Mutex::new(WriterState {
                 buf: Vec::new(),
                 appended: 0,
                 durable: 0,
@@ -419,7 +419,7 @@ impl Drop for Journal {
     }
 }
 
-impl Shared {
+impl WriterCore {
     fn write_and_sync(&self, seg: &mut Segment, data: &[u8]) -> Result<(), String> {
         if data.is_empty() {
             return Ok(());
@@ -462,7 +462,7 @@ impl Shared {
 
 /// Fails the journal if the writer thread unwinds, so that no waiter is
 /// left blocked forever on a writer that is gone.
-struct PanicGuard<'a>(&'a Shared);
+struct PanicGuard<'a>(&'a WriterCore);
 
 impl Drop for PanicGuard<'_> {
     fn drop(&mut self) {
@@ -473,7 +473,7 @@ impl Drop for PanicGuard<'_> {
 }
 
 /// The writer thread: take the whole buffer, write it, fdatasync, publish.
-fn writer_loop(sh: &Shared) {
+fn writer_loop(sh: &WriterCore) {
     let _guard = PanicGuard(sh);
     let mut batch = Vec::new();
     let mut last_flush: Option<Instant> = None;
