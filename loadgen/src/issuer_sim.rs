@@ -20,6 +20,7 @@ use std::time::Duration;
 use engine::iso8583::de48::token_from_de48;
 use engine::iso8583::{response_mti, Dialect, Framing, IsoMessage};
 use engine::server::{ConnId, Handler, Server, ServerConfig, ServerStats, ShutdownHandle};
+use engine::vault::export::ExportLine;
 
 /// Fields an approval echoes.
 const ECHO: [u8; 11] = [2, 3, 4, 7, 11, 12, 13, 37, 41, 42, 49];
@@ -190,11 +191,6 @@ pub fn start(
 /// `token -> PAN` from a vault export written with `--with-pan`.
 pub fn pans_from_export(path: impl AsRef<Path>) -> io::Result<HashMap<String, String>> {
     let path = path.as_ref();
-    #[derive(serde::Deserialize)]
-    struct Line {
-        token: String,
-        pan: Option<String>,
-    }
     let file = std::fs::File::open(path)?;
     let mut out = HashMap::new();
     for (n, line) in io::BufReader::new(file).lines().enumerate() {
@@ -208,7 +204,7 @@ pub fn pans_from_export(path: impl AsRef<Path>) -> io::Result<HashMap<String, St
                 format!("{} line {}: {what}", path.display(), n + 1),
             )
         };
-        let l: Line = serde_json::from_str(&line).map_err(|_| bad("not an export line"))?;
+        let l: ExportLine = serde_json::from_str(&line).map_err(|_| bad("not an export line"))?;
         let pan = l
             .pan
             .ok_or_else(|| bad("no \"pan\": export the vault with --with-pan"))?;

@@ -1,0 +1,334 @@
+//! The transaction builder: STAN/DE 7 stamps, valid transactions and
+//! every fault kind, each with the answer it must get.
+
+use crate::cardsim::{self, CardTxn};
+use crate::model::{Expect, Kind, Prepared};
+use engine::config::Config;
+use engine::iso8583::digits_value;
+use engine::iso8583::rc;
+use engine::iso8583::IsoMessage;
+use engine::profile::keys::ProfileKeys;
+use engine::vault::ranges::number_in_range;
+
+use super::cards::Cards;
+use super::faults::{change_code_digit, flip_arqc_bit, other_expiry, FaultRefs, WarmupTxn};
+use super::oracle::{crypto_failure_code, expected_tag91, is_chip};
+use super::rng::Rng;
+use super::spec::{invalid, PrepareError, PrepareSpec};
+
+/// STAN and DE 7 of successive messages: `(11, 7)` never repeats.
+pub(super) struct Stamps {
+    pub(super) n: u64,
+}
+
+impl Stamps {
+    pub(super) fn next(&mut self) -> Result<(u32, Vec<u8>), PrepareError> {
+        self.n += 1;
+        let stan = (self.n % 1_000_000) as u32;
+        let wrap = self.n / 1_000_000;
+        // DE 7 = MMDDhhmmss: 11-21 12:00:00 plus one second per wrap.
+        let secs = 12 * 3600 + wrap;
+        if secs >= 24 * 3600 {
+            return Err(invalid("too many messages for unique STAN / DE 7 pairs"));
+        }
+        let de7 = format!(
+            "1121{:02}{:02}{:02}",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        );
+        Ok((stan, de7.into_bytes()))
+    }
+}
+
+/// Everything the builder needs.
+pub(super) struct Builder<'a> {
+    pub(super) spec: &'a PrepareSpec,
+    pub(super) config: &'a Config,
+    pub(super) profiles: Vec<ProfileKeys>,
+    pub(super) cards: Cards,
+    pub(super) rng: Rng,
+    pub(super) stamps: Stamps,
+    pub(super) next_id: u64,
+}
+
+pub(super) fn card_err(e: impl std::fmt::Display) -> PrepareError {
+    invalid(format!("cannot build a transaction: {e}"))
+}
+
+impl Builder<'_> {
+    pub(super) fn pk(&self, card: usize) -> &ProfileKeys {
+        &self.profiles[self.cards.all[card].profile]
+    }
+
+    /// A fresh transaction of `card` (next ATC, random amount and UN).
+    pub(super) fn txn(&mut self, card: usize, stan: u32) -> Result<CardTxn, PrepareError> {
+        let amount = 100 + self.rng.below(99_900);
+        let un = self.rng.below(100_000_000) as u32;
+        let c = &mut self.cards.all[card];
+        let atc = c.take_atc()?;
+        Ok(CardTxn {
+            token: c.token.clone(),
+            expiry: c.expiry,
+            psn: c.psn,
+            atc,
+            amount,
+            currency: 978,
+            un,
+            stan,
+        })
+    }
+
+    pub(super) fn build(&self, card: usize, txn: &CardTxn) -> Result<IsoMessage, PrepareError> {
+        cardsim::authorization(self.pk(card), txn).map_err(card_err)
+    }
+
+    pub(super) fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Put the id and DE 7 in, encode, wrap up.
+    pub(super) fn finish(
+        &mut self,
+        mut msg: IsoMessage,
+        kind: Kind,
+        de7: Vec<u8>,
+        expect: Expect,
+    ) -> Result<Prepared, PrepareError> {
+        let id = self.next_id();
+        msg.set(7, de7);
+        msg.set(37, format!("{:012}", id % 1_000_000_000_000).into_bytes());
+        let bytes = self
+            .spec
+            .dialect
+            .encode(&msg)
+            .map_err(|e| invalid(format!("cannot encode a prepared message: {e}")))?;
+        Ok(Prepared {
+            id,
+            kind,
+            bytes,
+            expect,
+        })
+    }
+
+    pub(super) fn expect(msg: &IsoMessage, code: [u8; 2]) -> Expect {
+        Expect {
+            mti: *b"0110",
+            codes: vec![code],
+            token: msg.get(2).map(|t| String::from_utf8_lossy(t).into_owned()),
+            tag91: None,
+            close_ok: false,
+        }
+    }
+
+    pub(super) fn fail_code(&self, card: usize) -> [u8; 2] {
+        crypto_failure_code(self.pk(card).profile.scheme)
+    }
+
+    pub(super) fn pick(&mut self, chip_only: bool) -> Result<usize, PrepareError> {
+        self.cards
+            .pick(&mut self.rng, chip_only, &self.profiles)
+            .ok_or_else(|| invalid("no card to build transactions with"))
+    }
+
+    /// A valid transaction; returns it with what a fault may reuse.
+    pub(super) fn valid(&mut self) -> Result<(Prepared, WarmupTxn), PrepareError> {
+        let card = self.pick(false)?;
+        let (stan, de7) = self.stamps.next()?;
+        let txn = self.txn(card, stan)?;
+        let msg = self.build(card, &txn)?;
+        let mut expect = Self::expect(&msg, rc::APPROVED);
+        let c = &self.cards.all[card];
+        expect.tag91 = expected_tag91(self.pk(card), &c.token, c.psn, &msg);
+        if is_chip(self.pk(card).profile.scheme) && expect.tag91.is_none() {
+            return Err(invalid("cannot compute the expected ARPC"));
+        }
+        let w = WarmupTxn {
+            card,
+            txn,
+            de7: de7.clone(),
+        };
+        Ok((self.finish(msg, Kind::Valid, de7, expect)?, w))
+    }
+
+    pub(super) fn fault(
+        &mut self,
+        kind: Kind,
+        refs: &mut FaultRefs,
+    ) -> Result<Prepared, PrepareError> {
+        let (stan, de7) = self.stamps.next()?;
+        match kind {
+            Kind::Valid => Ok(self.valid()?.0),
+            Kind::WrongCryptogram => {
+                let card = self.pick(false)?;
+                let txn = self.txn(card, stan)?;
+                let mut msg = self.build(card, &txn)?;
+                let pick = self.rng.next_u64();
+                if let Some(f55) = msg.get(55) {
+                    let f = flip_arqc_bit(f55, (pick % 64) as u32)
+                        .ok_or_else(|| invalid("field 55 without an ARQC"))?;
+                    msg.set(55, f);
+                } else {
+                    let template = self.pk(card).profile.track2_dd.clone().unwrap_or_default();
+                    let de35 = msg.get(35).unwrap_or_default();
+                    let t = change_code_digit(de35, &template, pick)
+                        .ok_or_else(|| invalid("track 2 without a CVC3 / dCVV digit"))?;
+                    msg.set(35, t);
+                }
+                let e = Self::expect(&msg, self.fail_code(card));
+                self.finish(msg, kind, de7, e)
+            }
+            Kind::ReplayedAtc => {
+                let w = refs
+                    .replays
+                    .get(refs.next_replay % refs.replays.len().max(1))
+                    .cloned()
+                    .ok_or_else(|| invalid("internal: no warmup transaction to replay"))?;
+                refs.next_replay += 1;
+                let mut txn = w.txn.clone();
+                txn.stan = stan;
+                let msg = self.build(w.card, &txn)?;
+                let e = Self::expect(&msg, self.fail_code(w.card));
+                self.finish(msg, kind, de7, e)
+            }
+            Kind::UnknownToken => {
+                let card = self.pick(false)?;
+                let mut txn = self.txn(card, stan)?;
+                txn.token = self.unknown_token()?;
+                let msg = self.build(card, &txn)?;
+                let e = Self::expect(&msg, rc::INVALID_CARD);
+                self.finish(msg, kind, de7, e)
+            }
+            Kind::SuspendedToken => {
+                let card = self.cards.suspended.pick().ok_or_else(|| {
+                    invalid("suspended_token faults need suspended tokens in the export")
+                })?;
+                let txn = self.txn(card, stan)?;
+                let msg = self.build(card, &txn)?;
+                let e = Self::expect(&msg, rc::RESTRICTED);
+                self.finish(msg, kind, de7, e)
+            }
+            Kind::ExpiredToken => {
+                let card = self.pick(false)?;
+                let mut txn = self.txn(card, stan)?;
+                txn.expiry = other_expiry(txn.expiry);
+                let msg = self.build(card, &txn)?;
+                let e = Self::expect(&msg, rc::EXPIRED);
+                self.finish(msg, kind, de7, e)
+            }
+            Kind::DomainViolation => {
+                let card = self.cards.restricted.pick().ok_or_else(|| {
+                    invalid(
+                        "domain_violation faults need active tokens with POS entry mode \
+                         controls in the export (provision with --restricted-every)",
+                    )
+                })?;
+                let txn = self.txn(card, stan)?;
+                let mut msg = self.build(card, &txn)?;
+                msg.set(22, b"011");
+                let e = Self::expect(&msg, rc::NOT_PERMITTED);
+                self.finish(msg, kind, de7, e)
+            }
+            Kind::AmountMismatch => {
+                let card = self.pick(true)?;
+                let txn = self.txn(card, stan)?;
+                let mut msg = self.build(card, &txn)?;
+                msg.set(4, format!("{:012}", txn.amount + 1).into_bytes());
+                let e = Self::expect(&msg, self.fail_code(card));
+                self.finish(msg, kind, de7, e)
+            }
+            Kind::Malformed => {
+                let card = self.pick(false)?;
+                let txn = self.txn(card, stan)?;
+                let msg = self.build(card, &txn)?;
+                let e = Expect {
+                    mti: *b"0110",
+                    codes: vec![rc::FORMAT_ERROR],
+                    token: None,
+                    tag91: None,
+                    close_ok: true,
+                };
+                let mut p = self.finish(msg, kind, de7, e)?;
+                p.bytes.extend_from_slice(b"XX");
+                Ok(p)
+            }
+            Kind::Reversal => {
+                let w = refs
+                    .reversals
+                    .pop()
+                    .ok_or_else(|| invalid("internal: no warmup approval left to reverse"))?;
+                let mut msg = IsoMessage::new(*b"0400");
+                msg.set(2, w.txn.token.clone().into_bytes());
+                msg.set(3, b"000000");
+                msg.set(4, format!("{:012}", w.txn.amount).into_bytes());
+                msg.set(11, format!("{stan:06}").into_bytes());
+                msg.set(12, b"120000");
+                msg.set(13, b"1121");
+                msg.set(41, b"TERM0001");
+                msg.set(42, b"MERCHANT0000001");
+                msg.set(49, format!("{:03}", w.txn.currency).into_bytes());
+                // Original MTI, STAN, DE 7, acquirer (none: zeros), forwarding.
+                let mut de90 = Vec::with_capacity(42);
+                de90.extend_from_slice(b"0100");
+                de90.extend_from_slice(format!("{:06}", w.txn.stan % 1_000_000).as_bytes());
+                de90.extend_from_slice(&w.de7);
+                de90.extend_from_slice(&[b'0'; 22]);
+                msg.set(90, de90);
+                let e = Expect {
+                    mti: *b"0410",
+                    codes: vec![rc::APPROVED],
+                    token: Some(w.txn.token.clone()),
+                    tag91: None,
+                    close_ok: false,
+                };
+                self.finish(msg, kind, de7, e)
+            }
+        }
+    }
+
+    /// A Luhn-valid number in a token range that is not in the export.
+    pub(super) fn unknown_token(&mut self) -> Result<String, PrepareError> {
+        let ranges = &self.config.vault.token_ranges;
+        if ranges.is_empty() {
+            return Err(invalid("the config has no token range"));
+        }
+        for _ in 0..1000 {
+            let r = &ranges[self.rng.below(ranges.len() as u64) as usize];
+            let n = number_in_range(r, self.rng.next_u64()).digits();
+            if digits_value(n.as_bytes()).is_some_and(|v| !self.cards.known.contains(&v)) {
+                return Ok(n);
+            }
+        }
+        Err(invalid(
+            "cannot find a token outside the export in the token ranges",
+        ))
+    }
+
+    /// Whether replaying `w` is certain to be refused. A chip replay always
+    /// is (the ATC is explicit). A mag-stripe track carries only the ATC's
+    /// low digits: when the original ATC has left the replay window the
+    /// engine rebuilds a higher ATC with the same low digits, and the replay
+    /// would be approved if the card's code for that ATC happened to equal
+    /// the one on the track. Such warmup transactions are not replayed.
+    pub(super) fn replay_is_refused(&self, w: &WarmupTxn) -> Result<bool, PrepareError> {
+        let pk = self.pk(w.card);
+        if is_chip(pk.profile.scheme) {
+            return Ok(true);
+        }
+        let template = pk.profile.track2_dd.as_deref().unwrap_or_default();
+        let digits = template.bytes().filter(|&c| c == b'A').count() as u32;
+        let modulus = 10u32.pow(digits.min(5));
+        let original = self.build(w.card, &w.txn)?;
+        let mut atc = u32::from(w.txn.atc) + modulus;
+        while atc <= u32::from(u16::MAX) {
+            let mut t = w.txn.clone();
+            t.atc = atc as u16;
+            if self.build(w.card, &t)?.get(35) == original.get(35) {
+                return Ok(false);
+            }
+            atc += modulus;
+        }
+        Ok(true)
+    }
+}

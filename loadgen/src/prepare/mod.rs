@@ -1,0 +1,453 @@
+//! Builds the pool of transactions before the timed run, each with the
+//! answer it must get.
+//!
+//! Everything derives from the seed, so the same export, spec and seed give
+//! byte-identical pools. Cards are the active tokens of the export whose
+//! profile is in the mix; each keeps its own ATC counter (starting at 1,
+//! never repeated: warmup first, then the main pool), and cards of a profile
+//! are used round-robin so that two uses of one card are as far apart in
+//! the pool as possible (the engine accepts ATCs at most 47 out of order).
+//!
+//! Every message gets a unique STAN (DE 11, a counter modulo 10^6) and a
+//! DE 7 that changes each time the counter wraps, so `(11, 7)` pairs never
+//! repeat (the engine answers a repeated `(11, 41, 7, card)` from its
+//! retransmission cache), and its [`Prepared::id`] in DE 37.
+//!
+//! The warmup holds valid transactions only; they are all answered before
+//! the timed run, so the main pool's replayed-ATC and reversal faults can
+//! refer to warmup approvals (a reversal reverses a warmup approval no
+//! other fault refers to; replays may replay one warmup transaction more
+//! than once: each replay is refused).
+//!
+//! One job a module: `spec` (what to prepare, the pool, the errors),
+//! `cards` (reading the export and choosing cards), `build` (each
+//! transaction and fault), `faults` (how a fault is made, how many of
+//! each), `oracle` (the answer each must get), `rng` (the seeded source).
+
+mod build;
+mod cards;
+mod faults;
+mod oracle;
+mod rng;
+mod spec;
+
+use hsm_sim::keyfile::KeyStore;
+
+use build::{Builder, Stamps};
+use cards::load_cards;
+use engine::config::Config;
+use engine::profile::keys;
+use faults::{kind_counts, FaultRefs};
+use rng::Rng;
+use spec::invalid;
+
+use crate::model::Kind;
+pub use oracle::{crypto_failure_code, expected_tag91};
+pub use spec::{Pool, PrepareError, PrepareSpec};
+
+/// Build the warmup and main pools (see the [module docs](self)).
+pub fn prepare(spec: &PrepareSpec, config: &Config, keys: &KeyStore) -> Result<Pool, PrepareError> {
+    let profiles = keys::load(config, keys).map_err(invalid)?;
+    let mut rng = Rng::new(spec.seed);
+    let cards = load_cards(spec, &profiles, &mut rng)?;
+    let counts = kind_counts(spec)?;
+    let count_of = |k: Kind| counts.iter().find(|&&(q, _)| q == k).map_or(0, |&(_, n)| n);
+    if spec.count + spec.warmup > 0 && cards.groups.is_empty() {
+        return Err(invalid(
+            "the export has no active token of the mix's profiles to build transactions with",
+        ));
+    }
+    if count_of(Kind::SuspendedToken) > 0 && cards.suspended.cards.is_empty() {
+        return Err(invalid(
+            "suspended_token faults need suspended tokens in the export",
+        ));
+    }
+    if count_of(Kind::DomainViolation) > 0 && cards.restricted.cards.is_empty() {
+        return Err(invalid(
+            "domain_violation faults need active tokens with POS entry mode controls \
+             in the export",
+        ));
+    }
+    if count_of(Kind::AmountMismatch) > 0 && !cards.has_chip(&profiles) {
+        return Err(invalid(
+            "amount_mismatch faults need a chip profile in the mix",
+        ));
+    }
+    let (n_replay, n_reversal) = (count_of(Kind::ReplayedAtc), count_of(Kind::Reversal));
+    let needed = n_reversal + usize::from(n_replay > 0);
+    if needed > spec.warmup {
+        return Err(invalid(format!(
+            "the warmup ({} transactions) is too small for {n_reversal} reversal faults              (each reverses a different warmup approval){}: use a warmup of at least {needed}",
+            spec.warmup,
+            if n_replay > 0 {
+                " and replayed_atc faults (which replay warmup transactions)"
+            } else {
+                ""
+            },
+        )));
+    }
+
+    let mut b = Builder {
+        spec,
+        config,
+        profiles,
+        cards,
+        rng,
+        stamps: Stamps { n: 0 },
+        next_id: 0,
+    };
+
+    // Warmup: valid transactions only.
+    let mut warmup = Vec::with_capacity(spec.warmup);
+    let mut warm_txns = Vec::with_capacity(spec.warmup);
+    for _ in 0..spec.warmup {
+        let (p, w) = b.valid()?;
+        warmup.push(p);
+        warm_txns.push(w);
+    }
+    // Set warmup approvals aside: one each for the reversals; replays
+    // cycle through (up to one per replay of) the others, skipping the few
+    // mag-stripe ones that could be approved again.
+    b.rng.shuffle(&mut warm_txns);
+    let mut iter = warm_txns.into_iter();
+    let mut refs = FaultRefs {
+        reversals: iter.by_ref().take(n_reversal).collect(),
+        ..FaultRefs::default()
+    };
+    for w in iter {
+        if refs.replays.len() >= n_replay {
+            break;
+        }
+        if b.replay_is_refused(&w)? {
+            refs.replays.push(w);
+        }
+    }
+    if refs.reversals.len() < n_reversal || (n_replay > 0 && refs.replays.is_empty()) {
+        return Err(invalid(format!(
+            "the warmup ({} transactions) is too small for {n_replay} replayed_atc and \
+             {n_reversal} reversal faults: use a larger warmup",
+            spec.warmup
+        )));
+    }
+
+    // Main pool: kinds in a seeded random order, built in that order so a
+    // card's ATCs rise along the pool.
+    let mut kinds: Vec<Kind> = Vec::with_capacity(spec.count);
+    for &(k, n) in &counts {
+        kinds.extend(std::iter::repeat_n(k, n));
+    }
+    b.rng.shuffle(&mut kinds);
+    let mut main = Vec::with_capacity(spec.count);
+    for kind in kinds {
+        main.push(b.fault(kind, &mut refs)?);
+    }
+    let tokens = b.cards.all.iter().filter(|c| c.used).count();
+    Ok(Pool {
+        warmup,
+        main,
+        tokens,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::faults::{change_code_digit, other_expiry};
+    use super::*;
+    use crate::ledger::Ledger;
+    use crate::model::Answer;
+    use engine::iso8583::Dialect;
+    use engine::pipeline::Pipeline;
+    use engine::vault::provision::{provision, ProvisionSpec};
+    use engine::vault::types::{DomainControls, TokenState};
+    use engine::vault::{OpenOptions, Vault};
+    use std::collections::HashSet;
+    use std::path::Path;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    fn config() -> (Arc<Config>, KeyStore) {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let text = std::fs::read_to_string(base.join("tessera.toml")).expect("config");
+        let text = text.replace("durability = \"sync\"", "durability = \"async\"");
+        let (cfg, keys) = Config::from_toml(&text, "test config", &base).expect("config");
+        (Arc::new(cfg), keys)
+    }
+
+    struct Setup {
+        dir: tempfile::TempDir,
+        cfg: Arc<Config>,
+        keys: KeyStore,
+        vault: Arc<Vault>,
+        export: PathBuf,
+    }
+
+    /// A vault of `count` tokens over every profile (some suspended, some
+    /// with POS entry mode controls) and its export.
+    fn setup(count: u64) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, keys) = config();
+        let (vault, _) = Vault::open(
+            &dir.path().join("vault"),
+            cfg.clone(),
+            &keys,
+            OpenOptions {
+                create: true,
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap();
+        provision(
+            &vault,
+            &ProvisionSpec {
+                count,
+                seed: 11,
+                profile: None,
+                states: vec![(TokenState::Active, 6), (TokenState::Suspended, 1)],
+                controls: DomainControls::default(),
+                restricted_every: 5,
+            },
+        )
+        .unwrap();
+        let export = dir.path().join("export.jsonl");
+        let file = std::fs::File::create(&export).unwrap();
+        engine::vault::export::write_jsonl(&vault, std::io::BufWriter::new(file), true).unwrap();
+        Setup {
+            dir,
+            cfg,
+            keys,
+            vault: Arc::new(vault),
+            export,
+        }
+    }
+
+    fn all_faults() -> Vec<(Kind, f64)> {
+        Kind::ALL
+            .into_iter()
+            .filter(|&k| k != Kind::Valid)
+            .map(|k| (k, 5.0))
+            .collect()
+    }
+
+    fn spec(s: &Setup, count: usize, warmup: usize, dialect: Dialect) -> PrepareSpec {
+        PrepareSpec {
+            export: s.export.clone(),
+            count,
+            warmup,
+            mix: Vec::new(),
+            faults: all_faults(),
+            seed: 42,
+            dialect,
+        }
+    }
+
+    /// Send the warmup, then the main pool, through an in-process pipeline
+    /// (in batches, as the listener would) and check every answer.
+    fn run_through_pipeline(s: &Setup, pool: &Pool, dialect: Dialect) -> Ledger {
+        let pipeline = Pipeline::new(
+            s.vault.clone(),
+            keys::load(&s.cfg, &s.keys).unwrap(),
+            dialect,
+        );
+        let mut ledger = Ledger::new(dialect);
+        for part in [&pool.warmup, &pool.main] {
+            for chunk in part.chunks(7) {
+                let frames: Vec<&[u8]> = chunk.iter().map(|p| p.bytes.as_slice()).collect();
+                let answers = pipeline.answer_batch(&frames);
+                for (p, a) in chunk.iter().zip(answers) {
+                    match a {
+                        Some(body) => ledger.record(p, Answer::Body(&body)),
+                        None => ledger.record(p, Answer::Closed),
+                    }
+                }
+            }
+        }
+        ledger
+    }
+
+    #[test]
+    fn every_kind_gets_its_expected_answer_ascii() {
+        let s = setup(70);
+        let sp = spec(&s, 400, 120, Dialect::Ascii);
+        let pool = prepare(&sp, &s.cfg, &s.keys).unwrap();
+        assert_eq!(pool.warmup.len(), 120);
+        assert_eq!(pool.main.len(), 400);
+        assert!(pool.tokens > 10);
+        for k in Kind::ALL {
+            let n = pool.main.iter().filter(|p| p.kind == k).count();
+            let want = if k == Kind::Valid { 400 - 9 * 20 } else { 20 };
+            assert_eq!(n, want, "{}", k.name());
+        }
+        assert!(pool.warmup.iter().all(|p| p.kind == Kind::Valid));
+        let ledger = run_through_pipeline(&s, &pool, Dialect::Ascii);
+        assert!(ledger.ok(), "{}\n{:#?}", ledger.table(), ledger);
+        assert_eq!(ledger.recorded(), 520);
+        for k in Kind::ALL {
+            let c = ledger.counts(k);
+            assert!(c.sent > 0 && c.as_expected == c.sent, "{}", ledger.table());
+        }
+        // Both failure families, and every decline code, were seen.
+        for (k, code) in [
+            (Kind::WrongCryptogram, "82"),
+            (Kind::WrongCryptogram, "88"),
+            (Kind::ReplayedAtc, "82"),
+            (Kind::ReplayedAtc, "88"),
+            (Kind::UnknownToken, "14"),
+            (Kind::SuspendedToken, "62"),
+            (Kind::ExpiredToken, "54"),
+            (Kind::DomainViolation, "57"),
+            (Kind::Malformed, "30"),
+            (Kind::Reversal, "00"),
+        ] {
+            assert!(ledger.code_count(k, code) > 0, "{}", ledger.table());
+        }
+        // Chip approvals carried the ARPC, mag-stripe ones none.
+        let chip = pool
+            .main
+            .iter()
+            .filter(|p| p.expect.tag91.is_some())
+            .count();
+        assert!(chip > 0 && chip < 220);
+    }
+
+    #[test]
+    fn every_kind_gets_its_expected_answer_binary_with_mix() {
+        let s = setup(40);
+        let mut sp = spec(&s, 200, 40, Dialect::Binary);
+        sp.mix = vec![
+            ("visa_cvn18".into(), 2),
+            ("mc_cvn16".into(), 1),
+            ("mc_cvc3".into(), 1),
+            ("visa_dcvv".into(), 1),
+        ];
+        sp.seed = 7;
+        let pool = prepare(&sp, &s.cfg, &s.keys).unwrap();
+        let ledger = run_through_pipeline(&s, &pool, Dialect::Binary);
+        assert!(ledger.ok(), "{}\n{:#?}", ledger.table(), ledger);
+    }
+
+    #[test]
+    fn replays_may_share_a_warmup_transaction() {
+        let s = setup(30);
+        let mut sp = spec(&s, 100, 3, Dialect::Ascii);
+        sp.faults = vec![(Kind::ReplayedAtc, 10.0), (Kind::Reversal, 2.0)];
+        let pool = prepare(&sp, &s.cfg, &s.keys).unwrap();
+        let ledger = run_through_pipeline(&s, &pool, Dialect::Ascii);
+        assert!(ledger.ok(), "{}", ledger.table());
+        assert_eq!(ledger.counts(Kind::ReplayedAtc).as_expected, 10);
+        assert_eq!(ledger.counts(Kind::Reversal).as_expected, 2);
+        sp.warmup = 2;
+        let err = prepare(&sp, &s.cfg, &s.keys).unwrap_err().to_string();
+        assert!(err.contains("at least 3"), "{err}");
+    }
+
+    #[test]
+    fn deterministic_and_unique() {
+        let s = setup(30);
+        let sp = spec(&s, 300, 60, Dialect::Ascii);
+        let a = prepare(&sp, &s.cfg, &s.keys).unwrap();
+        let b = prepare(&sp, &s.cfg, &s.keys).unwrap();
+        let bytes = |p: &Pool| -> Vec<Vec<u8>> {
+            p.warmup
+                .iter()
+                .chain(&p.main)
+                .map(|x| x.bytes.clone())
+                .collect()
+        };
+        assert_eq!(bytes(&a), bytes(&b));
+        let c = prepare(&PrepareSpec { seed: 43, ..sp }, &s.cfg, &s.keys).unwrap();
+        assert_ne!(bytes(&a), bytes(&c));
+
+        let mut ids = HashSet::new();
+        let mut stamps = HashSet::new();
+        for p in a.warmup.iter().chain(&a.main) {
+            assert!(ids.insert(p.id), "duplicate id");
+            let body = if p.kind == Kind::Malformed {
+                &p.bytes[..p.bytes.len() - 2]
+            } else {
+                &p.bytes[..]
+            };
+            let m = Dialect::Ascii.decode(body).unwrap();
+            assert_eq!(m.get(37).unwrap(), format!("{:012}", p.id).as_bytes());
+            let key = (m.get(11).unwrap().to_vec(), m.get(7).unwrap().to_vec());
+            assert!(stamps.insert(key), "duplicate (11, 7)");
+        }
+    }
+
+    #[test]
+    fn stamps_stay_unique_across_wraps() {
+        let mut s = Stamps { n: 999_998 };
+        let a = s.next().unwrap();
+        let b = s.next().unwrap();
+        let c = s.next().unwrap();
+        assert_eq!(a, (999_999, b"1121120000".to_vec()));
+        assert_eq!(b, (0, b"1121120001".to_vec()));
+        assert_eq!(c, (1, b"1121120001".to_vec()));
+    }
+
+    #[test]
+    fn clear_errors() {
+        let s = setup(20);
+        let base = spec(&s, 100, 5, Dialect::Ascii);
+        let err = prepare(&base, &s.cfg, &s.keys).unwrap_err().to_string();
+        assert!(err.contains("warmup"), "{err}");
+
+        let sp = PrepareSpec {
+            mix: vec![("nope".into(), 1)],
+            ..base.clone()
+        };
+        let err = prepare(&sp, &s.cfg, &s.keys).unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+
+        let sp = PrepareSpec {
+            faults: vec![(Kind::WrongCryptogram, 60.0), (Kind::Malformed, 50.0)],
+            ..base.clone()
+        };
+        assert!(prepare(&sp, &s.cfg, &s.keys).is_err());
+
+        // An export without suspended or restricted tokens.
+        let only_active = s.dir.path().join("active.jsonl");
+        let text = std::fs::read_to_string(&s.export).unwrap();
+        let kept: String = text
+            .lines()
+            .filter(|l| l.contains("\"active\"") && !l.contains("pos_entry_modes"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&only_active, kept).unwrap();
+        for kind in [Kind::SuspendedToken, Kind::DomainViolation] {
+            let sp = PrepareSpec {
+                export: only_active.clone(),
+                faults: vec![(kind, 10.0)],
+                ..base.clone()
+            };
+            let err = prepare(&sp, &s.cfg, &s.keys).unwrap_err().to_string();
+            assert!(err.contains(kind.name()), "{err}");
+        }
+        let sp = PrepareSpec {
+            mix: vec![("mc_cvc3".into(), 1)],
+            faults: vec![(Kind::AmountMismatch, 10.0)],
+            ..base.clone()
+        };
+        let err = prepare(&sp, &s.cfg, &s.keys).unwrap_err().to_string();
+        assert!(err.contains("amount_mismatch"), "{err}");
+
+        let sp = PrepareSpec {
+            export: s.dir.path().join("missing.jsonl"),
+            ..base
+        };
+        assert!(matches!(
+            prepare(&sp, &s.cfg, &s.keys),
+            Err(PrepareError::Io { .. })
+        ));
+    }
+
+    #[test]
+    fn code_digit_and_expiry_changes() {
+        let t = b"5204730000000001=29122010123456789";
+        let changed = change_code_digit(t, "0CCCUUUUAAA", 1).unwrap();
+        let diff: Vec<usize> = (0..t.len()).filter(|&i| t[i] != changed[i]).collect();
+        assert_eq!(diff.len(), 1);
+        assert!((25..28).contains(&diff[0]));
+        assert_eq!(other_expiry(*b"2912"), *b"3012");
+        assert_eq!(other_expiry(*b"9901"), *b"0001");
+    }
+}
