@@ -9,18 +9,25 @@ use serde::{Deserialize, Serialize};
 
 use super::Vault;
 
-/// One line of the export. Reading ignores unknown fields.
+/// One line of the export. Reading ignores unknown fields, and a missing
+/// field reads as empty: each reader checks the fields it uses and names
+/// the one that is wrong (the issuer simulator needs only `token` and
+/// `pan`).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportLine {
     /// The token's digits.
     pub token: String,
     /// Token expiry, YYMM.
+    #[serde(default)]
     pub expiry: String,
     /// PAN sequence number, two digits.
+    #[serde(default)]
     pub psn: String,
     /// Card profile name.
+    #[serde(default)]
     pub profile: String,
     /// Lifecycle state name.
+    #[serde(default)]
     pub state: String,
     /// Payment account reference (`null` if the PAN failed to decrypt).
     #[serde(default)]

@@ -11,6 +11,8 @@ use engine::iso8583::digits_value;
 use engine::profile::keys::ProfileKeys;
 use engine::vault::export::ExportLine;
 
+use engine::vault::types::TokenState;
+
 use super::oracle::{card_pos_mode, is_chip};
 use super::rng::Rng;
 use super::spec::{invalid, PrepareError, PrepareSpec};
@@ -141,6 +143,9 @@ pub(super) fn load_cards(
             })
             .collect::<Option<Vec<u8>>>()
             .ok_or_else(|| bad("pos_entry_modes must be 2-digit strings".into()))?;
+        if TokenState::from_name(&l.state).is_none() {
+            return Err(bad(format!("state \"{}\" is not a token state", l.state)));
+        }
         let idx = all.len();
         match l.state.as_str() {
             "active" => {

@@ -430,6 +430,21 @@ mod tests {
         let err = prepare(&sp, &s.cfg, &s.keys).unwrap_err().to_string();
         assert!(err.contains("amount_mismatch"), "{err}");
 
+        // A line missing a field the pool needs names it, with its line.
+        let first = text.lines().next().unwrap();
+        for (field, message) in [("state", "state"), ("expiry", "expiry"), ("psn", "psn")] {
+            let mut v: serde_json::Value = serde_json::from_str(first).unwrap();
+            v.as_object_mut().unwrap().remove(field);
+            let path = s.dir.path().join(format!("no-{field}.jsonl"));
+            std::fs::write(&path, format!("{v}\n")).unwrap();
+            let sp = PrepareSpec {
+                export: path,
+                ..base.clone()
+            };
+            let err = prepare(&sp, &s.cfg, &s.keys).unwrap_err().to_string();
+            assert!(err.contains(message) && err.contains("line 1"), "{err}");
+        }
+
         let sp = PrepareSpec {
             export: s.dir.path().join("missing.jsonl"),
             ..base
