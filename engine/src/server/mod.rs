@@ -85,13 +85,15 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::iso8583::framing::{next_frame, write_frame, Framing, FramingError};
+use crate::iso8583::framing::write_frame;
 
+mod config;
+mod read_buffer;
+
+pub use config::{default_workers, ServerConfig, DEFAULT_LISTEN};
+use read_buffer::{ReadBuffer, ReadTimeout};
 #[cfg(test)]
 mod tests;
-
-/// Default listen address of `tessera serve`.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8583";
 
 /// Read timeout of the reader threads: how often they check for shutdown
 /// and for idle/stalled connections.
@@ -99,13 +101,6 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How long the accept loop sleeps when no connection is pending.
 const ACCEPT_POLL: Duration = Duration::from_millis(5);
-
-/// Room in the read buffer beyond `max_frame` (which counts a TPDU) for the
-/// length prefix (2 bytes binary or 4 ASCII digits), with slack.
-const PREFIX_ROOM: usize = 16;
-
-/// Bytes read per `read` call and connection (at least one largest frame).
-const READ_BUFFER: usize = 64 * 1024;
 
 /// Identifies one accepted connection for the lifetime of a [`Server`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -165,61 +160,6 @@ struct Deferred {
     headers: Vec<Option<[u8; 5]>>,
     frames: usize,
     answers: Box<dyn FnOnce() -> Vec<Option<Vec<u8>>> + Send>,
-}
-
-/// Settings of the listener.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Address to listen on (default [`DEFAULT_LISTEN`]).
-    pub listen: SocketAddr,
-    /// Length-prefix framing of the connections.
-    pub framing: Framing,
-    /// Largest frame accepted, in bytes of declared length (default 8 KiB).
-    pub max_frame: usize,
-    /// Connections open at once; more are accepted and closed at once.
-    pub max_connections: usize,
-    /// Frames dispatched but not yet answered, per connection, before the
-    /// reader stops reading (back-pressure).
-    pub max_in_flight_per_conn: usize,
-    /// Close a connection that sent no byte for this long (with nothing in
-    /// flight).
-    pub idle_timeout: Duration,
-    /// Close a connection whose frame was started but not completed within
-    /// this long.
-    pub stalled_read_timeout: Duration,
-    /// Close a connection when writing its answers blocks this long (the
-    /// client does not read).
-    pub write_timeout: Duration,
-    /// Worker threads calling the handler; 0 = [`default_workers`].
-    pub workers: usize,
-    /// Install SIGTERM/SIGINT handlers for [`Server::run`] (the binary: yes;
-    /// tests: no, they use [`Server::shutdown_handle`]).
-    pub handle_signals: bool,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
-            framing: Framing::default(),
-            max_frame: 8192,
-            max_connections: 1024,
-            max_in_flight_per_conn: 1024,
-            idle_timeout: Duration::from_secs(300),
-            stalled_read_timeout: Duration::from_secs(5),
-            write_timeout: Duration::from_secs(10),
-            workers: 0,
-            handle_signals: true,
-        }
-    }
-}
-
-/// Worker threads when none are configured: four per core. Workers spend
-/// much of a batch waiting (the journal's fdatasync, the issuer's answer),
-/// so more workers than cores keep the cores busy and make group commits
-/// larger.
-pub fn default_workers() -> usize {
-    4 * thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Counters returned by [`Server::run`].
@@ -602,79 +542,9 @@ fn setup_stream(stream: &TcpStream, config: &ServerConfig) -> io::Result<()> {
     Ok(())
 }
 
-/// Why a connection's buffer could not be split.
-#[derive(Debug)]
-enum SplitError {
-    Framing(FramingError),
-    /// The codec returned a frame consuming nothing (would loop forever).
-    NoProgress,
-}
-
-impl fmt::Display for SplitError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SplitError::Framing(e) => write!(f, "{e}"),
-            SplitError::NoProgress => f.write_str("codec made no progress"),
-        }
-    }
-}
-
-/// Frames split off the front of a read buffer.
-#[derive(Debug, Default)]
-struct Split {
-    consumed: usize,
-    keepalives: u64,
-    data: Vec<u8>,
-    spans: Vec<(usize, usize)>,
-    headers: Vec<Option<[u8; 5]>>,
-}
-
-/// Splits up to `limit` complete non-empty frames off the front of `buf`
-/// (keep-alives are consumed and counted, not returned).
-fn split_frames(
-    framing: Framing,
-    buf: &[u8],
-    max_frame: usize,
-    limit: usize,
-) -> Result<Split, SplitError> {
-    let mut s = Split::default();
-    while s.spans.len() < limit && s.consumed < buf.len() {
-        let frame = match next_frame(framing, &buf[s.consumed..], max_frame) {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(e) => return Err(SplitError::Framing(e)),
-        };
-        if frame.consumed == 0 {
-            return Err(SplitError::NoProgress);
-        }
-        if frame.body.is_empty() {
-            s.keepalives += 1;
-        } else {
-            if s.data.is_empty() {
-                s.data.reserve(buf.len() - s.consumed);
-            }
-            s.spans.push((s.data.len(), frame.body.len()));
-            s.data.extend_from_slice(frame.body);
-            s.headers.push(frame.header);
-        }
-        s.consumed += frame.consumed;
-    }
-    Ok(s)
-}
-
 fn reader_loop(conn: &Arc<AcquirerConn>, ctx: &Ctx, tx: &Sender<Batch>) {
     let cfg = &ctx.config;
-    // Read up to 64 KiB at a time (or one largest frame): everything a
-    // pipelining client has sent becomes one batch, so the pipeline's
-    // bitsliced HSM path gets wide batches and the per-batch costs (the
-    // journal's fdatasync, the issuer round trip, the syscalls) are
-    // shared by more requests. An 8 KiB buffer gave ~23 frames per batch.
-    let cap = cfg.max_frame.saturating_add(PREFIX_ROOM).max(READ_BUFFER);
-    let mut buf = vec![0u8; cap];
-    let (mut start, mut end) = (0usize, 0usize);
-    let mut last_activity = Instant::now();
-    // When the incomplete frame at buf[start..end] started arriving.
-    let mut partial_since: Option<Instant> = None;
+    let mut rb = ReadBuffer::new(cfg, Instant::now());
     let id = conn.id;
     let peer = conn.peer;
     let close_for = |counter: &AtomicU64, event: &str, detail: fmt::Arguments<'_>| {
@@ -690,8 +560,8 @@ fn reader_loop(conn: &Arc<AcquirerConn>, ctx: &Ctx, tx: &Sender<Batch>) {
 
         // Dispatch every complete frame we have room for, as one batch.
         let room = cfg.max_in_flight_per_conn.saturating_sub(*conn.in_flight());
-        if room > 0 && start < end {
-            let split = match split_frames(cfg.framing, &buf[start..end], cfg.max_frame, room) {
+        if room > 0 {
+            let split = match rb.take_frames(room, Instant::now()) {
                 Ok(s) => s,
                 Err(e) => {
                     close_for(
@@ -702,15 +572,6 @@ fn reader_loop(conn: &Arc<AcquirerConn>, ctx: &Ctx, tx: &Sender<Batch>) {
                     break;
                 }
             };
-            if split.consumed > 0 {
-                start += split.consumed;
-                if start == end {
-                    (start, end) = (0, 0);
-                }
-                partial_since = (start < end).then(Instant::now);
-            } else if partial_since.is_none() {
-                partial_since = Some(Instant::now());
-            }
             bump(&ctx.counters.keepalives, split.keepalives);
             let n = split.spans.len();
             if n > 0 {
@@ -737,67 +598,56 @@ fn reader_loop(conn: &Arc<AcquirerConn>, ctx: &Ctx, tx: &Sender<Batch>) {
                     .in_flight_changed
                     .wait_timeout(g, POLL_INTERVAL)
                     .unwrap_or_else(|e| e.into_inner());
-                last_activity = Instant::now();
-                if partial_since.is_some() {
-                    // We were not reading: do not hold it against the client.
-                    partial_since = Some(Instant::now());
-                }
+                rb.not_reading(Instant::now());
                 continue;
             }
         }
 
-        if end == cap {
-            if start == 0 {
-                // Cannot happen with a codec that enforces max_frame.
-                close_for(
-                    &ctx.counters.framing_errors,
-                    "framing_error",
-                    format_args!("error=\"frame does not fit the read buffer\""),
-                );
-                break;
-            }
-            buf.copy_within(start..end, 0);
-            (start, end) = (0, end - start);
-        }
-
-        match (&conn.stream).read(&mut buf[end..]) {
+        let Some(space) = rb.space() else {
+            // Cannot happen with a codec that enforces max_frame.
+            close_for(
+                &ctx.counters.framing_errors,
+                "framing_error",
+                format_args!("error=\"frame does not fit the read buffer\""),
+            );
+            break;
+        };
+        match (&conn.stream).read(space) {
             Ok(0) => {
-                if start < end {
+                let pending = rb.pending();
+                if pending > 0 {
                     close_for(
                         &ctx.counters.framing_errors,
                         "framing_error",
-                        format_args!("error=\"eof inside a frame\" pending_bytes={}", end - start),
+                        format_args!("error=\"eof inside a frame\" pending_bytes={pending}"),
                     );
                 }
                 // Otherwise a clean EOF: batches in flight are still answered,
                 // the socket closes when the last one is written.
                 break;
             }
-            Ok(n) => {
-                end += n;
-                last_activity = Instant::now();
-            }
+            Ok(n) => rb.filled(n, Instant::now()),
             Err(e)
                 if matches!(
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                if *conn.in_flight() > 0 {
-                    last_activity = Instant::now();
-                }
-                if let Some(since) = partial_since {
-                    if since.elapsed() >= cfg.stalled_read_timeout {
+                let busy = *conn.in_flight() > 0;
+                match rb.quiet(busy, Instant::now()) {
+                    None => {}
+                    Some(ReadTimeout::Stalled { pending }) => {
                         close_for(
                             &ctx.counters.timeouts,
                             "stalled_read_timeout",
-                            format_args!("pending_bytes={}", end - start),
+                            format_args!("pending_bytes={pending}"),
                         );
                         break;
                     }
-                } else if last_activity.elapsed() >= cfg.idle_timeout {
-                    close_for(&ctx.counters.timeouts, "idle_timeout", format_args!(""));
-                    break;
+                    Some(ReadTimeout::Idle) => {
+                        close_for(&ctx.counters.timeouts, "idle_timeout", format_args!(""));
+                        break;
+                    }
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

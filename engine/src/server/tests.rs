@@ -1,6 +1,8 @@
 //! Server tests over real TCP on 127.0.0.1:0.
 
+use super::read_buffer::split_frames;
 use super::*;
+use crate::iso8583::framing::Framing;
 use std::collections::HashSet;
 use std::sync::atomic::AtomicUsize;
 
