@@ -18,6 +18,7 @@
 //! - [`metrics`]: Prometheus text exposition.
 
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 pub mod config;
 pub mod iso8583;

@@ -25,7 +25,7 @@ pub(super) struct Decision {
 }
 
 impl Decision {
-    pub fn decline(decline: Decline) -> Self {
+    pub(super) fn decline(decline: Decline) -> Self {
         Self {
             decline: Some(decline),
             arpc: None,
@@ -35,7 +35,7 @@ impl Decision {
     }
 
     /// DE 39.
-    pub fn code(&self) -> [u8; 2] {
+    pub(super) fn code(&self) -> [u8; 2] {
         self.decline.map_or(rc::APPROVED, Decline::code)
     }
 }

@@ -10,7 +10,7 @@ use crate::iso8583::rc;
 
 /// The card family, for the code of a cryptogram failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
+pub(super) enum Family {
     /// Visa chip profiles and dCVV: 82 (negative CAM, dCVV, iCVV or CVV).
     Visa,
     /// Mastercard, Interac and CVC3: 88 (cryptographic failure).
@@ -19,7 +19,7 @@ pub enum Family {
 
 impl Family {
     /// The family of a profile's scheme.
-    pub fn of(scheme: Scheme) -> Self {
+    pub(super) fn of(scheme: Scheme) -> Self {
         match scheme {
             Scheme::Emv(p) if p.name().starts_with("visa") => Family::Visa,
             Scheme::Dcvv => Family::Visa,
@@ -28,7 +28,7 @@ impl Family {
     }
 
     /// DE 39 of a cryptogram failure in this family.
-    pub fn failure_code(self) -> [u8; 2] {
+    pub(super) fn failure_code(self) -> [u8; 2] {
         match self {
             Family::Visa => rc::VISA_CRYPTO,
             Family::Mastercard => rc::MC_CRYPTO,
@@ -38,7 +38,7 @@ impl Family {
 
 /// What was wrong with the card's proof, answered with the family's code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CryptoFailure {
+pub(super) enum CryptoFailure {
     /// DE 4 / DE 49 differ from 9F02 / 5F2A (the amount the card signed).
     AmountMismatch,
     /// The IAD names another CVN than the token's profile.
@@ -61,7 +61,7 @@ pub enum CryptoFailure {
 
 /// Why the engine declined a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decline {
+pub(super) enum Decline {
     /// DE 35 is not a track 2.
     Track2Format,
     /// Neither DE 2 nor DE 35.
@@ -110,7 +110,7 @@ pub enum Decline {
 
 impl Decline {
     /// DE 39.
-    pub fn code(self) -> [u8; 2] {
+    pub(super) fn code(self) -> [u8; 2] {
         use Decline::*;
         match self {
             Track2Format | NoToken | AmountFormat | NoChipData | ChipDataFormat
@@ -128,7 +128,7 @@ impl Decline {
     }
 
     /// DE 44 and the decline log: a short reason, never secret data.
-    pub fn text(self) -> &'static str {
+    pub(super) fn text(self) -> &'static str {
         use CryptoFailure as C;
         use Decline::*;
         match self {

@@ -24,7 +24,7 @@
 //! - `shards`: the sharded maps under the last three; [`clock`]: the time.
 
 mod authorize;
-pub mod clock;
+pub(crate) mod clock;
 mod crypto;
 mod decision;
 mod decline;

@@ -30,14 +30,14 @@ pub(super) struct DecidedBatch {
 
 impl DecidedBatch {
     /// Nothing to wait for (no approval in the batch).
-    pub fn ready(&self) -> bool {
+    pub(super) fn ready(&self) -> bool {
         self.wait_for == Lsn::default()
     }
 
     /// Wait for the journal, then encode. In `sync` durability no approval
     /// leaves before its ATC is on disk; if the journal failed, nothing in
     /// the batch is approved.
-    pub fn release(self) -> Vec<Option<Vec<u8>>> {
+    pub(super) fn release(self) -> Vec<Option<Vec<u8>>> {
         let durable = self.ready() || self.vault.wait_durable(self.wait_for).is_ok();
         let answered = self.answers.iter().filter(|a| a.is_some()).count() as u64;
         self.metrics.latency(self.started.elapsed(), answered);

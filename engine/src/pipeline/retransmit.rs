@@ -40,12 +40,12 @@ pub(super) struct RecentAnswers {
 }
 
 impl RecentAnswers {
-    pub fn get(&mut self, key: &RequestKey, now: u32) -> Option<(Vec<u8>, Option<Lsn>)> {
+    pub(super) fn get(&mut self, key: &RequestKey, now: u32) -> Option<(Vec<u8>, Option<Lsn>)> {
         self.expire(now);
         self.by_key.get(key).cloned()
     }
 
-    pub fn insert(&mut self, key: RequestKey, answer: Vec<u8>, lsn: Option<Lsn>, now: u32) {
+    pub(super) fn insert(&mut self, key: RequestKey, answer: Vec<u8>, lsn: Option<Lsn>, now: u32) {
         self.expire(now);
         if self.order.len() >= MAX_RECENT_ANSWERS / SHARDS {
             if let Some((_, old)) = self.order.pop_front() {

@@ -40,7 +40,7 @@ impl Approvals {
     }
 
     /// Remember the approval of `req` (DE 2, 11, 7, 32) at `now_secs`.
-    pub fn remember(&self, req: &IsoMessage, now_secs: u32) {
+    pub(super) fn remember(&self, req: &IsoMessage, now_secs: u32) {
         let token = req
             .get(2)
             .and_then(|t| CardNumber::parse_digits("token", std::str::from_utf8(t).ok()?).ok());
@@ -66,7 +66,7 @@ impl Approvals {
 
     /// The original an 0400/0420 reverses, forgotten as it is returned.
     /// DE 90 is MTI(4) STAN(6) DE7(10) acquirer(11) forwarding(11).
-    pub fn take(&self, req: &IsoMessage) -> Option<ApprovalRecord> {
+    pub(super) fn take(&self, req: &IsoMessage) -> Option<ApprovalRecord> {
         let de90 = req.get(90).filter(|d| d.len() == 42)?;
         let key = Self::key(&de90[4..10], &de90[10..20], &de90[20..31])?;
         self.map.lock_for(&key).remove(&key)

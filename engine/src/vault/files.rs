@@ -14,35 +14,35 @@ use std::path::Path;
 
 /// Largest seq of a journal file or snapshot: file names hold exactly 16
 /// digits. (At one rotation per second that lasts 300 million years.)
-pub const MAX_SEQ: u64 = 9_999_999_999_999_999;
+pub(crate) const MAX_SEQ: u64 = 9_999_999_999_999_999;
 
 /// `journal-{seq:016}.log`.
-pub fn journal_file_name(seq: u64) -> String {
+pub(crate) fn journal_file_name(seq: u64) -> String {
     format!("journal-{seq:016}.log")
 }
 
 /// The seq of a journal file name.
-pub fn parse_journal_name(name: &str) -> Option<u64> {
+pub(crate) fn parse_journal_name(name: &str) -> Option<u64> {
     parse_seq(name, "journal-", ".log")
 }
 
 /// `snapshot-{seq:016}.snap`.
-pub fn snapshot_file_name(seq: u64) -> String {
+pub(crate) fn snapshot_file_name(seq: u64) -> String {
     format!("snapshot-{seq:016}.snap")
 }
 
 /// `snapshot-{seq:016}.snap.tmp`: a snapshot being written.
-pub fn snapshot_tmp_name(seq: u64) -> String {
+pub(crate) fn snapshot_tmp_name(seq: u64) -> String {
     format!("snapshot-{seq:016}.snap.tmp")
 }
 
 /// The seq of a complete snapshot's file name.
-pub fn parse_snapshot_name(name: &str) -> Option<u64> {
+pub(crate) fn parse_snapshot_name(name: &str) -> Option<u64> {
     parse_seq(name, "snapshot-", ".snap")
 }
 
 /// The seq of an unfinished snapshot's file name.
-pub fn parse_snapshot_tmp_name(name: &str) -> Option<u64> {
+pub(crate) fn parse_snapshot_tmp_name(name: &str) -> Option<u64> {
     parse_seq(name, "snapshot-", ".snap.tmp")
 }
 

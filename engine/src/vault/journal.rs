@@ -62,11 +62,11 @@ use super::files::{journal_file_name, parse_journal_name, sync_dir, MAX_SEQ};
 use super::types::JournalRecord;
 
 /// First 8 bytes of every journal file.
-pub const JOURNAL_MAGIC: &[u8; 8] = b"TJRNL001";
+pub(crate) const JOURNAL_MAGIC: &[u8; 8] = b"TJRNL001";
 /// Magic plus seq.
-pub const JOURNAL_HEADER_LEN: u64 = 16;
+pub(crate) const JOURNAL_HEADER_LEN: u64 = 16;
 /// In async mode the writer flushes at least this often.
-pub const ASYNC_FLUSH_INTERVAL: Duration = Duration::from_millis(10);
+pub(crate) const ASYNC_FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 /// Appends wait while this much is buffered and not yet written, so a
 /// disk slower than the append rate cannot grow memory without bound.
 const MAX_PENDING: usize = 64 << 20;
@@ -82,7 +82,7 @@ pub(crate) fn header(seq: u64) -> [u8; JOURNAL_HEADER_LEN as usize] {
 
 /// When a change counts as acknowledged. See the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Durability {
+pub(crate) enum Durability {
     /// Only once on disk (fdatasync). The default.
     #[default]
     Sync,
@@ -108,7 +108,7 @@ pub struct Lsn(pub u64);
 
 /// A journal operation failed.
 #[derive(Debug, thiserror::Error)]
-pub enum JournalError {
+pub(crate) enum JournalError {
     /// Opening, creating or checking a journal file failed.
     #[error("journal I/O error: {op} {}: {source}", path.display())]
     Io {
@@ -156,7 +156,7 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Jou
 }
 
 /// The append-only journal. Cheap to share (`&self` methods, `Sync`).
-pub struct Journal {
+pub(crate) struct Journal {
     shared: Arc<WriterCore>,
     writer: Option<JoinHandle<()>>,
 }
@@ -229,7 +229,7 @@ impl Journal {
     /// does not check the frames already in the file, and appending after a
     /// torn tail would turn it into corruption. Refuses when a journal file
     /// with a higher seq exists.
-    pub fn open(dir: &Path, seq: u64, durability: Durability) -> Result<Journal, JournalError> {
+    pub(crate) fn open(dir: &Path, seq: u64, durability: Durability) -> Result<Journal, JournalError> {
         for entry in fs::read_dir(dir).map_err(io_err("read directory", dir))? {
             let entry = entry.map_err(io_err("read directory", dir))?;
             if entry
@@ -273,30 +273,27 @@ impl Journal {
         })
     }
 
-    /// The durability mode.
-    pub fn durability(&self) -> Durability {
-        self.shared.durability
-    }
-
+    #[cfg(test)]
     /// Seq of the file appends currently go to.
-    pub fn seq(&self) -> u64 {
+    pub(crate) fn seq(&self) -> u64 {
         lock(&self.shared.segment).seq
     }
 
+    #[cfg(test)]
     /// Every record up to this one is on disk.
-    pub fn durable_lsn(&self) -> Lsn {
+    pub(crate) fn durable_lsn(&self) -> Lsn {
         Lsn(lock(&self.shared.state).durable)
     }
 
     /// Append one record; returns its [`Lsn`]. Not durable yet: see
     /// [`Journal::wait_durable`].
-    pub fn append(&self, rec: &JournalRecord) -> Result<Lsn, JournalError> {
+    pub(crate) fn append(&self, rec: &JournalRecord) -> Result<Lsn, JournalError> {
         self.append_batch(std::slice::from_ref(rec))
     }
 
     /// Append records (all or none); returns the [`Lsn`] of the last one
     /// (for an empty slice, the last one appended before).
-    pub fn append_batch(&self, recs: &[JournalRecord]) -> Result<Lsn, JournalError> {
+    pub(crate) fn append_batch(&self, recs: &[JournalRecord]) -> Result<Lsn, JournalError> {
         let sh = &*self.shared;
         let mut st = lock(&sh.state);
         while st.failed.is_none() && st.buf.len() >= MAX_PENDING {
@@ -330,7 +327,7 @@ impl Journal {
     /// Sync mode: block until every record up to `lsn` is on disk. Async
     /// mode: return at once. Fails if the journal failed before making
     /// `lsn` durable.
-    pub fn wait_durable(&self, lsn: Lsn) -> Result<(), JournalError> {
+    pub(crate) fn wait_durable(&self, lsn: Lsn) -> Result<(), JournalError> {
         match self.shared.durability {
             Durability::Sync => self.wait_for(lsn.0, false),
             Durability::Async => match &lock(&self.shared.state).failed {
@@ -342,7 +339,7 @@ impl Journal {
 
     /// Make everything appended so far durable, in both modes (shutdown,
     /// tests, before a snapshot).
-    pub fn flush(&self) -> Result<(), JournalError> {
+    pub(crate) fn flush(&self) -> Result<(), JournalError> {
         let target = lock(&self.shared.state).appended;
         self.wait_for(target, true)
     }
@@ -373,7 +370,7 @@ impl Journal {
     /// returns go to the new file; none appended before it was called do.
     ///
     /// Any I/O failure here puts the journal in the failed state.
-    pub fn rotate(&self) -> Result<u64, JournalError> {
+    pub(crate) fn rotate(&self) -> Result<u64, JournalError> {
         let sh = &*self.shared;
         // Holding `segment` keeps the writer out; it will find the buffer
         // taken and the new file in place.

@@ -14,17 +14,17 @@
 pub mod codec;
 pub mod controls;
 pub mod export;
-pub mod files;
-pub mod journal;
-pub mod pan_crypto;
+pub(crate) mod files;
+pub(crate) mod journal;
+pub(crate) mod pan_crypto;
 pub mod provision;
 pub mod ranges;
 pub mod records;
-pub mod recovery;
+pub(crate) mod recovery;
 pub mod replay;
 pub mod snapshot;
 pub mod types;
-pub mod velocity;
+pub(crate) mod velocity;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -24,14 +24,14 @@ fn counter_block(token: CardNumber) -> [u8; 16] {
 
 /// The vault's PAN keys (both AES, held as hsm-sim keys: zeroized on drop).
 #[derive(Debug, Clone)]
-pub struct PanCipher {
+pub(crate) struct PanCipher {
     data_key: AesKey,
     index_key: AesKey,
 }
 
 impl PanCipher {
     /// From the data key (encryption) and index key (keyed hash).
-    pub fn new(data_key: AesKey, index_key: AesKey) -> Self {
+    pub(crate) fn new(data_key: AesKey, index_key: AesKey) -> Self {
         Self {
             data_key,
             index_key,
@@ -46,7 +46,7 @@ impl PanCipher {
     /// The PANs of many tokens at once: their keystream blocks go through
     /// the AES crate's multi-block path (AES-NI, eight blocks in flight).
     /// `items` are (token, encrypted PAN, PAN length).
-    pub fn decrypt_many(
+    pub(crate) fn decrypt_many(
         &self,
         items: &[(CardNumber, u64, u8)],
     ) -> Vec<Option<Zeroizing<CardNumberBox>>> {
@@ -63,12 +63,12 @@ impl PanCipher {
     }
 
     /// The PAN's value encrypted for this token.
-    pub fn encrypt(&self, token: CardNumber, pan: CardNumber) -> u64 {
+    pub(crate) fn encrypt(&self, token: CardNumber, pan: CardNumber) -> u64 {
         pan.value() ^ self.keystream(token)
     }
 
     /// The PAN back, given its length. Transient: zeroized on drop.
-    pub fn decrypt(
+    pub(crate) fn decrypt(
         &self,
         token: CardNumber,
         pan_ct: u64,
@@ -80,7 +80,7 @@ impl PanCipher {
 
     /// Keyed hash of a PAN: the first 8 bytes of AES-CMAC under the index
     /// key. The reverse index is keyed by this, never by the PAN.
-    pub fn pan_hash(&self, pan: CardNumber) -> u64 {
+    pub(crate) fn pan_hash(&self, pan: CardNumber) -> u64 {
         let mac = aes_cmac(&self.index_key, pan.digits().as_bytes());
         u64::from_be_bytes(mac[..8].try_into().expect("8 bytes"))
     }
@@ -88,7 +88,7 @@ impl PanCipher {
     /// The Payment Account Reference: the 4-character BIN controller id,
     /// then 25 characters from a keyed hash of the PAN, so every token of
     /// one PAN has the same PAR and the PAR reveals nothing of the PAN.
-    pub fn par(&self, bci: &str, pan: CardNumber) -> String {
+    pub(crate) fn par(&self, bci: &str, pan: CardNumber) -> String {
         const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKLMNPQRSTVWXZ";
         let mut input = b"PAR:".to_vec();
         input.extend_from_slice(pan.digits().as_bytes());

@@ -19,7 +19,7 @@ fn pack(start: u32, count: u32) -> u64 {
 }
 
 /// The state after one more approval at `now`, or `None` if over the limit.
-pub fn with_approval(v: u64, now: u32, limit: Option<Velocity>) -> Option<u64> {
+pub(crate) fn with_approval(v: u64, now: u32, limit: Option<Velocity>) -> Option<u64> {
     let (start, count) = unpack(v);
     let Some(limit) = limit else {
         // No limit, nothing to count (a token's controls never change).
@@ -32,7 +32,7 @@ pub fn with_approval(v: u64, now: u32, limit: Option<Velocity>) -> Option<u64> {
 }
 
 /// Reserve one approval; `false` if the limit is reached.
-pub fn reserve(state: &AtomicU64, now: u32, limit: Option<Velocity>) -> bool {
+pub(crate) fn reserve(state: &AtomicU64, now: u32, limit: Option<Velocity>) -> bool {
     let mut cur = state.load(Ordering::Acquire);
     loop {
         let Some(next) = with_approval(cur, now, limit) else {
@@ -47,7 +47,7 @@ pub fn reserve(state: &AtomicU64, now: u32, limit: Option<Velocity>) -> bool {
 
 /// Give back a reservation whose approval did not happen (its ATC was
 /// refused): one less in the window if the window is still the same.
-pub fn release(state: &AtomicU64, reserved_at: u32) {
+pub(crate) fn release(state: &AtomicU64, reserved_at: u32) {
     let _ = state.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
         let (start, count) = unpack(v);
         (count > 0 && start <= reserved_at).then(|| pack(start, count - 1))
@@ -55,13 +55,13 @@ pub fn release(state: &AtomicU64, reserved_at: u32) {
 }
 
 /// Whether one more approval would be within the limit now.
-pub fn allows(state: &AtomicU64, now: u32, limit: Option<Velocity>) -> bool {
+pub(crate) fn allows(state: &AtomicU64, now: u32, limit: Option<Velocity>) -> bool {
     with_approval(state.load(Ordering::Acquire), now, limit).is_some()
 }
 
 /// Count an approval that already happened (journal replay): as
 /// [`reserve`], but never refused. Single-threaded use only.
-pub fn record(state: &AtomicU64, at: u32, limit: Option<Velocity>) {
+pub(crate) fn record(state: &AtomicU64, at: u32, limit: Option<Velocity>) {
     let Some(limit) = limit else { return };
     let (start, count) = unpack(state.load(Ordering::Acquire));
     let next = if count == 0 || at >= start.saturating_add(limit.window_secs) || at < start {
