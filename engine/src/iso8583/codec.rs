@@ -178,7 +178,7 @@ impl DecodeError {
 
     /// Fields 11, 37, 41 that parsed before the error, for the DE 39 = 30
     /// answer.
-    pub fn echo_fields(&self) -> impl Iterator<Item = (u8, &[u8])> + '_ {
+    pub(crate) fn echo_fields(&self) -> impl Iterator<Item = (u8, &[u8])> + '_ {
         ECHO_FIELDS
             .iter()
             .filter_map(move |&n| Some((n, self.partial.get(n)?)))
@@ -313,12 +313,12 @@ impl Dialect {
 
     /// The spec of a field (0 = MTI, 1 and 65 = bitmap bits); a spec with
     /// [`Content::Undefined`] for numbers above 128.
-    pub fn spec(self, field: u8) -> &'static FieldSpec {
+    pub(crate) fn spec(self, field: u8) -> &'static FieldSpec {
         self.table().get(usize::from(field)).unwrap_or(&UNDEFINED)
     }
 
     /// Bytes one 64-bit bitmap takes on the wire.
-    pub const fn bitmap_len(self) -> usize {
+    pub(crate) const fn bitmap_len(self) -> usize {
         match self {
             Dialect::Ascii => 16,
             Dialect::Binary => 8,
@@ -525,7 +525,11 @@ impl Dialect {
 
     /// [`encode`](Self::encode) appending to `out` (reuse a buffer). On
     /// error `out` may hold a partial message.
-    pub fn encode_into(self, msg: &IsoMessage, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    pub(crate) fn encode_into(
+        self,
+        msg: &IsoMessage,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
         let mti = msg.mti();
         if !mti.iter().all(u8::is_ascii_digit) {
             return Err(EncodeError::BadMti);

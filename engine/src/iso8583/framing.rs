@@ -16,7 +16,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// TPDU length for [`Framing::Len2Tpdu`].
-pub const TPDU_LEN: usize = 5;
+pub(crate) const TPDU_LEN: usize = 5;
 
 /// How messages are delimited on a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -39,7 +39,7 @@ pub enum Framing {
 
 impl Framing {
     /// Bytes of the length prefix.
-    pub const fn prefix_len(self) -> usize {
+    pub(crate) const fn prefix_len(self) -> usize {
         match self {
             Framing::Ascii4 => 4,
             _ => 2,
@@ -47,7 +47,7 @@ impl Framing {
     }
 
     /// The config name.
-    pub const fn name(self) -> &'static str {
+    pub(crate) const fn name(self) -> &'static str {
         match self {
             Framing::Len2Exclusive => "len2",
             Framing::Len2Inclusive => "len2-inclusive",

@@ -9,7 +9,7 @@ pub struct BadFieldNumber(pub u8);
 
 /// Whether `n` is a data element a message can carry: 2..=128 except 65
 /// (1 and 65 are bitmap bits).
-pub const fn is_data_field(n: u8) -> bool {
+pub(crate) const fn is_data_field(n: u8) -> bool {
     n >= 2 && n <= 128 && n != 65
 }
 
@@ -166,7 +166,7 @@ impl IsoMessage {
     }
 
     /// Present fields with their values, ascending.
-    pub fn iter(&self) -> impl Iterator<Item = (u8, &[u8])> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u8, &[u8])> + '_ {
         self.fields
             .iter()
             .map(|&(f, start, len)| (f, &self.buf[start as usize..(start + len) as usize]))

@@ -25,7 +25,7 @@ pub enum LenType {
 
 impl LenType {
     /// Number of prefix digits (0 for fixed fields).
-    pub const fn prefix_digits(self) -> usize {
+    pub(crate) const fn prefix_digits(self) -> usize {
         match self {
             LenType::Fixed => 0,
             LenType::Ll => 2,
@@ -86,7 +86,7 @@ pub struct FieldSpec {
 
 impl FieldSpec {
     /// Maximum (fixed: exact) canonical value length in bytes.
-    pub const fn max_value_len(&self) -> usize {
+    pub(crate) const fn max_value_len(&self) -> usize {
         match self.encoding {
             Encoding::Raw => self.max_len as usize,
             Encoding::Hex => self.max_len as usize / 2,
@@ -94,7 +94,7 @@ impl FieldSpec {
     }
 
     /// Wire length of a canonical value of `len` bytes.
-    pub const fn wire_len(&self, len: usize) -> usize {
+    pub(crate) const fn wire_len(&self, len: usize) -> usize {
         match self.encoding {
             Encoding::Raw => len,
             Encoding::Hex => len * 2,
@@ -144,7 +144,7 @@ use Content::{Ans, Bitmap, Xn, N, Z};
 use LenType::{Fixed, Lll};
 
 /// Spec returned for field numbers outside 0..=128.
-pub static UNDEFINED: FieldSpec = FieldSpec {
+pub(crate) static UNDEFINED: FieldSpec = FieldSpec {
     field: 0,
     len: LenType::Fixed,
     content: Content::Undefined,
@@ -153,7 +153,7 @@ pub static UNDEFINED: FieldSpec = FieldSpec {
 };
 
 /// pyiso8583 `default_ascii` (= jPOS ISO87A on the wire). Index = field.
-pub static ASCII: [FieldSpec; 129] = [
+pub(crate) static ASCII: [FieldSpec; 129] = [
     fixed(0, N, 4), // MTI
     FieldSpec {
         field: 1,
@@ -300,7 +300,7 @@ pub static ASCII: [FieldSpec; 129] = [
 
 /// pyiso8583 `default`: binary bitmaps and raw `b` fields (55 keeps its
 /// ASCII LLL prefix, now counting bytes: max 255).
-pub static BINARY: [FieldSpec; 129] = binary_of(&ASCII);
+pub(crate) static BINARY: [FieldSpec; 129] = binary_of(&ASCII);
 
 /// Turn hex-encoded rows into raw rows with half the wire length.
 const fn binary_of(ascii: &[FieldSpec; 129]) -> [FieldSpec; 129] {

@@ -23,7 +23,7 @@
 
 /// Deepest nesting accepted: top-level objects are depth 0, so a
 /// constructed object may nest at most this many levels of children.
-pub const MAX_DEPTH: u8 = 8;
+pub(crate) const MAX_DEPTH: u8 = 8;
 
 /// One TLV object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -64,7 +64,7 @@ pub fn parse_bcd(data: &[u8]) -> Result<Track2, Track2Error> {
 
 impl Track2 {
     /// Parse the ASCII form (field 35): separator `=` or `D`.
-    pub fn parse_ascii(data: &[u8]) -> Result<Track2, Track2Error> {
+    pub(crate) fn parse_ascii(data: &[u8]) -> Result<Track2, Track2Error> {
         // Map to the same symbol alphabet as BCD nibbles: 0-9, 0xD, 0xF.
         let mut syms = Vec::with_capacity(data.len());
         for (i, &c) in data.iter().enumerate() {
@@ -80,7 +80,7 @@ impl Track2 {
 
     /// Parse the BCD form (tag 57): nibbles 0-9, `D` separator, one `F` pad
     /// at the end.
-    pub fn parse_bcd(data: &[u8]) -> Result<Track2, Track2Error> {
+    pub(crate) fn parse_bcd(data: &[u8]) -> Result<Track2, Track2Error> {
         let syms: Vec<u8> = data.iter().flat_map(|&b| [b >> 4, b & 0x0F]).collect();
         Self::from_symbols(&syms)
     }
@@ -130,7 +130,7 @@ impl Track2 {
     }
 
     /// ASCII form with `=` separator, no padding.
-    pub fn to_ascii(&self) -> Vec<u8> {
+    pub(crate) fn to_ascii(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.pan.len() + 8 + self.discretionary.len());
         v.extend_from_slice(&self.pan);
         v.push(b'=');
@@ -141,7 +141,7 @@ impl Track2 {
     }
 
     /// BCD form: `D` separator, trailing `F` nibble when the count is odd.
-    pub fn to_bcd(&self) -> Vec<u8> {
+    pub(crate) fn to_bcd(&self) -> Vec<u8> {
         let nib = |c: u8| c.wrapping_sub(b'0') & 0x0F;
         let syms = self.pan.iter().map(|&c| nib(c)).chain([0xD]).chain(
             self.expiry

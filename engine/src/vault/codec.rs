@@ -53,15 +53,15 @@ use super::types::{CardNumber, DomainControls, JournalRecord, TokenImage, TokenS
 
 /// Largest payload of one frame, in bytes. The largest record the bounds
 /// below allow (a `Controls` record with three full lists) is about 20 KiB.
-pub const MAX_RECORD: usize = 64 * 1024;
+pub(crate) const MAX_RECORD: usize = 64 * 1024;
 /// Bytes before the payload: length and checksum.
-pub const FRAME_HEADER_LEN: usize = 8;
+pub(crate) const FRAME_HEADER_LEN: usize = 8;
 /// Longest profile name, in bytes.
-pub const MAX_PROFILE_LEN: usize = 64;
+pub(crate) const MAX_PROFILE_LEN: usize = 64;
 /// Longest merchant id, in bytes.
-pub const MAX_MERCHANT_ID_LEN: usize = 15;
+pub(crate) const MAX_MERCHANT_ID_LEN: usize = 15;
 /// Most items in one list of a control set.
-pub const MAX_LIST_ITEMS: usize = 1024;
+pub(crate) const MAX_LIST_ITEMS: usize = 1024;
 
 const TAG_CONTROLS: u8 = 0x01;
 const TAG_TOKEN: u8 = 0x02;
@@ -155,7 +155,7 @@ pub enum CodecError {
 ///
 /// Fails, leaving `out` as it was, when a string or list is over its bound:
 /// writing such a record would make a journal that recovery refuses.
-pub fn encode_record(rec: &JournalRecord, out: &mut Vec<u8>) -> Result<(), CodecError> {
+pub(crate) fn encode_record(rec: &JournalRecord, out: &mut Vec<u8>) -> Result<(), CodecError> {
     let start = out.len();
     out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
     if let Err(e) = encode_payload(rec, out) {
@@ -183,7 +183,7 @@ pub fn encode_record(rec: &JournalRecord, out: &mut Vec<u8>) -> Result<(), Codec
 
 /// Append `rec`'s payload (no frame) to `out`. On error `out` may hold a
 /// partial payload; [`encode_record`] truncates it.
-pub fn encode_payload(rec: &JournalRecord, out: &mut Vec<u8>) -> Result<(), CodecError> {
+pub(crate) fn encode_payload(rec: &JournalRecord, out: &mut Vec<u8>) -> Result<(), CodecError> {
     match rec {
         JournalRecord::Controls { id, controls } => {
             out.push(TAG_CONTROLS);
@@ -305,7 +305,7 @@ fn put_str(out: &mut Vec<u8>, what: &'static str, s: &str, max: usize) -> Result
 
 /// Decode one payload (no frame). Strict: the whole of `payload` must be
 /// exactly one valid record.
-pub fn decode_payload(payload: &[u8]) -> Result<JournalRecord, CodecError> {
+pub(crate) fn decode_payload(payload: &[u8]) -> Result<JournalRecord, CodecError> {
     let mut r = Reader {
         buf: payload,
         pos: 0,
@@ -489,7 +489,7 @@ impl<'a> Reader<'a> {
 
 /// What [`read_frame`] found at an offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FrameResult {
+pub(crate) enum FrameResult {
     /// A valid frame: the record and the offset just after the frame.
     Complete(JournalRecord, usize),
     /// The header or the payload it declares runs past the end of the
@@ -503,7 +503,7 @@ pub enum FrameResult {
 /// What [`read_raw_frame`] found at an offset: like [`FrameResult`] but
 /// the payload is not decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RawFrame<'a> {
+pub(crate) enum RawFrame<'a> {
     /// A frame whose checksum matches: the payload and the offset just
     /// after the frame.
     Complete(&'a [u8], usize),
@@ -514,7 +514,7 @@ pub enum RawFrame<'a> {
 }
 
 /// Read and decode the frame starting at `buf[offset]`.
-pub fn read_frame(buf: &[u8], offset: usize) -> FrameResult {
+pub(crate) fn read_frame(buf: &[u8], offset: usize) -> FrameResult {
     match read_raw_frame(buf, offset) {
         RawFrame::Complete(payload, next) => match decode_payload(payload) {
             Ok(rec) => FrameResult::Complete(rec, next),
@@ -527,7 +527,7 @@ pub fn read_frame(buf: &[u8], offset: usize) -> FrameResult {
 
 /// Check the frame starting at `buf[offset]` (length and checksum) without
 /// decoding its payload.
-pub fn read_raw_frame(buf: &[u8], offset: usize) -> RawFrame<'_> {
+pub(crate) fn read_raw_frame(buf: &[u8], offset: usize) -> RawFrame<'_> {
     let Some(rest) = buf.get(offset..) else {
         return RawFrame::Incomplete;
     };
@@ -549,7 +549,9 @@ pub fn read_raw_frame(buf: &[u8], offset: usize) -> RawFrame<'_> {
 
 /// The payload length (checked to be 1..=[`MAX_RECORD`]) and the stored
 /// checksum of a frame header.
-pub fn parse_frame_header(header: &[u8; FRAME_HEADER_LEN]) -> Result<(usize, u32), CodecError> {
+pub(crate) fn parse_frame_header(
+    header: &[u8; FRAME_HEADER_LEN],
+) -> Result<(usize, u32), CodecError> {
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
     if len == 0 || len as usize > MAX_RECORD {
@@ -559,7 +561,7 @@ pub fn parse_frame_header(header: &[u8; FRAME_HEADER_LEN]) -> Result<(usize, u32
 }
 
 /// Whether `payload` matches the checksum `stored`.
-pub fn check_payload(payload: &[u8], stored: u32) -> Result<(), CodecError> {
+pub(crate) fn check_payload(payload: &[u8], stored: u32) -> Result<(), CodecError> {
     let computed = crc32c::crc32c(payload);
     if computed == stored {
         Ok(())
@@ -574,7 +576,7 @@ pub fn check_payload(payload: &[u8], stored: u32) -> Result<(), CodecError> {
 
 /// What [`FrameReader::next_frame`] found.
 #[derive(Debug, PartialEq, Eq)]
-pub enum NextFrame<'a> {
+pub(crate) enum NextFrame<'a> {
     /// The stream ends exactly here.
     End,
     /// A frame whose checksum matches; its payload (not decoded).
@@ -596,7 +598,7 @@ pub enum NextFrame<'a> {
 /// After anything but [`NextFrame::Frame`] the reader stops: its position
 /// stays at the start of the frame that was not read.
 #[derive(Debug)]
-pub struct FrameReader<R> {
+pub(crate) struct FrameReader<R> {
     inner: R,
     pos: u64,
     end: u64,
@@ -606,7 +608,7 @@ pub struct FrameReader<R> {
 
 impl<R: Read> FrameReader<R> {
     /// `inner` is positioned at byte `start` of a stream `end` bytes long.
-    pub fn new(inner: R, start: u64, end: u64) -> Self {
+    pub(crate) fn new(inner: R, start: u64, end: u64) -> Self {
         Self {
             inner,
             pos: start,
@@ -617,13 +619,13 @@ impl<R: Read> FrameReader<R> {
     }
 
     /// Offset of the next frame (after a stop: of the frame not read).
-    pub fn position(&self) -> u64 {
+    pub(crate) fn position(&self) -> u64 {
         self.pos
     }
 
     /// The next frame. I/O errors (including the stream ending before the
     /// length given to [`FrameReader::new`]) are returned as such.
-    pub fn next_frame(&mut self) -> io::Result<NextFrame<'_>> {
+    pub(crate) fn next_frame(&mut self) -> io::Result<NextFrame<'_>> {
         if self.stopped {
             return Err(io::Error::other("FrameReader used after it stopped"));
         }

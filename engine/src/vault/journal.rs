@@ -229,7 +229,11 @@ impl Journal {
     /// does not check the frames already in the file, and appending after a
     /// torn tail would turn it into corruption. Refuses when a journal file
     /// with a higher seq exists.
-    pub(crate) fn open(dir: &Path, seq: u64, durability: Durability) -> Result<Journal, JournalError> {
+    pub(crate) fn open(
+        dir: &Path,
+        seq: u64,
+        durability: Durability,
+    ) -> Result<Journal, JournalError> {
         for entry in fs::read_dir(dir).map_err(io_err("read directory", dir))? {
             let entry = entry.map_err(io_err("read directory", dir))?;
             if entry

@@ -54,9 +54,9 @@ use super::files::{
 use super::types::JournalRecord;
 
 /// First 8 bytes of every snapshot file.
-pub const SNAPSHOT_MAGIC: &[u8; 8] = b"TSNAP001";
+pub(crate) const SNAPSHOT_MAGIC: &[u8; 8] = b"TSNAP001";
 /// Magic plus seq.
-pub const SNAPSHOT_HEADER_LEN: u64 = 16;
+pub(crate) const SNAPSHOT_HEADER_LEN: u64 = 16;
 /// Payload length of the trailer frame: type byte and count.
 const TRAILER_PAYLOAD_LEN: usize = 9;
 const IO_BUF: usize = 1 << 20;

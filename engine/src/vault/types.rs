@@ -55,7 +55,7 @@ impl CardNumber {
 
     /// From the stored parts; `None` if `value` has more than `len` digits
     /// or `len` is outside 13..=19.
-    pub fn from_parts(value: u64, len: u8) -> Option<Self> {
+    pub(crate) fn from_parts(value: u64, len: u8) -> Option<Self> {
         let fits = len >= 20 || value < 10u64.pow(u32::from(len));
         ((13..=19).contains(&len) && fits).then_some(Self { value, len })
     }
@@ -148,7 +148,7 @@ pub enum TokenState {
 
 impl TokenState {
     /// From the stored byte.
-    pub fn from_u8(b: u8) -> Option<Self> {
+    pub(crate) fn from_u8(b: u8) -> Option<Self> {
         match b {
             0 => Some(Self::Inactive),
             1 => Some(Self::Active),
