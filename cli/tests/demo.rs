@@ -1,6 +1,8 @@
 //! A short `tessera demo` (about 2 seconds of load) as CI runs it: exit 0,
 //! a report with no mismatch, and the three report files.
 
+// The engine's shared test setup (the repository's config and key file).
+#[path = "../../engine/tests/common/mod.rs"]
 mod common;
 
 use std::process::Command;

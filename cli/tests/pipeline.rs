@@ -2,6 +2,8 @@
 //! approves a correctly computed transaction with a correct ARPC, and each
 //! failure case is declined with its code.
 
+// The engine's shared test setup (the repository's config and key file).
+#[path = "../../engine/tests/common/mod.rs"]
 mod common;
 
 use std::sync::Arc;

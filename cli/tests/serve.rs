@@ -3,6 +3,8 @@
 //! malformed input of `docs/iso8583.md` §6 followed by a liveness check,
 //! and SIGTERM draining to exit status 0.
 
+// The engine's shared test setup (the repository's config and key file).
+#[path = "../../engine/tests/common/mod.rs"]
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
