@@ -2,7 +2,8 @@
 //!
 //! When an issuer is configured, a request that passed every engine check
 //! is forwarded to it: DE 2 carries the real PAN (detokenized by the
-//! caller), the token travels in DE 48 sub-element `01` (see below), and
+//! caller), the token travels in DE 48 sub-element `01`
+//! ([`crate::iso8583::de48`]), and
 //! the issuer's answer is mapped back to the token by the caller.
 //!
 //! # One persistent connection, answers matched by key

@@ -17,7 +17,8 @@ use super::config::ServerConfig;
 /// journal's fdatasync, the issuer round trip, the syscalls) are shared by
 /// more requests. An 8 KiB buffer gave ~23 frames per batch.
 pub(super) const READ_BUFFER: usize = 64 * 1024;
-/// Room for a length prefix and TPDU beyond `max_frame`.
+/// Room in the buffer beyond `max_frame` (which already counts a TPDU) for
+/// the length prefix (2 bytes binary or 4 ASCII digits), with slack.
 pub(super) const PREFIX_ROOM: usize = 16;
 
 /// Why a connection's buffer could not be split.

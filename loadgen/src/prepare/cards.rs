@@ -115,7 +115,14 @@ pub(super) fn load_cards(
             message,
         };
         let l: ExportLine =
-            serde_json::from_str(&line).map_err(|e| bad(format!("not an export line: {e}")))?;
+            // serde's message may quote the value (a PAN): say only where.
+            serde_json::from_str(&line).map_err(|e| {
+                bad(format!(
+                    "not an export line ({:?} error at column {})",
+                    e.classify(),
+                    e.column()
+                ))
+            })?;
         let token_value = digits_value(l.token.as_bytes())
             .filter(|_| Pan::new(&l.token).is_ok())
             .ok_or_else(|| bad("token is not a card number".into()))?;

@@ -445,6 +445,23 @@ mod tests {
             assert!(err.contains(message) && err.contains("line 1"), "{err}");
         }
 
+        // A line that does not parse never echoes its values (a PAN).
+        let path = s.dir.path().join("numeric-pan.jsonl");
+        std::fs::write(
+            &path,
+            "{\"token\":\"4895370000000017\",\"pan\":4761739001010010}\n",
+        )
+        .unwrap();
+        let sp = PrepareSpec {
+            export: path,
+            ..base.clone()
+        };
+        let err = prepare(&sp, &s.cfg, &s.keys).unwrap_err().to_string();
+        assert!(
+            err.contains("line 1") && !err.contains("4761739001010010"),
+            "{err}"
+        );
+
         let sp = PrepareSpec {
             export: s.dir.path().join("missing.jsonl"),
             ..base
