@@ -14,6 +14,7 @@ use engine::serve::{self, ServeOptions};
 use engine::vault::provision::{provision, ProvisionSpec};
 use engine::vault::types::{CardNumber, DomainControls, TokenState, Velocity};
 use engine::vault::{OpenOptions, TokenizeRequest, Vault};
+use zeroize::Zeroizing;
 
 /// The top-level command line.
 #[derive(Debug, Parser)]
@@ -187,14 +188,15 @@ enum VaultCommand {
     },
     /// Create a token for a PAN (inactive unless --activate).
     #[command(
-        after_help = "Example:\n  tessera vault tokenize --data-dir /tmp/vault --pan 5413330089010012 --expiry 2812 \\\n    --profile mc_cvn16 --activate --pos-modes 05,07 --max-amount 50000:978 --velocity 10/3600"
+        after_help = "The PAN is read from standard input (or --pan-file), never from the command line:\nargv is visible to every user of the machine in `ps`.\n\nExample:\n  echo 5413330089010012 | tessera vault tokenize --data-dir /tmp/vault --expiry 2812 \\\n    --profile mc_cvn16 --activate --pos-modes 05,07 --max-amount 50000:978 --velocity 10/3600"
     )]
     Tokenize(TokenizeArgs),
     /// inactive -> active.
     Activate(StateArgs),
     /// active -> suspended.
     Suspend(StateArgs),
-    /// suspended -> active.
+    /// suspended -> active, or locked -> active (lifts the lock after
+    /// max_auth_failures failed authentications).
     Resume(StateArgs),
     /// any -> deleted (final).
     Delete(StateArgs),
@@ -217,9 +219,10 @@ struct StateArgs {
 struct TokenizeArgs {
     #[command(flatten)]
     dir: DataDir,
-    /// The card number (13-19 digits, Luhn-valid, not in a token range).
-    #[arg(long)]
-    pan: String,
+    /// A file whose first line is the card number (13-19 digits,
+    /// Luhn-valid, not in a token range); without it, standard input.
+    #[arg(long, value_name = "FILE")]
+    pan_file: Option<PathBuf>,
     /// Token expiry, YYMM.
     #[arg(long)]
     expiry: String,
@@ -462,7 +465,8 @@ fn vault_command(config: &Path, cmd: VaultCommand) -> Result<(), CliError> {
         }
         VaultCommand::Export { dir, out, with_pan } => {
             let vault = open(config, &dir)?;
-            let file = std::fs::File::create(&out)
+            // 0600: with --with-pan it holds every card number.
+            let file = engine::vault::permissions::create_private(&out)
                 .map_err(|e| CliError::new(format!("cannot create {}: {e}", out.display())))?;
             let mut w = BufWriter::new(file);
             let n = engine::vault::export::write_jsonl(&vault, &mut w, with_pan)?;
@@ -513,10 +517,10 @@ fn vault_command(config: &Path, cmd: VaultCommand) -> Result<(), CliError> {
             vault.wait_durable(lsn)?;
             println!("{}", token.digits());
         }
-        VaultCommand::Activate(a) => change_state(config, a, TokenState::Active)?,
-        VaultCommand::Resume(a) => change_state(config, a, TokenState::Active)?,
-        VaultCommand::Suspend(a) => change_state(config, a, TokenState::Suspended)?,
-        VaultCommand::Delete(a) => change_state(config, a, TokenState::Deleted)?,
+        VaultCommand::Activate(a) => change_state(config, a, TokenState::Active, false)?,
+        VaultCommand::Resume(a) => change_state(config, a, TokenState::Active, true)?,
+        VaultCommand::Suspend(a) => change_state(config, a, TokenState::Suspended, false)?,
+        VaultCommand::Delete(a) => change_state(config, a, TokenState::Deleted, false)?,
         VaultCommand::Snapshot { dir } => {
             let vault = open(config, &dir)?;
             vault.snapshot()?;
@@ -526,9 +530,27 @@ fn vault_command(config: &Path, cmd: VaultCommand) -> Result<(), CliError> {
     Ok(())
 }
 
-fn change_state(config: &Path, a: StateArgs, to: TokenState) -> Result<(), CliError> {
+/// `lifts_lock`: whether this command may take a locked token back to
+/// active (`resume` only).
+fn change_state(
+    config: &Path,
+    a: StateArgs,
+    to: TokenState,
+    lifts_lock: bool,
+) -> Result<(), CliError> {
     let t = token_arg(&a.token)?;
     let vault = open(config, &a.dir)?;
+    // A lock is lifted by `resume` only, a deliberate act, never as a side
+    // effect of `activate`.
+    if to == TokenState::Active
+        && vault.lookup(t).map(|v| v.state) == Some(TokenState::Locked)
+        && !lifts_lock
+    {
+        return Err(CliError::new(format!(
+            "token {} is locked after failed authentications: `tessera vault resume` lifts the lock",
+            t.masked()
+        )));
+    }
     let lsn = vault.set_state(t, to)?;
     vault.wait_durable(lsn)?;
     println!("{} {}", t.masked(), to.name());
@@ -548,8 +570,55 @@ fn parse_states(s: &str) -> Result<Vec<(TokenState, u32)>, CliError> {
         .collect()
 }
 
+/// The PAN from the first line of `--pan-file` or standard input; the
+/// bytes read are wiped once parsed.
+fn read_pan(file: Option<&Path>) -> Result<CardNumber, CliError> {
+    use std::io::Read as _;
+    let mut text = Zeroizing::new(Vec::with_capacity(64));
+    let source = match file {
+        Some(p) => {
+            warn_if_exposed(p, "PAN file");
+            std::fs::File::open(p)
+                .map_err(|e| CliError::new(format!("cannot open {}: {e}", p.display())))?
+                .take(256)
+                .read_to_end(&mut text)
+                .map_err(|e| CliError::new(format!("cannot read {}: {e}", p.display())))?;
+            p.display().to_string()
+        }
+        None => {
+            std::io::stdin()
+                .lock()
+                .take(256)
+                .read_to_end(&mut text)
+                .map_err(|e| {
+                    CliError::new(format!("cannot read the PAN from standard input: {e}"))
+                })?;
+            "standard input".to_owned()
+        }
+    };
+    let line = text
+        .split(|&b| b == b'\n')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    let digits = std::str::from_utf8(line)
+        .map_err(|_| CliError::new(format!("the PAN on {source} is not digits")))?;
+    if digits.is_empty() {
+        return Err(CliError::new(format!(
+            "no PAN on {source}: give it on standard input (`echo PAN | tessera vault tokenize ...`) or with --pan-file"
+        )));
+    }
+    Ok(CardNumber::parse("PAN", digits)?)
+}
+
+fn warn_if_exposed(path: &Path, what: &str) {
+    if let Some(w) = engine::vault::permissions::exposure_warning(path, what) {
+        eprintln!("tessera: {w}");
+    }
+}
+
 fn tokenize_request(a: &TokenizeArgs) -> Result<TokenizeRequest, CliError> {
-    let pan = CardNumber::parse("PAN", &a.pan)?;
+    let pan = read_pan(a.pan_file.as_deref())?;
     if a.expiry.len() != 4 {
         return Err(CliError::new("--expiry must be 4 digits, YYMM"));
     }

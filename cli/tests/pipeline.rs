@@ -362,7 +362,7 @@ fn retransmissions_are_answered_from_the_cache_and_reversals_undo_velocity() {
     assert_eq!(code(&run(&s.pipeline, &second)), "65");
     // ...until the first approval is reversed (DE 90 names it).
     let mut rev = IsoMessage::new(*b"0400");
-    for f in [2, 3, 4, 7, 11, 41, 49] {
+    for f in [2, 3, 4, 7, 11, 41, 42, 49] {
         if let Some(val) = req.get(f) {
             rev.set(f, val);
         }

@@ -119,10 +119,19 @@ pub struct VaultConfig {
     pub index_key: String,
     /// The 4-character BIN Controller Identifier that starts every PAR.
     pub par_bci: String,
+    /// Failed authentications in a row (wrong cryptogram or code, expiry
+    /// mismatch, ATC replay) after which a token is locked: 1 to 255.
+    #[serde(default = "default_max_auth_failures")]
+    pub max_auth_failures: u8,
 }
 
 fn default_snapshot_every() -> u64 {
     1_000_000
+}
+
+/// Six, as card networks' issuers count wrong cryptograms and codes.
+fn default_max_auth_failures() -> u8 {
+    6
 }
 
 /// A card profile as written in the file.
@@ -305,6 +314,11 @@ impl Config {
                 .all(|b| b.is_ascii_alphanumeric())
         {
             return Err(invalid("vault.par_bci must be 4 letters or digits"));
+        }
+        if file.vault.max_auth_failures == 0 {
+            return Err(invalid(
+                "vault.max_auth_failures must be 1 to 255 (failed authentications before a token is locked)",
+            ));
         }
         if file.profiles.len() > 255 {
             return Err(invalid("at most 255 profiles"));

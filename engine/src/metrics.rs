@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +22,10 @@ pub struct Metrics {
     buckets: Vec<AtomicU64>,
     latency_sum_us: AtomicU64,
     latency_count: AtomicU64,
+    /// Tokens locked after too many failed authentications.
+    tokens_locked: AtomicU64,
+    /// The journal failed (set once, never cleared).
+    journal_failed: AtomicBool,
 }
 
 impl Default for Metrics {
@@ -31,6 +35,8 @@ impl Default for Metrics {
             buckets: (0..=BUCKETS_US.len()).map(|_| AtomicU64::new(0)).collect(),
             latency_sum_us: AtomicU64::new(0),
             latency_count: AtomicU64::new(0),
+            tokens_locked: AtomicU64::new(0),
+            journal_failed: AtomicBool::new(false),
         }
     }
 }
@@ -53,6 +59,27 @@ impl Metrics {
         self.buckets[i].fetch_add(n, Ordering::Relaxed);
         self.latency_sum_us.fetch_add(us * n, Ordering::Relaxed);
         self.latency_count.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Count one token locked after failed authentications.
+    pub fn token_locked(&self) {
+        self.tokens_locked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Record that the journal failed; true for the first caller only (so
+    /// the failure is reported once).
+    pub fn set_journal_failed(&self) -> bool {
+        !self.journal_failed.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether the journal has failed.
+    pub fn journal_failed(&self) -> bool {
+        self.journal_failed.load(Ordering::Acquire)
+    }
+
+    /// Tokens locked so far by this process.
+    pub fn tokens_locked(&self) -> u64 {
+        self.tokens_locked.load(Ordering::Relaxed)
     }
 
     /// Answers so far by code, e.g. ("00", 1234), non-zero ones only.
@@ -92,6 +119,18 @@ impl Metrics {
         out.push_str(&format!(
             "tessera_request_duration_seconds_count {}\n",
             self.latency_count.load(Ordering::Relaxed)
+        ));
+        out.push_str("# HELP tessera_tokens_locked_total Tokens locked after max_auth_failures failed authentications in a row.\n");
+        out.push_str("# TYPE tessera_tokens_locked_total counter\n");
+        out.push_str(&format!(
+            "tessera_tokens_locked_total {}\n",
+            self.tokens_locked()
+        ));
+        out.push_str("# HELP tessera_journal_failed 1 once the vault journal failed: nothing can be approved until a restart.\n");
+        out.push_str("# TYPE tessera_journal_failed gauge\n");
+        out.push_str(&format!(
+            "tessera_journal_failed {}\n",
+            u8::from(self.journal_failed())
         ));
         out
     }

@@ -47,7 +47,13 @@ fn err(e: impl std::fmt::Display) -> String {
 /// Run the demo. `Ok(true)` when the ledger shows no mismatch.
 pub fn run_demo(config_path: &Path, spec: &DemoSpec) -> Result<bool, String> {
     let (cfg, keys) = Config::load(config_path).map_err(err)?;
-    let work = tempfile_dir()?;
+    // The test vault and its PAN export live in a private directory (0700,
+    // unpredictable name) that is removed however the demo ends: on return
+    // and on a panic by `TempDir`'s drop, on Ctrl-C or SIGTERM by
+    // `remove_on_signal`.
+    let work_dir = private_work_dir()?;
+    let work = work_dir.path().to_owned();
+    remove_on_signal(&work);
     let data = work.join("vault");
     let cfg = Arc::new(cfg);
     eprintln!(
@@ -128,13 +134,16 @@ pub fn run_demo(config_path: &Path, spec: &DemoSpec) -> Result<bool, String> {
         .map_err(err)?;
     let issuer_stats = issuer.stats();
     println!(
-        "issuer simulator: {} requests, {} approved, {} PAN mismatches",
-        issuer_stats.requests, issuer_stats.approved, issuer_stats.pan_mismatches
+        "issuer simulator: {} requests, {} approved, {} reversals, {} PAN mismatches",
+        issuer_stats.requests,
+        issuer_stats.approved,
+        issuer_stats.reversals,
+        issuer_stats.pan_mismatches
     );
     println!("report written to {}", spec.report_dir.display());
     engine.stop().map_err(err)?;
     issuer.stop();
-    let _ = std::fs::remove_dir_all(&work);
+    drop(work_dir);
     if outcome.result.pool_exhausted {
         // Not a wrong answer: the engine outran the prepared pool, and the
         // figures above cover the time it lasted.
@@ -147,15 +156,35 @@ pub fn run_demo(config_path: &Path, spec: &DemoSpec) -> Result<bool, String> {
     Ok(clean)
 }
 
-fn tempfile_dir() -> Result<PathBuf, String> {
-    let dir = std::env::temp_dir().join(format!("tessera-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(err)?;
-    Ok(dir)
+fn private_work_dir() -> Result<tempfile::TempDir, String> {
+    tempfile::Builder::new()
+        .prefix("tessera-demo-")
+        .tempdir()
+        .map_err(|e| format!("cannot create the demo's temporary directory: {e}"))
 }
 
-/// The vault's export with PANs (test data) for the simulators.
+/// On SIGINT or SIGTERM: remove the demo's directory, then exit as the
+/// signal would have (128 + signal number).
+fn remove_on_signal(work: &Path) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        return;
+    };
+    let work = work.to_owned();
+    let _ = std::thread::Builder::new()
+        .name("demo-cleanup".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                let _ = std::fs::remove_dir_all(&work);
+                eprintln!("demo: interrupted; removed {}", work.display());
+                std::process::exit(128 + sig);
+            }
+        });
+}
+
+/// The vault's export with PANs (test data) for the simulators, 0600.
 fn write_export(vault: &Vault, path: &Path) -> Result<(), String> {
-    let file = std::fs::File::create(path).map_err(err)?;
+    let file = engine::vault::permissions::create_private(path).map_err(err)?;
     engine::vault::export::write_jsonl(vault, std::io::BufWriter::new(file), true).map_err(err)?;
     Ok(())
 }

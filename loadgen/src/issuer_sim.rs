@@ -35,6 +35,8 @@ pub struct IssuerSimStats {
     /// Authorizations whose DE 2 was not the PAN of the token in DE 48
     /// (or without a known token): declined 05.
     pub pan_mismatches: u64,
+    /// Reversals (0400/0420) acknowledged.
+    pub reversals: u64,
 }
 
 #[derive(Debug, Default)]
@@ -42,6 +44,7 @@ struct IssuerSimCounters {
     requests: AtomicU64,
     approved: AtomicU64,
     pan_mismatches: AtomicU64,
+    reversals: AtomicU64,
     auth_ids: AtomicU64,
 }
 
@@ -77,7 +80,11 @@ impl SimHandler {
         let pan_ok = token_from_de48(&req)
             .and_then(|t| self.pans.get(&t))
             .is_some_and(|pan| req.get(2) == Some(pan.as_bytes()));
-        if pan_ok {
+        if pan_ok && &mti[..2] == b"04" {
+            // A reversal (0400/0420): acknowledged, no authorization id.
+            c.reversals.fetch_add(1, Ordering::Relaxed);
+            resp.set(39, b"00");
+        } else if pan_ok {
             c.approved.fetch_add(1, Ordering::Relaxed);
             let n = c.auth_ids.fetch_add(1, Ordering::Relaxed) % 1_000_000;
             resp.set(38, format!("{n:06}").into_bytes());
@@ -155,6 +162,7 @@ impl IssuerSim {
             requests: c.requests.load(Ordering::Relaxed),
             approved: c.approved.load(Ordering::Relaxed),
             pan_mismatches: c.pan_mismatches.load(Ordering::Relaxed),
+            reversals: c.reversals.load(Ordering::Relaxed),
         }
     }
 
@@ -191,6 +199,9 @@ pub fn start(
 /// `token -> PAN` from a vault export written with `--with-pan`.
 pub fn pans_from_export(path: impl AsRef<Path>) -> io::Result<HashMap<String, String>> {
     let path = path.as_ref();
+    if let Some(w) = engine::vault::permissions::exposure_warning(path, "PAN export") {
+        eprintln!("tessera-loadgen: {w}");
+    }
     let file = std::fs::File::open(path)?;
     let mut out = HashMap::new();
     for (n, line) in io::BufReader::new(file).lines().enumerate() {

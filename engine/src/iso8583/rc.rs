@@ -5,6 +5,9 @@
 pub const APPROVED: [u8; 2] = *b"00";
 /// Invalid card number: unknown or deleted token.
 pub const INVALID_CARD: [u8; 2] = *b"14";
+/// Unable to locate original transaction: a reversal that matches no
+/// approval (wrong token, amount above the original, other terminal).
+pub const NO_ORIGINAL: [u8; 2] = *b"25";
 /// Format error.
 pub const FORMAT_ERROR: [u8; 2] = *b"30";
 /// Expired card (or expiry mismatch).
@@ -19,6 +22,9 @@ pub const VELOCITY: [u8; 2] = *b"65";
 pub const VISA_CRYPTO: [u8; 2] = *b"82";
 /// Mastercard: cryptographic failure.
 pub const MC_CRYPTO: [u8; 2] = *b"88";
+/// Duplicate transmission: the keys of an earlier request (MTI class,
+/// DE 11, 41, 7, card) with other content.
+pub const DUPLICATE: [u8; 2] = *b"94";
 /// Issuer or switch inoperative: no issuer answer in time.
 pub const ISSUER_UNAVAILABLE: [u8; 2] = *b"91";
 /// System malfunction.

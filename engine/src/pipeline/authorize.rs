@@ -58,11 +58,16 @@ impl Pipeline {
         let Some(view) = self.vault.lookup(token) else {
             return Err(Decision::decline(Decline::UnknownToken));
         };
+        let Some(pk) = self.profiles.get(usize::from(view.profile)) else {
+            return Err(Decision::decline(Decline::NoProfile));
+        };
+        let family = Family::of(pk.profile.scheme);
         match view.state {
             TokenState::Deleted => return Err(Decision::decline(Decline::TokenDeleted)),
             TokenState::Inactive | TokenState::Suspended => {
                 return Err(Decision::decline(Decline::TokenNotActive))
             }
+            TokenState::Locked => return Err(Decision::decline(Decline::TokenLocked(family))),
             TokenState::Active => {}
         }
         if view.expiry_yymm < now.yymm {
@@ -70,7 +75,7 @@ impl Pipeline {
         }
         if let Some(e) = expiry {
             if digits_value(&e) != Some(u64::from(view.expiry_yymm)) {
-                return Err(Decision::decline(Decline::ExpiryMismatch));
+                return Err(self.failed(&view, Decision::decline(Decline::ExpiryMismatch)));
             }
         }
         let pos_entry_mode = req
@@ -92,10 +97,6 @@ impl Pipeline {
         }
 
         // 3. Cryptogram, by the token's profile.
-        let Some(pk) = self.profiles.get(usize::from(view.profile)) else {
-            return Err(Decision::decline(Decline::NoProfile));
-        };
-        let family = Family::of(pk.profile.scheme);
         let Ok(card_pan) = Pan::new(&token.digits()) else {
             return Err(Decision::decline(Decline::TokenFormat));
         };
@@ -109,7 +110,7 @@ impl Pipeline {
             (SchemeKeys::Dcvv(_), _) => self.dcvv_check(&track, &view, pk, family),
             _ => Err(Decision::decline(Decline::ProfileKeys)),
         };
-        let (atc, kind) = kind?;
+        let (atc, kind) = kind.map_err(|d| self.failed(&view, d))?;
         Ok(CryptoCheck {
             view,
             family,
@@ -307,7 +308,7 @@ impl Pipeline {
                 CheckKind::Cvc3 { .. } => CryptoFailure::Cvc3Mismatch,
                 CheckKind::Dcvv { .. } => CryptoFailure::DcvvMismatch,
             };
-            return Decision::decline(Decline::Crypto(family, failure));
+            return self.failed(&view, Decision::decline(Decline::Crypto(family, failure)));
         }
         let icc = match kind {
             CheckKind::Chip(chip) => Some(Box::new(ChipAnswer {
@@ -325,13 +326,44 @@ impl Pipeline {
                 lsn: Some(lsn),
                 approved: Some((view, now.secs)),
             },
-            Err(ApprovalRefused::Atc(_)) => {
-                Decision::decline(Decline::Crypto(family, CryptoFailure::AtcReplay))
-            }
+            Err(ApprovalRefused::Atc(_)) => self.failed(
+                &view,
+                Decision::decline(Decline::Crypto(family, CryptoFailure::AtcReplay)),
+            ),
             Err(ApprovalRefused::Velocity) => Decision::decline(Decline::Velocity),
+            // Locked by a failure earlier in this batch (or concurrently):
+            // the same answer as any request to a locked token.
+            Err(ApprovalRefused::NotActive)
+                if self.vault.lookup(view.token).map(|v| v.state) == Some(TokenState::Locked) =>
+            {
+                Decision::decline(Decline::TokenLocked(family))
+            }
             Err(ApprovalRefused::NotActive) => Decision::decline(Decline::TokenNotActive),
             Err(ApprovalRefused::Storage) => Decision::decline(Decline::Journal),
         }
+    }
+}
+
+impl Pipeline {
+    /// A decline of a known token: if it is a failed authentication, count
+    /// it against the token, and if that locks the token, make the answer
+    /// wait for the lock to be durable (a crash must not hand a guesser a
+    /// fresh count).
+    fn failed(&self, view: &RecordView, mut d: Decision) -> Decision {
+        if !d.decline.is_some_and(|x| x.counts_against_token()) {
+            return d;
+        }
+        match self.vault.auth_failed(view) {
+            Ok(Some(lsn)) => {
+                self.metrics.token_locked();
+                d.lsn = Some(lsn);
+            }
+            Ok(None) => {}
+            // The token is locked in memory (declined from now on); the
+            // journal failure itself is reported by the journal.
+            Err(_) => self.metrics.token_locked(),
+        }
+        d
     }
 }
 

@@ -7,7 +7,7 @@ use crate::vault::records::RecordView;
 
 use super::crypto::{ChipAnswer, CryptoCheck};
 use super::decline::Decline;
-use super::retransmit::RequestKey;
+use super::retransmit::RequestId;
 
 /// What the pipeline decided for one request.
 pub(super) struct Decision {
@@ -49,6 +49,22 @@ pub(super) enum Slot {
     Auth(Box<PendingAuth>),
     /// An authorization waiting for the batch's cryptogram checks.
     Crypto(Box<PendingCrypto>),
+    /// A reversal applied to the vault, to forward to the issuer (when one
+    /// is configured) before it is answered.
+    Reversal(Box<PendingReversal>),
+}
+
+/// A reversal that matched its original and was applied.
+pub(super) struct PendingReversal {
+    pub req: IsoMessage,
+    /// The answer so far (echoed fields; DE 39 00 unless the issuer says
+    /// otherwise).
+    pub resp: IsoMessage,
+    /// The reversed token's record (to detokenize for the issuer).
+    pub view: RecordView,
+    /// The journal position of the velocity it gave back.
+    pub lsn: Option<Lsn>,
+    pub key: Option<RequestId>,
 }
 
 /// An authorization whose cryptogram is checked with the rest of the
@@ -57,7 +73,7 @@ pub(super) struct PendingCrypto {
     pub req: IsoMessage,
     pub resp: IsoMessage,
     pub check: CryptoCheck,
-    pub key: Option<RequestKey>,
+    pub key: Option<RequestId>,
 }
 
 /// An authorization decided by the engine, not yet answered.
@@ -66,5 +82,5 @@ pub(super) struct PendingAuth {
     /// The answer so far (echoed fields).
     pub resp: IsoMessage,
     pub decision: Decision,
-    pub key: Option<RequestKey>,
+    pub key: Option<RequestId>,
 }

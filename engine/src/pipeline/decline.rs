@@ -102,6 +102,10 @@ pub(super) enum Decline {
     Journal,
     /// The card's proof failed.
     Crypto(Family, CryptoFailure),
+    /// The token is locked after too many failed authentications: answered
+    /// as a cryptogram failure whatever the cryptogram, so that a guesser
+    /// learns nothing from the answer.
+    TokenLocked(Family),
     /// The issuer declined with this code.
     Issuer([u8; 2]),
     /// No issuer answer in time.
@@ -121,10 +125,18 @@ impl Decline {
             DomainControl => rc::NOT_PERMITTED,
             Velocity => rc::VELOCITY,
             NoProfile | ProfileKeys | DcvvRefused | Journal => rc::SYSTEM_ERROR,
-            Crypto(family, _) => family.failure_code(),
+            Crypto(family, _) | TokenLocked(family) => family.failure_code(),
             Issuer(code) => code,
             IssuerTimeout => rc::ISSUER_UNAVAILABLE,
         }
+    }
+
+    /// Whether this decline is a failed authentication of a known token,
+    /// counted towards its lock: a wrong cryptogram or code, a replayed
+    /// ATC, an expiry that is not the token's (else the expiry could be
+    /// probed for free before the code).
+    pub(super) fn counts_against_token(self) -> bool {
+        matches!(self, Decline::Crypto(..) | Decline::ExpiryMismatch)
     }
 
     /// DE 44 and the decline log: a short reason, never secret data.
@@ -160,6 +172,7 @@ impl Decline {
             Crypto(_, C::ArqcMismatch) => "ARQC_MISMATCH",
             Crypto(_, C::Cvc3Mismatch) => "CVC3_MISMATCH",
             Crypto(_, C::DcvvMismatch) => "DCVV_MISMATCH",
+            TokenLocked(_) => "TOKEN_LOCKED",
             Issuer(_) => "ISSUER_DECLINE",
             IssuerTimeout => "ISSUER_TIMEOUT",
         }
@@ -187,6 +200,13 @@ mod tests {
         assert_eq!(Decline::Crypto(visa, replay).code(), *b"82");
         assert_eq!(Decline::Crypto(mc, replay).code(), *b"88");
         assert_eq!(Decline::Crypto(mc, replay).text(), "ATC_REPLAY");
+        assert_eq!(Decline::TokenLocked(visa).code(), *b"82");
+        assert_eq!(Decline::TokenLocked(mc).code(), *b"88");
+        assert_eq!(Decline::TokenLocked(mc).text(), "TOKEN_LOCKED");
+        assert!(Decline::Crypto(mc, replay).counts_against_token());
+        assert!(Decline::ExpiryMismatch.counts_against_token());
+        assert!(!Decline::TokenLocked(mc).counts_against_token());
+        assert!(!Decline::Velocity.counts_against_token());
     }
 
     #[test]

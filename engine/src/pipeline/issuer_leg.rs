@@ -1,7 +1,8 @@
-//! The issuer leg: every request the engine would approve goes to the
-//! issuer with DE 2 = the PAN and the token in DE 48, one batch per read;
-//! the issuer's DE 39 (and 38) decide, and a decline undoes the velocity
-//! count. No answer in time: 91.
+//! The issuer leg: every request the engine would approve, and every
+//! reversal that matched its original, goes to the issuer with DE 2 = the
+//! PAN and the token in DE 48, one batch per read; the issuer's DE 39 (and
+//! 38) decide, and a decline undoes the velocity count (journaled). No
+//! answer in time: 91.
 
 use crate::iso8583::de48::put_token_in_de48;
 use crate::iso8583::rc;
@@ -19,12 +20,13 @@ impl Pipeline {
         let Some(link) = &self.issuer else { return };
         let mut which = Vec::new();
         let mut requests = Vec::new();
-        // Every approved token's PAN in one multi-block AES pass.
+        // Every approved or reversed token's PAN in one multi-block AES pass.
         let approved: Vec<(usize, RecordView)> = slots
             .iter()
             .enumerate()
             .filter_map(|(i, slot)| match slot {
                 Slot::Auth(p) => p.decision.approved.as_ref().map(|(v, _)| (i, *v)),
+                Slot::Reversal(r) => Some((i, r.view)),
                 _ => None,
             })
             .collect();
@@ -32,11 +34,15 @@ impl Pipeline {
         let pans = self.vault.detokenize_many(&views);
         for ((i, view), pan) in approved.iter().zip(pans) {
             let (i, view) = (*i, view);
-            let Slot::Auth(p) = &slots[i] else { continue };
+            let req = match &slots[i] {
+                Slot::Auth(p) => &p.req,
+                Slot::Reversal(r) => &r.req,
+                _ => continue,
+            };
             let Some(pan) = pan else {
                 continue;
             };
-            let mut fwd = p.req.clone();
+            let mut fwd = req.clone();
             fwd.set(2, pan.0.digits().into_bytes());
             for f in [35, 45, 52, 55] {
                 fwd.remove(f);
@@ -50,8 +56,26 @@ impl Pipeline {
         }
         let answers = link.forward_batch(requests);
         for (i, answer) in which.into_iter().zip(answers) {
-            let Slot::Auth(p) = &mut slots[i] else {
-                continue;
+            let p = match &mut slots[i] {
+                Slot::Auth(p) => p,
+                Slot::Reversal(r) => {
+                    // The reversal stands here whatever the issuer says
+                    // (the card's approval was undone); its answer is the
+                    // issuer's, 91 if none came.
+                    let code = answer
+                        .as_ref()
+                        .and_then(|a| a.get(39))
+                        .and_then(|c| <[u8; 2]>::try_from(c).ok());
+                    match code {
+                        Some(code) => r.resp.set(39, code),
+                        None => {
+                            r.resp.set(39, rc::ISSUER_UNAVAILABLE);
+                            r.resp.set(44, Decline::IssuerTimeout.text().as_bytes());
+                        }
+                    }
+                    continue;
+                }
+                _ => continue,
             };
             let decline = match answer
                 .as_ref()
@@ -68,7 +92,9 @@ impl Pipeline {
                 }
             } else {
                 if let Some((view, at)) = &p.decision.approved {
-                    self.vault.reverse_approval(view, *at);
+                    // A journal failure here is reported by the journal;
+                    // the count is given back in memory regardless.
+                    let _ = self.vault.reverse_approval(view, *at);
                 }
                 p.decision.approved = None;
                 p.decision.decline = decline;

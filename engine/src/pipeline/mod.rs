@@ -5,8 +5,10 @@
 //! cryptogram with keys derived from the token as the card's PAN (the PAN
 //! behind the token never enters cryptogram verification), accept the ATC
 //! exactly once, and answer with DE 39 (and DE 55 tag 91 carrying the ARPC
-//! for chip). 0800 is answered 0810; 0400/0420 reversals undo the
-//! original's velocity count.
+//! for chip). Failed authentications count towards the token's lock. 0800
+//! is answered 0810; an 0400/0420 reversal that matches its original undoes
+//! its velocity count (journaled) and goes to the issuer; one that does not
+//! match is answered 25.
 //!
 //! Requests are handled in batches (whatever the listener read together);
 //! the journal is waited on once per batch, so in `sync` durability no
@@ -46,14 +48,16 @@ use crate::vault::journal::Lsn;
 use crate::vault::Vault;
 use clock::Now;
 use crypto::CryptoCheck;
-use decision::{PendingAuth, PendingCrypto, Slot};
+use decision::{PendingAuth, PendingCrypto, PendingReversal, Slot};
 use release::DecidedBatch;
-use retransmit::{request_key, RecentAnswers, RequestKey};
+use retransmit::{request_key, ContentDigester, RecentAnswers, RequestId};
 use reversals::Approvals;
 use shards::Sharded;
 
 /// Fields an authorization answer echoes from the request.
 const ECHO: [u8; 12] = [2, 3, 4, 7, 11, 12, 13, 32, 37, 41, 42, 49];
+/// Fields a reversal answer echoes.
+const REVERSAL_ECHO: [u8; 13] = [2, 3, 4, 7, 11, 12, 13, 32, 37, 41, 42, 49, 90];
 
 /// The authorization pipeline.
 #[derive(Debug)]
@@ -68,6 +72,8 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     /// Answers of recent requests, for retransmissions and repeats.
     recent: Arc<Sharded<RecentAnswers>>,
+    /// Digests request content for the retransmission check.
+    digester: ContentDigester,
     /// The issuer leg, when configured; otherwise the engine stands in.
     issuer: Option<IssuerLink>,
     /// Write one line per decline to stderr (`serve`: yes; the demo, whose
@@ -86,6 +92,7 @@ impl Pipeline {
             approvals: Approvals::default(),
             metrics: Arc::new(Metrics::default()),
             recent: Arc::new(Sharded::default()),
+            digester: ContentDigester::random(),
             issuer: None,
             log_declines: true,
         }
@@ -131,13 +138,17 @@ impl Pipeline {
         self.check_cryptograms(&mut slots, now);
         self.forward_to_issuer(&mut slots);
         let mut wait_for = Lsn::default();
-        let mut keys: Vec<Option<(RequestKey, Option<Lsn>)>> = Vec::with_capacity(slots.len());
+        let mut keys: Vec<Option<(RequestId, Option<Lsn>)>> = Vec::with_capacity(slots.len());
         let answers: Vec<Option<IsoMessage>> = slots
             .into_iter()
             .map(|slot| {
                 let (answer, lsn, key) = match slot {
                     Slot::Ready(a, lsn) => (a, lsn, None),
                     Slot::Auth(p) => self.finish(*p, now),
+                    Slot::Reversal(r) => {
+                        let PendingReversal { resp, lsn, key, .. } = *r;
+                        (Some(resp), lsn, key)
+                    }
                     Slot::Crypto(_) => unreachable!("check_cryptograms concluded every check"),
                 };
                 if let Some(lsn) = lsn {
@@ -209,7 +220,7 @@ impl Pipeline {
         &self,
         p: PendingAuth,
         now: Now,
-    ) -> (Option<IsoMessage>, Option<Lsn>, Option<RequestKey>) {
+    ) -> (Option<IsoMessage>, Option<Lsn>, Option<RequestId>) {
         let PendingAuth {
             req,
             mut resp,
@@ -255,22 +266,28 @@ impl Pipeline {
         };
         // A retransmission or a repeat (xxx1) is answered from the cache,
         // never processed twice; its answer still waits for the original's
-        // journal position.
-        let key: Option<RequestKey> = match (req.get(11), req.get(41), req.get(7)) {
+        // journal position. Only if its content is the original's: the
+        // same keys with other content (a raised DE 4) are answered 94.
+        let key: Option<RequestId> = match (req.get(11), req.get(41), req.get(7)) {
             (Some(stan), Some(tid), Some(de7)) if &mti[..3] != b"080" => {
                 let card = req.get(2).or_else(|| req.get(35)).unwrap_or_default();
-                Some(request_key(&mti, [stan, tid, de7, card]))
+                let k = request_key(&mti, [stan, tid, de7, card]);
+                Some((k, self.digester.digest(&req)))
             }
             _ => None,
         };
-        if let Some(k) = &key {
+        if let Some((k, digest)) = &key {
             let cached = self.recent.lock_for(k).get(k, now.secs);
-            // The answer as sent, with the MTI of this request's answer.
-            if let Some(mut answer) =
-                cached.and_then(|(bytes, lsn)| self.dialect.decode(&bytes).ok().map(|m| (m, lsn)))
-            {
-                answer.0.set_mti(resp_mti);
-                return Slot::Ready(Some(answer.0), answer.1);
+            match cached {
+                Some(c) if c.digest == *digest => {
+                    // The answer as sent, with the MTI of this request's answer.
+                    if let Ok(mut answer) = self.dialect.decode(&c.answer) {
+                        answer.set_mti(resp_mti);
+                        return Slot::Ready(Some(answer), c.lsn);
+                    }
+                }
+                Some(_) => return Slot::Ready(Some(self.duplicate(&req, resp_mti)), None),
+                None => {}
             }
         }
         let mut resp = IsoMessage::new(resp_mti);
@@ -293,23 +310,7 @@ impl Pipeline {
                     })),
                 }
             }
-            b"040" | b"042" => {
-                echo(
-                    &req,
-                    &mut resp,
-                    &[2, 3, 4, 7, 11, 12, 13, 32, 37, 41, 42, 49, 90],
-                );
-                if let Some(original) = self.approvals.take(&req) {
-                    if let Some(view) = self.vault.lookup(original.token) {
-                        self.vault.reverse_approval(&view, original.at_secs);
-                    }
-                }
-                resp.set(39, rc::APPROVED);
-                if let (Some(k), Ok(bytes)) = (key, self.dialect.encode(&resp)) {
-                    self.recent.lock_for(&k).insert(k, bytes, None, now.secs);
-                }
-                Slot::Ready(Some(resp), None)
-            }
+            b"040" | b"042" => self.reverse(req, resp, key),
             b"080" => {
                 echo(&req, &mut resp, &[7, 11, 70]);
                 resp.set(39, rc::APPROVED);
@@ -321,6 +322,63 @@ impl Pipeline {
                 Slot::Ready(Some(resp), None)
             }
         }
+    }
+}
+
+impl Pipeline {
+    /// Same keys as an earlier request, other content: 94, echoing this
+    /// request's own fields (never the earlier one's), and not cached (the
+    /// original's answer stays the one a true repeat gets).
+    fn duplicate(&self, req: &IsoMessage, resp_mti: [u8; 4]) -> IsoMessage {
+        let mut resp = IsoMessage::new(resp_mti);
+        echo(req, &mut resp, &ECHO);
+        resp.set(39, rc::DUPLICATE);
+        resp.set(44, b"DUPLICATE_TRANSMISSION");
+        if self.log_declines {
+            log_decline(req, rc::DUPLICATE, "DUPLICATE_TRANSMISSION");
+        }
+        resp
+    }
+
+    /// An 0400/0420: if it matches its original, give the original's
+    /// velocity count back (journaled) and forward it to the issuer; if not,
+    /// 25 and nothing changes.
+    fn reverse(&self, req: IsoMessage, mut resp: IsoMessage, key: Option<RequestId>) -> Slot {
+        echo(&req, &mut resp, &REVERSAL_ECHO);
+        let original = match self.approvals.take_matching(&req) {
+            Ok(o) => o,
+            Err(why) => {
+                resp.set(39, rc::NO_ORIGINAL);
+                resp.set(44, why.text().as_bytes());
+                if self.log_declines {
+                    log_decline(&req, rc::NO_ORIGINAL, why.text());
+                }
+                return Slot::Ready(Some(resp), None);
+            }
+        };
+        let Some(view) = self.vault.lookup(original.token) else {
+            resp.set(39, rc::NO_ORIGINAL);
+            resp.set(44, b"NO_ORIGINAL");
+            return Slot::Ready(Some(resp), None);
+        };
+        // A journal failure leaves the answer waiting on a position that
+        // never becomes durable: release answers it 96.
+        let lsn = match self.vault.reverse_approval(&view, original.at_secs) {
+            Ok(lsn) => Some(lsn),
+            Err(_) => {
+                resp.set(39, rc::SYSTEM_ERROR);
+                resp.set(44, b"JOURNAL");
+                return Slot::Ready(Some(resp), None);
+            }
+        };
+        resp.set(39, rc::APPROVED);
+        Slot::Reversal(Box::new(PendingReversal {
+            req,
+            resp,
+            view,
+            lsn,
+            key,
+        }))
     }
 }
 

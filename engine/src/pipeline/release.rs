@@ -11,14 +11,14 @@ use crate::vault::journal::Lsn;
 use crate::vault::Vault;
 
 use super::clock::Now;
-use super::retransmit::{RecentAnswers, RequestKey};
+use super::retransmit::{CachedAnswer, RecentAnswers, RequestId};
 use super::shards::Sharded;
 
 /// A batch decided, its answers not yet released: they leave once every
 /// approval in it is durable (one wait for the whole batch).
 pub(super) struct DecidedBatch {
     pub answers: Vec<Option<IsoMessage>>,
-    pub keys: Vec<Option<(RequestKey, Option<Lsn>)>>,
+    pub keys: Vec<Option<(RequestId, Option<Lsn>)>>,
     pub wait_for: Lsn,
     pub started: Instant,
     pub now: Now,
@@ -59,10 +59,13 @@ impl DecidedBatch {
             .collect();
         // Remember what was sent, for retransmissions and repeats.
         for (key, bytes) in self.keys.into_iter().zip(&encoded) {
-            if let (Some((k, lsn)), Some(bytes)) = (key, bytes) {
-                self.recent
-                    .lock_for(&k)
-                    .insert(k, bytes.clone(), lsn, self.now.secs);
+            if let (Some(((k, digest), lsn)), Some(bytes)) = (key, bytes) {
+                let entry = CachedAnswer {
+                    digest,
+                    answer: bytes.clone(),
+                    lsn,
+                };
+                self.recent.lock_for(&k).insert(k, entry, self.now.secs);
             }
         }
         encoded

@@ -2,19 +2,32 @@
 //! 0400/0420 naming its original in DE 90 finds the token and the time
 //! whose velocity count it undoes. Bounded: a shard (1/64 of the map) is
 //! cleared when it holds its share.
+//!
+//! A reversal must match its original, not only name it: same token, same
+//! terminal and merchant (DE 41, 42), same currency, an amount no higher
+//! than the original's, and DE 90's original MTI. Anything else is a
+//! forged or mistaken reversal: 25 (unable to locate original), and the
+//! original stays reversible by the genuine one.
 
 use crate::iso8583::{digits_value, IsoMessage};
 use crate::vault::types::CardNumber;
 
 use super::shards::{FastMap, Sharded, SHARDS};
 
-/// An approval remembered for reversals: which token, when.
-#[derive(Debug, Clone, Copy)]
+/// An approval remembered for reversals.
+#[derive(Debug, Clone)]
 pub(super) struct ApprovalRecord {
     /// The approved token.
     pub token: CardNumber,
     /// When its velocity was counted.
     pub at_secs: u32,
+    /// DE 4 and DE 49 of the approval.
+    amount: u64,
+    currency: u64,
+    /// The first three digits of the approval's MTI (`010`, `020`).
+    mti_class: [u8; 3],
+    /// DE 41 and DE 42, each length-prefixed.
+    terminal: Box<[u8]>,
 }
 
 /// Approvals kept for matching reversals (bounded: a shard, 1/64 of the
@@ -23,6 +36,46 @@ const MAX_REMEMBERED_APPROVALS: usize = 1 << 20;
 
 /// (DE 11, DE 7, DE 32) of an approval.
 type ApprovalKey = (u32, u64, u64);
+
+/// Why a reversal was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NoOriginal {
+    /// DE 90 is missing or not 42 digits.
+    NoOriginalData,
+    /// No remembered approval has DE 90's keys (never approved, already
+    /// reversed, or forgotten).
+    Unknown,
+    /// An approval has those keys but the reversal does not match it.
+    Mismatch(&'static str),
+}
+
+impl NoOriginal {
+    /// DE 44 of the 25 answer.
+    pub(super) fn text(self) -> &'static str {
+        match self {
+            NoOriginal::NoOriginalData => "NO_ORIGINAL_DATA",
+            NoOriginal::Unknown => "NO_ORIGINAL",
+            NoOriginal::Mismatch(what) => what,
+        }
+    }
+}
+
+/// DE 41 and DE 42, length-prefixed.
+fn terminal_of(req: &IsoMessage) -> Box<[u8]> {
+    let mut t = Vec::with_capacity(26);
+    for f in [41, 42] {
+        let v = req.get(f).unwrap_or_default();
+        t.push(v.len().min(255) as u8);
+        t.extend_from_slice(v);
+    }
+    t.into_boxed_slice()
+}
+
+/// DE 2 as a card number.
+fn token_of(req: &IsoMessage) -> Option<CardNumber> {
+    req.get(2)
+        .and_then(|t| CardNumber::parse_digits("token", std::str::from_utf8(t).ok()?).ok())
+}
 
 /// Approvals remembered for reversals.
 #[derive(Debug, Default)]
@@ -39,36 +92,135 @@ impl Approvals {
         ))
     }
 
-    /// Remember the approval of `req` (DE 2, 11, 7, 32) at `now_secs`.
+    /// Remember the approval of `req` (DE 2, 4, 7, 11, 32, 41, 42, 49) at
+    /// `now_secs`.
     pub(super) fn remember(&self, req: &IsoMessage, now_secs: u32) {
-        let token = req
-            .get(2)
-            .and_then(|t| CardNumber::parse_digits("token", std::str::from_utf8(t).ok()?).ok());
         let key = Self::key(
             req.get(11).unwrap_or_default(),
             req.get(7).unwrap_or_default(),
             req.get(32).unwrap_or_default(),
         );
-        if let (Some(token), Some(key)) = (token, key) {
-            let mut m = self.map.lock_for(&key);
-            if m.len() >= MAX_REMEMBERED_APPROVALS / SHARDS {
-                m.clear(); // bounded memory: old approvals can no longer be reversed
-            }
-            m.insert(
-                key,
-                ApprovalRecord {
-                    token,
-                    at_secs: now_secs,
-                },
-            );
+        let amount = req.get(4).and_then(digits_value);
+        let currency = req.get(49).and_then(digits_value);
+        let (Some(token), Some(key), Some(amount), Some(currency)) =
+            (token_of(req), key, amount, currency)
+        else {
+            return;
+        };
+        let mti = req.mti();
+        let record = ApprovalRecord {
+            token,
+            at_secs: now_secs,
+            amount,
+            currency,
+            mti_class: [mti[0], mti[1], mti[2]],
+            terminal: terminal_of(req),
+        };
+        let mut m = self.map.lock_for(&key);
+        if m.len() >= MAX_REMEMBERED_APPROVALS / SHARDS {
+            m.clear(); // bounded memory: old approvals can no longer be reversed
         }
+        m.insert(key, record);
     }
 
-    /// The original an 0400/0420 reverses, forgotten as it is returned.
+    /// The original an 0400/0420 reverses, if the reversal matches it;
+    /// forgotten as it is returned, so a reversal applies once. A
+    /// reversal that does not match leaves the original in place.
     /// DE 90 is MTI(4) STAN(6) DE7(10) acquirer(11) forwarding(11).
-    pub(super) fn take(&self, req: &IsoMessage) -> Option<ApprovalRecord> {
-        let de90 = req.get(90).filter(|d| d.len() == 42)?;
-        let key = Self::key(&de90[4..10], &de90[10..20], &de90[20..31])?;
-        self.map.lock_for(&key).remove(&key)
+    pub(super) fn take_matching(&self, req: &IsoMessage) -> Result<ApprovalRecord, NoOriginal> {
+        let de90 = req
+            .get(90)
+            .filter(|d| d.len() == 42)
+            .ok_or(NoOriginal::NoOriginalData)?;
+        let key = Self::key(&de90[4..10], &de90[10..20], &de90[20..31])
+            .ok_or(NoOriginal::NoOriginalData)?;
+        let mut shard = self.map.lock_for(&key);
+        let original = shard.get(&key).ok_or(NoOriginal::Unknown)?;
+        check_match(req, &de90[..4], original)?;
+        Ok(shard.remove(&key).expect("looked up under the same lock"))
+    }
+}
+
+/// Whether `req` may reverse `original`.
+fn check_match(
+    req: &IsoMessage,
+    original_mti: &[u8],
+    original: &ApprovalRecord,
+) -> Result<(), NoOriginal> {
+    if original_mti[..3] != original.mti_class {
+        return Err(NoOriginal::Mismatch("ORIGINAL_MTI_MISMATCH"));
+    }
+    if token_of(req) != Some(original.token) {
+        return Err(NoOriginal::Mismatch("TOKEN_MISMATCH"));
+    }
+    match req.get(4).and_then(digits_value) {
+        Some(a) if a <= original.amount => {}
+        _ => return Err(NoOriginal::Mismatch("AMOUNT_ABOVE_ORIGINAL")),
+    }
+    if req.get(49).and_then(digits_value) != Some(original.currency) {
+        return Err(NoOriginal::Mismatch("CURRENCY_MISMATCH"));
+    }
+    if terminal_of(req) != original.terminal {
+        return Err(NoOriginal::Mismatch("TERMINAL_MISMATCH"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn approval() -> IsoMessage {
+        let mut m = IsoMessage::new(*b"0100");
+        m.set(2, b"4000001234567899");
+        m.set(4, b"000000001000");
+        m.set(7, b"1121120000");
+        m.set(11, b"000042");
+        m.set(41, b"TERM0001");
+        m.set(42, b"MERCHANT0000001");
+        m.set(49, b"978");
+        m
+    }
+
+    fn reversal() -> IsoMessage {
+        let mut m = approval();
+        m.set_mti(*b"0400");
+        m.set(11, b"000043");
+        let mut de90 = b"0100000042".to_vec();
+        de90.extend_from_slice(b"1121120000");
+        de90.extend_from_slice(&[b'0'; 22]);
+        m.set(90, de90);
+        m
+    }
+
+    #[test]
+    fn a_reversal_must_match_its_original_and_applies_once() {
+        let a = Approvals::default();
+        a.remember(&approval(), 100);
+        let forged: [(u8, &[u8], &str); 5] = [
+            (2, b"4000001234567881", "TOKEN_MISMATCH"),
+            (4, b"000000001001", "AMOUNT_ABOVE_ORIGINAL"),
+            (49, b"840", "CURRENCY_MISMATCH"),
+            (41, b"TERM0002", "TERMINAL_MISMATCH"),
+            (42, b"OTHERMERCHANT01", "TERMINAL_MISMATCH"),
+        ];
+        for (field, value, why) in forged {
+            let mut r = reversal();
+            r.set(field, value);
+            assert_eq!(a.take_matching(&r).unwrap_err(), NoOriginal::Mismatch(why));
+        }
+        let mut r = reversal();
+        r.remove(90);
+        assert_eq!(a.take_matching(&r).unwrap_err(), NoOriginal::NoOriginalData);
+        // The forgeries left the original in place; a partial reversal of
+        // the genuine one matches, once.
+        let mut partial = reversal();
+        partial.set(4, b"000000000400");
+        let got = a.take_matching(&partial).unwrap();
+        assert_eq!(got.at_secs, 100);
+        assert_eq!(
+            a.take_matching(&reversal()).unwrap_err(),
+            NoOriginal::Unknown
+        );
     }
 }

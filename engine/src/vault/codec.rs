@@ -34,11 +34,13 @@
 //!                controls u32, state u8, atc_window u64, velocity u64
 //! 0x03 State:    token card, state u8
 //! 0x04 Atc:      token card, atc u16, at_secs u32
+//! 0x05 Velocity: token card, velocity u64 (the counter after a reversal
+//!                gave an approval's count back)
 //! 0xFF           reserved: the snapshot trailer (see `vault::snapshot`);
 //!                never a journal record
 //! ```
 //!
-//! `state` is 0 inactive, 1 active, 2 suspended, 3 deleted.
+//! `state` is 0 inactive, 1 active, 2 suspended, 3 deleted, 4 locked.
 //!
 //! Decoding is strict: every bound is checked, unknown type bytes, option
 //! tags or states are refused, and trailing bytes after a record are an
@@ -49,6 +51,7 @@
 
 use std::io::{self, Read};
 
+use super::records::MAX_CONTROLS;
 use super::types::{CardNumber, DomainControls, JournalRecord, TokenImage, TokenState, Velocity};
 
 /// Largest payload of one frame, in bytes. The largest record the bounds
@@ -67,6 +70,7 @@ const TAG_CONTROLS: u8 = 0x01;
 const TAG_TOKEN: u8 = 0x02;
 const TAG_STATE: u8 = 0x03;
 const TAG_ATC: u8 = 0x04;
+const TAG_VELOCITY: u8 = 0x05;
 /// Type byte of the snapshot trailer frame (`vault::snapshot`). Reserved
 /// here so that no journal record type ever takes it.
 pub(crate) const TAG_SNAPSHOT_TRAILER: u8 = 0xFF;
@@ -104,7 +108,16 @@ pub enum CodecError {
     /// A PAN digit count outside 13..=19.
     #[error("invalid PAN length {0} (must be 13 to 19 digits)")]
     BadPanLength(u8),
-    /// A token state byte other than 0..=3.
+    /// A field outside its range (it would corrupt its neighbours when
+    /// packed into the in-memory record).
+    #[error("{what} {value} is out of range")]
+    OutOfRange {
+        /// Which field.
+        what: &'static str,
+        /// The stored value (never a card number).
+        value: u64,
+    },
+    /// A token state byte other than 0..=4.
     #[error("invalid token state {0}")]
     BadState(u8),
     /// An option tag other than 0 or 1.
@@ -187,7 +200,7 @@ pub(crate) fn encode_payload(rec: &JournalRecord, out: &mut Vec<u8>) -> Result<(
     match rec {
         JournalRecord::Controls { id, controls } => {
             out.push(TAG_CONTROLS);
-            put_u32(out, *id);
+            put_u32(out, in_range("controls id", *id, CONTROLS_OK)?);
             encode_controls(controls, out)
         }
         JournalRecord::Token(t) => {
@@ -199,11 +212,14 @@ pub(crate) fn encode_payload(rec: &JournalRecord, out: &mut Vec<u8>) -> Result<(
             }
             out.push(t.pan_len);
             put_u64(out, t.pan_hash);
-            put_u16(out, t.expiry_yymm);
-            out.push(t.psn);
+            put_u16(out, in_range("expiry", t.expiry_yymm, EXPIRY_OK)?);
+            out.push(in_range("PSN", t.psn, PSN_OK)?);
             put_str(out, "profile name", &t.profile, MAX_PROFILE_LEN)?;
-            put_u64(out, t.requestor_id);
-            put_u32(out, t.controls);
+            put_u64(
+                out,
+                in_range("token requestor id", t.requestor_id, REQUESTOR_OK)?,
+            );
+            put_u32(out, in_range("controls id", t.controls, CONTROLS_OK)?);
             out.push(t.state as u8);
             put_u64(out, t.atc_window);
             put_u64(out, t.velocity);
@@ -224,6 +240,12 @@ pub(crate) fn encode_payload(rec: &JournalRecord, out: &mut Vec<u8>) -> Result<(
             put_card(out, *token);
             put_u16(out, *atc);
             put_u32(out, *at_secs);
+            Ok(())
+        }
+        JournalRecord::Velocity { token, velocity } => {
+            out.push(TAG_VELOCITY);
+            put_card(out, *token);
+            put_u64(out, *velocity);
             Ok(())
         }
     }
@@ -301,6 +323,31 @@ fn put_str(out: &mut Vec<u8>, what: &'static str, s: &str, max: usize) -> Result
     Ok(())
 }
 
+// ------------------------------------------------------------ field ranges
+
+// Every packed field of the in-memory record has a width; a value wider
+// than it would spill into its neighbour (a PSN of 128 changed the
+// profile), so both directions check.
+const EXPIRY_OK: fn(u16) -> bool = |e| e <= 9999 && (1..=12).contains(&(e % 100));
+const PSN_OK: fn(u8) -> bool = |p| p <= 99;
+const REQUESTOR_OK: fn(u64) -> bool = |t| t <= 99_999_999_999;
+const CONTROLS_OK: fn(u32) -> bool = |c| c <= MAX_CONTROLS;
+
+fn in_range<T: Copy + Into<u64>>(
+    what: &'static str,
+    v: T,
+    ok: fn(T) -> bool,
+) -> Result<T, CodecError> {
+    if ok(v) {
+        Ok(v)
+    } else {
+        Err(CodecError::OutOfRange {
+            what,
+            value: v.into(),
+        })
+    }
+}
+
 // ---------------------------------------------------------------- decoding
 
 /// Decode one payload (no frame). Strict: the whole of `payload` must be
@@ -312,7 +359,7 @@ pub(crate) fn decode_payload(payload: &[u8]) -> Result<JournalRecord, CodecError
     };
     let rec = match r.u8().map_err(|_| CodecError::Empty)? {
         TAG_CONTROLS => {
-            let id = r.u32()?;
+            let id = in_range("controls id", r.u32()?, CONTROLS_OK)?;
             let controls = decode_controls(&mut r)?;
             JournalRecord::Controls { id, controls }
         }
@@ -324,11 +371,11 @@ pub(crate) fn decode_payload(payload: &[u8]) -> Result<JournalRecord, CodecError
                 n => return Err(CodecError::BadPanLength(n)),
             },
             pan_hash: r.u64()?,
-            expiry_yymm: r.u16()?,
-            psn: r.u8()?,
+            expiry_yymm: in_range("expiry", r.u16()?, EXPIRY_OK)?,
+            psn: in_range("PSN", r.u8()?, PSN_OK)?,
             profile: r.string("profile name", MAX_PROFILE_LEN)?,
-            requestor_id: r.u64()?,
-            controls: r.u32()?,
+            requestor_id: in_range("token requestor id", r.u64()?, REQUESTOR_OK)?,
+            controls: in_range("controls id", r.u32()?, CONTROLS_OK)?,
             state: r.state()?,
             atc_window: r.u64()?,
             velocity: r.u64()?,
@@ -341,6 +388,10 @@ pub(crate) fn decode_payload(payload: &[u8]) -> Result<JournalRecord, CodecError
             token: r.card()?,
             atc: r.u16()?,
             at_secs: r.u32()?,
+        },
+        TAG_VELOCITY => JournalRecord::Velocity {
+            token: r.card()?,
+            velocity: r.u64()?,
         },
         t => return Err(CodecError::UnknownType(t)),
     };
@@ -749,7 +800,7 @@ pub(crate) mod tests {
     }
 
     fn state() -> impl Strategy<Value = TokenState> {
-        (0u8..4).prop_map(|b| TokenState::from_u8(b).unwrap())
+        (0u8..5).prop_map(|b| TokenState::from_u8(b).unwrap())
     }
 
     fn controls() -> impl Strategy<Value = DomainControls> {
@@ -778,14 +829,14 @@ pub(crate) mod tests {
             any::<u64>(),
             13u8..=19,
             any::<u64>(),
-            any::<u16>(),
-            any::<u8>(),
+            (0u16..100, 1u16..=12).prop_map(|(yy, mm)| yy * 100 + mm),
+            0u8..=99,
         );
         let tail = (
             // Up to 21 characters of at most 3 bytes: <= 63 bytes.
             "[a-z0-9_é€]{0,21}",
-            any::<u64>(),
-            any::<u32>(),
+            0u64..=99_999_999_999,
+            0u32..=MAX_CONTROLS,
             state(),
             any::<u64>(),
             any::<u64>(),
@@ -808,7 +859,7 @@ pub(crate) mod tests {
 
     pub(crate) fn record() -> impl Strategy<Value = JournalRecord> {
         prop_oneof![
-            (any::<u32>(), controls())
+            (0u32..=MAX_CONTROLS, controls())
                 .prop_map(|(id, controls)| JournalRecord::Controls { id, controls }),
             token_image().prop_map(JournalRecord::Token),
             (card(), state()).prop_map(|(token, state)| JournalRecord::State { token, state }),
@@ -819,6 +870,8 @@ pub(crate) mod tests {
                     at_secs,
                 }
             }),
+            (card(), any::<u64>())
+                .prop_map(|(token, velocity)| JournalRecord::Velocity { token, velocity }),
         ]
     }
 
@@ -988,8 +1041,8 @@ pub(crate) mod tests {
         assert_eq!(decode_payload(&[0xFF]), Err(CodecError::UnknownType(0xFF)));
 
         let mut bad_state = p.clone();
-        bad_state[10] = 4;
-        assert_eq!(decode_payload(&bad_state), Err(CodecError::BadState(4)));
+        bad_state[10] = 5;
+        assert_eq!(decode_payload(&bad_state), Err(CodecError::BadState(5)));
 
         let mut bad_len = p.clone();
         bad_len[9] = 20;

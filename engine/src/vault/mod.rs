@@ -17,6 +17,7 @@ pub mod export;
 pub(crate) mod files;
 pub(crate) mod journal;
 pub(crate) mod pan_crypto;
+pub mod permissions;
 pub mod provision;
 pub mod ranges;
 pub mod records;
@@ -161,10 +162,14 @@ impl Vault {
         keys: &KeyStore,
         opts: OpenOptions,
     ) -> Result<(Vault, Vec<String>), VaultError> {
-        if opts.create {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                VaultError::Storage(format!("cannot create data dir {}: {e}", dir.display()))
-            })?;
+        if opts.create && !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode_private()
+                .create(dir)
+                .map_err(|e| {
+                    VaultError::Storage(format!("cannot create data dir {}: {e}", dir.display()))
+                })?;
         }
         let lock = lock_data_dir(dir)?;
         let cipher = PanCipher::new(
@@ -200,7 +205,9 @@ impl Vault {
             replayed += 1;
         }
         vault.since_snapshot.store(replayed, Ordering::Relaxed);
-        Ok((vault, recovery.warnings))
+        let mut warnings = recovery.warnings;
+        warnings.extend(permissions::exposure_warning(dir, "data directory"));
+        Ok((vault, warnings))
     }
 
     /// The configuration the vault was opened with.
@@ -228,6 +235,11 @@ impl Vault {
             JournalRecord::State { token, state } => {
                 if let Some(rec) = self.record_of(token) {
                     rec.set_state(state);
+                }
+            }
+            JournalRecord::Velocity { token, velocity } => {
+                if let Some(rec) = self.record_of(token) {
+                    rec.velocity.store(velocity, Ordering::Release);
                 }
             }
             JournalRecord::Atc {
@@ -332,17 +344,69 @@ impl Vault {
     }
 
     /// Undo the velocity count of an approval made at `at_secs` (a
-    /// reversal). The ATC stays spent: the card did use it.
-    pub fn reverse_approval(&self, view: &RecordView, at_secs: u32) {
-        if let Some(rec) = self.arena.get(view.id) {
-            velocity::release(&rec.velocity, at_secs);
-        }
+    /// reversal), and journal the counter it leaves. The ATC stays spent:
+    /// the card did use it.
+    ///
+    /// The record is the counter's value, not a decrement, so replay is
+    /// idempotent. The cost: approvals between this reversal and a
+    /// snapshot taken concurrently with it are not counted again when the
+    /// journal is replayed over that snapshot (their ATCs are already in
+    /// it), so after such a restart the window may allow a few more.
+    pub fn reverse_approval(&self, view: &RecordView, at_secs: u32) -> Result<Lsn, VaultError> {
+        let rec = self
+            .arena
+            .get(view.id)
+            .ok_or_else(|| VaultError::UnknownToken(view.token.masked()))?;
+        velocity::release(&rec.velocity, at_secs);
+        self.journal_append(&JournalRecord::Velocity {
+            token: view.token,
+            velocity: rec.velocity.load(Ordering::Acquire),
+        })
     }
 
     /// Whether `atc` would be accepted now (no change).
     pub fn atc_usable(&self, view: &RecordView, atc: u16) -> Result<(), AtcRejected> {
         let rec = self.arena.get(view.id).expect("view of a published record");
         replay::would_accept(&rec.atc, atc)
+    }
+
+    /// Count a failed authentication of a token (a wrong cryptogram or
+    /// code, an expiry mismatch, a replayed ATC). The failure that reaches
+    /// `max_auth_failures` locks the token; its lock is journaled and the
+    /// position to wait for is returned.
+    pub fn auth_failed(&self, view: &RecordView) -> Result<Option<Lsn>, VaultError> {
+        let Some(rec) = self.arena.get(view.id) else {
+            return Ok(None);
+        };
+        let limit = self.config.vault.max_auth_failures;
+        let before = rec
+            .auth_failures
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_add(1))
+            })
+            .unwrap_or(u8::MAX);
+        if before.saturating_add(1) < limit {
+            return Ok(None);
+        }
+        // Only the one that moves it from active locks it (and journals).
+        if rec
+            .swap_state(TokenState::Active, TokenState::Locked)
+            .is_err()
+        {
+            return Ok(None);
+        }
+        self.journal_append(&JournalRecord::State {
+            token: view.token,
+            state: TokenState::Locked,
+        })
+        .map(Some)
+    }
+
+    /// Failed authentications since the token's last approval.
+    pub fn auth_failures(&self, view: &RecordView) -> u8 {
+        self.arena
+            .get(view.id)
+            .map_or(0, |r| r.auth_failures.load(Ordering::Acquire))
     }
 
     /// Record an approval: reserve velocity, accept the ATC exactly once,
@@ -367,6 +431,11 @@ impl Vault {
         if let Err(e) = replay::accept(&rec.atc, atc) {
             velocity::release(&rec.velocity, now_secs);
             return Err(e.into());
+        }
+        // An approval ends a run of failures (a load first: the record's
+        // line is shared by every reader).
+        if rec.auth_failures.load(Ordering::Relaxed) != 0 {
+            rec.auth_failures.store(0, Ordering::Release);
         }
         self.journal_append(&JournalRecord::Atc {
             token: view.token,
@@ -481,6 +550,10 @@ impl Vault {
                 });
             }
             if rec.swap_state(from, to).is_ok() {
+                if to == TokenState::Active {
+                    // An operator's resume starts a fresh count.
+                    rec.auth_failures.store(0, Ordering::Release);
+                }
                 return self.journal_append(&JournalRecord::State { token, state: to });
             }
         }
@@ -632,6 +705,22 @@ pub enum ControlCheck {
     /// The velocity limit.
     #[error("velocity limit reached")]
     Velocity,
+}
+
+/// A new data directory is the service account's alone (0700).
+trait PrivateDir {
+    fn mode_private(&mut self) -> &mut Self;
+}
+
+impl PrivateDir for std::fs::DirBuilder {
+    fn mode_private(&mut self) -> &mut Self {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            self.mode(0o700);
+        }
+        self
+    }
 }
 
 /// Take the data directory's exclusive lock (released when the file

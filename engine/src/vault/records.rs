@@ -47,6 +47,9 @@ pub struct Record {
     pub(super) pan_next: AtomicU32,
     /// `TokenState` as u8; `u8::MAX` while the slot is not yet published.
     state: AtomicU8,
+    /// Failed authentications since the last approval (`Vault::auth_failed`).
+    /// Kept in memory only: the lock it leads to is journaled.
+    pub(super) auth_failures: AtomicU8,
 }
 
 const _: () = assert!(std::mem::size_of::<Record>() == 56);
@@ -168,6 +171,7 @@ impl Arena {
         let rec = &slots[(id as usize) & (CHUNK - 1)];
         rec.state.store(u8::MAX, Ordering::Relaxed);
         rec.pan_next.store(NONE, Ordering::Relaxed);
+        rec.auth_failures.store(0, Ordering::Relaxed);
         rec.fill(img, profile);
         self.len.store(id + 1, Ordering::Release);
         Some(id)

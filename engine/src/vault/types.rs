@@ -144,6 +144,10 @@ pub enum TokenState {
     Suspended = 2,
     /// Final.
     Deleted = 3,
+    /// Too many failed authentications in a row (`max_auth_failures`):
+    /// declined even with a correct cryptogram until an operator resumes
+    /// it.
+    Locked = 4,
 }
 
 impl TokenState {
@@ -154,6 +158,7 @@ impl TokenState {
             1 => Some(Self::Active),
             2 => Some(Self::Suspended),
             3 => Some(Self::Deleted),
+            4 => Some(Self::Locked),
             _ => None,
         }
     }
@@ -165,26 +170,35 @@ impl TokenState {
             Self::Active => "active",
             Self::Suspended => "suspended",
             Self::Deleted => "deleted",
+            Self::Locked => "locked",
         }
     }
 
     /// From the lower-case name.
     pub fn from_name(s: &str) -> Option<Self> {
-        [Self::Inactive, Self::Active, Self::Suspended, Self::Deleted]
-            .into_iter()
-            .find(|st| st.name() == s)
+        [
+            Self::Inactive,
+            Self::Active,
+            Self::Suspended,
+            Self::Deleted,
+            Self::Locked,
+        ]
+        .into_iter()
+        .find(|st| st.name() == s)
     }
 
     /// Whether `self -> to` is allowed: inactive->active, active<->suspended,
-    /// any->deleted (deleted is final).
+    /// active->locked (failed authentications), locked->active (an
+    /// operator's resume), any->deleted (deleted is final).
     pub fn can_become(self, to: Self) -> bool {
         use TokenState::*;
         matches!(
             (self, to),
             (Inactive, Active)
                 | (Active, Suspended)
-                | (Suspended, Active)
-                | (Inactive | Active | Suspended, Deleted)
+                | (Suspended | Locked, Active)
+                | (Active, Locked)
+                | (Inactive | Active | Suspended | Locked, Deleted)
         )
     }
 }
@@ -288,6 +302,16 @@ pub enum JournalRecord {
         /// When, in seconds since the Unix epoch.
         at_secs: u32,
     },
+    /// A reversal gave an approval's velocity count back: the token's
+    /// velocity counter after it. Absolute, so replaying it twice (a
+    /// journal replayed on top of a snapshot that already holds it) sets
+    /// the same value.
+    Velocity {
+        /// The token.
+        token: CardNumber,
+        /// The velocity counter (`vault::velocity`).
+        velocity: u64,
+    },
 }
 
 #[cfg(test)]
@@ -324,5 +348,8 @@ mod tests {
         assert!(Active.can_become(Suspended) && Suspended.can_become(Active));
         assert!(Suspended.can_become(Deleted));
         assert!(!Deleted.can_become(Active) && !Deleted.can_become(Deleted));
+        assert!(Active.can_become(Locked) && Locked.can_become(Active));
+        assert!(!Suspended.can_become(Locked) && !Inactive.can_become(Locked));
+        assert_eq!(TokenState::from_name("locked"), Some(Locked));
     }
 }
