@@ -82,7 +82,10 @@ impl Setup {
     fn card(&self, view: &RecordView, atc: u16, stan: u32) -> IsoMessage {
         let txn = CardTxn {
             token: view.token.digits(),
-            expiry: format!("{:04}", view.expiry_yymm).as_bytes().try_into().unwrap(),
+            expiry: format!("{:04}", view.expiry_yymm)
+                .as_bytes()
+                .try_into()
+                .unwrap(),
             psn: view.psn,
             atc,
             amount: 1_000,
@@ -187,7 +190,10 @@ fn guessing_a_three_digit_code_locks_the_token_after_six_failures() {
             }
         }
         assert_eq!(approvals, 0, "{profile}");
-        assert!(before_lock <= 6, "{profile}: {before_lock} guesses before the lock");
+        assert!(
+            before_lock <= 6,
+            "{profile}: {before_lock} guesses before the lock"
+        );
         assert_eq!(running.pipeline().metrics().tokens_locked(), 1);
         assert!(running
             .pipeline()
@@ -273,7 +279,10 @@ fn a_retransmission_with_other_content_is_a_duplicate_never_an_approval() {
     let mut raised = repeat.clone();
     raised.set(4, b"000099999999");
     let a = conn.ask(&raised);
-    assert_eq!((code(&a), reason(&a)), ("94".into(), "DUPLICATE_TRANSMISSION".into()));
+    assert_eq!(
+        (code(&a), reason(&a)),
+        ("94".into(), "DUPLICATE_TRANSMISSION".into())
+    );
     assert_eq!(a.get(4), Some(&b"000099999999"[..]));
     assert_eq!(a.get(38), None);
     // Any other field changed is a duplicate too (here the merchant).
@@ -334,7 +343,10 @@ fn forged_and_repeated_reversals_change_nothing() {
         let mut forged = reversal_of(&approved, &format!("{:06}", 500 + n));
         forged.set(field, value);
         let a = conn.ask(&forged);
-        assert_eq!((a.mti(), code(&a), reason(&a)), (*b"0410", "25".into(), why.into()));
+        assert_eq!(
+            (a.mti(), code(&a), reason(&a)),
+            (*b"0410", "25".into(), why.into())
+        );
     }
     // Nothing changed: the limit still holds.
     assert_eq!(code(&conn.ask(&s.card(&view, 3, 13))), "65");

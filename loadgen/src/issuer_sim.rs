@@ -314,7 +314,8 @@ mod tests {
             IssuerSimStats {
                 requests: 4,
                 approved: 1,
-                pan_mismatches: 2
+                pan_mismatches: 2,
+                reversals: 0,
             }
         );
         drop(s);

@@ -25,11 +25,21 @@ pub enum Kind {
     Malformed,
     /// An 0400 reversing an earlier approval.
     Reversal,
+    /// One wrong guess of a burst against a card kept for guessing (a
+    /// 3-digit code or an ARQC): declined, and the card ends up locked.
+    Guessing,
+    /// An 0400 naming an earlier approval in DE 90 with a higher amount:
+    /// 25, and nothing changes.
+    ForgedReversal,
+    /// A repeat (0101) of an earlier request with the same keys and a
+    /// raised DE 4: 94 (or, if its original left the retransmission cache,
+    /// declined as a replayed ATC).
+    ChangedAmountDuplicate,
 }
 
 impl Kind {
     /// Every kind, in report order.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Valid,
         Kind::WrongCryptogram,
         Kind::ReplayedAtc,
@@ -40,6 +50,9 @@ impl Kind {
         Kind::AmountMismatch,
         Kind::Malformed,
         Kind::Reversal,
+        Kind::Guessing,
+        Kind::ForgedReversal,
+        Kind::ChangedAmountDuplicate,
     ];
 
     /// Name in `--faults` and the report.
@@ -55,6 +68,9 @@ impl Kind {
             Kind::AmountMismatch => "amount_mismatch",
             Kind::Malformed => "malformed",
             Kind::Reversal => "reversal",
+            Kind::Guessing => "guessing",
+            Kind::ForgedReversal => "forged_reversal",
+            Kind::ChangedAmountDuplicate => "changed_amount_duplicate",
         }
     }
 

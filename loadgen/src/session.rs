@@ -33,6 +33,9 @@ pub fn default_faults() -> Vec<(Kind, f64)> {
         (Kind::AmountMismatch, 0.5),
         (Kind::Malformed, 0.2),
         (Kind::Reversal, 0.3),
+        (Kind::Guessing, 0.3),
+        (Kind::ForgedReversal, 0.2),
+        (Kind::ChangedAmountDuplicate, 0.2),
     ]
 }
 

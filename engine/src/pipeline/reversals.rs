@@ -9,7 +9,7 @@
 //! forged or mistaken reversal: 25 (unable to locate original), and the
 //! original stays reversible by the genuine one.
 
-use crate::iso8583::{digits_value, IsoMessage};
+use crate::iso8583::{digits_value, track2, IsoMessage};
 use crate::vault::types::CardNumber;
 
 use super::shards::{FastMap, Sharded, SHARDS};
@@ -71,10 +71,17 @@ fn terminal_of(req: &IsoMessage) -> Box<[u8]> {
     t.into_boxed_slice()
 }
 
-/// DE 2 as a card number.
+/// The token: DE 2, else the PAN of DE 35 (a mag-stripe request).
 fn token_of(req: &IsoMessage) -> Option<CardNumber> {
-    req.get(2)
-        .and_then(|t| CardNumber::parse_digits("token", std::str::from_utf8(t).ok()?).ok())
+    let track;
+    let digits = match req.get(2) {
+        Some(t) => t,
+        None => {
+            track = track2::parse_ascii(req.get(35)?).ok()?;
+            track.pan.as_ref()
+        }
+    };
+    CardNumber::parse_digits("token", std::str::from_utf8(digits).ok()?).ok()
 }
 
 /// Approvals remembered for reversals.

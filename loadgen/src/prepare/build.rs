@@ -52,6 +52,9 @@ pub(super) struct Builder<'a> {
     pub(super) next_id: u64,
 }
 
+/// Tries at finding a card that may take one more failure.
+const FAILURE_PICKS: usize = 1000;
+
 pub(super) fn card_err(e: impl std::fmt::Display) -> PrepareError {
     invalid(format!("cannot build a transaction: {e}"))
 }
@@ -126,6 +129,51 @@ impl Builder<'_> {
         crypto_failure_code(self.pk(card).profile.scheme)
     }
 
+    /// Failed authentications a card may take: one fewer than the engine
+    /// locks at.
+    fn failure_cap(&self) -> u32 {
+        u32::from(self.config.vault.max_auth_failures).saturating_sub(1)
+    }
+
+    /// Count one failure against `card` if it may take one more.
+    fn take_failure(&mut self, card: usize) -> bool {
+        let cap = self.failure_cap();
+        let c = &mut self.cards.all[card];
+        if c.failures >= cap {
+            return false;
+        }
+        c.failures += 1;
+        true
+    }
+
+    /// A card for a failing transaction, one that stays below the lock.
+    fn pick_failing(&mut self, chip_only: bool) -> Result<usize, PrepareError> {
+        for _ in 0..FAILURE_PICKS {
+            let card = self.pick(chip_only)?;
+            if self.take_failure(card) {
+                return Ok(card);
+            }
+        }
+        Err(invalid(format!(
+            "too few cards for the failing faults: each card takes at most {} (vault.max_auth_failures - 1,              so that none is locked); use more tokens or fewer faults",
+            self.failure_cap()
+        )))
+    }
+
+    /// A warmup transaction whose card may take one more failure.
+    fn warmup_failing(&mut self, refs: &mut FaultRefs) -> Result<WarmupTxn, PrepareError> {
+        for _ in 0..refs.any.len().min(FAILURE_PICKS) {
+            let w = refs.any[refs.next_any % refs.any.len()].clone();
+            refs.next_any += 1;
+            if self.take_failure(w.card) {
+                return Ok(w);
+            }
+        }
+        Err(invalid(
+            "too few warmup transactions whose cards may take another failure: use a larger warmup",
+        ))
+    }
+
     pub(super) fn pick(&mut self, chip_only: bool) -> Result<usize, PrepareError> {
         self.cards
             .pick(&mut self.rng, chip_only, &self.profiles)
@@ -160,32 +208,33 @@ impl Builder<'_> {
         let (stan, de7) = self.stamps.next()?;
         match kind {
             Kind::Valid => Ok(self.valid()?.0),
-            Kind::WrongCryptogram => {
-                let card = self.pick(false)?;
+            Kind::WrongCryptogram | Kind::Guessing => {
+                let card = if kind == Kind::Guessing {
+                    self.cards.guess_targets.pick().ok_or_else(|| {
+                        invalid("guessing faults need a card of their own: use more tokens")
+                    })?
+                } else {
+                    self.pick_failing(false)?
+                };
                 let txn = self.txn(card, stan)?;
                 let mut msg = self.build(card, &txn)?;
-                let pick = self.rng.next_u64();
-                if let Some(f55) = msg.get(55) {
-                    let f = flip_arqc_bit(f55, (pick % 64) as u32)
-                        .ok_or_else(|| invalid("field 55 without an ARQC"))?;
-                    msg.set(55, f);
-                } else {
-                    let template = self.pk(card).profile.track2_dd.clone().unwrap_or_default();
-                    let de35 = msg.get(35).unwrap_or_default();
-                    let t = change_code_digit(de35, &template, pick)
-                        .ok_or_else(|| invalid("track 2 without a CVC3 / dCVV digit"))?;
-                    msg.set(35, t);
-                }
+                self.corrupt_cryptogram(card, &mut msg)?;
                 let e = Self::expect(&msg, self.fail_code(card));
                 self.finish(msg, kind, de7, e)
             }
             Kind::ReplayedAtc => {
-                let w = refs
-                    .replays
-                    .get(refs.next_replay % refs.replays.len().max(1))
-                    .cloned()
-                    .ok_or_else(|| invalid("internal: no warmup transaction to replay"))?;
-                refs.next_replay += 1;
+                let mut found = None;
+                for _ in 0..refs.replays.len() {
+                    let w = refs.replays[refs.next_replay % refs.replays.len()].clone();
+                    refs.next_replay += 1;
+                    if self.take_failure(w.card) {
+                        found = Some(w);
+                        break;
+                    }
+                }
+                let w = found.ok_or_else(|| {
+                    invalid("too few warmup transactions to replay without locking a card: use a larger warmup")
+                })?;
                 let mut txn = w.txn.clone();
                 txn.stan = stan;
                 let msg = self.build(w.card, &txn)?;
@@ -210,7 +259,7 @@ impl Builder<'_> {
                 self.finish(msg, kind, de7, e)
             }
             Kind::ExpiredToken => {
-                let card = self.pick(false)?;
+                let card = self.pick_failing(false)?;
                 let mut txn = self.txn(card, stan)?;
                 txn.expiry = other_expiry(txn.expiry);
                 let msg = self.build(card, &txn)?;
@@ -231,7 +280,7 @@ impl Builder<'_> {
                 self.finish(msg, kind, de7, e)
             }
             Kind::AmountMismatch => {
-                let card = self.pick(true)?;
+                let card = self.pick_failing(true)?;
                 let txn = self.txn(card, stan)?;
                 let mut msg = self.build(card, &txn)?;
                 msg.set(4, format!("{:012}", txn.amount + 1).into_bytes());
@@ -258,23 +307,7 @@ impl Builder<'_> {
                     .reversals
                     .pop()
                     .ok_or_else(|| invalid("internal: no warmup approval left to reverse"))?;
-                let mut msg = IsoMessage::new(*b"0400");
-                msg.set(2, w.txn.token.clone().into_bytes());
-                msg.set(3, b"000000");
-                msg.set(4, format!("{:012}", w.txn.amount).into_bytes());
-                msg.set(11, format!("{stan:06}").into_bytes());
-                msg.set(12, b"120000");
-                msg.set(13, b"1121");
-                msg.set(41, b"TERM0001");
-                msg.set(42, b"MERCHANT0000001");
-                msg.set(49, format!("{:03}", w.txn.currency).into_bytes());
-                // Original MTI, STAN, DE 7, acquirer (none: zeros), forwarding.
-                let mut de90 = Vec::with_capacity(42);
-                de90.extend_from_slice(b"0100");
-                de90.extend_from_slice(format!("{:06}", w.txn.stan % 1_000_000).as_bytes());
-                de90.extend_from_slice(&w.de7);
-                de90.extend_from_slice(&[b'0'; 22]);
-                msg.set(90, de90);
+                let msg = reversal(&w, stan, w.txn.amount);
                 let e = Expect {
                     mti: *b"0410",
                     codes: vec![rc::APPROVED],
@@ -284,7 +317,54 @@ impl Builder<'_> {
                 };
                 self.finish(msg, kind, de7, e)
             }
+            Kind::ForgedReversal => {
+                let w = refs.any[refs.next_any % refs.any.len().max(1)].clone();
+                refs.next_any += 1;
+                let msg = reversal(&w, stan, w.txn.amount + 1);
+                let e = Expect {
+                    mti: *b"0410",
+                    codes: vec![rc::NO_ORIGINAL],
+                    token: Some(w.txn.token.clone()),
+                    tag91: None,
+                    close_ok: false,
+                };
+                self.finish(msg, kind, de7, e)
+            }
+            Kind::ChangedAmountDuplicate => {
+                // Its original's keys (MTI class, DE 11, 41, 7, card) with a
+                // raised amount. If the original's answer already left the
+                // cache it is processed as new: a replayed ATC (or for chip
+                // an amount that is not 9F02), counted as a failure.
+                let w = self.warmup_failing(refs)?;
+                let mut msg = self.build(w.card, &w.txn)?;
+                msg.set_mti(*b"0101");
+                msg.set(4, format!("{:012}", w.txn.amount + 100_000).into_bytes());
+                let mut e = Self::expect(&msg, rc::DUPLICATE);
+                e.codes.push(self.fail_code(w.card));
+                self.finish(msg, kind, w.de7.clone(), e)
+            }
         }
+    }
+
+    /// Make the card's proof wrong: one ARQC bit, or one CVC3 / dCVV digit.
+    fn corrupt_cryptogram(
+        &mut self,
+        card: usize,
+        msg: &mut IsoMessage,
+    ) -> Result<(), PrepareError> {
+        let pick = self.rng.next_u64();
+        if let Some(f55) = msg.get(55) {
+            let f = flip_arqc_bit(f55, (pick % 64) as u32)
+                .ok_or_else(|| invalid("field 55 without an ARQC"))?;
+            msg.set(55, f);
+        } else {
+            let template = self.pk(card).profile.track2_dd.clone().unwrap_or_default();
+            let de35 = msg.get(35).unwrap_or_default();
+            let t = change_code_digit(de35, &template, pick)
+                .ok_or_else(|| invalid("track 2 without a CVC3 / dCVV digit"))?;
+            msg.set(35, t);
+        }
+        Ok(())
     }
 
     /// A Luhn-valid number in a token range that is not in the export.
@@ -331,4 +411,26 @@ impl Builder<'_> {
         }
         Ok(true)
     }
+}
+
+/// An 0400 naming warmup approval `w` in DE 90, for `amount`.
+fn reversal(w: &WarmupTxn, stan: u32, amount: u64) -> IsoMessage {
+    let mut msg = IsoMessage::new(*b"0400");
+    msg.set(2, w.txn.token.clone().into_bytes());
+    msg.set(3, b"000000");
+    msg.set(4, format!("{amount:012}").into_bytes());
+    msg.set(11, format!("{stan:06}").into_bytes());
+    msg.set(12, b"120000");
+    msg.set(13, b"1121");
+    msg.set(41, b"TERM0001");
+    msg.set(42, b"MERCHANT0000001");
+    msg.set(49, format!("{:03}", w.txn.currency).into_bytes());
+    // Original MTI, STAN, DE 7, acquirer (none: zeros), forwarding.
+    let mut de90 = Vec::with_capacity(42);
+    de90.extend_from_slice(b"0100");
+    de90.extend_from_slice(format!("{:06}", w.txn.stan % 1_000_000).as_bytes());
+    de90.extend_from_slice(&w.de7);
+    de90.extend_from_slice(&[b'0'; 22]);
+    msg.set(90, de90);
+    msg
 }

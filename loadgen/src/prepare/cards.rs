@@ -28,6 +28,10 @@ pub(super) struct Card {
     /// Next ATC to use (u32 to notice running past 65535).
     pub(super) next_atc: u32,
     pub(super) used: bool,
+    /// Failed authentications prepared for this card. Kept below the
+    /// engine's `max_auth_failures`, so that whatever order they arrive
+    /// in, no card of valid transactions is ever locked.
+    pub(super) failures: u32,
 }
 
 impl Card {
@@ -54,6 +58,9 @@ pub(super) struct Cards {
     pub(super) groups: Vec<Group>,
     pub(super) suspended: RoundRobin,
     pub(super) restricted: RoundRobin,
+    /// Cards kept for guessing bursts: no other transaction uses them, so
+    /// their lock changes no other expectation.
+    pub(super) guess_targets: RoundRobin,
 }
 
 /// Active cards of one profile, with its weight in the mix.
@@ -174,6 +181,7 @@ pub(super) fn load_cards(
             profile,
             next_atc: 1,
             used: false,
+            failures: 0,
         });
     }
 
@@ -244,6 +252,7 @@ pub(super) fn load_cards(
         groups,
         suspended,
         restricted,
+        guess_targets: RoundRobin::default(),
     })
 }
 
@@ -274,6 +283,21 @@ impl Cards {
             r -= u64::from(g.weight);
         }
         None
+    }
+
+    /// Take up to `n` cards out of the valid-transaction groups (leaving
+    /// each group at least one) for guessing bursts.
+    pub(super) fn reserve_guess_targets(&mut self, n: usize) {
+        while self.guess_targets.cards.len() < n {
+            let Some(g) = self.groups.iter_mut().max_by_key(|g| g.cards.cards.len()) else {
+                return;
+            };
+            if g.cards.cards.len() < 2 {
+                return;
+            }
+            let c = g.cards.cards.pop().expect("at least two");
+            self.guess_targets.cards.push(c);
+        }
     }
 
     pub(super) fn has_chip(&self, profiles: &[ProfileKeys]) -> bool {

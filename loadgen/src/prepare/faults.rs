@@ -72,6 +72,10 @@ pub(super) struct FaultRefs {
     pub(super) replays: Vec<WarmupTxn>,
     pub(super) next_replay: usize,
     pub(super) reversals: Vec<WarmupTxn>,
+    /// Every warmup transaction: forged reversals and changed-amount
+    /// duplicates refer to any of them.
+    pub(super) any: Vec<WarmupTxn>,
+    pub(super) next_any: usize,
 }
 
 /// How many of each kind the main pool holds.

@@ -74,7 +74,8 @@ pub fn prepare(spec: &PrepareSpec, config: &Config, keys: &KeyStore) -> Result<P
         ));
     }
     let (n_replay, n_reversal) = (count_of(Kind::ReplayedAtc), count_of(Kind::Reversal));
-    let needed = n_reversal + usize::from(n_replay > 0);
+    let needs_any = count_of(Kind::ForgedReversal) + count_of(Kind::ChangedAmountDuplicate) > 0;
+    let needed = n_reversal + usize::from(n_replay > 0 || needs_any);
     if needed > spec.warmup {
         return Err(invalid(format!(
             "the warmup ({} transactions) is too small for {n_reversal} reversal faults              (each reverses a different warmup approval){}: use a warmup of at least {needed}",
@@ -87,6 +88,17 @@ pub fn prepare(spec: &PrepareSpec, config: &Config, keys: &KeyStore) -> Result<P
         )));
     }
 
+    let n_guessing = count_of(Kind::Guessing);
+    let mut cards = cards;
+    if n_guessing > 0 {
+        // About 50 guesses a card: enough that each is locked.
+        cards.reserve_guess_targets(n_guessing.div_ceil(50));
+        if cards.guess_targets.cards.is_empty() {
+            return Err(invalid(
+                "guessing faults need cards of their own: use more tokens",
+            ));
+        }
+    }
     let mut b = Builder {
         spec,
         config,
@@ -109,9 +121,11 @@ pub fn prepare(spec: &PrepareSpec, config: &Config, keys: &KeyStore) -> Result<P
     // cycle through (up to one per replay of) the others, skipping the few
     // mag-stripe ones that could be approved again.
     b.rng.shuffle(&mut warm_txns);
+    let any = warm_txns.clone();
     let mut iter = warm_txns.into_iter();
     let mut refs = FaultRefs {
         reversals: iter.by_ref().take(n_reversal).collect(),
+        any,
         ..FaultRefs::default()
     };
     for w in iter {
@@ -274,7 +288,7 @@ mod tests {
         assert!(pool.tokens > 10);
         for k in Kind::ALL {
             let n = pool.main.iter().filter(|p| p.kind == k).count();
-            let want = if k == Kind::Valid { 400 - 9 * 20 } else { 20 };
+            let want = if k == Kind::Valid { 400 - 12 * 20 } else { 20 };
             assert_eq!(n, want, "{}", k.name());
         }
         assert!(pool.warmup.iter().all(|p| p.kind == Kind::Valid));
@@ -297,6 +311,8 @@ mod tests {
             (Kind::DomainViolation, "57"),
             (Kind::Malformed, "30"),
             (Kind::Reversal, "00"),
+            (Kind::ForgedReversal, "25"),
+            (Kind::ChangedAmountDuplicate, "94"),
         ] {
             assert!(ledger.code_count(k, code) > 0, "{}", ledger.table());
         }
@@ -307,11 +323,19 @@ mod tests {
             .filter(|p| p.expect.tag91.is_some())
             .count();
         assert!(chip > 0 && chip < 220);
+        // Every guessing target was locked, and no other card was.
+        let locked: Vec<_> = s
+            .vault
+            .views()
+            .filter(|v| v.state == TokenState::Locked)
+            .collect();
+        assert!(!locked.is_empty());
+        assert!(ledger.counts(Kind::Guessing).sent >= 20);
     }
 
     #[test]
     fn every_kind_gets_its_expected_answer_binary_with_mix() {
-        let s = setup(40);
+        let s = setup(120);
         let mut sp = spec(&s, 200, 40, Dialect::Binary);
         sp.mix = vec![
             ("visa_cvn18".into(), 2),
@@ -329,11 +353,12 @@ mod tests {
     fn replays_may_share_a_warmup_transaction() {
         let s = setup(30);
         let mut sp = spec(&s, 100, 3, Dialect::Ascii);
-        sp.faults = vec![(Kind::ReplayedAtc, 10.0), (Kind::Reversal, 2.0)];
+        // At most 5 replays of one card: a sixth failure would lock it.
+        sp.faults = vec![(Kind::ReplayedAtc, 5.0), (Kind::Reversal, 2.0)];
         let pool = prepare(&sp, &s.cfg, &s.keys).unwrap();
         let ledger = run_through_pipeline(&s, &pool, Dialect::Ascii);
         assert!(ledger.ok(), "{}", ledger.table());
-        assert_eq!(ledger.counts(Kind::ReplayedAtc).as_expected, 10);
+        assert_eq!(ledger.counts(Kind::ReplayedAtc).as_expected, 5);
         assert_eq!(ledger.counts(Kind::Reversal).as_expected, 2);
         sp.warmup = 2;
         let err = prepare(&sp, &s.cfg, &s.keys).unwrap_err().to_string();
@@ -369,7 +394,10 @@ mod tests {
             let m = Dialect::Ascii.decode(body).unwrap();
             assert_eq!(m.get(37).unwrap(), format!("{:012}", p.id).as_bytes());
             let key = (m.get(11).unwrap().to_vec(), m.get(7).unwrap().to_vec());
-            assert!(stamps.insert(key), "duplicate (11, 7)");
+            // A changed-amount duplicate reuses its original's keys on purpose.
+            if p.kind != Kind::ChangedAmountDuplicate {
+                assert!(stamps.insert(key), "duplicate (11, 7)");
+            }
         }
     }
 
