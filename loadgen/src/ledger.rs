@@ -292,12 +292,12 @@ impl Ledger {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<17} | {:>10} | {:>11} | {:>10} | codes seen",
+            "{:<24} | {:>10} | {:>11} | {:>10} | codes seen",
             "kind", "sent", "as expected", "mismatched"
         );
         let _ = writeln!(
             out,
-            "{:-<17}-+-{:->10}-+-{:->11}-+-{:->10}-+-{:-<10}",
+            "{:-<24}-+-{:->10}-+-{:->11}-+-{:->10}-+-{:-<10}",
             "", "", "", "", ""
         );
         for k in self.kinds.iter().filter(|k| k.sent > 0) {
@@ -313,7 +313,7 @@ impl Ledger {
             }
             let _ = writeln!(
                 out,
-                "{:<17} | {:>10} | {:>11} | {:>10} | {}",
+                "{:<24} | {:>10} | {:>11} | {:>10} | {}",
                 k.kind,
                 k.sent,
                 k.as_expected,
@@ -323,7 +323,7 @@ impl Ledger {
         }
         let _ = writeln!(
             out,
-            "{:<17} | {:>10} | {:>11} | {:>10} |",
+            "{:<24} | {:>10} | {:>11} | {:>10} |",
             "total",
             self.recorded(),
             self.as_expected(),

@@ -286,16 +286,22 @@ impl Cards {
     }
 
     /// Take up to `n` cards out of the valid-transaction groups (leaving
-    /// each group at least one) for guessing bursts.
+    /// each group at least one) for guessing bursts. Never a card another
+    /// fault kind uses (a restricted card's domain violation must still be
+    /// answered 57, not as locked).
     pub(super) fn reserve_guess_targets(&mut self, n: usize) {
+        let restricted: HashSet<usize> = self.restricted.cards.iter().copied().collect();
         while self.guess_targets.cards.len() < n {
             let Some(g) = self.groups.iter_mut().max_by_key(|g| g.cards.cards.len()) else {
+                return;
+            };
+            let Some(at) = g.cards.cards.iter().position(|c| !restricted.contains(c)) else {
                 return;
             };
             if g.cards.cards.len() < 2 {
                 return;
             }
-            let c = g.cards.cards.pop().expect("at least two");
+            let c = g.cards.cards.swap_remove(at);
             self.guess_targets.cards.push(c);
         }
     }
