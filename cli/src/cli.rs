@@ -90,7 +90,7 @@ enum Command {
     /// Serve ISO 8583 authorizations over TCP for the vault in DIR.
     #[command(
         after_help = "Example:\n  tessera vault provision --data-dir /tmp/vault --count 100000\n  tessera serve --data-dir /tmp/vault --listen 127.0.0.1:8583\n\n\
-SIGTERM or SIGINT drains in-flight requests, flushes the journal and exits 0."
+SIGTERM or SIGINT drains in-flight requests, flushes the journal and exits 0.\nA journal failure (a write or fdatasync error) is logged once, sets the metric\ntessera_journal_failed 1, drains and exits 1, so that a supervisor restarts the\nprocess ([vault] exit_on_journal_failure = false keeps answering, approvals as 96)."
     )]
     Serve(ServeArgs),
 }

@@ -371,3 +371,49 @@ fn forged_and_repeated_reversals_change_nothing() {
     assert_eq!(code(&conn.ask(&s.card(&view, 5, 15))), "65");
     running.stop().unwrap();
 }
+
+#[test]
+fn a_journal_whose_disk_fails_is_reported_once_and_stops_the_engine() {
+    let s = setup("visa_cvn10", DomainControls::default());
+    let view = s.tokens[0];
+    let running = s.serve();
+    let mut conn = Conn::to(&running);
+    assert_eq!(code(&conn.ask(&s.card(&view, 1, 1))), "00");
+    // The next journal file cannot be created (its name is taken by a link
+    // to /dev/full): the rotation gets an OS error, as from a failing disk,
+    // and the journal stops for good.
+    let next = std::fs::read_dir(s.dir.path())
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_prefix("journal-")?
+                .strip_suffix(".log")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap()
+        + 1;
+    std::os::unix::fs::symlink(
+        "/dev/full",
+        s.dir.path().join(format!("journal-{next:016}.log")),
+    )
+    .unwrap();
+    assert!(running.vault().snapshot().is_err());
+    // Nothing can be made durable: the card's next approval is a 96.
+    let a = conn.ask(&s.card(&view, 2, 2));
+    assert_eq!(code(&a), "96", "{}", reason(&a));
+    // The failure is seen, counted and acted on: the engine drains and
+    // stops with an error naming the OS's reason.
+    let metrics = running.pipeline().metrics();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !metrics.journal_failed() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(metrics.render().contains("tessera_journal_failed 1"));
+    let err = running.wait().unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("journal-{next:016}.log")) && err.contains("os error"),
+        "{err}"
+    );
+}

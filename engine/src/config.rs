@@ -123,6 +123,15 @@ pub struct VaultConfig {
     /// mismatch, ATC replay) after which a token is locked: 1 to 255.
     #[serde(default = "default_max_auth_failures")]
     pub max_auth_failures: u8,
+    /// When the journal fails (a write or fdatasync error): drain and exit
+    /// non-zero so a supervisor restarts the process (default), or keep
+    /// answering (every approval then becomes 96).
+    #[serde(default = "default_true")]
+    pub exit_on_journal_failure: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_snapshot_every() -> u64 {

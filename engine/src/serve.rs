@@ -22,8 +22,9 @@ use crate::profile::keys;
 use crate::server::{Handler, Server, ServerConfig, ServerStats, ShutdownHandle};
 use crate::vault::{OpenOptions, Vault, VaultError};
 
-/// How often the snapshot thread asks the vault whether one is due.
-const SNAPSHOT_POLL: Duration = Duration::from_millis(500);
+/// How often the housekeeping thread asks the vault whether a snapshot is
+/// due and whether the journal failed.
+const HOUSEKEEPING_POLL: Duration = Duration::from_millis(100);
 
 /// What [`start`] needs besides the configuration.
 #[derive(Debug, Clone)]
@@ -81,6 +82,10 @@ pub enum ServeError {
     /// The listener's thread ended abnormally.
     #[error("the listener thread panicked")]
     Panicked,
+    /// The journal failed: the engine drained and stopped so that a
+    /// supervisor restarts it (`[vault] exit_on_journal_failure`).
+    #[error("the vault journal failed: {0}")]
+    JournalFailed(String),
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> ServeError {
@@ -163,12 +168,30 @@ pub fn start(config: &Config, keys: &KeyStore, opts: &ServeOptions) -> Result<Ru
     .map_err(io_err("listener"))?;
     let addr = server.local_addr().map_err(io_err("listener"))?;
     let stop = server.shutdown_handle();
-    // Snapshots on schedule, so the journal stays short.
+    // Housekeeping: snapshots on schedule, so the journal stays short, and
+    // the journal watched, so that its failure is said once and acted on.
     let snapshots = {
-        let (vault, stop) = (Arc::clone(&vault), stop.clone());
+        let (vault, stop, metrics) = (Arc::clone(&vault), stop.clone(), pipeline.metrics());
+        let exit_on_failure = config.vault.exit_on_journal_failure;
         std::thread::spawn(move || {
             while !stop.is_shutdown() {
-                std::thread::sleep(SNAPSHOT_POLL);
+                std::thread::sleep(HOUSEKEEPING_POLL);
+                if let Some(why) = vault.journal_failure() {
+                    if metrics.set_journal_failed() {
+                        eprintln!(
+                            "tessera: event=journal_failed error=\"{why}\" action={}",
+                            if exit_on_failure {
+                                "drain-and-exit"
+                            } else {
+                                "continue (every approval is answered 96)"
+                            }
+                        );
+                        if exit_on_failure {
+                            stop.shutdown();
+                        }
+                    }
+                    continue;
+                }
                 if let Err(e) = vault.snapshot_if_due() {
                     eprintln!("tessera: snapshot failed: {e}");
                 }
@@ -233,6 +256,9 @@ impl Running {
         let stats = self.server.join().map_err(|_| ServeError::Panicked)?;
         self.stop.shutdown();
         let _ = self.snapshots.join();
+        if let Some(why) = self.vault.journal_failure() {
+            return Err(ServeError::JournalFailed(why));
+        }
         self.vault.flush()?;
         let stats = stats.map_err(io_err("listener"))?;
         Ok(Stopped {

@@ -283,6 +283,12 @@ impl Journal {
         lock(&self.shared.segment).seq
     }
 
+    /// Why the journal failed, once it has (the first I/O error, with the
+    /// file and the OS's words).
+    pub(crate) fn failure(&self) -> Option<String> {
+        lock(&self.shared.state).failed.clone()
+    }
+
     #[cfg(test)]
     /// Every record up to this one is on disk.
     pub(crate) fn durable_lsn(&self) -> Lsn {

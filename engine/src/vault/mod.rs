@@ -455,6 +455,12 @@ impl Vault {
         self.journal.wait_durable(lsn).map_err(storage)
     }
 
+    /// Why the journal failed, if it has: from then on nothing can be made
+    /// durable, so nothing is approved until a restart.
+    pub fn journal_failure(&self) -> Option<String> {
+        self.journal.failure()
+    }
+
     /// Make everything appended so far durable (both modes).
     pub fn flush(&self) -> Result<(), VaultError> {
         self.journal.flush().map_err(storage)
@@ -642,9 +648,34 @@ impl Vault {
         let tokens = self
             .views()
             .map(|v| JournalRecord::Token(self.image_of(&v)));
-        snapshot::write_snapshot(&self.dir, seq, controls.chain(tokens)).map_err(storage)?;
-        snapshot::prune(&self.dir, seq).map_err(storage)?;
+        let mut written = 0u64;
+        let records = controls.chain(tokens).inspect(|_| written += 1);
+        let path = snapshot::write_snapshot(&self.dir, seq, records).map_err(storage)?;
+        // Read it back before anything older goes: a snapshot that does
+        // not verify leaves the previous generation as it was.
+        let (_, count) = snapshot::verify_snapshot(&path).map_err(storage)?;
+        if count != written {
+            return Err(VaultError::Storage(format!(
+                "snapshot {} reads back {count} records of {written} written",
+                path.display()
+            )));
+        }
+        // Keep two generations: the previous snapshot and its journal files
+        // stay, so that damage found later in this one still leaves a
+        // complete history to start from (recovery falls back to it).
+        if let Some(previous) = self.previous_snapshot_seq(seq) {
+            snapshot::prune(&self.dir, previous).map_err(storage)?;
+        }
         Ok(())
+    }
+
+    /// The newest complete snapshot older than `seq`, if any.
+    fn previous_snapshot_seq(&self, seq: u64) -> Option<u64> {
+        std::fs::read_dir(&self.dir)
+            .ok()?
+            .filter_map(|e| files::parse_snapshot_name(e.ok()?.file_name().to_str()?))
+            .filter(|&s| s < seq)
+            .max()
     }
 
     /// Snapshot if the configured number of records has been journaled.

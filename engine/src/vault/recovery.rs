@@ -195,12 +195,36 @@ pub(crate) fn recover(dir: &Path, truncate_corrupt: bool) -> Result<Recovery, Re
     let listing = list_dir(dir)?;
     let mut warnings = Vec::new();
 
-    let snapshot_seq = listing.snapshots.last().copied();
-    let snapshot = snapshot_seq.map(|seq| dir.join(snapshot_file_name(seq)));
+    // The newest snapshot that reads back whole. Two generations are kept
+    // (`Vault::snapshot`), so a damaged newest one falls back to the one
+    // before it and the journal files since; any gap in those is still an
+    // error below.
+    let mut snapshot_seq = None;
     let mut snapshot_records = 0;
-    if let Some(path) = &snapshot {
-        (_, snapshot_records) = snapshot::check_snapshot(path)?;
+    let mut first_error = None;
+    for &seq in listing.snapshots.iter().rev() {
+        let path = dir.join(snapshot_file_name(seq));
+        match snapshot::verify_snapshot(&path) {
+            Ok((_, n)) => {
+                snapshot_seq = Some(seq);
+                snapshot_records = n;
+                break;
+            }
+            Err(e) => {
+                warnings.push(format!(
+                    "snapshot {} is damaged ({e}); trying the previous one",
+                    path.display()
+                ));
+                first_error.get_or_insert(e);
+            }
+        }
     }
+    if snapshot_seq.is_none() {
+        if let Some(e) = first_error {
+            return Err(e.into());
+        }
+    }
+    let snapshot = snapshot_seq.map(|seq| dir.join(snapshot_file_name(seq)));
 
     // The journal files that matter: from the snapshot's seq on.
     let from = snapshot_seq.unwrap_or(0);
