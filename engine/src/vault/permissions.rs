@@ -53,13 +53,13 @@ pub fn create_private(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
-#[cfg(all(test, unix))]
+#[cfg(test)]
 mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt as _;
-
+    #[cfg(unix)]
     #[test]
     fn private_files_and_warnings() {
+        use super::*;
+        use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("export.jsonl");
         std::fs::write(&f, "x").unwrap();
