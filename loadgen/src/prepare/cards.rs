@@ -292,16 +292,23 @@ impl Cards {
     pub(super) fn reserve_guess_targets(&mut self, n: usize) {
         let restricted: HashSet<usize> = self.restricted.cards.iter().copied().collect();
         while self.guess_targets.cards.len() < n {
-            let Some(g) = self.groups.iter_mut().max_by_key(|g| g.cards.cards.len()) else {
+            // The largest group that can spare an unrestricted card (a
+            // profile's tokens may all be restricted: `restricted_every`
+            // can line up with the profile rotation).
+            let found = self
+                .groups
+                .iter()
+                .enumerate()
+                .filter(|(_, g)| g.cards.cards.len() >= 2)
+                .filter_map(|(i, g)| {
+                    let at = g.cards.cards.iter().position(|c| !restricted.contains(c))?;
+                    Some((g.cards.cards.len(), i, at))
+                })
+                .max();
+            let Some((_, group, at)) = found else {
                 return;
             };
-            let Some(at) = g.cards.cards.iter().position(|c| !restricted.contains(c)) else {
-                return;
-            };
-            if g.cards.cards.len() < 2 {
-                return;
-            }
-            let c = g.cards.cards.swap_remove(at);
+            let c = self.groups[group].cards.cards.swap_remove(at);
             self.guess_targets.cards.push(c);
         }
     }
