@@ -139,6 +139,11 @@ struct DataDir {
     /// the journal there (everything after it is lost).
     #[arg(long)]
     truncate_corrupt: bool,
+    /// Start even if records fail authentication (a file was edited): set
+    /// them aside and decline their tokens (96) instead of refusing to
+    /// start. Snapshots stay off while a token is quarantined.
+    #[arg(long)]
+    quarantine_tampered: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -361,6 +366,7 @@ fn serve(config: &Path, a: ServeArgs) -> Result<(), CliError> {
     let l = cfg.listener.clone();
     let opts = ServeOptions {
         truncate_corrupt: a.dir.truncate_corrupt,
+        quarantine_tampered: a.dir.quarantine_tampered,
         handle_signals: true,
         metrics: a.metrics,
         ..ServeOptions::new(&a.dir.data_dir)
@@ -409,6 +415,7 @@ fn open_with(config: &Path, dir: &DataDir, create: bool) -> Result<Vault, CliErr
     let opts = OpenOptions {
         truncate_corrupt: dir.truncate_corrupt,
         create,
+        quarantine_tampered: dir.quarantine_tampered,
     };
     let (vault, warnings) = Vault::open(&dir.data_dir, Arc::new(cfg), &keys, opts)?;
     for w in warnings {

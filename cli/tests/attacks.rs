@@ -417,3 +417,186 @@ fn a_journal_whose_disk_fails_is_reported_once_and_stops_the_engine() {
         "{err}"
     );
 }
+
+/// The frames of a vault file (journal or snapshot: both have a 16-byte
+/// header): (offset, payload) ranges.
+fn frames(bytes: &[u8]) -> Vec<(usize, std::ops::Range<usize>)> {
+    let mut out = Vec::new();
+    let mut at = 16;
+    while at + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 || at + 8 + len > bytes.len() {
+            break;
+        }
+        out.push((at, at + 8..at + 8 + len));
+        at += 8 + len;
+    }
+    out
+}
+
+/// Overwrite the state byte of `token`'s last record of type `kind`
+/// (0x02 Token, 0x03 State) with `state`, and recompute the frame's CRC,
+/// as an attacker with write access to the data directory would. Returns
+/// the frame's offset.
+fn edit_state(path: &std::path::Path, kind: u8, token: u64, state: u8) -> usize {
+    let mut bytes = std::fs::read(path).unwrap();
+    let (offset, payload) = frames(&bytes)
+        .into_iter()
+        .rev()
+        .find(|(_, p)| {
+            bytes[p.start] == kind && bytes[p.start + 1..p.start + 9] == token.to_le_bytes()
+        })
+        .expect("the token's record");
+    // Payload: record, then the 16-byte tag. A Token record ends with
+    // state u8, atc_window u64, velocity u64; a State record with state u8.
+    let record_end = payload.end - 16;
+    let state_at = if kind == 0x02 {
+        record_end - 17
+    } else {
+        record_end - 1
+    };
+    assert_ne!(bytes[state_at], state, "the record must change");
+    bytes[state_at] = state;
+    let crc = crc32c::crc32c(&bytes[payload.clone()]);
+    bytes[offset + 4..offset + 8].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(path, bytes).unwrap();
+    offset
+}
+
+fn newest(dir: &std::path::Path, prefix: &str, suffix: &str) -> std::path::PathBuf {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(prefix) && n.ends_with(suffix))
+        .collect();
+    names.sort();
+    dir.join(names.pop().expect("a file"))
+}
+
+fn open_err(s: &Setup) -> String {
+    Vault::open(
+        s.dir.path(),
+        Arc::clone(&s.cfg),
+        &s.keys,
+        OpenOptions::default(),
+    )
+    .map(|_| ())
+    .unwrap_err()
+    .to_string()
+}
+
+/// Suspends `victim` durably, then (if `snapshot`) writes a snapshot.
+fn suspend_and_flush(s: &Setup, victim: &RecordView, snapshot: bool) {
+    let vault = s.reopen();
+    vault
+        .set_state(victim.token, TokenState::Suspended)
+        .unwrap();
+    vault.flush().unwrap();
+    if snapshot {
+        vault.snapshot().unwrap();
+    }
+}
+
+/// A refusal names the file, the byte offset, the masked token and the way
+/// out, and never the token's digits.
+fn assert_names_the_edit(err: &str, file: &std::path::Path, offset: usize, victim: &RecordView) {
+    assert!(
+        err.contains(&file.display().to_string())
+            && err.contains(&format!("byte offset {offset} "))
+            && err.contains(&victim.token.masked())
+            && err.contains("--quarantine-tampered"),
+        "{err}"
+    );
+    assert!(!err.contains(&victim.token.digits()), "{err}");
+}
+
+/// Before the record tags, a snapshot record with a recomputed CRC loaded
+/// as if the vault had written it: a suspended token came back active.
+#[test]
+fn a_tampered_snapshot_record_stops_start_up_or_is_quarantined() {
+    let s = setup("visa_cvn10", DomainControls::default());
+    let (victim, other) = (s.tokens[0], s.tokens[1]);
+    suspend_and_flush(&s, &victim, true);
+    let snap = newest(s.dir.path(), "snapshot-", ".snap");
+    let offset = edit_state(&snap, 0x02, victim.token.value(), 1);
+
+    // Start-up stops, naming the file, the offset and the (masked) token;
+    // it does not fall back to an older snapshot to hide the edit.
+    let err = open_err(&s);
+    assert_names_the_edit(&err, &snap, offset, &victim);
+
+    // With --quarantine-tampered the engine starts; the edited token is
+    // declined 96 even with a correct cryptogram, the others are served.
+    let mut cfg = (*s.cfg).clone();
+    cfg.listener.listen = "127.0.0.1:0".parse().unwrap();
+    let opts = ServeOptions {
+        decline_log: false,
+        quarantine_tampered: true,
+        ..ServeOptions::new(s.dir.path())
+    };
+    let running = serve::start(&cfg, &s.keys, &opts).unwrap();
+    let mut conn = Conn::to(&running);
+    let a = conn.ask(&s.card(&victim, 1, 1));
+    assert_eq!(
+        (code(&a).as_str(), reason(&a).as_str()),
+        ("96", "TOKEN_QUARANTINED")
+    );
+    assert_eq!(code(&conn.ask(&s.card(&other, 1, 2))), "00");
+    // No snapshot may drop the quarantined record while it is set aside.
+    assert!(running.vault().snapshot().is_err());
+    running.stop().unwrap();
+}
+
+/// Before the record tags, a journal `State` record edited from suspended
+/// to active (CRC recomputed) was replayed: the token approved again.
+#[test]
+fn a_tampered_journal_record_stops_start_up_or_is_quarantined() {
+    let s = setup("visa_cvn10", DomainControls::default());
+    let (victim, other) = (s.tokens[0], s.tokens[1]);
+    suspend_and_flush(&s, &victim, false);
+    let journal = newest(s.dir.path(), "journal-", ".log");
+    let offset = edit_state(&journal, 0x03, victim.token.value(), 1);
+
+    assert_names_the_edit(&open_err(&s), &journal, offset, &victim);
+
+    let vault = Vault::open(
+        s.dir.path(),
+        Arc::clone(&s.cfg),
+        &s.keys,
+        OpenOptions {
+            quarantine_tampered: true,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
+    let (vault, warnings) = vault;
+    assert!(vault.is_quarantined(victim.token));
+    assert!(!vault.is_quarantined(other.token));
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("--quarantine-tampered") && w.contains(&victim.token.masked())),
+        "{warnings:?}"
+    );
+}
+
+/// Removing a record (here: the suspension) from a snapshot, or reordering
+/// records, keeps every CRC right; the chained tags find it.
+#[test]
+fn a_snapshot_with_a_record_removed_is_refused() {
+    let s = setup("visa_cvn10", DomainControls::default());
+    {
+        let vault = s.reopen();
+        vault.flush().unwrap();
+        vault.snapshot().unwrap();
+    }
+    let snap = newest(s.dir.path(), "snapshot-", ".snap");
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let f = frames(&bytes);
+    // The last token record (the frame before the trailer) goes.
+    let (offset, payload) = f[f.len() - 2].clone();
+    bytes.drain(offset..payload.end);
+    std::fs::write(&snap, bytes).unwrap();
+    let err = open_err(&s);
+    assert!(err.contains("fails authentication"), "{err}");
+}

@@ -36,6 +36,9 @@ pub struct ServeOptions {
     /// Start even if a journal record in the middle is corrupt, truncating
     /// the journal there.
     pub truncate_corrupt: bool,
+    /// Start even if records fail authentication: decline their tokens
+    /// (96) instead of refusing to start.
+    pub quarantine_tampered: bool,
     /// Stop on SIGTERM / SIGINT (the `tessera serve` process: yes; an
     /// engine embedded in another program or a test: no).
     pub handle_signals: bool,
@@ -52,6 +55,7 @@ impl ServeOptions {
             data_dir: data_dir.into(),
             create: false,
             truncate_corrupt: false,
+            quarantine_tampered: false,
             handle_signals: false,
             decline_log: true,
             metrics: None,
@@ -125,6 +129,7 @@ pub fn start(config: &Config, keys: &KeyStore, opts: &ServeOptions) -> Result<Ru
     let open = OpenOptions {
         truncate_corrupt: opts.truncate_corrupt,
         create: opts.create,
+        quarantine_tampered: opts.quarantine_tampered,
     };
     let (vault, warnings) = Vault::open(&opts.data_dir, Arc::new(config.clone()), keys, open)?;
     let vault = Arc::new(vault);

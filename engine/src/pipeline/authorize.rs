@@ -55,6 +55,9 @@ impl Pipeline {
         };
 
         // 2. Vault checks.
+        if self.vault.is_quarantined(token) {
+            return Err(Decision::decline(Decline::Quarantined));
+        }
         let Some(view) = self.vault.lookup(token) else {
             return Err(Decision::decline(Decline::UnknownToken));
         };

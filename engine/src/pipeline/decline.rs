@@ -100,6 +100,9 @@ pub(super) enum Decline {
     DcvvRefused,
     /// The journal failed: nothing can be approved.
     Journal,
+    /// A record of the token failed authentication at start-up
+    /// (`--quarantine-tampered`): its data cannot be trusted.
+    Quarantined,
     /// The card's proof failed.
     Crypto(Family, CryptoFailure),
     /// The token is locked after too many failed authentications: answered
@@ -124,7 +127,7 @@ impl Decline {
             TokenExpired | ExpiryMismatch => rc::EXPIRED,
             DomainControl => rc::NOT_PERMITTED,
             Velocity => rc::VELOCITY,
-            NoProfile | ProfileKeys | DcvvRefused | Journal => rc::SYSTEM_ERROR,
+            NoProfile | ProfileKeys | DcvvRefused | Journal | Quarantined => rc::SYSTEM_ERROR,
             Crypto(family, _) | TokenLocked(family) => family.failure_code(),
             Issuer(code) => code,
             IssuerTimeout => rc::ISSUER_UNAVAILABLE,
@@ -163,6 +166,7 @@ impl Decline {
             ProfileKeys => "PROFILE_KEYS",
             DcvvRefused => "DCVV",
             Journal => "JOURNAL",
+            Quarantined => "TOKEN_QUARANTINED",
             Crypto(_, C::AmountMismatch) => "AMOUNT_MISMATCH",
             Crypto(_, C::CvnMismatch) => "CVN_MISMATCH",
             Crypto(_, C::IadFormat) => "IAD_FORMAT",

@@ -41,7 +41,7 @@ type ApprovalKey = (u32, u64, u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum NoOriginal {
     /// DE 90 is missing or not 42 digits.
-    NoOriginalData,
+    MissingDe90,
     /// No remembered approval has DE 90's keys (never approved, already
     /// reversed, or forgotten).
     Unknown,
@@ -53,7 +53,7 @@ impl NoOriginal {
     /// DE 44 of the 25 answer.
     pub(super) fn text(self) -> &'static str {
         match self {
-            NoOriginal::NoOriginalData => "NO_ORIGINAL_DATA",
+            NoOriginal::MissingDe90 => "NO_ORIGINAL_DATA",
             NoOriginal::Unknown => "NO_ORIGINAL",
             NoOriginal::Mismatch(what) => what,
         }
@@ -138,9 +138,9 @@ impl Approvals {
         let de90 = req
             .get(90)
             .filter(|d| d.len() == 42)
-            .ok_or(NoOriginal::NoOriginalData)?;
-        let key = Self::key(&de90[4..10], &de90[10..20], &de90[20..31])
-            .ok_or(NoOriginal::NoOriginalData)?;
+            .ok_or(NoOriginal::MissingDe90)?;
+        let key =
+            Self::key(&de90[4..10], &de90[10..20], &de90[20..31]).ok_or(NoOriginal::MissingDe90)?;
         let mut shard = self.map.lock_for(&key);
         let original = shard.get(&key).ok_or(NoOriginal::Unknown)?;
         check_match(req, &de90[..4], original)?;
@@ -218,7 +218,7 @@ mod tests {
         }
         let mut r = reversal();
         r.remove(90);
-        assert_eq!(a.take_matching(&r).unwrap_err(), NoOriginal::NoOriginalData);
+        assert_eq!(a.take_matching(&r).unwrap_err(), NoOriginal::MissingDe90);
         // The forgeries left the original in place; a partial reversal of
         // the genuine one matches, once.
         let mut partial = reversal();

@@ -11,7 +11,10 @@
 //! ```
 //!
 //! The length comes first so a reader knows where the next frame starts;
-//! the checksum covers the payload only. A length of 0 is never written, so
+//! the checksum covers the payload only. The payload is the record's bytes
+//! followed by its 16-byte tag (`vault::seal`: AES-CMAC under the record
+//! key, chained through the file); the CRC finds torn and damaged writes,
+//! the tag finds deliberate edits. A length of 0 is never written, so
 //! a run of zero bytes (a file the filesystem extended but whose data never
 //! landed) never reads as a valid frame.
 //!
@@ -52,6 +55,7 @@
 use std::io::{self, Read};
 
 use super::records::MAX_CONTROLS;
+use super::seal::{Chain, Tag, TAG_LEN};
 use super::types::{CardNumber, DomainControls, JournalRecord, TokenImage, TokenState, Velocity};
 
 /// Largest payload of one frame, in bytes. The largest record the bounds
@@ -144,6 +148,12 @@ pub enum CodecError {
         /// Which field.
         what: &'static str,
     },
+    /// A payload too short to hold a record and its tag.
+    #[error("payload of {len} bytes is too short for a record and its {TAG_LEN}-byte tag")]
+    NoTag {
+        /// The payload length.
+        len: usize,
+    },
     /// A frame length of 0 or more than [`MAX_RECORD`].
     #[error("frame length {len} is outside 1..={MAX_RECORD}")]
     BadLength {
@@ -164,17 +174,33 @@ pub enum CodecError {
 
 // ---------------------------------------------------------------- encoding
 
-/// Append one whole frame holding `rec` to `out`.
+/// Append one whole frame holding `rec`, sealed by `chain`, to `out`.
 ///
-/// Fails, leaving `out` as it was, when a string or list is over its bound:
-/// writing such a record would make a journal that recovery refuses.
-pub(crate) fn encode_record(rec: &JournalRecord, out: &mut Vec<u8>) -> Result<(), CodecError> {
+/// Fails, leaving `out` as it was (and `chain` unadvanced), when a string
+/// or list is over its bound: writing such a record would make a journal
+/// that recovery refuses.
+pub(crate) fn encode_record(
+    rec: &JournalRecord,
+    out: &mut Vec<u8>,
+    chain: &mut Chain,
+) -> Result<(), CodecError> {
     let start = out.len();
     out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
     if let Err(e) = encode_payload(rec, out) {
         out.truncate(start);
         return Err(e);
     }
+    if out.len() - start - FRAME_HEADER_LEN + TAG_LEN > MAX_RECORD {
+        let len = out.len() - start - FRAME_HEADER_LEN + TAG_LEN;
+        out.truncate(start);
+        return Err(CodecError::TooLong {
+            what: "encoded record",
+            len,
+            max: MAX_RECORD,
+        });
+    }
+    let tag = chain.seal(&out[start + FRAME_HEADER_LEN..]);
+    out.extend_from_slice(&tag);
     let payload = &out[start + FRAME_HEADER_LEN..];
     // Cannot trigger with the bounds above (the largest record is ~20 KiB),
     // but a frame the reader would refuse must never be written.
@@ -349,6 +375,22 @@ fn in_range<T: Copy + Into<u64>>(
 }
 
 // ---------------------------------------------------------------- decoding
+
+/// A frame's payload split into the record's bytes and its stored tag.
+pub(crate) fn split_sealed(payload: &[u8]) -> Result<(&[u8], Tag), CodecError> {
+    if payload.len() <= TAG_LEN {
+        return Err(CodecError::NoTag { len: payload.len() });
+    }
+    let (record, tag) = payload.split_at(payload.len() - TAG_LEN);
+    Ok((record, tag.try_into().expect("TAG_LEN bytes")))
+}
+
+/// Decode a frame's payload (record and tag) without checking the tag:
+/// the caller holds the chain.
+pub(crate) fn decode_sealed(payload: &[u8]) -> Result<(JournalRecord, &[u8], Tag), CodecError> {
+    let (record, tag) = split_sealed(payload)?;
+    Ok((decode_payload(record)?, record, tag))
+}
 
 /// Decode one payload (no frame). Strict: the whole of `payload` must be
 /// exactly one valid record.
@@ -564,11 +606,12 @@ pub(crate) enum RawFrame<'a> {
     Corrupt(CodecError),
 }
 
-/// Read and decode the frame starting at `buf[offset]`.
+/// Read and decode the frame starting at `buf[offset]` (its tag is not
+/// checked: that needs the file's chain).
 pub(crate) fn read_frame(buf: &[u8], offset: usize) -> FrameResult {
     match read_raw_frame(buf, offset) {
-        RawFrame::Complete(payload, next) => match decode_payload(payload) {
-            Ok(rec) => FrameResult::Complete(rec, next),
+        RawFrame::Complete(payload, next) => match decode_sealed(payload) {
+            Ok((rec, _, _)) => FrameResult::Complete(rec, next),
             Err(e) => FrameResult::Corrupt(e),
         },
         RawFrame::Incomplete => FrameResult::Incomplete,
@@ -723,6 +766,8 @@ impl<R: Read> FrameReader<R> {
 
 // ---------------------------------------------------------------- fuzzing
 
+use super::seal::{FileKind, RecordMac};
+
 /// Fuzz entry: journal records and frames from untrusted bytes. Never
 /// panics on any input; what decodes must survive a round trip.
 ///
@@ -778,19 +823,31 @@ fn fuzz_check_round_trip(rec: &JournalRecord) {
         Ok(rec),
         "payload re-decode"
     );
+    let mac = RecordMac::for_tests();
+    let mut chain = mac.chain(FileKind::Journal, 1);
     let mut frame = Vec::new();
-    encode_record(rec, &mut frame).expect("a decoded record re-frames");
+    encode_record(rec, &mut frame, &mut chain).expect("a decoded record re-frames");
     assert_eq!(
         read_frame(&frame, 0),
         FrameResult::Complete(rec.clone(), frame.len()),
         "frame re-decode"
+    );
+    let (_, record, tag) = decode_sealed(&frame[FRAME_HEADER_LEN..]).expect("sealed");
+    assert!(
+        mac.chain(FileKind::Journal, 1).verify(record, &tag),
+        "tag verifies"
     );
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::vault::seal::{Chain, FileKind, RecordMac};
     use proptest::prelude::*;
+
+    pub(crate) fn test_chain() -> Chain {
+        RecordMac::for_tests().chain(FileKind::Journal, 1)
+    }
 
     pub(crate) fn card() -> impl Strategy<Value = CardNumber> {
         (13u8..=19).prop_flat_map(|len| {
@@ -877,7 +934,7 @@ pub(crate) mod tests {
 
     fn frame(rec: &JournalRecord) -> Vec<u8> {
         let mut out = Vec::new();
-        encode_record(rec, &mut out).unwrap();
+        encode_record(rec, &mut out, &mut test_chain()).unwrap();
         out
     }
 
@@ -886,7 +943,10 @@ pub(crate) mod tests {
         fn round_trip(rec in record()) {
             let f = frame(&rec);
             prop_assert_eq!(read_frame(&f, 0), FrameResult::Complete(rec.clone(), f.len()));
-            prop_assert_eq!(decode_payload(&f[FRAME_HEADER_LEN..]), Ok(rec));
+            let (decoded, bytes, tag) = decode_sealed(&f[FRAME_HEADER_LEN..]).unwrap();
+            prop_assert_eq!(&decoded, &rec);
+            prop_assert_eq!(decode_payload(bytes), Ok(rec));
+            prop_assert!(test_chain().verify(bytes, &tag));
             // The stream reader agrees with the slice reader.
             let mut r = FrameReader::new(&f[..], 0, f.len() as u64);
             prop_assert_eq!(r.next_frame().unwrap(), NextFrame::Frame(&f[FRAME_HEADER_LEN..]));
@@ -967,8 +1027,12 @@ pub(crate) mod tests {
             (sample_controls(MAX_LIST_ITEMS + 1, 1), "pos_entry_modes"),
             (sample_controls(1, MAX_MERCHANT_ID_LEN + 1), "merchant id"),
         ] {
-            let err =
-                encode_record(&JournalRecord::Controls { id: 1, controls }, &mut out).unwrap_err();
+            let err = encode_record(
+                &JournalRecord::Controls { id: 1, controls },
+                &mut out,
+                &mut test_chain(),
+            )
+            .unwrap_err();
             assert!(
                 matches!(err, CodecError::TooLong { what: w, .. } if w == what),
                 "{err}"
@@ -997,7 +1061,12 @@ pub(crate) mod tests {
         let f = frame(&JournalRecord::Token(img.clone()));
         assert!(matches!(read_frame(&f, 0), FrameResult::Complete(..)));
         img.profile.push('p');
-        let err = encode_record(&JournalRecord::Token(img.clone()), &mut out).unwrap_err();
+        let err = encode_record(
+            &JournalRecord::Token(img.clone()),
+            &mut out,
+            &mut test_chain(),
+        )
+        .unwrap_err();
         assert!(matches!(
             err,
             CodecError::TooLong {
@@ -1008,7 +1077,8 @@ pub(crate) mod tests {
         ));
         img.profile.pop();
         img.pan_len = 12;
-        let err = encode_record(&JournalRecord::Token(img), &mut out).unwrap_err();
+        let err =
+            encode_record(&JournalRecord::Token(img), &mut out, &mut test_chain()).unwrap_err();
         assert_eq!(err, CodecError::BadPanLength(12));
         // And on decoding: pan_len follows tag, token (9) and pan_ct (8).
         let mut p = f[FRAME_HEADER_LEN..].to_vec();
@@ -1088,7 +1158,7 @@ pub(crate) mod tests {
         *flipped.last_mut().unwrap() ^= 1;
         assert!(matches!(
             read_frame(&flipped, 0),
-            FrameResult::Corrupt(CodecError::Checksum { len: 16, .. })
+            FrameResult::Corrupt(CodecError::Checksum { len: 32, .. })
         ));
 
         let mut zero = f.clone();
@@ -1104,13 +1174,23 @@ pub(crate) mod tests {
             FrameResult::Corrupt(CodecError::BadLength { .. })
         ));
 
-        // A valid checksum over bytes that are not a record.
-        let mut junk = vec![1, 0, 0, 0];
-        junk.extend_from_slice(&crc32c::crc32c(&[0x42]).to_le_bytes());
-        junk.push(0x42);
+        // A valid checksum over bytes that are not a record (with room for
+        // a tag), and over a payload too short to hold a tag.
+        let mut body = vec![0x42];
+        body.extend_from_slice(&[0; TAG_LEN]);
+        let mut junk = (body.len() as u32).to_le_bytes().to_vec();
+        junk.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        junk.extend_from_slice(&body);
         assert_eq!(
             read_frame(&junk, 0),
             FrameResult::Corrupt(CodecError::UnknownType(0x42))
+        );
+        let mut short = vec![1, 0, 0, 0];
+        short.extend_from_slice(&crc32c::crc32c(&[0x42]).to_le_bytes());
+        short.push(0x42);
+        assert_eq!(
+            read_frame(&short, 0),
+            FrameResult::Corrupt(CodecError::NoTag { len: 1 })
         );
 
         // Offsets past the end never panic.

@@ -59,6 +59,7 @@ use std::time::{Duration, Instant};
 
 use super::codec::{self, CodecError};
 use super::files::{journal_file_name, parse_journal_name, sync_dir, MAX_SEQ};
+use super::seal::{Chain, FileKind, RecordMac, Tag};
 use super::types::JournalRecord;
 
 /// First 8 bytes of every journal file.
@@ -164,6 +165,8 @@ pub(crate) struct Journal {
 struct WriterCore {
     dir: PathBuf,
     durability: Durability,
+    /// The record key: each new file starts its own chain.
+    mac: RecordMac,
     /// Buffer and counters. Held only briefly (never across I/O).
     state: Mutex<WriterState>,
     /// Wakes the writer.
@@ -193,6 +196,9 @@ struct WriterState {
     flush_wanted: bool,
     /// `Drop` asks the writer to write what is left and exit.
     shutdown: bool,
+    /// Seals each record as it is encoded: records are encoded in journal
+    /// order under this state's lock, so the chain follows the file.
+    chain: Chain,
 }
 
 struct Segment {
@@ -228,11 +234,14 @@ impl Journal {
     /// Call [`recover`] first and pass its [`Recovery::next_seq`]: this
     /// does not check the frames already in the file, and appending after a
     /// torn tail would turn it into corruption. Refuses when a journal file
-    /// with a higher seq exists.
+    /// with a higher seq exists. `tip` is the tag of the file's last record
+    /// (from recovery), `None` when it has none.
     pub(crate) fn open(
         dir: &Path,
         seq: u64,
         durability: Durability,
+        mac: RecordMac,
+        tip: Option<Tag>,
     ) -> Result<Journal, JournalError> {
         for entry in fs::read_dir(dir).map_err(io_err("read directory", dir))? {
             let entry = entry.map_err(io_err("read directory", dir))?;
@@ -252,6 +261,7 @@ impl Journal {
         let shared = Arc::new(WriterCore {
             dir: dir.to_owned(),
             durability,
+            mac: mac.clone(),
             state: Mutex::new(WriterState {
                 buf: Vec::new(),
                 appended: 0,
@@ -259,6 +269,10 @@ impl Journal {
                 failed: None,
                 flush_wanted: false,
                 shutdown: false,
+                chain: match tip {
+                    Some(t) => mac.chain(FileKind::Journal, seq).resume_after(t),
+                    None => mac.chain(FileKind::Journal, seq),
+                },
             }),
             work: Condvar::new(),
             durable: Condvar::new(),
@@ -316,7 +330,8 @@ impl Journal {
         }
         let mark = st.buf.len();
         for rec in recs {
-            if let Err(e) = codec::encode_record(rec, &mut st.buf) {
+            let st = &mut *st;
+            if let Err(e) = codec::encode_record(rec, &mut st.buf, &mut st.chain) {
                 st.buf.truncate(mark);
                 return Err(e.into());
             }
@@ -390,6 +405,8 @@ impl Journal {
             if let Some(why) = &st.failed {
                 return Err(JournalError::Failed(why.clone()));
             }
+            // Records appended from here on go to the new file: its chain.
+            st.chain = sh.mac.chain(FileKind::Journal, seg.seq + 1);
             (std::mem::take(&mut st.buf), st.appended)
         };
         if let Err(why) = sh.write_and_sync(&mut seg, &pending) {

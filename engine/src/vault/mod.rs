@@ -23,6 +23,7 @@ pub mod ranges;
 pub mod records;
 pub(crate) mod recovery;
 pub mod replay;
+pub(crate) mod seal;
 pub mod snapshot;
 pub mod types;
 pub(crate) mod velocity;
@@ -40,7 +41,10 @@ use controls::{ControlViolation, ControlsTable, TxnContext};
 use journal::{Durability, Journal, Lsn};
 use pan_crypto::{CardNumberBox, PanCipher};
 use records::{Arena, RecordId, RecordView, NONE};
+use recovery::RecoverOptions;
 use replay::AtcRejected;
+use seal::RecordMac;
+use std::collections::HashSet;
 use types::{CardNumber, DomainControls, JournalRecord, TokenImage, TokenState};
 
 /// Why a vault operation failed.
@@ -120,6 +124,9 @@ pub struct OpenOptions {
     /// Create the data directory if it does not exist (provisioning,
     /// tokenizing); otherwise a missing directory is an error.
     pub create: bool,
+    /// Start even if records fail authentication: set them aside and
+    /// decline their tokens (96) instead of refusing to start.
+    pub quarantine_tampered: bool,
 }
 
 /// The token vault.
@@ -133,6 +140,10 @@ pub struct Vault {
     cipher: PanCipher,
     config: Arc<Config>,
     journal: Journal,
+    /// The record key snapshots are sealed with.
+    mac: RecordMac,
+    /// Tokens whose records failed authentication (`--quarantine-tampered`).
+    quarantined: HashSet<u64>,
     dir: PathBuf,
     /// Serializes writers (tokenize, snapshot); readers never take it.
     writer: Mutex<()>,
@@ -172,18 +183,23 @@ impl Vault {
                 })?;
         }
         let lock = lock_data_dir(dir)?;
-        let cipher = PanCipher::new(
-            aes_key(keys, &config.vault.data_key)?,
-            aes_key(keys, &config.vault.index_key)?,
-        );
-        let recovery = recovery::recover(dir, opts.truncate_corrupt).map_err(storage)?;
+        let data_key = aes_key(keys, &config.vault.data_key)?;
+        let mac = RecordMac::derive(&data_key);
+        let cipher = PanCipher::new(data_key, aes_key(keys, &config.vault.index_key)?);
+        let recover_opts = RecoverOptions {
+            truncate_corrupt: opts.truncate_corrupt,
+            quarantine: opts.quarantine_tampered,
+        };
+        let recovery = recovery::recover(dir, &mac, recover_opts).map_err(storage)?;
         let journal = Journal::open(
             dir,
             recovery.next_seq,
             Durability::from(config.vault.durability),
+            mac.clone(),
+            recovery.journal_tip,
         )
         .map_err(storage)?;
-        let vault = Vault {
+        let mut vault = Vault {
             arena: Arena::default(),
             by_token: HashIndex::default(),
             by_pan: HashIndex::default(),
@@ -191,23 +207,52 @@ impl Vault {
             cipher,
             config,
             journal,
+            mac,
+            quarantined: HashSet::new(),
             dir: dir.to_owned(),
             writer: Mutex::new(()),
             since_snapshot: AtomicU64::new(0),
             _lock: lock,
         };
         let mut replayed = 0u64;
+        let mut tampered = Vec::new();
         recovery
-            .for_each_snapshot_record(|r| vault.apply(r))
+            .for_each_snapshot_record(opts.quarantine_tampered.then_some(&mut tampered), |r| {
+                vault.apply(r)
+            })
             .map_err(storage)?;
-        for r in recovery.journal {
+        let recovery::Recovery {
+            journal: records,
+            warnings: mut recovery_warnings,
+            tampered: journal_tampered,
+            ..
+        } = recovery;
+        for r in records {
             vault.apply(r)?;
             replayed += 1;
         }
         vault.since_snapshot.store(replayed, Ordering::Relaxed);
-        let mut warnings = recovery.warnings;
-        warnings.extend(permissions::exposure_warning(dir, "data directory"));
-        Ok((vault, warnings))
+        tampered.extend(journal_tampered);
+        for t in &tampered {
+            recovery_warnings.push(format!(
+                "--quarantine-tampered: {} at byte offset {} fails authentication (token {}): \
+                 not applied; the token is declined (96) until it is restored from a backup",
+                t.file.display(),
+                t.offset,
+                t.token()
+            ));
+            if let Some(token) = snapshot::record_token(&t.record) {
+                vault.quarantined.insert(token.value());
+            }
+        }
+        recovery_warnings.extend(permissions::exposure_warning(dir, "data directory"));
+        Ok((vault, recovery_warnings))
+    }
+
+    /// Whether this token was quarantined at start-up (a record of it
+    /// failed authentication): declined until restored.
+    pub fn is_quarantined(&self, token: CardNumber) -> bool {
+        !self.quarantined.is_empty() && self.quarantined.contains(&token.value())
     }
 
     /// The configuration the vault was opened with.
@@ -634,7 +679,16 @@ impl Vault {
     }
 
     /// Write a snapshot of the whole vault and truncate the journal.
+    /// Refused while tokens are quarantined: the files that show the
+    /// tampering stay until the tokens are restored.
     pub fn snapshot(&self) -> Result<(), VaultError> {
+        if !self.quarantined.is_empty() {
+            return Err(VaultError::Storage(format!(
+                "{} quarantined token(s): snapshots are off until they are restored, \
+                 so the tampered files are kept",
+                self.quarantined.len()
+            )));
+        }
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         // Changes after the rotation go to the new journal, which is
         // replayed on top of this snapshot; replay is idempotent.
@@ -650,10 +704,10 @@ impl Vault {
             .map(|v| JournalRecord::Token(self.image_of(&v)));
         let mut written = 0u64;
         let records = controls.chain(tokens).inspect(|_| written += 1);
-        let path = snapshot::write_snapshot(&self.dir, seq, records).map_err(storage)?;
+        let path = snapshot::write_snapshot(&self.dir, seq, records, &self.mac).map_err(storage)?;
         // Read it back before anything older goes: a snapshot that does
         // not verify leaves the previous generation as it was.
-        let (_, count) = snapshot::verify_snapshot(&path).map_err(storage)?;
+        let (_, count) = snapshot::verify_snapshot(&path, &self.mac).map_err(storage)?;
         if count != written {
             return Err(VaultError::Storage(format!(
                 "snapshot {} reads back {count} records of {written} written",
@@ -681,7 +735,10 @@ impl Vault {
     /// Snapshot if the configured number of records has been journaled.
     pub fn snapshot_if_due(&self) -> Result<bool, VaultError> {
         let every = self.config.vault.snapshot_every_records;
-        if every == 0 || self.since_snapshot.load(Ordering::Relaxed) < every {
+        if every == 0
+            || !self.quarantined.is_empty()
+            || self.since_snapshot.load(Ordering::Relaxed) < every
+        {
             return Ok(false);
         }
         self.snapshot().map(|()| true)

@@ -62,6 +62,8 @@ use super::files::{
     snapshot_file_name, snapshot_tmp_name, sync_dir,
 };
 use super::journal::{header, JOURNAL_HEADER_LEN, JOURNAL_MAGIC};
+use super::seal::{FileKind, RecordMac, Tag};
+use super::snapshot::TamperedRecord;
 use super::snapshot::{self, SnapshotError};
 use super::types::JournalRecord;
 
@@ -87,19 +89,38 @@ pub(crate) struct Recovery {
     pub next_seq: u64,
     /// What recovery repaired or removed, one line each, for the log.
     pub warnings: Vec<String>,
+    /// The tag of the last record of journal file `next_seq` (where the
+    /// journal's chain continues), `None` if it holds no record.
+    pub journal_tip: Option<Tag>,
+    /// Journal records whose tag failed, kept aside (`quarantine`).
+    pub tampered: Vec<TamperedRecord>,
+    /// The record key (the snapshot is streamed later).
+    mac: RecordMac,
+}
+
+/// How to recover.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RecoverOptions {
+    /// Truncate the journal at a corrupt record instead of refusing.
+    pub truncate_corrupt: bool,
+    /// Set records whose tag fails aside (their tokens are then declined)
+    /// instead of refusing.
+    pub quarantine: bool,
 }
 
 impl Recovery {
     /// Stream the snapshot's records to `f` (nothing without a snapshot);
     /// returns how many. Constant memory. See
     /// [`snapshot::for_each_record`]: on error, `f` may have seen a prefix.
+    /// With `quarantine`, records whose tag fails go there instead.
     pub(crate) fn for_each_snapshot_record<E: fmt::Display>(
         &self,
+        quarantine: Option<&mut Vec<TamperedRecord>>,
         f: impl FnMut(JournalRecord) -> Result<(), E>,
     ) -> Result<u64, SnapshotError> {
         match &self.snapshot {
             None => Ok(0),
-            Some(path) => snapshot::for_each_record(path, f).map(|(_, n)| n),
+            Some(path) => snapshot::for_each_record(path, &self.mac, quarantine, f).map(|(_, n)| n),
         }
     }
 
@@ -108,7 +129,7 @@ impl Recovery {
     #[cfg(test)]
     pub(crate) fn snapshot_records(&self) -> Result<Vec<JournalRecord>, SnapshotError> {
         let mut v = Vec::new();
-        self.for_each_snapshot_record(|r| {
+        self.for_each_snapshot_record(None, |r| {
             v.push(r);
             Ok::<(), std::convert::Infallible>(())
         })?;
@@ -149,6 +170,22 @@ pub(crate) enum RecoveryError {
         /// What is wrong.
         reason: String,
     },
+    /// A record's tag does not verify: the file was edited (its CRC may
+    /// have been recomputed).
+    #[error(
+        "journal file {}: record at byte offset {offset} (token {token}) fails authentication: \
+         the file was modified. Restore it from a backup, or start with --quarantine-tampered \
+         to decline that token (96) and carry on",
+        file.display()
+    )]
+    Tampered {
+        /// The journal file.
+        file: PathBuf,
+        /// Byte offset of the record.
+        offset: u64,
+        /// The token it names (masked), or "-".
+        token: String,
+    },
     /// A journal file between others (or right after the snapshot) is missing.
     #[error(
         "journal file {} is missing (the files after it cannot be applied without it). \
@@ -160,6 +197,9 @@ pub(crate) enum RecoveryError {
         /// The file that should be there.
         missing: PathBuf,
     },
+    /// A snapshot fails authentication: it was edited.
+    #[error("{0}. Start-up stopped: restore the snapshot from a backup, or start with --quarantine-tampered to decline the tokens of the edited records (96) and carry on")]
+    SnapshotTampered(#[source] SnapshotError),
     /// The newest snapshot is unreadable or damaged.
     #[error("{0} (the newest snapshot must be readable; move it away only if the journal files since the previous snapshot still exist)")]
     Snapshot(#[from] SnapshotError),
@@ -191,9 +231,16 @@ fn rio_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Re
 /// warnings); stops at corruption unless `truncate_corrupt`. Changes files
 /// only once everything was read and no error stopped it. See the module
 /// docs.
-pub(crate) fn recover(dir: &Path, truncate_corrupt: bool) -> Result<Recovery, RecoveryError> {
+pub(crate) fn recover(
+    dir: &Path,
+    mac: &RecordMac,
+    opts: RecoverOptions,
+) -> Result<Recovery, RecoveryError> {
+    let truncate_corrupt = opts.truncate_corrupt;
     let listing = list_dir(dir)?;
     let mut warnings = Vec::new();
+    let mut tampered = Vec::new();
+    let mut journal_tip = None;
 
     // The newest snapshot that reads back whole. Two generations are kept
     // (`Vault::snapshot`), so a damaged newest one falls back to the one
@@ -204,12 +251,24 @@ pub(crate) fn recover(dir: &Path, truncate_corrupt: bool) -> Result<Recovery, Re
     let mut first_error = None;
     for &seq in listing.snapshots.iter().rev() {
         let path = dir.join(snapshot_file_name(seq));
-        match snapshot::verify_snapshot(&path) {
+        // With quarantine, records that fail their tag are set aside when
+        // the snapshot is applied; here they only must not stop the check.
+        let verified = if opts.quarantine {
+            snapshot::for_each_record(&path, mac, Some(&mut Vec::new()), |_| {
+                Ok::<(), std::convert::Infallible>(())
+            })
+        } else {
+            snapshot::verify_snapshot(&path, mac)
+        };
+        match verified {
             Ok((_, n)) => {
                 snapshot_seq = Some(seq);
                 snapshot_records = n;
                 break;
             }
+            // An edited snapshot stops start-up: falling back to the older
+            // one would hide the edit.
+            Err(e) if e.is_tampering() => return Err(RecoveryError::SnapshotTampered(e)),
             Err(e) => {
                 warnings.push(format!(
                     "snapshot {} is damaged ({e}); trying the previous one",
@@ -259,7 +318,12 @@ pub(crate) fn recover(dir: &Path, truncate_corrupt: bool) -> Result<Recovery, Re
             break;
         }
         let last = i + 1 == files.len();
-        let Some(bad) = scan_journal(&path, seq, last, &mut journal)? else {
+        let mut scan = Scan {
+            mac,
+            quarantine: opts.quarantine.then_some(&mut tampered),
+            tip: &mut journal_tip,
+        };
+        let Some(bad) = scan_journal(&path, seq, last, &mut journal, &mut scan)? else {
             continue;
         };
         if bad.torn && last {
@@ -333,6 +397,9 @@ pub(crate) fn recover(dir: &Path, truncate_corrupt: bool) -> Result<Recovery, Re
 
     let next_seq = files[..kept].last().copied().or(snapshot_seq).unwrap_or(1);
     Ok(Recovery {
+        journal_tip,
+        tampered,
+        mac: mac.clone(),
         snapshot,
         snapshot_seq,
         snapshot_records,
@@ -413,12 +480,24 @@ struct BadFrame {
 
 /// Read journal file `seq`, pushing its records up to the first bad frame
 /// onto `out`; returns that bad frame, if any.
+/// What scanning a journal file needs besides the file: the key, where
+/// tampered records go (or `None`: they stop recovery), and where the
+/// file's last tag is left.
+struct Scan<'a> {
+    mac: &'a RecordMac,
+    quarantine: Option<&'a mut Vec<TamperedRecord>>,
+    tip: &'a mut Option<Tag>,
+}
+
 fn scan_journal(
     path: &Path,
     seq: u64,
     last: bool,
     out: &mut Vec<JournalRecord>,
+    scan: &mut Scan<'_>,
 ) -> Result<Option<BadFrame>, RecoveryError> {
+    let mut chain = scan.mac.chain(FileKind::Journal, seq);
+    *scan.tip = None;
     let file = File::open(path).map_err(rio_err("open", path))?;
     let len = file.metadata().map_err(rio_err("stat", path))?.len();
     let mut r = BufReader::with_capacity(1 << 20, file);
@@ -465,10 +544,32 @@ fn scan_journal(
         // (torn candidate, why, whether anything but zeros follows)
         let (torn, reason, data_follows) = match next {
             NextFrame::End => return Ok(None),
-            NextFrame::Frame(p) => match codec::decode_payload(p) {
-                Ok(rec) => {
-                    out.push(rec);
-                    continue;
+            NextFrame::Frame(p) => match codec::decode_sealed(p) {
+                Ok((rec, bytes, tag)) => {
+                    let authentic = chain.verify(bytes, &tag);
+                    *scan.tip = Some(chain.tip());
+                    if authentic {
+                        out.push(rec);
+                        continue;
+                    }
+                    let t = TamperedRecord {
+                        file: path.to_owned(),
+                        offset: at,
+                        record: rec,
+                    };
+                    match scan.quarantine.as_deref_mut() {
+                        Some(q) if snapshot::record_token(&t.record).is_some() => {
+                            q.push(t);
+                            continue;
+                        }
+                        _ => {
+                            return Err(RecoveryError::Tampered {
+                                file: path.to_owned(),
+                                offset: at,
+                                token: t.token(),
+                            })
+                        }
+                    }
                 }
                 // Written whole (the checksum matches) but not a record we
                 // know: never a torn write. Possibly a newer version's.
@@ -568,6 +669,41 @@ mod tests {
     use proptest::strategy::{Strategy, ValueTree};
     use std::time::{Duration, Instant};
 
+    fn mac() -> RecordMac {
+        RecordMac::for_tests()
+    }
+
+    /// Recovery as `serve` runs it by default.
+    fn recover_strict(d: &Path) -> Result<Recovery, RecoveryError> {
+        recover(d, &mac(), RecoverOptions::default())
+    }
+
+    /// Recovery with `--truncate-corrupt`.
+    fn recover_truncating(d: &Path) -> Result<Recovery, RecoveryError> {
+        let opts = RecoverOptions {
+            truncate_corrupt: true,
+            quarantine: false,
+        };
+        recover(d, &mac(), opts)
+    }
+
+    /// Where the chain of journal `seq` continues, as `Vault::open` gets
+    /// it from recovery (`None` if recovery would refuse, or the file is
+    /// not the last one).
+    fn tip_of(dir: &Path, seq: u64) -> Option<Tag> {
+        let r = recover_strict(dir).ok()?;
+        (r.next_seq == seq).then_some(r.journal_tip).flatten()
+    }
+
+    /// A journal opened as `Vault::open` opens it.
+    fn open_at(dir: &Path, seq: u64, durability: Durability) -> Result<Journal, JournalError> {
+        Journal::open(dir, seq, durability, mac(), tip_of(dir, seq))
+    }
+
+    fn open_sync(dir: &Path, seq: u64) -> Result<Journal, JournalError> {
+        open_at(dir, seq, Durability::Sync)
+    }
+
     fn sample(n: usize, seed: u8) -> Vec<JournalRecord> {
         let mut runner = proptest::test_runner::TestRunner::new_with_rng(
             Default::default(),
@@ -593,13 +729,13 @@ mod tests {
 
     fn frame_len(rec: &JournalRecord) -> usize {
         let mut v = Vec::new();
-        codec::encode_record(rec, &mut v).unwrap();
+        codec::encode_record(rec, &mut v, &mut crate::vault::codec::tests::test_chain()).unwrap();
         v.len()
     }
 
     /// Write `recs` into journal `seq` of `dir` and close it.
     fn write_journal(dir: &Path, seq: u64, recs: &[JournalRecord]) -> PathBuf {
-        let j = Journal::open(dir, seq, Durability::Sync).unwrap();
+        let j = open_sync(dir, seq).unwrap();
         let lsn = j.append_batch(recs).unwrap();
         j.wait_durable(lsn).unwrap();
         dir.join(journal_file_name(seq))
@@ -614,7 +750,7 @@ mod tests {
     fn append_wait_recover() {
         let dir = tempfile::tempdir().unwrap();
         let recs = sample(50, 1);
-        let j = Journal::open(dir.path(), 1, Durability::Sync).unwrap();
+        let j = open_sync(dir.path(), 1).unwrap();
         let mut last = Lsn(0);
         for r in &recs {
             let lsn = j.append(r).unwrap();
@@ -625,7 +761,7 @@ mod tests {
         j.wait_durable(last).unwrap();
         assert!(j.durable_lsn() >= last);
         // Recovery while the journal is open (as after a crash right now).
-        let r = recover(dir.path(), false).unwrap();
+        let r = recover_strict(dir.path()).unwrap();
         assert_eq!(r.journal, recs);
         assert!(r.snapshot.is_none() && r.warnings.is_empty());
         assert_eq!(r.next_seq, 1);
@@ -633,39 +769,39 @@ mod tests {
         // Reopen and append to the same file.
         let more = sample(5, 2);
         write_journal(dir.path(), 1, &more);
-        let r = recover(dir.path(), false).unwrap();
+        let r = recover_strict(dir.path()).unwrap();
         assert_eq!(r.journal, [recs, more].concat());
     }
 
     #[test]
     fn empty_dir_and_refusals() {
         let dir = tempfile::tempdir().unwrap();
-        let r = recover(dir.path(), false).unwrap();
+        let r = recover_strict(dir.path()).unwrap();
         assert_eq!(
             (r.journal.len(), r.next_seq, r.snapshot.is_none()),
             (0, 1, true)
         );
 
         let missing = dir.path().join("nope");
-        let err = recover(&missing, false).unwrap_err();
+        let err = recover_strict(&missing).unwrap_err();
         assert!(matches!(err, RecoveryError::DataDirMissing { .. }));
         assert!(err.to_string().contains("nope"), "{err}");
         let file = dir.path().join("plain");
         fs::write(&file, b"").unwrap();
-        let err = recover(&file, false).unwrap_err();
+        let err = recover_strict(&file).unwrap_err();
         assert!(matches!(err, RecoveryError::DataDirUnreadable { .. }));
         assert!(err.to_string().contains("plain"), "{err}");
-        assert!(Journal::open(&missing, 1, Durability::Sync).is_err());
+        assert!(open_sync(&missing, 1).is_err());
 
         write_journal(dir.path(), 2, &[atc(1)]);
-        let err = Journal::open(dir.path(), 1, Durability::Sync).unwrap_err();
+        let err = open_sync(dir.path(), 1).unwrap_err();
         assert!(
             matches!(err, JournalError::NotNewest { seq: 1, .. }),
             "{err}"
         );
 
         // A record the codec refuses is refused by append, nothing written.
-        let j = Journal::open(dir.path(), 2, Durability::Sync).unwrap();
+        let j = open_sync(dir.path(), 2).unwrap();
         let bad = JournalRecord::Controls {
             id: 1,
             controls: crate::vault::types::DomainControls {
@@ -679,7 +815,7 @@ mod tests {
         ));
         j.flush().unwrap();
         drop(j);
-        assert_eq!(recover(dir.path(), false).unwrap().journal, [atc(1)]);
+        assert_eq!(recover_strict(dir.path()).unwrap().journal, [atc(1)]);
     }
 
     #[test]
@@ -692,7 +828,7 @@ mod tests {
         assert_eq!(full.len(), last_at + frame_len(&recs[5]));
         for cut in last_at..full.len() {
             fs::write(&path, &full[..cut]).unwrap();
-            let r = recover(dir.path(), false).unwrap();
+            let r = recover_strict(dir.path()).unwrap();
             assert_eq!(r.journal, recs[..5], "cut at {cut}");
             assert_eq!(
                 fs::metadata(&path).unwrap().len(),
@@ -713,14 +849,14 @@ mod tests {
         }
         // Appending after the repair continues cleanly.
         write_journal(dir.path(), 1, &recs[5..]);
-        assert_eq!(recover(dir.path(), false).unwrap().journal, recs);
+        assert_eq!(recover_strict(dir.path()).unwrap().journal, recs);
 
         // The last record's bytes partly wrong (checksum fails, ends at EOF).
         for i in [last_at + 8, full.len() - 1] {
             let mut bad = full.clone();
             bad[i] ^= 0x55;
             fs::write(&path, &bad).unwrap();
-            let r = recover(dir.path(), false).unwrap();
+            let r = recover_strict(dir.path()).unwrap();
             assert_eq!(r.journal, recs[..5]);
             assert_eq!(r.warnings.len(), 1);
         }
@@ -733,7 +869,7 @@ mod tests {
         let full = fs::read(&path).unwrap();
         for cut in 0..16 {
             fs::write(&path, &full[..cut]).unwrap();
-            let r = recover(dir.path(), false).unwrap();
+            let r = recover_strict(dir.path()).unwrap();
             assert_eq!((r.journal.len(), r.next_seq), (0, 1));
             assert_eq!(r.warnings.len(), usize::from(cut > 0));
             assert_eq!(fs::metadata(&path).unwrap().len(), 0);
@@ -742,14 +878,14 @@ mod tests {
         let mut cut = full[..5].to_vec();
         cut.resize(4096, 0);
         fs::write(&path, &cut).unwrap();
-        let r = recover(dir.path(), false).unwrap();
+        let r = recover_strict(dir.path()).unwrap();
         assert_eq!(r.warnings.len(), 1);
         assert_eq!(fs::metadata(&path).unwrap().len(), 0);
         // But a header that is not ours is corruption at offset 0.
         let mut other = full.clone();
         other[0] = b'X';
         fs::write(&path, &other).unwrap();
-        let err = recover(dir.path(), false).unwrap_err();
+        let err = recover_strict(dir.path()).unwrap_err();
         assert!(
             matches!(err, RecoveryError::Corrupt { offset: 0, .. }),
             "{err}"
@@ -757,7 +893,7 @@ mod tests {
         fs::write(&path, b"").unwrap();
 
         write_journal(dir.path(), 1, &[atc(1)]);
-        assert_eq!(recover(dir.path(), false).unwrap().journal, [atc(1)]);
+        assert_eq!(recover_strict(dir.path()).unwrap().journal, [atc(1)]);
     }
 
     #[test]
@@ -769,7 +905,7 @@ mod tests {
         let mut zeroed = full.clone();
         zeroed.extend_from_slice(&[0; 8192]);
         fs::write(&path, &zeroed).unwrap();
-        let r = recover(dir.path(), false).unwrap();
+        let r = recover_strict(dir.path()).unwrap();
         assert_eq!(r.journal, recs);
         assert!(r.warnings[0].contains("zero-filled"), "{:?}", r.warnings);
         assert_eq!(fs::read(&path).unwrap(), full);
@@ -779,7 +915,7 @@ mod tests {
         let mut zeroed = full.clone();
         zeroed[at..].fill(0);
         fs::write(&path, &zeroed).unwrap();
-        let r = recover(dir.path(), false).unwrap();
+        let r = recover_strict(dir.path()).unwrap();
         assert_eq!(r.journal, recs[..2]);
         assert_eq!(fs::metadata(&path).unwrap().len(), at as u64);
     }
@@ -795,7 +931,7 @@ mod tests {
         bad[at as usize + 9] ^= 0x01;
         fs::write(&path, &bad).unwrap();
 
-        let err = recover(dir.path(), false).unwrap_err();
+        let err = recover_strict(dir.path()).unwrap_err();
         let RecoveryError::Corrupt { file, offset, .. } = &err else {
             panic!("{err}")
         };
@@ -807,7 +943,7 @@ mod tests {
         // Nothing was changed by the refusal.
         assert_eq!(fs::read(&path).unwrap(), bad);
 
-        let r = recover(dir.path(), true).unwrap();
+        let r = recover_truncating(dir.path()).unwrap();
         assert_eq!(r.journal, recs[..2]);
         assert_eq!(r.warnings.len(), 1);
         assert!(
@@ -817,7 +953,7 @@ mod tests {
         );
         assert_eq!(fs::metadata(&path).unwrap().len(), at);
         // Clean from now on.
-        assert!(recover(dir.path(), false).unwrap().warnings.is_empty());
+        assert!(recover_strict(dir.path()).unwrap().warnings.is_empty());
     }
 
     #[test]
@@ -832,7 +968,7 @@ mod tests {
         let mut bad = full.clone();
         bad[at..at + 4].copy_from_slice(&(len + 100).to_le_bytes());
         fs::write(&path, &bad).unwrap();
-        let err = recover(dir.path(), false).unwrap_err();
+        let err = recover_strict(dir.path()).unwrap_err();
         assert!(
             matches!(err, RecoveryError::Corrupt { offset, .. } if offset == at as u64),
             "{err}"
@@ -840,7 +976,7 @@ mod tests {
         // ...or to end exactly at the end of the file.
         bad[at..at + 4].copy_from_slice(&(len - 8).to_le_bytes());
         fs::write(&path, &bad).unwrap();
-        let err = recover(dir.path(), false).unwrap_err();
+        let err = recover_strict(dir.path()).unwrap_err();
         assert!(
             matches!(err, RecoveryError::Corrupt { offset, .. } if offset == at as u64),
             "{err}"
@@ -849,7 +985,7 @@ mod tests {
         let mut bad = full.clone();
         bad[3] = b'x';
         fs::write(&path, &bad).unwrap();
-        let err = recover(dir.path(), false).unwrap_err();
+        let err = recover_strict(dir.path()).unwrap_err();
         assert!(
             matches!(err, RecoveryError::Corrupt { offset: 0, .. }),
             "{err}"
@@ -861,7 +997,7 @@ mod tests {
         junk.push(0x42);
         bad.extend_from_slice(&junk);
         fs::write(&path, &bad).unwrap();
-        let err = recover(dir.path(), false).unwrap_err();
+        let err = recover_strict(dir.path()).unwrap_err();
         assert!(
             matches!(err, RecoveryError::Corrupt { offset, .. } if offset == full.len() as u64),
             "{err}"
@@ -879,7 +1015,7 @@ mod tests {
         write_journal(d, 2, &b);
         let p3 = write_journal(d, 3, &c);
         assert_eq!(
-            recover(d, false).unwrap().journal,
+            recover_strict(d).unwrap().journal,
             [a.clone(), b.clone(), c.clone()].concat()
         );
 
@@ -887,13 +1023,13 @@ mod tests {
         let full = fs::read(&p1).unwrap();
         fs::write(&p1, &full[..full.len() - 3]).unwrap();
         let at = offset_of(&a, 3);
-        let err = recover(d, false).unwrap_err();
+        let err = recover_strict(d).unwrap_err();
         assert!(
             matches!(&err, RecoveryError::Corrupt { file, offset, .. } if *file == p1 && *offset == at),
             "{err}"
         );
 
-        let r = recover(d, true).unwrap();
+        let r = recover_truncating(d).unwrap();
         assert_eq!(r.journal, a[..3]);
         assert_eq!(r.next_seq, 1);
         assert!(
@@ -905,13 +1041,13 @@ mod tests {
         );
         assert!(!p3.exists() && d.join("journal-0000000000000003.log.discarded").exists());
         // The journal continues in file 1 and can rotate past the old seqs.
-        let j = Journal::open(d, r.next_seq, Durability::Sync).unwrap();
+        let j = open_at(d, r.next_seq, Durability::Sync).unwrap();
         j.append(&atc(9)).unwrap();
         assert_eq!(j.rotate().unwrap(), 2);
         j.append(&atc(10)).unwrap();
         j.flush().unwrap();
         drop(j);
-        let r = recover(d, false).unwrap();
+        let r = recover_strict(d).unwrap();
         assert_eq!(r.journal, [&a[..3], &[atc(9), atc(10)]].concat());
         assert_eq!(r.next_seq, 2);
     }
@@ -924,20 +1060,20 @@ mod tests {
         write_journal(d, 2, &[atc(2)]);
         write_journal(d, 3, &[atc(3)]);
         fs::remove_file(d.join(journal_file_name(2))).unwrap();
-        let err = recover(d, false).unwrap_err();
+        let err = recover_strict(d).unwrap_err();
         assert!(matches!(err, RecoveryError::MissingJournal { .. }));
         assert!(
             err.to_string().contains("journal-0000000000000002.log"),
             "{err}"
         );
-        let r = recover(d, true).unwrap();
+        let r = recover_truncating(d).unwrap();
         assert_eq!((r.journal, r.next_seq), (vec![atc(1)], 1));
     }
 
     #[test]
     fn concurrent_appends_are_all_recovered() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(dir.path(), 1, Durability::Sync).unwrap();
+        let j = open_sync(dir.path(), 1).unwrap();
         let threads = 4u32;
         let per = 250u32;
         let acked: Vec<Vec<JournalRecord>> = std::thread::scope(|s| {
@@ -960,7 +1096,7 @@ mod tests {
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
         // Without closing the journal: every acknowledged record is there.
-        let r = recover(dir.path(), false).unwrap();
+        let r = recover_strict(dir.path()).unwrap();
         assert_eq!(r.journal.len(), (threads * per) as usize);
         for (t, recs) in acked.iter().enumerate() {
             // Each thread's records appear, in its own order.
@@ -979,7 +1115,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let before = sample(20, 9);
-        let j = Journal::open(d, 1, Durability::Sync).unwrap();
+        let j = open_sync(d, 1).unwrap();
         j.append_batch(&before[..10]).unwrap();
         assert_eq!(j.rotate().unwrap(), 2);
         assert_eq!(j.seq(), 2);
@@ -988,13 +1124,13 @@ mod tests {
         assert_eq!(s, 3);
         // The vault would write its state as of the rotation: here, simply
         // everything journaled before it.
-        write_snapshot(d, s, before.clone()).unwrap();
+        write_snapshot(d, s, before.clone(), &mac()).unwrap();
         let after = sample(7, 10);
         let lsn = j.append_batch(&after).unwrap();
         j.wait_durable(lsn).unwrap();
 
         // Before pruning the old journal files are still there but ignored.
-        let r = recover(d, false).unwrap();
+        let r = recover_strict(d).unwrap();
         assert_eq!(r.snapshot_seq, Some(3));
         assert_eq!(r.snapshot_records().unwrap(), before);
         assert_eq!(r.journal, after);
@@ -1003,10 +1139,10 @@ mod tests {
         let removed = prune(d, s).unwrap();
         assert_eq!(removed.len(), 2);
         fs::write(d.join(snapshot_tmp_name(4)), b"half").unwrap();
-        let r = recover(d, false).unwrap();
+        let r = recover_strict(d).unwrap();
         let mut streamed = Vec::new();
         let n = r
-            .for_each_snapshot_record(|rec| {
+            .for_each_snapshot_record(None, |rec| {
                 streamed.push(rec);
                 Ok::<(), String>(())
             })
@@ -1032,8 +1168,11 @@ mod tests {
         let mut bad = bytes.clone();
         bad[20] ^= 0xFF;
         fs::write(&snap, &bad).unwrap();
-        let r = recover(d, false).unwrap();
-        let err = r.snapshot_records().unwrap_err();
+        // (Recovery reads every snapshot back before choosing it, so the
+        // damage stops recovery itself when there is no older snapshot.)
+        let RecoveryError::Snapshot(err) = recover_strict(d).unwrap_err() else {
+            panic!("a snapshot error")
+        };
         assert!(
             matches!(err, SnapshotError::Corrupt { offset: 16, .. }),
             "{err}"
@@ -1045,7 +1184,7 @@ mod tests {
 
         // A newest snapshot cut short stops recovery itself, naming it.
         fs::write(&snap, &bytes[..bytes.len() - 1]).unwrap();
-        let err = recover(d, false).unwrap_err();
+        let err = recover_strict(d).unwrap_err();
         assert!(matches!(err, RecoveryError::Snapshot(_)));
         assert!(
             err.to_string().contains("snapshot-0000000000000003.snap"),
@@ -1058,15 +1197,15 @@ mod tests {
         // A snapshot whose journal file was never created: recovery opens
         // the journal at the snapshot's seq.
         let dir = tempfile::tempdir().unwrap();
-        write_snapshot(dir.path(), 5, sample(3, 11)).unwrap();
-        let r = recover(dir.path(), false).unwrap();
+        write_snapshot(dir.path(), 5, sample(3, 11), &mac()).unwrap();
+        let r = recover_strict(dir.path()).unwrap();
         assert_eq!((r.next_seq, r.journal.len()), (5, 0));
         write_journal(dir.path(), r.next_seq, &[atc(1)]);
-        assert_eq!(recover(dir.path(), false).unwrap().journal, [atc(1)]);
+        assert_eq!(recover_strict(dir.path()).unwrap().journal, [atc(1)]);
         // But a journal after a gap is refused.
         write_journal(dir.path(), 7, &[atc(2)]);
         assert!(matches!(
-            recover(dir.path(), false),
+            recover_strict(dir.path()),
             Err(RecoveryError::MissingJournal { .. })
         ));
     }
@@ -1075,7 +1214,7 @@ mod tests {
     fn async_mode_flushes_on_drop_and_in_the_background() {
         let dir = tempfile::tempdir().unwrap();
         let recs = sample(30, 12);
-        let j = Journal::open(dir.path(), 1, Durability::Async).unwrap();
+        let j = open_at(dir.path(), 1, Durability::Async).unwrap();
         let lsn = j.append_batch(&recs[..10]).unwrap();
         // Returns at once; the writer gets there within the interval.
         j.wait_durable(lsn).unwrap();
@@ -1084,12 +1223,12 @@ mod tests {
             assert!(Instant::now() < deadline, "async writer never flushed");
             std::thread::sleep(Duration::from_millis(2));
         }
-        assert_eq!(recover(dir.path(), false).unwrap().journal, recs[..10]);
+        assert_eq!(recover_strict(dir.path()).unwrap().journal, recs[..10]);
         j.append_batch(&recs[10..]).unwrap();
         drop(j);
-        assert_eq!(recover(dir.path(), false).unwrap().journal, recs);
+        assert_eq!(recover_strict(dir.path()).unwrap().journal, recs);
 
-        let j = Journal::open(dir.path(), 1, Durability::Async).unwrap();
+        let j = open_at(dir.path(), 1, Durability::Async).unwrap();
         j.append(&atc(1)).unwrap();
         j.flush().unwrap();
         assert_eq!(j.durable_lsn(), Lsn(1));
@@ -1098,7 +1237,7 @@ mod tests {
     #[test]
     fn a_failed_sync_fails_everything_after() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(dir.path(), 1, Durability::Sync).unwrap();
+        let j = open_sync(dir.path(), 1).unwrap();
         let ok = j.append(&atc(1)).unwrap();
         j.wait_durable(ok).unwrap();
         j.inject_sync_failure();
@@ -1116,7 +1255,7 @@ mod tests {
         assert!(matches!(j.rotate(), Err(JournalError::Failed(_))));
         drop(j);
 
-        let j = Journal::open(dir.path(), 2, Durability::Async).unwrap();
+        let j = open_at(dir.path(), 2, Durability::Async).unwrap();
         j.inject_sync_failure();
         j.append(&atc(4)).unwrap();
         assert!(matches!(j.flush(), Err(JournalError::Failed(_))));
@@ -1141,6 +1280,6 @@ mod tests {
             },
         ];
         write_journal(dir.path(), 1, &recs);
-        assert_eq!(recover(dir.path(), false).unwrap().journal, recs);
+        assert_eq!(recover_strict(dir.path()).unwrap().journal, recs);
     }
 }

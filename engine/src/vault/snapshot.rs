@@ -11,10 +11,15 @@
 //! 0       8     magic "TSNAP001"
 //! 8       8     seq u64 LE (equals the seq in the file name)
 //! 16      ...   one frame per record (`vault::codec`: [len u32 LE]
-//!               [crc32c u32 LE][payload]), `Controls` and `Token` records
-//! end-17  17    trailer frame: len = 9, crc, payload = 0xFF then the record
-//!               count u64 LE; nothing may follow it
+//!               [crc32c u32 LE][record][tag 16]), `Controls` and `Token`
+//!               records
+//! end-33  33    trailer frame: len = 25, crc, payload = 0xFF, the record
+//!               count u64 LE, tag; nothing may follow it
 //! ```
+//!
+//! Tags chain through the file (`vault::seal`, kind `S` and this seq), so
+//! the trailer's tag is a MAC over the whole file: an edited, removed,
+//! reordered or inserted record is found even if its CRC was recomputed.
 //!
 //! A snapshot is complete only with its trailer and a matching count: a
 //! file cut short anywhere (including exactly between two frames) reads as
@@ -40,7 +45,6 @@
 //! snapshot does not exist for recovery; after [`write_snapshot`] returns,
 //! it survives a crash. Only then may [`prune`] delete what it replaces.
 
-use std::convert::Infallible;
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -51,7 +55,38 @@ use super::files::{
     parse_journal_name, parse_snapshot_name, parse_snapshot_tmp_name, snapshot_file_name,
     snapshot_tmp_name, sync_dir, MAX_SEQ,
 };
+use super::seal::{FileKind, RecordMac, TAG_LEN};
 use super::types::JournalRecord;
+
+/// A record whose tag did not verify, kept aside (`--quarantine-tampered`)
+/// instead of stopping the load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TamperedRecord {
+    /// The file it is in.
+    pub file: PathBuf,
+    /// Its frame's byte offset.
+    pub offset: u64,
+    /// What it says (untrusted: never applied).
+    pub record: JournalRecord,
+}
+
+impl TamperedRecord {
+    /// The token it names, masked, or "-" (a control set names none).
+    pub fn token(&self) -> String {
+        record_token(&self.record).map_or_else(|| "-".to_owned(), |t| t.masked())
+    }
+}
+
+/// The token a record is about, if any.
+pub(crate) fn record_token(r: &JournalRecord) -> Option<super::types::CardNumber> {
+    match r {
+        JournalRecord::Token(img) => Some(img.token),
+        JournalRecord::State { token, .. }
+        | JournalRecord::Atc { token, .. }
+        | JournalRecord::Velocity { token, .. } => Some(*token),
+        JournalRecord::Controls { .. } => None,
+    }
+}
 
 /// First 8 bytes of every snapshot file.
 pub(crate) const SNAPSHOT_MAGIC: &[u8; 8] = b"TSNAP001";
@@ -59,6 +94,8 @@ pub(crate) const SNAPSHOT_MAGIC: &[u8; 8] = b"TSNAP001";
 pub(crate) const SNAPSHOT_HEADER_LEN: u64 = 16;
 /// Payload length of the trailer frame: type byte and count.
 const TRAILER_PAYLOAD_LEN: usize = 9;
+/// The trailer frame's payload: the trailer and its tag.
+const TRAILER_FRAME_PAYLOAD: usize = TRAILER_PAYLOAD_LEN + TAG_LEN;
 const IO_BUF: usize = 1 << 20;
 
 /// A snapshot could not be written, read or pruned.
@@ -102,6 +139,25 @@ pub enum SnapshotError {
         #[source]
         source: CodecError,
     },
+    /// A record's tag does not verify: the file was edited.
+    #[error("snapshot {}: record at byte offset {offset} (token {token}) fails authentication: the file was modified", file.display())]
+    Tampered {
+        /// The snapshot file.
+        file: PathBuf,
+        /// The record's offset.
+        offset: u64,
+        /// The token it names (masked), or "-".
+        token: String,
+    },
+    /// The trailer's tag (the MAC over the whole file) does not verify:
+    /// records were removed, inserted or reordered, or the trailer edited.
+    #[error("snapshot {}: the trailer at byte offset {offset} fails authentication: records were removed, inserted or reordered, or the trailer was edited", file.display())]
+    TrailerForged {
+        /// The snapshot file.
+        file: PathBuf,
+        /// The trailer's offset.
+        offset: u64,
+    },
     /// The callback of [`for_each_record`] refused a record.
     #[error("snapshot {}: record at byte offset {offset} rejected: {reason}", file.display())]
     Rejected {
@@ -120,6 +176,18 @@ pub enum SnapshotError {
     },
 }
 
+impl SnapshotError {
+    /// The file fails authentication (as opposed to being damaged or cut
+    /// short): someone edited it. Recovery never falls back past this to an
+    /// older snapshot, since an edit must stop start-up, not be papered over.
+    pub fn is_tampering(&self) -> bool {
+        matches!(
+            self,
+            SnapshotError::Tampered { .. } | SnapshotError::TrailerForged { .. }
+        )
+    }
+}
+
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SnapshotError + 'a {
     move |source| SnapshotError::Io {
         op,
@@ -132,10 +200,11 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Sna
 /// returns its path. Streams: memory use does not grow with the number of
 /// records. On error the temporary file is removed (best effort) and no
 /// snapshot `seq` appears.
-pub fn write_snapshot(
+pub(crate) fn write_snapshot(
     dir: &Path,
     seq: u64,
     records: impl IntoIterator<Item = JournalRecord>,
+    mac: &RecordMac,
 ) -> Result<PathBuf, SnapshotError> {
     let tmp = dir.join(snapshot_tmp_name(seq));
     let path = dir.join(snapshot_file_name(seq));
@@ -144,7 +213,7 @@ pub fn write_snapshot(
             "seq above {MAX_SEQ}"
         ))));
     }
-    let result = write_tmp(&tmp, seq, records);
+    let result = write_tmp(&tmp, seq, records, mac);
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp);
         return Err(e);
@@ -159,7 +228,9 @@ fn write_tmp(
     tmp: &Path,
     seq: u64,
     records: impl IntoIterator<Item = JournalRecord>,
+    mac: &RecordMac,
 ) -> Result<(), SnapshotError> {
+    let mut chain = mac.chain(FileKind::Snapshot, seq);
     let file = File::create(tmp).map_err(io_err("create", tmp))?;
     let mut w = BufWriter::with_capacity(IO_BUF, file);
     let write_err = |source| SnapshotError::Io {
@@ -176,24 +247,29 @@ fn write_tmp(
     let mut count: u64 = 0;
     for rec in records {
         frame.clear();
-        codec::encode_record(&rec, &mut frame).map_err(|source| SnapshotError::Encode {
-            index: count,
-            source,
+        codec::encode_record(&rec, &mut frame, &mut chain).map_err(|source| {
+            SnapshotError::Encode {
+                index: count,
+                source,
+            }
         })?;
         w.write_all(&frame).map_err(write_err)?;
         count += 1;
     }
-    w.write_all(&trailer_frame(count)).map_err(write_err)?;
+    w.write_all(&trailer_frame(count, &mut chain))
+        .map_err(write_err)?;
     let file = w.into_inner().map_err(|e| write_err(e.into_error()))?;
     file.sync_all().map_err(io_err("fsync", tmp))?;
     Ok(())
 }
 
-fn trailer_frame(count: u64) -> Vec<u8> {
-    let mut payload = Vec::with_capacity(TRAILER_PAYLOAD_LEN);
+fn trailer_frame(count: u64, chain: &mut super::seal::Chain) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(TRAILER_FRAME_PAYLOAD);
     payload.push(TAG_SNAPSHOT_TRAILER);
     payload.extend_from_slice(&count.to_le_bytes());
-    let mut f = Vec::with_capacity(codec::FRAME_HEADER_LEN + TRAILER_PAYLOAD_LEN);
+    let tag = chain.seal(&payload);
+    payload.extend_from_slice(&tag);
+    let mut f = Vec::with_capacity(codec::FRAME_HEADER_LEN + TRAILER_FRAME_PAYLOAD);
     f.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     f.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
     f.extend_from_slice(&payload);
@@ -203,11 +279,15 @@ fn trailer_frame(count: u64) -> Vec<u8> {
 /// Read a whole snapshot into memory: its seq and records. Any damage, or
 /// a missing trailer, is an error naming the file and the byte offset.
 /// For large snapshots prefer [`for_each_record`].
-pub fn read_snapshot(path: &Path) -> Result<(u64, Vec<JournalRecord>), SnapshotError> {
+#[cfg(test)]
+pub(crate) fn read_snapshot(
+    path: &Path,
+    mac: &RecordMac,
+) -> Result<(u64, Vec<JournalRecord>), SnapshotError> {
     let mut records = Vec::new();
-    let (seq, _) = for_each_record(path, |r| {
+    let (seq, _) = for_each_record(path, mac, None, |r| {
         records.push(r);
-        Ok::<(), Infallible>(())
+        Ok::<(), std::convert::Infallible>(())
     })?;
     Ok((seq, records))
 }
@@ -251,8 +331,8 @@ fn open_checked(path: &Path) -> Result<(BufReader<File>, u64, u64), SnapshotErro
 
 /// Read a whole snapshot back: header, every record (checksums and
 /// decoding) and trailer. Returns its seq and record count.
-pub fn verify_snapshot(path: &Path) -> Result<(u64, u64), SnapshotError> {
-    for_each_record(path, |_| Ok::<(), std::convert::Infallible>(()))
+pub(crate) fn verify_snapshot(path: &Path, mac: &RecordMac) -> Result<(u64, u64), SnapshotError> {
+    for_each_record(path, mac, None, |_| Ok::<(), std::convert::Infallible>(()))
 }
 
 /// Cheap check (header and trailer only, not the records): returns the seq
@@ -261,7 +341,7 @@ pub fn verify_snapshot(path: &Path) -> Result<(u64, u64), SnapshotError> {
 /// [`for_each_record`], which checks every frame.
 pub fn check_snapshot(path: &Path) -> Result<(u64, u64), SnapshotError> {
     let (r, len, seq) = open_checked(path)?;
-    let trailer_len = (codec::FRAME_HEADER_LEN + TRAILER_PAYLOAD_LEN) as u64;
+    let trailer_len = (codec::FRAME_HEADER_LEN + TRAILER_FRAME_PAYLOAD) as u64;
     let incomplete = || SnapshotError::Incomplete {
         file: path.to_owned(),
         offset: len,
@@ -270,17 +350,17 @@ pub fn check_snapshot(path: &Path) -> Result<(u64, u64), SnapshotError> {
         return Err(incomplete());
     }
     let mut file = r.into_inner();
-    let mut tail = [0u8; codec::FRAME_HEADER_LEN + TRAILER_PAYLOAD_LEN];
+    let mut tail = [0u8; codec::FRAME_HEADER_LEN + TRAILER_FRAME_PAYLOAD];
     file.seek(SeekFrom::Start(len - trailer_len))
         .map_err(io_err("seek", path))?;
     file.read_exact(&mut tail).map_err(io_err("read", path))?;
     match codec::read_raw_frame(&tail, 0) {
         RawFrame::Complete(p, _)
-            if p.len() == TRAILER_PAYLOAD_LEN && p[0] == TAG_SNAPSHOT_TRAILER =>
+            if p.len() == TRAILER_FRAME_PAYLOAD && p[0] == TAG_SNAPSHOT_TRAILER =>
         {
             Ok((
                 seq,
-                u64::from_le_bytes(p[1..].try_into().unwrap_or_default()),
+                u64::from_le_bytes(p[1..9].try_into().unwrap_or_default()),
             ))
         }
         _ => Err(incomplete()),
@@ -298,11 +378,19 @@ pub fn check_snapshot(path: &Path) -> Result<(u64, u64), SnapshotError> {
 ///
 /// When the file name is `snapshot-{seq}.snap`, the seq in the header must
 /// match it.
-pub fn for_each_record<E: fmt::Display>(
+///
+/// Every record's tag is checked. One that fails is an error
+/// ([`SnapshotError::Tampered`]), unless `quarantine` collects it: then it
+/// is put there instead of being handed to `f`. A trailer whose tag fails
+/// (records removed, inserted or reordered) is always an error.
+pub(crate) fn for_each_record<E: fmt::Display>(
     path: &Path,
+    mac: &RecordMac,
+    mut quarantine: Option<&mut Vec<TamperedRecord>>,
     mut f: impl FnMut(JournalRecord) -> Result<(), E>,
 ) -> Result<(u64, u64), SnapshotError> {
     let (r, len, seq) = open_checked(path)?;
+    let mut chain = mac.chain(FileKind::Snapshot, seq);
     let corrupt = |offset, reason| SnapshotError::Corrupt {
         file: path.to_owned(),
         offset,
@@ -323,13 +411,23 @@ pub fn for_each_record<E: fmt::Display>(
             NextFrame::Frame(p) => p,
         };
         if payload.first() == Some(&TAG_SNAPSHOT_TRAILER) {
-            let Ok(t) = <[u8; TRAILER_PAYLOAD_LEN]>::try_from(payload) else {
+            let Ok(t) = <[u8; TRAILER_FRAME_PAYLOAD]>::try_from(payload) else {
                 return Err(corrupt(
                     at,
-                    format!("trailer payload is {} bytes, not 9", payload.len()),
+                    format!(
+                        "trailer payload is {} bytes, not {TRAILER_FRAME_PAYLOAD}",
+                        payload.len()
+                    ),
                 ));
             };
-            let stored = u64::from_le_bytes(t[1..].try_into().unwrap_or_default());
+            let (body, tag) = t.split_at(TRAILER_PAYLOAD_LEN);
+            if !chain.verify(body, tag.try_into().expect("TAG_LEN bytes")) {
+                return Err(SnapshotError::TrailerForged {
+                    file: path.to_owned(),
+                    offset: at,
+                });
+            }
+            let stored = u64::from_le_bytes(t[1..9].try_into().unwrap_or_default());
             if stored != count {
                 return Err(corrupt(
                     at,
@@ -345,8 +443,29 @@ pub fn for_each_record<E: fmt::Display>(
             }
             return Ok((seq, count));
         }
-        let rec = codec::decode_payload(payload)
+        let (rec, bytes, tag) = codec::decode_sealed(payload)
             .map_err(|e| corrupt(at, format!("record does not decode: {e}")))?;
+        if !chain.verify(bytes, &tag) {
+            let tampered = TamperedRecord {
+                file: path.to_owned(),
+                offset: at,
+                record: rec,
+            };
+            match quarantine.as_deref_mut() {
+                Some(q) if record_token(&tampered.record).is_some() => {
+                    q.push(tampered);
+                    count += 1;
+                    continue;
+                }
+                _ => {
+                    return Err(SnapshotError::Tampered {
+                        file: path.to_owned(),
+                        offset: at,
+                        token: tampered.token(),
+                    })
+                }
+            }
+        }
         f(rec).map_err(|e| SnapshotError::Rejected {
             file: path.to_owned(),
             offset: at,
@@ -423,14 +542,14 @@ pub fn fuzz_snapshot(data: &[u8]) {
         let next = frames.position();
         assert!(next > at && next <= len, "frame {at}..{next} of {len}");
         if payload.first() == Some(&TAG_SNAPSHOT_TRAILER) {
-            let Ok(t) = <[u8; TRAILER_PAYLOAD_LEN]>::try_from(&payload[..]) else {
+            let Ok(t) = <[u8; TRAILER_FRAME_PAYLOAD]>::try_from(&payload[..]) else {
                 return;
             };
-            let stored = u64::from_le_bytes(t[1..].try_into().unwrap_or_default());
+            let stored = u64::from_le_bytes(t[1..9].try_into().unwrap_or_default());
             if stored == count && next == len {
                 // A complete snapshot: its trailer is where check_snapshot
                 // looks for it.
-                let tail = &data[data.len() - (codec::FRAME_HEADER_LEN + TRAILER_PAYLOAD_LEN)..];
+                let tail = &data[data.len() - (codec::FRAME_HEADER_LEN + TRAILER_FRAME_PAYLOAD)..];
                 assert!(matches!(
                     codec::read_raw_frame(tail, 0),
                     RawFrame::Complete(p, _) if p == &t[..]
@@ -438,11 +557,12 @@ pub fn fuzz_snapshot(data: &[u8]) {
             }
             return;
         }
-        let Ok(rec) = codec::decode_payload(&payload) else {
+        let Ok((rec, _, _)) = codec::decode_sealed(&payload) else {
             return;
         };
         let mut frame = Vec::new();
-        codec::encode_record(&rec, &mut frame).expect("a decoded record re-encodes");
+        let mut chain = RecordMac::for_tests().chain(FileKind::Snapshot, 0);
+        codec::encode_record(&rec, &mut frame, &mut chain).expect("a decoded record re-encodes");
         assert_eq!(
             codec::read_frame(&frame, 0),
             codec::FrameResult::Complete(rec, frame.len()),
@@ -457,6 +577,10 @@ mod tests {
     use super::*;
     use crate::vault::codec::tests::record;
     use proptest::prelude::*;
+
+    fn mac() -> RecordMac {
+        RecordMac::for_tests()
+    }
     use proptest::strategy::ValueTree;
 
     fn sample(n: usize) -> Vec<JournalRecord> {
@@ -469,19 +593,19 @@ mod tests {
     fn write_read_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let recs = sample(200);
-        let path = write_snapshot(dir.path(), 7, recs.clone()).unwrap();
+        let path = write_snapshot(dir.path(), 7, recs.clone(), &mac()).unwrap();
         assert_eq!(path, dir.path().join("snapshot-0000000000000007.snap"));
         assert!(!dir.path().join(snapshot_tmp_name(7)).exists());
-        assert_eq!(read_snapshot(&path).unwrap(), (7, recs));
+        assert_eq!(read_snapshot(&path, &mac()).unwrap(), (7, recs));
 
-        let empty = write_snapshot(dir.path(), 8, std::iter::empty()).unwrap();
-        assert_eq!(read_snapshot(&empty).unwrap(), (8, vec![]));
+        let empty = write_snapshot(dir.path(), 8, std::iter::empty(), &mac()).unwrap();
+        assert_eq!(read_snapshot(&empty, &mac()).unwrap(), (8, vec![]));
     }
 
     #[test]
     fn every_truncation_is_detected() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write_snapshot(dir.path(), 3, sample(5)).unwrap();
+        let path = write_snapshot(dir.path(), 3, sample(5), &mac()).unwrap();
         let bytes = fs::read(&path).unwrap();
         assert_eq!(check_snapshot(&path).unwrap(), (3, 5));
         for cut in 0..bytes.len() {
@@ -491,7 +615,7 @@ mod tests {
                 matches!(err, SnapshotError::Incomplete { .. }),
                 "cut {cut}: {err}"
             );
-            let err = read_snapshot(&path).unwrap_err();
+            let err = read_snapshot(&path, &mac()).unwrap_err();
             assert!(
                 matches!(err, SnapshotError::Incomplete { .. }),
                 "cut {cut}: {err}"
@@ -507,16 +631,21 @@ mod tests {
     fn damage_is_an_error_naming_file_and_offset() {
         let dir = tempfile::tempdir().unwrap();
         let recs = sample(5);
-        let path = write_snapshot(dir.path(), 3, recs.clone()).unwrap();
+        let path = write_snapshot(dir.path(), 3, recs.clone(), &mac()).unwrap();
         let bytes = fs::read(&path).unwrap();
         // Flip one byte of the second record's payload.
         let mut first = Vec::new();
-        codec::encode_record(&recs[0], &mut first).unwrap();
+        codec::encode_record(
+            &recs[0],
+            &mut first,
+            &mut crate::vault::codec::tests::test_chain(),
+        )
+        .unwrap();
         let second_at = SNAPSHOT_HEADER_LEN as usize + first.len();
         let mut bad = bytes.clone();
         bad[second_at + codec::FRAME_HEADER_LEN] ^= 0x10;
         fs::write(&path, &bad).unwrap();
-        let err = read_snapshot(&path).unwrap_err();
+        let err = read_snapshot(&path, &mac()).unwrap_err();
         let SnapshotError::Corrupt { offset, .. } = &err else {
             panic!("{err}")
         };
@@ -532,14 +661,14 @@ mod tests {
         bad[0] = b'X';
         fs::write(&path, &bad).unwrap();
         assert!(matches!(
-            read_snapshot(&path),
+            read_snapshot(&path, &mac()),
             Err(SnapshotError::Corrupt { offset: 0, .. })
         ));
         let mut bad = bytes.clone();
         bad[8] = 4;
         fs::write(&path, &bad).unwrap();
         assert!(matches!(
-            read_snapshot(&path),
+            read_snapshot(&path, &mac()),
             Err(SnapshotError::Corrupt { offset: 8, .. })
         ));
         let mut bad = bytes.clone();
@@ -547,18 +676,18 @@ mod tests {
         fs::write(&path, &bad).unwrap();
         let len = bytes.len() as u64;
         assert!(
-            matches!(read_snapshot(&path), Err(SnapshotError::Corrupt { offset, .. }) if offset == len)
+            matches!(read_snapshot(&path, &mac()), Err(SnapshotError::Corrupt { offset, .. }) if offset == len)
         );
 
-        // A trailer whose count disagrees (a whole frame dropped before it).
-        let trailer_at = bytes.len() - 17;
+        // A trailer whose count disagrees (a whole frame dropped before it),
+        // re-sealed from a fresh chain: its tag does not follow the file's.
+        let trailer_at = bytes.len() - (codec::FRAME_HEADER_LEN + TRAILER_FRAME_PAYLOAD);
         let mut bad = bytes[..trailer_at].to_vec();
-        bad.extend_from_slice(&trailer_frame(6));
+        bad.extend_from_slice(&trailer_frame(6, &mut mac().chain(FileKind::Snapshot, 3)));
         fs::write(&path, &bad).unwrap();
-        assert!(matches!(
-            read_snapshot(&path),
-            Err(SnapshotError::Corrupt { .. })
-        ));
+        let err = read_snapshot(&path, &mac()).unwrap_err();
+        assert!(matches!(err, SnapshotError::TrailerForged { .. }), "{err}");
+        assert!(err.is_tampering());
 
         // Never a panic, whatever the damage.
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -571,7 +700,7 @@ mod tests {
             let i = (x % bad.len() as u64) as usize;
             bad[i] = (x >> 32) as u8 | 1;
             fs::write(&path, &bad).unwrap();
-            let _ = read_snapshot(&path);
+            let _ = read_snapshot(&path, &mac());
         }
     }
 
@@ -579,9 +708,9 @@ mod tests {
     fn a_rejected_record_stops_the_stream() {
         let dir = tempfile::tempdir().unwrap();
         let recs = sample(4);
-        let path = write_snapshot(dir.path(), 1, recs.clone()).unwrap();
+        let path = write_snapshot(dir.path(), 1, recs.clone(), &mac()).unwrap();
         let mut seen = 0;
-        let err = for_each_record(&path, |_| {
+        let err = for_each_record(&path, &mac(), None, |_| {
             seen += 1;
             if seen == 3 {
                 Err("unknown profile")
@@ -595,7 +724,8 @@ mod tests {
                 .iter()
                 .map(|r| {
                     let mut v = Vec::new();
-                    codec::encode_record(r, &mut v).unwrap();
+                    codec::encode_record(r, &mut v, &mut crate::vault::codec::tests::test_chain())
+                        .unwrap();
                     v.len() as u64
                 })
                 .sum::<u64>();
@@ -618,7 +748,7 @@ mod tests {
                 ..Default::default()
             },
         });
-        let err = write_snapshot(dir.path(), 2, recs).unwrap_err();
+        let err = write_snapshot(dir.path(), 2, recs, &mac()).unwrap_err();
         assert!(
             matches!(err, SnapshotError::Encode { index: 3, .. }),
             "{err}"
@@ -643,7 +773,7 @@ mod tests {
             fs::write(d.join(name), b"x").unwrap();
         }
         assert!(matches!(prune(d, 3), Err(SnapshotError::NotFound { .. })));
-        write_snapshot(d, 3, sample(2)).unwrap();
+        write_snapshot(d, 3, sample(2), &mac()).unwrap();
         let removed = prune(d, 3).unwrap();
         let names: Vec<_> = removed
             .iter()
@@ -686,9 +816,12 @@ mod tests {
             atc: i as u16,
             at_secs: i,
         });
-        let path = write_snapshot(dir.path(), 1, recs).unwrap();
+        let path = write_snapshot(dir.path(), 1, recs, &mac()).unwrap();
         assert_eq!(check_snapshot(&path).unwrap(), (1, 10_000_000));
-        let (_, n) = for_each_record(&path, |_| Ok::<(), Infallible>(())).unwrap();
+        let (_, n) = for_each_record(&path, &mac(), None, |_| {
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .unwrap();
         assert_eq!(n, 10_000_000);
     }
 }
