@@ -16,10 +16,12 @@ use crate::primitives::mac::retail_mac;
 use crate::primitives::padding::Padding;
 use crate::TdesKey;
 
-/// Groups smaller than this go through the scalar `des` crate: a kernel
-/// chunk costs the same for 1 lane as for 64, and the scalar path wins
-/// below about four (measured with `examples/bitslice_speed.rs`).
-pub(super) const SCALAR_BELOW: usize = 4;
+/// Groups smaller than this go one job at a time through [`TdesKey`]. Both
+/// ways are the same constant-time circuit (issue 12, item 6); a kernel
+/// call costs the same for 1 lane as for 64, so from two jobs on one call
+/// for all of them beats one call each, and a lone job is cheaper through
+/// `TdesKey` (no transposition of its lanes).
+pub(super) const SCALAR_BELOW: usize = 2;
 
 /// Jobs in push order: key, padded data, and where the data starts; the
 /// results after [`MacBatch::run`].

@@ -240,9 +240,8 @@ pub fn execute(commands: &[Command<'_>]) -> Vec<Outcome> {
 /// one buffer).
 pub fn execute_into(commands: &[Command<'_>], out: &mut Vec<Outcome>) {
     if commands.len() < SCALAR_BELOW {
-        // A kernel chunk costs as much for one lane as for 64, and the
-        // scalar path reuses the issuer keys' schedules: for a handful of
-        // commands it is the faster one (and bit-exact with this one).
+        // A lone command: the scalar path runs the same constant-time DES
+        // without transposing lanes (and is bit-exact with this one).
         execute_scalar_into(commands, out);
         return;
     }

@@ -1,6 +1,7 @@
-//! The same commands one at a time through the scalar functions (the
-//! `des` crate): the reference for the batched path and the baseline of
-//! `tessera-hsm bench`. Input checks run in the same order as in the
+//! The same commands one at a time through the scalar functions (each
+//! block through [`crate::TdesKey`], the same constant-time DES circuit
+//! with one block per call): the reference for the batched path, the path
+//! of a lone command, and the baseline of `tessera-hsm bench`. Input checks run in the same order as in the
 //! batched path, so a bad command fails with the same error on both.
 
 use super::{double, Command, Outcome};

@@ -80,9 +80,10 @@ fn pack_y(y_digits: &[u8]) -> [u8; 8] {
 
 /// `MK = E(IMK, Y) || E(IMK, Y xor FF..FF)`, odd parity.
 fn mk_from_y(imk: &TdesKey, y: [u8; 8]) -> TdesKey {
-    let zl = imk.encrypt_block(y);
-    let zr = imk.encrypt_block(crate::primitives::xor8(y, [0xFF; 8]));
-    TdesKey::double(&join_halves_with_parity(zl, zr))
+    // Both halves in one pass of the constant-time DES.
+    let mut z = zeroize::Zeroizing::new([y, crate::primitives::xor8(y, [0xFF; 8])]);
+    imk.encrypt_blocks(&mut z[..]);
+    TdesKey::double(&join_halves_with_parity(z[0], z[1]))
 }
 
 /// `L || R` with odd parity: every derived EMV key is formed this way.

@@ -9,8 +9,9 @@ use crate::{CryptoError, TdesKey};
 /// EMV common session key: `SK = parity(TDES_MK(F1) || TDES_MK(F2))` where
 /// F1/F2 are `R` with its third byte set to `F0`/`0F`.
 pub fn common_session_key(mk: &TdesKey, r: [u8; 8]) -> TdesKey {
-    let [f1, f2] = common_session_key_inputs(r);
-    join_with_parity(mk.encrypt_block(f1), mk.encrypt_block(f2))
+    let mut f = zeroize::Zeroizing::new(common_session_key_inputs(r));
+    mk.encrypt_blocks(&mut f[..]);
+    join_with_parity(f[0], f[1])
 }
 
 /// The two blocks the common session key encrypts: `R` with byte 2 set to
@@ -104,13 +105,13 @@ fn tree_step(x: &[u8; 16], y: &[u8; 16], j_mod_b: u64) -> [u8; 16] {
     let j = j_mod_b.to_be_bytes();
     let yl: [u8; 8] = y[..8].try_into().expect("8 bytes");
     let yr: [u8; 8] = y[8..].try_into().expect("8 bytes");
-    let l = key.encrypt_block(xor8(yl, j));
     let mut r_in = xor8(yr, j);
     r_in[7] ^= 0xF0;
-    let r = key.encrypt_block(r_in);
+    let mut halves = zeroize::Zeroizing::new([xor8(yl, j), r_in]);
+    key.encrypt_blocks(&mut halves[..]);
     let mut out = [0u8; 16];
-    out[..8].copy_from_slice(&l);
-    out[8..].copy_from_slice(&r);
+    out[..8].copy_from_slice(&halves[0]);
+    out[8..].copy_from_slice(&halves[1]);
     out
 }
 

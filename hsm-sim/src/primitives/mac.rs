@@ -3,7 +3,6 @@
 
 use ::aes::{Aes128, Aes192, Aes256};
 use ::cmac::{Cmac, Mac};
-use ::des::{TdesEde2, TdesEde3};
 
 use super::aes::{block16, AesKey};
 use super::des::{block8, TdesKey};
@@ -64,7 +63,7 @@ pub fn retail_mac_iv(
     for chunk in padded.chunks_exact(8) {
         chain = key.encrypt_left(super::xor8(chain, block8(chunk)));
     }
-    Ok(key.encrypt_left(key.decrypt_right(chain)))
+    Ok(key.retail_final(chain))
 }
 
 /// AES-CMAC (NIST SP 800-38B, RFC 4493): 16 bytes.
@@ -80,14 +79,40 @@ pub fn aes_cmac(key: &AesKey, data: &[u8]) -> [u8; 16] {
 
 /// Triple-DES CMAC (TR-31 version B): 8 bytes. The key must be 16 or 24
 /// bytes.
+///
+/// NIST SP 800-38B over [`TdesKey`] rather than the `cmac` crate over the
+/// `des` crate: every DES here must be the constant-time one.
 pub fn tdes_cmac(key: &TdesKey, data: &[u8]) -> Result<[u8; 8], CryptoError> {
-    let k = key.expose_bytes();
-    let tag = match k.len() {
-        16 => cmac_of::<Cmac<TdesEde2>>(k, data),
-        24 => cmac_of::<Cmac<TdesEde3>>(k, data),
-        n => return Err(CryptoError::length("TDES CMAC key", "16 or 24", n)),
+    if key.len() == 8 {
+        return Err(CryptoError::length("TDES CMAC key", "16 or 24", 8));
+    }
+    // Subkeys: L = E_K(0^64), K1 = dbl(L), K2 = dbl(K1), with R_64 = 0x1B.
+    let dbl = |v: u64| (v << 1) ^ (0u64.wrapping_sub(v >> 63) & 0x1B);
+    let l = zeroize::Zeroizing::new(u64::from_be_bytes(key.encrypt_block([0; 8])));
+    let k1 = zeroize::Zeroizing::new(dbl(*l));
+    let k2 = zeroize::Zeroizing::new(dbl(*k1));
+    // The last block: complete -> XOR K1; partial or empty -> pad 80 00..
+    // and XOR K2. The length of the data is public.
+    let split = if data.is_empty() {
+        0
+    } else {
+        (data.len() - 1) / 8 * 8
     };
-    Ok(block8(&tag))
+    let (body, tail) = data.split_at(split);
+    let mut last = [0u8; 8];
+    last[..tail.len()].copy_from_slice(tail);
+    let subkey = if tail.len() == 8 {
+        *k1
+    } else {
+        last[tail.len()] = 0x80;
+        *k2
+    };
+    let last = (u64::from_be_bytes(last) ^ subkey).to_be_bytes();
+    let mut chain = [0u8; 8];
+    for chunk in body.chunks_exact(8) {
+        chain = key.encrypt_block(super::xor8(chain, block8(chunk)));
+    }
+    Ok(key.encrypt_block(super::xor8(chain, last)))
 }
 
 fn cmac_of<M: Mac + ::cmac::digest::KeyInit>(key: &[u8], data: &[u8]) -> Vec<u8> {
@@ -114,6 +139,28 @@ mod tests {
             retail_mac(&k, &long, Padding::Method1).unwrap(),
             cbc_mac_tdes(&k, &long, Padding::Method1)
         );
+    }
+
+    /// Every length around the block boundaries, both key lengths,
+    /// against the `cmac` crate over the `des` crate.
+    #[test]
+    fn tdes_cmac_matches_the_cmac_crate() {
+        let mut rng = crate::xorshift::XorShift::new(0xC3AC);
+        for key_len in [16usize, 24] {
+            let mut key = vec![0u8; key_len];
+            rng.fill(&mut key);
+            let k = TdesKey::new(&key).unwrap();
+            for len in [0usize, 1, 7, 8, 9, 15, 16, 17, 40] {
+                let mut data = vec![0u8; len];
+                rng.fill(&mut data);
+                assert_eq!(
+                    tdes_cmac(&k, &data).unwrap(),
+                    crate::primitives::reference::tdes_cmac(&key, &data),
+                    "key {key_len} data {len}"
+                );
+            }
+        }
+        assert!(tdes_cmac(&TdesKey::new(&[1; 8]).unwrap(), b"x").is_err());
     }
 
     #[test]

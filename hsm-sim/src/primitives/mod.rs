@@ -9,6 +9,8 @@ pub mod kcv;
 pub mod mac;
 pub mod padding;
 pub mod parity;
+#[cfg(test)]
+pub(crate) mod reference;
 
 /// XOR `src` into `dst`, byte by byte, over the shorter of the two.
 pub fn xor_in_place(dst: &mut [u8], src: &[u8]) {
@@ -21,17 +23,27 @@ pub fn xor_in_place(dst: &mut [u8], src: &[u8]) {
 /// right, then, if fewer than `N` were found, the letter nibbles mapped
 /// A->0 .. F->5, as ASCII digits. The CVV (jPOS `decimalizeVisa`) and EMV
 /// Option B both use it.
+///
+/// The nibbles are secret (a CVV's are derived under the CVK), so this is
+/// branch-free and touches every output slot for every nibble: which
+/// nibbles are digits and where each lands is never a branch or an index.
 pub fn decimalise<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    use subtle::{ConditionallySelectable, ConstantTimeEq, ConstantTimeGreater};
     let mut out = [b'0'; N];
-    let mut n = 0;
-    // First pass: the decimal nibbles; second: the letters as 0..5.
-    for letters in [false, true] {
+    // How many slots are filled so far (secret).
+    let mut n = 0u32;
+    for letters in [0u8, 1] {
         for &b in bytes {
             for v in [b >> 4, b & 0xF] {
-                if n < N && (v >= 10) == letters {
-                    out[n] = b'0' + if letters { v - 10 } else { v };
-                    n += 1;
+                let is_letter = v.ct_gt(&9);
+                let wanted = is_letter.ct_eq(&subtle::Choice::from(letters));
+                // v for a digit, v - 10 for a letter, without a branch.
+                let digit = b'0' + v - u8::conditional_select(&0, &10, is_letter);
+                for (slot, o) in out.iter_mut().enumerate() {
+                    let here = (slot as u32).ct_eq(&n) & wanted;
+                    o.conditional_assign(&digit, here);
                 }
+                n += u32::from(wanted.unwrap_u8());
             }
         }
     }
@@ -43,4 +55,45 @@ pub fn xor8(a: [u8; 8], b: [u8; 8]) -> [u8; 8] {
     let mut out = a;
     xor_in_place(&mut out, &b);
     out
+}
+
+#[cfg(test)]
+mod decimalise_tests {
+    use super::decimalise;
+
+    /// The plain two-pass definition, with branches: the reference.
+    fn reference<const N: usize>(bytes: &[u8]) -> [u8; N] {
+        let nibbles: Vec<u8> = bytes.iter().flat_map(|b| [b >> 4, b & 0xF]).collect();
+        let digits = nibbles.iter().filter(|&&v| v < 10).copied();
+        let letters = nibbles.iter().filter(|&&v| v >= 10).map(|v| v - 10);
+        let mut out = [b'0'; N];
+        for (o, v) in out.iter_mut().zip(digits.chain(letters)) {
+            *o = b'0' + v;
+        }
+        out
+    }
+
+    #[test]
+    fn matches_the_two_pass_definition() {
+        let mut rng = crate::xorshift::XorShift::new(0xDEC1);
+        for len in [0usize, 1, 2, 8, 16, 20] {
+            for _ in 0..200 {
+                let mut bytes = vec![0u8; len];
+                rng.fill(&mut bytes);
+                assert_eq!(
+                    decimalise::<3>(&bytes),
+                    reference::<3>(&bytes),
+                    "{bytes:02X?}"
+                );
+                assert_eq!(
+                    decimalise::<16>(&bytes),
+                    reference::<16>(&bytes),
+                    "{bytes:02X?}"
+                );
+            }
+        }
+        // All letters: the second pass alone fills the slots.
+        assert_eq!(&decimalise::<4>(&[0xAB, 0xCD]), b"0123");
+        assert_eq!(&decimalise::<3>(&[0x9F, 0xF1]), b"915");
+    }
 }

@@ -25,6 +25,7 @@ mod kernel;
 mod sboxes;
 #[cfg(target_arch = "x86_64")]
 mod simd;
+pub(crate) mod single;
 mod tables;
 mod word;
 
