@@ -26,19 +26,22 @@ struct Setup {
     profiles: Vec<keys::ProfileKeys>,
 }
 
-fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let (cfg, keystore) = common::config("async");
-    let (vault, _) = engine::vault::Vault::open(
-        dir.path(),
-        cfg.clone(),
-        &keystore,
-        engine::vault::OpenOptions {
-            create: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+/// A vault in `dir` with 100 active tokens (seed 5: the same tokens every
+/// time), in the given durability mode.
+fn provisioned_vault(
+    dir: &tempfile::TempDir,
+    mode: &str,
+) -> (
+    engine::vault::Vault,
+    Arc<engine::config::Config>,
+    hsm_sim::keyfile::KeyStore,
+) {
+    let (cfg, keystore) = common::config(mode);
+    let opts = engine::vault::OpenOptions {
+        create: true,
+        ..Default::default()
+    };
+    let (vault, _) = engine::vault::Vault::open(dir.path(), cfg.clone(), &keystore, opts).unwrap();
     let spec = ProvisionSpec {
         count: 100,
         seed: 5,
@@ -48,6 +51,12 @@ fn setup() -> Setup {
         restricted_every: 0,
     };
     provision(&vault, &spec).unwrap();
+    (vault, cfg, keystore)
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let (vault, cfg, keystore) = provisioned_vault(&dir, "async");
     let profiles = keys::load(&cfg, &keystore).unwrap();
     let pipeline = Pipeline::new(
         Arc::new(vault),
@@ -389,19 +398,26 @@ fn retransmissions_are_answered_from_the_cache_and_reversals_undo_velocity() {
     assert_eq!(code(&run(&s.pipeline, &third)), "00");
 }
 
-/// A tiny issuer: answers each forwarded request 0110 with the DE 39 the
-/// test chooses, after checking DE 2 is the PAN of the token in DE 48.
+/// What the tiny issuer received, in order.
+type Seen = Arc<std::sync::Mutex<Vec<IsoMessage>>>;
+
+/// A tiny issuer: answers each forwarded message (0110 to an 0100, 0430 to
+/// an 0420) with the DE 39 the test chooses, after checking DE 2 is the
+/// PAN of the token in DE 48; keeps every message it received.
 fn issuer(
     code: &'static str,
     pans: std::collections::HashMap<String, String>,
-) -> std::net::SocketAddr {
+) -> (std::net::SocketAddr, Seen) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
+    let seen = Seen::default();
+    let record = Arc::clone(&seen);
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut s) = conn else { continue };
             let pans = pans.clone();
+            let record = Arc::clone(&record);
             std::thread::spawn(move || loop {
                 let mut len = [0u8; 2];
                 if s.read_exact(&mut len).is_err() {
@@ -412,12 +428,14 @@ fn issuer(
                 let req = Dialect::Ascii.decode(&body).unwrap();
                 let token = engine::iso8583::de48::token_from_de48(&req).unwrap();
                 let pan_ok = pans.get(&token).map(String::as_bytes) == req.get(2);
-                let mut a = IsoMessage::new(*b"0110");
+                let mti = engine::iso8583::message::response_mti(req.mti()).unwrap();
+                let mut a = IsoMessage::new(mti);
                 for f in [2, 11, 41] {
                     a.set(f, req.get(f).unwrap());
                 }
                 a.set(39, if pan_ok { code } else { "05" }.as_bytes());
                 a.set(38, b"ISS123");
+                record.lock().unwrap().push(req);
                 let out = Dialect::Ascii.encode(&a).unwrap();
                 let mut framed = (out.len() as u16).to_be_bytes().to_vec();
                 framed.extend_from_slice(&out);
@@ -425,53 +443,46 @@ fn issuer(
             });
         }
     });
-    addr
+    (addr, seen)
+}
+
+/// Every token's PAN, by token digits.
+fn pans_of(v: &engine::vault::Vault) -> std::collections::HashMap<String, String> {
+    v.views()
+        .map(|x| (x.token.digits(), v.detokenize(&x).unwrap().0.digits()))
+        .collect()
+}
+
+/// A pipeline with its own vault in `dir` (the same tokens as `setup`'s),
+/// forwarding to `addr`.
+fn forwarding_pipeline(
+    dir: &tempfile::TempDir,
+    mode: &str,
+    addr: std::net::SocketAddr,
+) -> Pipeline {
+    let (vault, cfg, keystore) = provisioned_vault(dir, mode);
+    let link = engine::issuer::IssuerLink::connect(
+        addr,
+        Default::default(),
+        Dialect::Ascii,
+        std::time::Duration::from_millis(2000),
+    );
+    Pipeline::new(
+        Arc::new(vault),
+        keys::load(&cfg, &keystore).unwrap(),
+        Dialect::Ascii,
+    )
+    .with_issuer(link)
 }
 
 #[test]
 fn issuer_leg_forwards_the_pan_and_maps_the_answer_back() {
     let s = setup();
-    let v = s.pipeline.vault();
-    let pans: std::collections::HashMap<String, String> = v
-        .views()
-        .map(|x| (x.token.digits(), v.detokenize(&x).unwrap().0.digits()))
-        .collect();
-    let (cfg, keystore) = common::config("async");
+    let pans = pans_of(s.pipeline.vault());
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    // A pipeline with its own vault (the same seed, so the same tokens),
-    // forwarding to `addr`.
-    let mk = |dir: &tempfile::TempDir, addr| {
-        let opts = engine::vault::OpenOptions {
-            create: true,
-            ..Default::default()
-        };
-        let vault = engine::vault::Vault::open(dir.path(), cfg.clone(), &keystore, opts)
-            .unwrap()
-            .0;
-        let spec = ProvisionSpec {
-            count: 100,
-            seed: 5,
-            profile: None,
-            states: vec![(TokenState::Active, 1)],
-            controls: DomainControls::default(),
-            restricted_every: 0,
-        };
-        provision(&vault, &spec).unwrap();
-        let link = engine::issuer::IssuerLink::connect(
-            addr,
-            Default::default(),
-            Dialect::Ascii,
-            std::time::Duration::from_millis(2000),
-        );
-        Pipeline::new(
-            Arc::new(vault),
-            keys::load(&cfg, &keystore).unwrap(),
-            Dialect::Ascii,
-        )
-        .with_issuer(link)
-    };
+    let mk = |dir: &tempfile::TempDir, addr| forwarding_pipeline(dir, "async", addr);
     let pk = &s.profiles[0];
-    let approve = mk(&dirs[0], issuer("00", pans.clone()));
+    let approve = mk(&dirs[0], issuer("00", pans.clone()).0);
     let view = approve.vault().views().find(|x| x.profile == 0).unwrap();
     let r = run(&approve, &authorization(pk, &txn(&view, 1)).unwrap());
     assert_eq!(
@@ -486,7 +497,7 @@ fn issuer_leg_forwards_the_pan_and_maps_the_answer_back() {
         "the answer carries the token, not the PAN"
     );
 
-    let decline = mk(&dirs[1], issuer("51", pans));
+    let decline = mk(&dirs[1], issuer("51", pans).0);
     let r = run(&decline, &authorization(pk, &txn(&view, 1)).unwrap());
     assert_eq!((code(&r), r.get_str(44)), ("51", Some("ISSUER_DECLINE")));
 
@@ -500,4 +511,50 @@ fn issuer_leg_forwards_the_pan_and_maps_the_answer_back() {
     let r = run(&down, &authorization(pk, &txn(&view, 1)).unwrap());
     assert_eq!(code(&r), "91");
     assert!(t0.elapsed() < std::time::Duration::from_secs(2));
+}
+
+/// The issuer approved, but the approval could not be made durable here
+/// (the journal's fsync failed): the acquirer gets 96, and the issuer an
+/// 0420 naming the original in DE 90, so the two ledgers agree. Before,
+/// the issuer kept an approval the engine had declined.
+#[test]
+fn an_issuer_approval_that_cannot_be_made_durable_is_reversed_at_the_issuer() {
+    let s = setup();
+    let (addr, seen) = issuer("00", pans_of(s.pipeline.vault()));
+    let dir = tempfile::tempdir().unwrap();
+    let p = forwarding_pipeline(&dir, "sync", addr);
+    let pk = &s.profiles[0];
+    let view = p.vault().views().find(|x| x.profile == 0).unwrap();
+    let pan = p.vault().detokenize(&view).unwrap().0.digits();
+
+    assert_eq!(
+        code(&run(&p, &authorization(pk, &txn(&view, 1)).unwrap())),
+        "00"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1, "approved and kept: no 0420");
+
+    p.vault().inject_sync_failure();
+    let req = authorization(pk, &txn(&view, 2)).unwrap();
+    let r = run(&p, &req);
+    assert_eq!(code(&r), "96");
+    assert_eq!(r.get(38), None, "no approval code for a 96");
+
+    // The 0420 went out before the 96 was released.
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    let rev = &seen[2];
+    assert_eq!(rev.mti(), *b"0420");
+    assert_eq!(rev.get(2), Some(pan.as_bytes()));
+    assert_eq!(rev.get(4), req.get(4));
+    assert_eq!(rev.get_str(38), Some("ISS123"));
+    let pad = |f: u8, w: usize| format!("{:0>w$}", req.get_str(f).unwrap_or(""));
+    let de90 = format!(
+        "0100{}{}{}{}",
+        pad(11, 6),
+        pad(7, 10),
+        pad(32, 11),
+        pad(33, 11)
+    );
+    assert_eq!(rev.get_str(90), Some(de90.as_str()));
+    assert_eq!(p.metrics().issuer_reversals_sent(), 1);
 }

@@ -26,6 +26,9 @@ pub struct Metrics {
     tokens_locked: AtomicU64,
     /// The journal failed (set once, never cleared).
     journal_failed: AtomicBool,
+    /// 0420s sent to take back issuer approvals that could not be made
+    /// durable here.
+    issuer_reversals: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -37,6 +40,7 @@ impl Default for Metrics {
             latency_count: AtomicU64::new(0),
             tokens_locked: AtomicU64::new(0),
             journal_failed: AtomicBool::new(false),
+            issuer_reversals: AtomicU64::new(0),
         }
     }
 }
@@ -70,6 +74,16 @@ impl Metrics {
     /// the failure is reported once).
     pub fn set_journal_failed(&self) -> bool {
         !self.journal_failed.swap(true, Ordering::AcqRel)
+    }
+
+    /// Count `n` 0420s sent to the issuer to take back its approvals.
+    pub fn issuer_reversals(&self, n: u64) {
+        self.issuer_reversals.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// 0420s sent to the issuer so far.
+    pub fn issuer_reversals_sent(&self) -> u64 {
+        self.issuer_reversals.load(Ordering::Relaxed)
     }
 
     /// Whether the journal has failed.
@@ -131,6 +145,12 @@ impl Metrics {
         out.push_str(&format!(
             "tessera_journal_failed {}\n",
             u8::from(self.journal_failed())
+        ));
+        out.push_str("# HELP tessera_issuer_reversals_total 0420s sent to take back issuer approvals that could not be made durable here.\n");
+        out.push_str("# TYPE tessera_issuer_reversals_total counter\n");
+        out.push_str(&format!(
+            "tessera_issuer_reversals_total {}\n",
+            self.issuer_reversals_sent()
         ));
         out
     }

@@ -38,6 +38,14 @@ pub struct IsoMessage {
     buf: Vec<u8>,
 }
 
+/// A message's values include a PAN (DE 2 on the issuer leg), track 2
+/// (DE 35) and chip data: the buffer is wiped when the message goes.
+impl Drop for IsoMessage {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.buf);
+    }
+}
+
 impl PartialEq for IsoMessage {
     fn eq(&self, other: &Self) -> bool {
         self.mti == other.mti && self.iter().eq(other.iter())

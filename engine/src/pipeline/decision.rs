@@ -83,4 +83,7 @@ pub(super) struct PendingAuth {
     pub resp: IsoMessage,
     pub decision: Decision,
     pub key: Option<RequestId>,
+    /// After an issuer approval: the 0420 that takes it back if this
+    /// approval cannot be made durable here (so both ledgers agree).
+    pub issuer_undo: Option<IsoMessage>,
 }

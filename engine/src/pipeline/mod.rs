@@ -75,7 +75,7 @@ pub struct Pipeline {
     /// Digests request content for the retransmission check.
     digester: ContentDigester,
     /// The issuer leg, when configured; otherwise the engine stands in.
-    issuer: Option<IssuerLink>,
+    issuer: Option<Arc<IssuerLink>>,
     /// Write one line per decline to stderr (`serve`: yes; the demo, whose
     /// report counts declines by reason, no).
     log_declines: bool,
@@ -106,7 +106,7 @@ impl Pipeline {
 
     /// Forward approvable requests to this issuer instead of standing in.
     pub fn with_issuer(mut self, link: IssuerLink) -> Self {
-        self.issuer = Some(link);
+        self.issuer = Some(Arc::new(link));
         self
     }
 
@@ -139,12 +139,19 @@ impl Pipeline {
         self.forward_to_issuer(&mut slots);
         let mut wait_for = Lsn::default();
         let mut keys: Vec<Option<(RequestId, Option<Lsn>)>> = Vec::with_capacity(slots.len());
+        let mut issuer_undo = Vec::new();
         let answers: Vec<Option<IsoMessage>> = slots
             .into_iter()
-            .map(|slot| {
+            .enumerate()
+            .map(|(i, slot)| {
                 let (answer, lsn, key) = match slot {
                     Slot::Ready(a, lsn) => (a, lsn, None),
-                    Slot::Auth(p) => self.finish(*p, now),
+                    Slot::Auth(mut p) => {
+                        if let Some(undo) = p.issuer_undo.take() {
+                            issuer_undo.push((i, undo));
+                        }
+                        self.finish(*p, now)
+                    }
                     Slot::Reversal(r) => {
                         let PendingReversal { resp, lsn, key, .. } = *r;
                         (Some(resp), lsn, key)
@@ -161,6 +168,8 @@ impl Pipeline {
         DecidedBatch {
             answers,
             keys,
+            issuer_undo,
+            issuer: self.issuer.clone(),
             wait_for,
             started,
             now,
@@ -208,6 +217,7 @@ impl Pipeline {
                 resp,
                 decision,
                 key,
+                issuer_undo: None,
             }));
         }
     }
@@ -226,6 +236,7 @@ impl Pipeline {
             mut resp,
             decision: d,
             key,
+            issuer_undo: _,
         } = p;
         let code = d.code();
         if let Some(decline) = d.decline {
@@ -301,6 +312,7 @@ impl Pipeline {
                         resp,
                         decision,
                         key,
+                        issuer_undo: None,
                     })),
                     Ok(check) => Slot::Crypto(Box::new(PendingCrypto {
                         req,

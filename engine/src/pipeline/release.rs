@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::iso8583::{digits_value, rc, Dialect, IsoMessage};
+use crate::issuer::IssuerLink;
 use crate::metrics::Metrics;
 use crate::vault::journal::Lsn;
 use crate::vault::Vault;
@@ -19,6 +20,10 @@ use super::shards::Sharded;
 pub(super) struct DecidedBatch {
     pub answers: Vec<Option<IsoMessage>>,
     pub keys: Vec<Option<(RequestId, Option<Lsn>)>>,
+    /// (answer index, 0420) for every issuer approval in the batch: sent
+    /// if the batch cannot be made durable here.
+    pub issuer_undo: Vec<(usize, IsoMessage)>,
+    pub issuer: Option<Arc<IssuerLink>>,
     pub wait_for: Lsn,
     pub started: Instant,
     pub now: Now,
@@ -39,6 +44,9 @@ impl DecidedBatch {
     /// the batch is approved.
     pub(super) fn release(self) -> Vec<Option<Vec<u8>>> {
         let durable = self.ready() || self.vault.wait_durable(self.wait_for).is_ok();
+        if !durable {
+            self.take_back_issuer_approvals();
+        }
         let answered = self.answers.iter().filter(|a| a.is_some()).count() as u64;
         self.metrics.latency(self.started.elapsed(), answered);
         let encoded: Vec<Option<Vec<u8>>> = self
@@ -69,5 +77,27 @@ impl DecidedBatch {
             }
         }
         encoded
+    }
+
+    /// The issuer approved, but the approval could not be made durable
+    /// here (journal failure, shutdown), so the acquirer gets a 96: send
+    /// the issuer an 0420 for each, so that its ledger agrees. Their
+    /// answers change nothing here; one that does not come is the issuer
+    /// link's timeout (counted there).
+    fn take_back_issuer_approvals(&self) {
+        let Some(link) = &self.issuer else { return };
+        let undo: Vec<IsoMessage> = self
+            .issuer_undo
+            .iter()
+            .filter(|(i, _)| {
+                let answer = self.answers.get(*i).and_then(Option::as_ref);
+                answer.and_then(|a| a.get(39)) == Some(&rc::APPROVED[..])
+            })
+            .map(|(_, m)| m.clone())
+            .collect();
+        if !undo.is_empty() {
+            self.metrics.issuer_reversals(undo.len() as u64);
+            link.forward_batch(undo);
+        }
     }
 }

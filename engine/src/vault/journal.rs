@@ -179,7 +179,7 @@ struct WriterCore {
     /// `segment`, then `state`.
     segment: Mutex<Segment>,
     /// Test hook: make the next fdatasync fail.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "test-hooks"))]
     fail_next_sync: std::sync::atomic::AtomicBool,
 }
 
@@ -277,7 +277,7 @@ impl Journal {
             work: Condvar::new(),
             durable: Condvar::new(),
             segment: Mutex::new(segment),
-            #[cfg(test)]
+            #[cfg(any(test, feature = "test-hooks"))]
             fail_next_sync: std::sync::atomic::AtomicBool::new(false),
         });
         let for_writer = Arc::clone(&shared);
@@ -422,7 +422,7 @@ impl Journal {
     }
 
     /// Test hook: the next fdatasync fails.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "test-hooks"))]
     pub(crate) fn inject_sync_failure(&self) {
         self.shared
             .fail_next_sync
@@ -451,7 +451,7 @@ impl WriterCore {
         seg.file
             .write_all(data)
             .map_err(|e| format!("write to {} failed: {e}", seg.path.display()))?;
-        #[cfg(test)]
+        #[cfg(any(test, feature = "test-hooks"))]
         if self
             .fail_next_sync
             .swap(false, std::sync::atomic::Ordering::SeqCst)

@@ -506,6 +506,14 @@ impl Vault {
         self.journal.failure()
     }
 
+    /// Fault injection (feature `test-hooks`): the journal's next
+    /// fdatasync fails, as from a failing disk.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn inject_sync_failure(&self) {
+        self.journal.inject_sync_failure();
+    }
+
     /// Make everything appended so far durable (both modes).
     pub fn flush(&self) -> Result<(), VaultError> {
         self.journal.flush().map_err(storage)
