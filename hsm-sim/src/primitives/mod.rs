@@ -26,28 +26,38 @@ pub fn xor_in_place(dst: &mut [u8], src: &[u8]) {
 ///
 /// The nibbles are secret (a CVV's are derived under the CVK), so this is
 /// branch-free and touches every output slot for every nibble: which
-/// nibbles are digits and where each lands is never a branch or an index.
+/// nibbles are digits and where each lands is never a branch or an index
+/// (masks from arithmetic, not comparisons).
 pub fn decimalise<const N: usize>(bytes: &[u8]) -> [u8; N] {
-    use subtle::{ConditionallySelectable, ConstantTimeEq, ConstantTimeGreater};
     let mut out = [b'0'; N];
     // How many slots are filled so far (secret).
     let mut n = 0u32;
     for letters in [0u8, 1] {
         for &b in bytes {
             for v in [b >> 4, b & 0xF] {
-                let is_letter = v.ct_gt(&9);
-                let wanted = is_letter.ct_eq(&subtle::Choice::from(letters));
-                // v for a digit, v - 10 for a letter, without a branch.
-                let digit = b'0' + v - u8::conditional_select(&0, &10, is_letter);
-                for (slot, o) in out.iter_mut().enumerate() {
-                    let here = (slot as u32).ct_eq(&n) & wanted;
-                    o.conditional_assign(&digit, here);
+                // 1 for A-F, 0 for 0-9: the borrow of 9 - v.
+                let is_letter = (9u8.wrapping_sub(v) >> 7) & 1;
+                // 1 if this pass takes the nibble.
+                let wanted = 1 ^ is_letter ^ letters;
+                let digit = b'0' + v - 10 * is_letter;
+                let take = 0u8.wrapping_sub(wanted);
+                for (slot, o) in (0u32..).zip(out.iter_mut()) {
+                    let here = eq_mask(slot, n) & take;
+                    *o = (*o & !here) | (digit & here);
                 }
-                n += u32::from(wanted.unwrap_u8());
+                n += u32::from(wanted);
             }
         }
     }
     out
+}
+
+/// 0xFF if `a == b`, else 0, without a branch.
+fn eq_mask(a: u32, b: u32) -> u8 {
+    let x = a ^ b;
+    // The top bit of x | -x is set iff x != 0.
+    let nonzero = (x | x.wrapping_neg()) >> 31;
+    (nonzero as u8).wrapping_sub(1)
 }
 
 /// XOR of two 8-byte blocks.
