@@ -67,6 +67,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
+use zeroize::Zeroizing;
 
 use crate::iso8583::framing::TPDU_LEN;
 use crate::iso8583::{
@@ -256,10 +257,12 @@ impl IssuerLink {
                 continue;
             };
             let key: Key = (stan.to_vec(), req.get(41).unwrap_or_default().to_vec());
-            let Ok(body) = sh.dialect.encode(req) else {
+            // The encoded request carries the PAN (DE 2): every copy of
+            // it is wiped when dropped.
+            let Ok(body) = sh.dialect.encode(req).map(Zeroizing::new) else {
                 continue;
             };
-            let mut frame = Vec::with_capacity(body.len() + 8);
+            let mut frame = Zeroizing::new(Vec::with_capacity(body.len() + 8));
             if write_frame(sh.framing, header, &body, &mut frame).is_err() {
                 continue;
             }
@@ -272,7 +275,7 @@ impl IssuerLink {
         let batch = sh.next_batch.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::unbounded();
         let mut registered: Vec<(usize, Key)> = Vec::with_capacity(candidates.len());
-        let mut wire = Vec::new();
+        let mut wire = Zeroizing::new(Vec::new());
         {
             let mut link = sh.wait_connected(deadline);
             let LinkState::Up(stream) = &mut *link else {
@@ -412,7 +415,8 @@ impl LinkCore {
     }
 
     fn run_reader(&self) {
-        let mut buf = vec![0u8; self.framing.prefix_len() + self.max_frame];
+        // Answers echo DE 2 (the PAN): wiped when the reader stops.
+        let mut buf = Zeroizing::new(vec![0u8; self.framing.prefix_len() + self.max_frame]);
         let mut backoff = BACKOFF_MIN;
         let mut ever_connected = false;
         while !self.stopping() {

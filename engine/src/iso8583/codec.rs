@@ -407,7 +407,10 @@ impl Dialect {
         // Each field takes at least one byte, so this never reserves more
         // entries than the input could fill.
         let count = (data_bits.count_ones() as usize).min(bytes.len() - pos);
-        let mut msg = IsoMessage::with_capacity(mti, count, bytes.len() - pos);
+        // Decoded values take at most twice their wire size (BCD digits
+        // become characters), so the value buffer never grows (a grown
+        // buffer would leave a PAN behind in the old allocation).
+        let mut msg = IsoMessage::with_capacity(mti, count, 2 * (bytes.len() - pos));
         let mut remaining = data_bits;
         while remaining != 0 {
             let lz = remaining.leading_zeros();

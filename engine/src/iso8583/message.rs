@@ -140,6 +140,15 @@ impl IsoMessage {
 
     /// Copy a value to the end of the buffer: `(start, len)`.
     fn append(&mut self, value: &[u8]) -> (u32, u32) {
+        if self.buf.capacity() - self.buf.len() < value.len() {
+            // Grow by hand so that the old allocation (which may hold a
+            // PAN) is wiped, not just freed.
+            let want = (self.buf.len() + value.len()).max(2 * self.buf.capacity());
+            let mut grown = Vec::with_capacity(want);
+            grown.extend_from_slice(&self.buf);
+            zeroize::Zeroize::zeroize(&mut self.buf);
+            self.buf = grown;
+        }
         let start = self.buf.len();
         self.buf.extend_from_slice(value);
         // Values are at most 999 bytes and messages at most a few KiB.
