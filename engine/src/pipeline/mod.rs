@@ -52,6 +52,7 @@ use decision::{PendingAuth, PendingCrypto, PendingReversal, Slot};
 use release::DecidedBatch;
 use retransmit::{request_key, ContentDigester, RecentAnswers, RequestId};
 use reversals::Approvals;
+pub use reversals::REVERSAL_WINDOW;
 use shards::Sharded;
 
 /// Fields an authorization answer echoes from the request.

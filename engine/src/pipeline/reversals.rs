@@ -39,6 +39,12 @@ const MAX_REMEMBERED_APPROVALS: usize = 1 << 20;
 /// Approvals per generation of one shard.
 const GENERATION: usize = MAX_REMEMBERED_APPROVALS / SHARDS / 2;
 
+/// An approval stays reversible until at least this many later approvals
+/// have landed in its shard's share (a generation of every shard; the
+/// shards share approvals evenly by hash, so a client should keep a
+/// margin below it). A reversal later than that may get 25.
+pub const REVERSAL_WINDOW: usize = GENERATION * SHARDS;
+
 /// (DE 11, DE 7, DE 32) of an approval.
 type ApprovalKey = (u32, u64, u64);
 

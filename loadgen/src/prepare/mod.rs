@@ -17,7 +17,9 @@
 //! the timed run, so the main pool's replayed-ATC and reversal faults can
 //! refer to warmup approvals (a reversal reverses a warmup approval no
 //! other fault refers to; replays may replay one warmup transaction more
-//! than once: each replay is refused).
+//! than once: each replay is refused). The engine remembers approvals for
+//! reversal within a bounded window, so reversals are placed in the first
+//! half of [`REVERSAL_WINDOW`] of the main pool (pool order is send order).
 //!
 //! One job a module: `spec` (what to prepare, the pool, the errors),
 //! `cards` (reading the export and choosing cards), `build` (each
@@ -36,6 +38,7 @@ use hsm_sim::keyfile::KeyStore;
 use build::{Builder, Stamps};
 use cards::load_cards;
 use engine::config::Config;
+use engine::pipeline::REVERSAL_WINDOW;
 use engine::profile::keys;
 use faults::{kind_counts, FaultRefs};
 use rng::Rng;
@@ -151,6 +154,10 @@ pub fn prepare(spec: &PrepareSpec, config: &Config, keys: &KeyStore) -> Result<P
         kinds.extend(std::iter::repeat_n(k, n));
     }
     b.rng.shuffle(&mut kinds);
+    // A reversal must reach the engine while its warmup approval is still
+    // remembered: within half the engine's guaranteed window (the margin
+    // covers uneven shards and the warmup itself). Pool order is send order.
+    keep_early(&mut kinds, Kind::Reversal, REVERSAL_WINDOW / 2, &mut b.rng);
     let mut main = Vec::with_capacity(spec.count);
     for kind in kinds {
         main.push(b.fault(kind, &mut refs)?);
@@ -163,8 +170,46 @@ pub fn prepare(spec: &PrepareSpec, config: &Config, keys: &KeyStore) -> Result<P
     })
 }
 
+/// Move every `kind` at position `horizon` or later to a random earlier
+/// position (swapping with another kind), as long as there is room.
+fn keep_early(kinds: &mut [Kind], kind: Kind, horizon: usize, rng: &mut Rng) {
+    let horizon = horizon.min(kinds.len());
+    let room = kinds[..horizon].iter().filter(|&&k| k != kind).count();
+    let late: Vec<usize> = (horizon..kinds.len())
+        .filter(|&p| kinds[p] == kind)
+        .collect();
+    for p in late.into_iter().take(room) {
+        loop {
+            let q = rng.below(horizon as u64) as usize;
+            if kinds[q] != kind {
+                kinds.swap(p, q);
+                break;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn keep_early_moves_every_late_kind_before_the_horizon() {
+        let mut kinds = vec![Kind::Valid; 1000];
+        for p in [3, 500, 700, 999] {
+            kinds[p] = Kind::Reversal;
+        }
+        let mut rng = super::Rng::new(7);
+        super::keep_early(&mut kinds, Kind::Reversal, 100, &mut rng);
+        let at: Vec<usize> = (0..kinds.len())
+            .filter(|&p| kinds[p] == Kind::Reversal)
+            .collect();
+        assert_eq!(at.len(), 4);
+        assert!(at.iter().all(|&p| p < 100), "{at:?}");
+        // No room: they stay.
+        let mut full = vec![Kind::Reversal; 10];
+        super::keep_early(&mut full, Kind::Reversal, 5, &mut rng);
+        assert_eq!(full, vec![Kind::Reversal; 10]);
+    }
     use super::faults::{change_code_digit, other_expiry};
     use super::*;
     use crate::ledger::Ledger;
