@@ -22,6 +22,7 @@
 
 mod backend;
 mod kernel;
+mod lone;
 mod sboxes;
 #[cfg(target_arch = "x86_64")]
 mod simd;

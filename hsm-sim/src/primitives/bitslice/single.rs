@@ -1,38 +1,52 @@
-//! Single DES under one key, on the portable kernel: the constant-time
-//! DES behind [`crate::TdesKey`].
+//! Single DES under one key: the constant-time DES behind
+//! [`crate::TdesKey`].
 //!
 //! The `des` crate's S-boxes are table lookups indexed by key-dependent
 //! data, so the cache lines it touches follow the key. Every DES under a
-//! secret key goes through the bitsliced circuit instead (issue 12, item
-//! 6). One key serves every lane, so it is "splatted": word `i` is all ones
-//! when key bit `i` is set, all zeros otherwise, which needs no
-//! transposition and costs 64 shifts. A single block is splatted the same
-//! way (all 64 lanes compute the same block, and bit `i` of the answer is
-//! read from any one of them); several blocks under the same key are
-//! transposed into lanes and run together, up to 64 per kernel call.
+//! secret key runs constant-time instead (issue 12, item 6), one of two
+//! ways:
+//! - a few blocks: one at a time through [`super::lone`] (masked S-box
+//!   tables, every entry read every time);
+//! - more blocks under the same key: transposed into the lanes of the
+//!   portable bitsliced kernel, up to 64 per call, the key "splatted" (word
+//!   `i` all ones when key bit `i` is set: the same key in every lane, no
+//!   transposition).
 //!
-//! A kernel call costs the same for 1 lane as for 64 (~1.8 us on the
-//! machine of `BENCHMARKS.md`), against ~0.1 us for one `des` crate block:
-//! the price of a constant-time DES, paid where there is one block to do.
+//! A kernel call costs the same for 1 lane as for 64, so it only pays off
+//! from a few blocks on ([`LONE_UP_TO`]).
 
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use super::backend::{Backend, Portable};
 use super::kernel::Block;
+use super::lone::{self, LoneKey};
 use super::{load, store};
+
+/// Up to this many blocks under one key go one at a time through
+/// [`lone`]; more share kernel calls. Measured in release (criterion
+/// `baseline/tdeskey_encrypt_block`, BENCHMARKS.md): a lone DES ~0.8 us,
+/// a portable kernel call ~2.3 us plus the transpositions.
+const LONE_UP_TO: usize = 2;
 
 /// Lanes of the portable kernel (`Kernel::Portable.lanes()`).
 const PORTABLE_LANES: usize = 64;
 
-/// A DES key in splatted form, wiped on drop.
+/// A DES key in both forms (splatted for the kernel, a round-key schedule
+/// for [`lone`]), wiped on drop.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub(crate) struct SplatKey(Block<u64>);
+pub(crate) struct SplatKey {
+    splat: Block<u64>,
+    lone: LoneKey,
+}
 
 impl SplatKey {
     /// The key `k` (8 bytes; parity bits are ignored by DES, as ever).
     pub(crate) fn new(k: [u8; 8]) -> Self {
         let mut v = u64::from_be_bytes(k);
-        let key = Self(splat(v));
+        let key = Self {
+            splat: splat(v),
+            lone: LoneKey::new(k),
+        };
         v.zeroize();
         key
     }
@@ -49,6 +63,7 @@ fn splat(v: u64) -> Block<u64> {
 }
 
 /// Lane 0's block of splatted (or any all-lanes-equal) words.
+#[cfg(test)]
 fn unsplat(words: &Block<u64>) -> u64 {
     words
         .iter()
@@ -67,18 +82,36 @@ pub(crate) enum Step<'a> {
 /// Run `steps` in order on one block (e.g. EDE is encrypt K1, decrypt
 /// K2, encrypt K3).
 pub(crate) fn run_one(steps: &[Step<'_>], block: [u8; 8]) -> [u8; 8] {
+    let mut state = u64::from_be_bytes(block);
+    for step in steps {
+        state = match step {
+            Step::Encrypt(k) => lone::des(&k.lone, state, false),
+            Step::Decrypt(k) => lone::des(&k.lone, state, true),
+        };
+    }
+    let out = state.to_be_bytes();
+    // Intermediate and final blocks can be key halves (key derivation).
+    state.zeroize();
+    out
+}
+
+/// [`run_one`] on the kernel with splatted blocks (all lanes the same):
+/// what a lone block cost before [`lone`], kept as the comparison.
+#[cfg(test)]
+fn run_one_on_kernel(steps: &[Step<'_>], block: [u8; 8]) -> [u8; 8] {
     let mut state = splat(u64::from_be_bytes(block));
     run_steps(steps, &mut state);
     let out = unsplat(&state).to_be_bytes();
-    // Intermediate and final blocks can be key halves (key derivation).
     state.zeroize();
     out
 }
 
 /// Run `steps` on every block of `blocks`, in place, 64 at a time.
 pub(crate) fn run_many(steps: &[Step<'_>], blocks: &mut [[u8; 8]]) {
-    if let [one] = blocks {
-        *one = run_one(steps, *one);
+    if blocks.len() <= LONE_UP_TO {
+        for b in blocks.iter_mut() {
+            *b = run_one(steps, *b);
+        }
         return;
     }
     for chunk in blocks.chunks_mut(PORTABLE_LANES) {
@@ -93,8 +126,8 @@ pub(crate) fn run_many(steps: &[Step<'_>], blocks: &mut [[u8; 8]]) {
 fn run_steps(steps: &[Step<'_>], state: &mut Block<u64>) {
     for step in steps {
         match step {
-            Step::Encrypt(k) => Portable.des(&k.0, state, false),
-            Step::Decrypt(k) => Portable.des(&k.0, state, true),
+            Step::Encrypt(k) => Portable.des(&k.splat, state, false),
+            Step::Decrypt(k) => Portable.des(&k.splat, state, true),
         }
     }
 }
@@ -119,6 +152,31 @@ mod tests {
         assert_eq!(hex::encode_upper(c), "85E813540F0AB405");
         let p = run_one(&[Step::Decrypt(&key)], c);
         assert_eq!(hex::encode_upper(p), "0123456789ABCDEF");
+        let k = run_one_on_kernel(&[Step::Encrypt(&key)], hex_block("0123456789ABCDEF"));
+        assert_eq!(k, c);
+    }
+
+    /// The lone path and the kernel agree on EDE programs (and the time of
+    /// each, printed with `--nocapture`, is what `LONE_UP_TO` rests on).
+    #[test]
+    fn single_vs_kernel() {
+        let mut rng = Rng::new(0x51_61E);
+        let (mut lone_time, mut kernel_time) = (Default::default(), Default::default());
+        for _ in 0..50 {
+            let (k1, k2): ([u8; 8], [u8; 8]) = (rng.bytes(), rng.bytes());
+            let (k1, k2) = (SplatKey::new(k1), SplatKey::new(k2));
+            let ede = [Step::Encrypt(&k1), Step::Decrypt(&k2), Step::Encrypt(&k1)];
+            let block: [u8; 8] = rng.bytes();
+            let t = std::time::Instant::now();
+            let a = run_one(&ede, block);
+            lone_time += t.elapsed();
+            let t = std::time::Instant::now();
+            let b = run_one_on_kernel(&ede, block);
+            kernel_time += t.elapsed();
+            assert_eq!(a, b);
+        }
+        let _: (std::time::Duration, std::time::Duration) = (lone_time, kernel_time);
+        println!("50 TDES blocks: lone {lone_time:?}, kernel {kernel_time:?}");
     }
 
     /// One block and many blocks, encrypt and decrypt, against the `des`
@@ -126,7 +184,7 @@ mod tests {
     #[test]
     fn matches_the_des_crate() {
         let mut rng = Rng::new(0xDE5_C0DE);
-        for n in [1usize, 2, 3, 63, 64, 65, 130] {
+        for n in [1usize, 2, 3, 4, 5, 63, 64, 65, 130] {
             let mut key = [0u8; 8];
             rng.fill(&mut key);
             let mut blocks = vec![[0u8; 8]; n];
