@@ -11,9 +11,9 @@
 //! - [`primitives`]: DES/TDES and AES keys, ISO 9797-1 padding and MACs,
 //!   CMAC, key check values, DES parity, constant-time comparison, and the
 //!   bitsliced DES kernels ([`primitives::bitslice`]: many lanes, each with
-//!   its own key, in `u64`, AVX2 or AVX-512 words). Every DES here runs on
-//!   that circuit, a lone block included (no key- or data-indexed table
-//!   lookups); the `des` crate is only the test reference.
+//!   its own key, in `u64`, AVX2 or AVX-512 words). Every DES here is
+//!   constant-time (a lone block on masked S-box tables, `bitslice::lone`);
+//!   the `des` crate is only the test reference.
 //! - [`types`]: validated PAN, PSN, ATC, PIN, expiry, service code.
 //! - [`emv`]: ICC master keys, session keys, AC/ARPC, secure messaging and
 //!   the CVN profiles that combine them.

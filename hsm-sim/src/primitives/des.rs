@@ -46,12 +46,26 @@ impl TdesKey {
         };
         let mut bytes = Zeroizing::new([0u8; 24]);
         bytes[..key.len()].copy_from_slice(key);
+        // A schedule costs ~0.4 us: a repeated key half is copied, not
+        // scheduled again.
+        let k1 = SplatKey::new(block8(a));
+        // (Decided by the public length, never by comparing key bytes.)
+        let k2 = if key.len() == 8 {
+            k1.clone()
+        } else {
+            SplatKey::new(block8(b))
+        };
+        let k3 = if key.len() < 24 {
+            k1.clone()
+        } else {
+            SplatKey::new(block8(c))
+        };
         Ok(Self {
             bytes,
             len: key.len(),
-            k1: SplatKey::new(block8(a)),
-            k2: SplatKey::new(block8(b)),
-            k3: SplatKey::new(block8(c)),
+            k1,
+            k2,
+            k3,
         })
     }
 
