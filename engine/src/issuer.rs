@@ -232,7 +232,9 @@ impl IssuerLink {
 
     /// Forward one request; see [`forward_batch`](Self::forward_batch).
     pub fn forward(&self, request: IsoMessage) -> Option<IsoMessage> {
-        self.forward_batch(vec![request]).pop().flatten()
+        self.forward_batch(std::slice::from_ref(&request))
+            .pop()
+            .flatten()
     }
 
     /// Send `requests` to the issuer in one write and wait for their answers
@@ -241,7 +243,7 @@ impl IssuerLink {
     /// in time, link down, or the request was refused: no DE 11, not a
     /// request MTI, does not encode, key already pending, or the pending
     /// limit reached. The caller answers 91 for every `None`.
-    pub fn forward_batch(&self, requests: Vec<IsoMessage>) -> Vec<Option<IsoMessage>> {
+    pub fn forward_batch(&self, requests: &[IsoMessage]) -> Vec<Option<IsoMessage>> {
         let sh = &*self.shared;
         let mut out: Vec<Option<IsoMessage>> = vec![None; requests.len()];
         let deadline = Instant::now() + sh.timeout;
@@ -703,7 +705,7 @@ mod tests {
             let iss = TestIssuer::start(framing, dialect, Mode::Answer);
             let link = IssuerLink::connect(iss.addr, framing, dialect, DEFAULT_TIMEOUT);
             let reqs: Vec<_> = (1..=100).map(|i| req(i, "TERM0001")).collect();
-            let answers = link.forward_batch(reqs.clone());
+            let answers = link.forward_batch(&reqs);
             assert_eq!(answers.len(), 100);
             for (r, a) in reqs.iter().zip(&answers) {
                 check(r, a.as_ref().expect("answered"));
@@ -729,7 +731,7 @@ mod tests {
                     for round in 0..5 {
                         // Same STANs in every thread: only DE 41 tells them apart.
                         let reqs: Vec<_> = (1..=40).map(|i| req(round * 100 + i, tid)).collect();
-                        let answers = link.forward_batch(reqs.clone());
+                        let answers = link.forward_batch(&reqs);
                         for (r, a) in reqs.iter().zip(&answers) {
                             check(r, a.as_ref().expect("answered"));
                         }
@@ -753,7 +755,7 @@ mod tests {
         let mut no_stan = req(9, "T1");
         no_stan.remove(11);
         let reqs = vec![req(1, "T1"), req(1, "T1"), req(1, "T2"), no_stan];
-        let a = link.forward_batch(reqs.clone());
+        let a = link.forward_batch(&reqs);
         check(&reqs[0], a[0].as_ref().unwrap());
         assert!(a[1].is_none());
         check(&reqs[2], a[2].as_ref().unwrap());
@@ -767,7 +769,7 @@ mod tests {
         let timeout = Duration::from_millis(200);
         let link = IssuerLink::connect(iss.addr, Framing::Len2Exclusive, Dialect::Ascii, timeout);
         let t0 = Instant::now();
-        let a = link.forward_batch((1..=10).map(|i| req(i, "T1")).collect());
+        let a = link.forward_batch(&(1..=10).map(|i| req(i, "T1")).collect::<Vec<_>>());
         let dt = t0.elapsed();
         assert!(a.iter().all(Option::is_none));
         assert!(
@@ -777,7 +779,7 @@ mod tests {
         assert_eq!(link.stats().timed_out, 10);
 
         iss.set_mode(Mode::Delay(Duration::from_millis(500)));
-        let a = link.forward_batch((11..=15).map(|i| req(i, "T1")).collect());
+        let a = link.forward_batch(&(11..=15).map(|i| req(i, "T1")).collect::<Vec<_>>());
         assert!(a.iter().all(Option::is_none));
         let t0 = Instant::now();
         while link.stats().late_answers < 5 && t0.elapsed() < Duration::from_secs(5) {
@@ -802,7 +804,7 @@ mod tests {
         );
         for _ in 0..3 {
             let t0 = Instant::now();
-            let a = link.forward_batch((1..=5).map(|i| req(i, "T1")).collect());
+            let a = link.forward_batch(&(1..=5).map(|i| req(i, "T1")).collect::<Vec<_>>());
             assert!(a.iter().all(Option::is_none));
             assert!(
                 t0.elapsed() < Duration::from_millis(500),

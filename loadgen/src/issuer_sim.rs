@@ -331,7 +331,7 @@ mod tests {
             Dialect::Ascii,
             Duration::from_secs(5),
         );
-        let answers = link.forward_batch(vec![
+        let answers = link.forward_batch(&[
             request("000010", PAN),
             request("000011", "5413000000000000"),
         ]);

@@ -83,7 +83,8 @@ pub(super) struct PendingAuth {
     pub resp: IsoMessage,
     pub decision: Decision,
     pub key: Option<RequestId>,
-    /// After an issuer approval: the 0420 that takes it back if this
-    /// approval cannot be made durable here (so both ledgers agree).
+    /// After an issuer approval: the request as forwarded, with the
+    /// issuer's DE 38, for the 0420 that takes the approval back if it
+    /// cannot be made durable here (so both ledgers agree).
     pub issuer_undo: Option<IsoMessage>,
 }

@@ -5,7 +5,7 @@
 //! answer in time: 91.
 
 use crate::iso8583::de48::put_token_in_de48;
-use crate::iso8583::{rc, IsoMessage};
+use crate::iso8583::rc;
 use crate::vault::records::RecordView;
 
 use super::decision::Slot;
@@ -20,9 +20,6 @@ impl Pipeline {
         let Some(link) = &self.issuer else { return };
         let mut which = Vec::new();
         let mut requests = Vec::new();
-        // The forwarded authorizations, for the 0420 that takes an issuer
-        // approval back if it cannot be made durable here.
-        let mut forwarded = std::collections::HashMap::new();
         // Every approved or reversed token's PAN in one multi-block AES pass.
         let approved: Vec<(usize, RecordView)> = slots
             .iter()
@@ -53,14 +50,13 @@ impl Pipeline {
             }
             put_token_in_de48(&mut fwd, &view.token.digits());
             which.push(i);
-            forwarded.insert(i, fwd.clone());
             requests.push(fwd);
         }
         if requests.is_empty() {
             return;
         }
-        let answers = link.forward_batch(requests);
-        for (i, answer) in which.into_iter().zip(answers) {
+        let answers = link.forward_batch(&requests);
+        for ((i, mut forwarded), answer) in which.into_iter().zip(requests).zip(answers) {
             let p = match &mut slots[i] {
                 Slot::Auth(p) => p,
                 Slot::Reversal(r) => {
@@ -94,8 +90,12 @@ impl Pipeline {
             if decline.is_none() {
                 if let Some(auth_id) = answer.as_ref().and_then(|a| a.get(38)) {
                     p.resp.set(38, auth_id);
+                    forwarded.set(38, auth_id);
                 }
-                p.issuer_undo = Some(issuer_reversal(&forwarded[&i], answer.as_ref()));
+                // Kept (not copied: the batch is done with it) for the
+                // 0420 that takes this approval back if it cannot be made
+                // durable here.
+                p.issuer_undo = Some(forwarded);
             } else {
                 if let Some((view, at)) = &p.decision.approved {
                     // A journal failure here is reported by the journal;
@@ -107,26 +107,4 @@ impl Pipeline {
             }
         }
     }
-}
-
-/// The 0420 that reverses the forwarded authorization `fwd` at the issuer:
-/// the same fields (DE 2 the PAN, the token in DE 48), MTI 0420, the
-/// issuer's DE 38, and DE 90 naming the original: MTI(4) DE 11(6) DE 7(10)
-/// DE 32(11) DE 33(11), zero-filled on the left as ISO 8583:1987 has it.
-pub(super) fn issuer_reversal(fwd: &IsoMessage, answer: Option<&IsoMessage>) -> IsoMessage {
-    let mut rev = fwd.clone();
-    rev.set_mti(*b"0420");
-    if let Some(auth_id) = answer.and_then(|a| a.get(38)) {
-        rev.set(38, auth_id);
-    }
-    let mut de90 = Vec::with_capacity(42);
-    de90.extend_from_slice(&fwd.mti());
-    for (field, width) in [(11, 6), (7, 10), (32, 11), (33, 11)] {
-        let value = fwd.get(field).unwrap_or_default();
-        let value = &value[value.len().saturating_sub(width)..];
-        de90.extend(std::iter::repeat_n(b'0', width - value.len()));
-        de90.extend_from_slice(value);
-    }
-    rev.set(90, de90);
-    rev
 }

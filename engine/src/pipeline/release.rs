@@ -13,6 +13,7 @@ use crate::vault::Vault;
 
 use super::clock::Now;
 use super::retransmit::{CachedAnswer, RecentAnswers, RequestId};
+use super::reversals::issuer_reversal;
 use super::shards::Sharded;
 
 /// A batch decided, its answers not yet released: they leave once every
@@ -20,8 +21,8 @@ use super::shards::Sharded;
 pub(super) struct DecidedBatch {
     pub answers: Vec<Option<IsoMessage>>,
     pub keys: Vec<Option<(RequestId, Option<Lsn>)>>,
-    /// (answer index, 0420) for every issuer approval in the batch: sent
-    /// if the batch cannot be made durable here.
+    /// (answer index, forwarded request) for every issuer approval in the
+    /// batch: reversed with an 0420 if the batch cannot be made durable.
     pub issuer_undo: Vec<(usize, IsoMessage)>,
     pub issuer: Option<Arc<IssuerLink>>,
     pub wait_for: Lsn,
@@ -42,7 +43,7 @@ impl DecidedBatch {
     /// Wait for the journal, then encode. In `sync` durability no approval
     /// leaves before its ATC is on disk; if the journal failed, nothing in
     /// the batch is approved.
-    pub(super) fn release(self) -> Vec<Option<Vec<u8>>> {
+    pub(super) fn release(mut self) -> Vec<Option<Vec<u8>>> {
         let durable = self.ready() || self.vault.wait_durable(self.wait_for).is_ok();
         if !durable {
             self.take_back_issuer_approvals();
@@ -84,20 +85,20 @@ impl DecidedBatch {
     /// the issuer an 0420 for each, so that its ledger agrees. Their
     /// answers change nothing here; one that does not come is the issuer
     /// link's timeout (counted there).
-    fn take_back_issuer_approvals(&self) {
+    fn take_back_issuer_approvals(&mut self) {
         let Some(link) = &self.issuer else { return };
-        let undo: Vec<IsoMessage> = self
-            .issuer_undo
-            .iter()
+        let answers = &self.answers;
+        let undo: Vec<IsoMessage> = std::mem::take(&mut self.issuer_undo)
+            .into_iter()
             .filter(|(i, _)| {
-                let answer = self.answers.get(*i).and_then(Option::as_ref);
+                let answer = answers.get(*i).and_then(Option::as_ref);
                 answer.and_then(|a| a.get(39)) == Some(&rc::APPROVED[..])
             })
-            .map(|(_, m)| m.clone())
+            .map(|(_, forwarded)| issuer_reversal(forwarded))
             .collect();
         if !undo.is_empty() {
             self.metrics.issuer_reversals(undo.len() as u64);
-            link.forward_batch(undo);
+            link.forward_batch(&undo);
         }
     }
 }

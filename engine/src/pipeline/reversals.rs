@@ -200,6 +200,25 @@ fn check_match(
     Ok(())
 }
 
+/// The 0420 that reverses the forwarded authorization `fwd` (with the
+/// issuer's DE 38) at the issuer: the same fields (DE 2 the PAN, the token
+/// in DE 48), MTI 0420, and DE 90 naming the original: MTI(4) DE 11(6)
+/// DE 7(10) DE 32(11) DE 33(11), zero-filled on the left as ISO 8583:1987
+/// has it.
+pub(super) fn issuer_reversal(mut fwd: IsoMessage) -> IsoMessage {
+    let mut de90 = Vec::with_capacity(42);
+    de90.extend_from_slice(&fwd.mti());
+    for (field, width) in [(11, 6), (7, 10), (32, 11), (33, 11)] {
+        let value = fwd.get(field).unwrap_or_default();
+        let value = &value[value.len().saturating_sub(width)..];
+        de90.extend(std::iter::repeat_n(b'0', width - value.len()));
+        de90.extend_from_slice(value);
+    }
+    fwd.set_mti(*b"0420");
+    fwd.set(90, de90);
+    fwd
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -190,8 +190,8 @@ pub(crate) fn encode_record(
         out.truncate(start);
         return Err(e);
     }
-    if out.len() - start - FRAME_HEADER_LEN + TAG_LEN > MAX_RECORD {
-        let len = out.len() - start - FRAME_HEADER_LEN + TAG_LEN;
+    let len = out.len() - start - FRAME_HEADER_LEN + TAG_LEN;
+    if len > MAX_RECORD {
         out.truncate(start);
         return Err(CodecError::TooLong {
             what: "encoded record",

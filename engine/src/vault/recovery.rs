@@ -557,16 +557,13 @@ fn scan_journal(
                         offset: at,
                         record: rec,
                     };
-                    match scan.quarantine.as_deref_mut() {
-                        Some(q) if snapshot::record_token(&t.record).is_some() => {
-                            q.push(t);
-                            continue;
-                        }
-                        _ => {
+                    match t.set_aside(scan.quarantine.as_deref_mut()) {
+                        None => continue,
+                        Some(t) => {
                             return Err(RecoveryError::Tampered {
-                                file: path.to_owned(),
-                                offset: at,
                                 token: t.token(),
+                                file: t.file,
+                                offset: t.offset,
                             })
                         }
                     }

@@ -55,7 +55,7 @@ use super::files::{
     parse_journal_name, parse_snapshot_name, parse_snapshot_tmp_name, snapshot_file_name,
     snapshot_tmp_name, sync_dir, MAX_SEQ,
 };
-use super::seal::{FileKind, RecordMac, TAG_LEN};
+use super::seal::{Chain, FileKind, RecordMac, TAG_LEN};
 use super::types::JournalRecord;
 
 /// A record whose tag did not verify, kept aside (`--quarantine-tampered`)
@@ -74,6 +74,19 @@ impl TamperedRecord {
     /// The token it names, masked, or "-" (a control set names none).
     pub fn token(&self) -> String {
         record_token(&self.record).map_or_else(|| "-".to_owned(), |t| t.masked())
+    }
+
+    /// Put it in `quarantine` if there is one and the record names a token
+    /// (only a token can be declined instead); otherwise give it back
+    /// (`Some`), for the caller to stop the load with.
+    pub(crate) fn set_aside(self, quarantine: Option<&mut Vec<Self>>) -> Option<Self> {
+        match quarantine {
+            Some(q) if record_token(&self.record).is_some() => {
+                q.push(self);
+                None
+            }
+            _ => Some(self),
+        }
     }
 }
 
@@ -263,7 +276,7 @@ fn write_tmp(
     Ok(())
 }
 
-fn trailer_frame(count: u64, chain: &mut super::seal::Chain) -> Vec<u8> {
+fn trailer_frame(count: u64, chain: &mut Chain) -> Vec<u8> {
     let mut payload = Vec::with_capacity(TRAILER_FRAME_PAYLOAD);
     payload.push(TAG_SNAPSHOT_TRAILER);
     payload.extend_from_slice(&count.to_le_bytes());
@@ -451,20 +464,15 @@ pub(crate) fn for_each_record<E: fmt::Display>(
                 offset: at,
                 record: rec,
             };
-            match quarantine.as_deref_mut() {
-                Some(q) if record_token(&tampered.record).is_some() => {
-                    q.push(tampered);
-                    count += 1;
-                    continue;
-                }
-                _ => {
-                    return Err(SnapshotError::Tampered {
-                        file: path.to_owned(),
-                        offset: at,
-                        token: tampered.token(),
-                    })
-                }
+            if let Some(t) = tampered.set_aside(quarantine.as_deref_mut()) {
+                return Err(SnapshotError::Tampered {
+                    token: t.token(),
+                    file: t.file,
+                    offset: t.offset,
+                });
             }
+            count += 1;
+            continue;
         }
         f(rec).map_err(|e| SnapshotError::Rejected {
             file: path.to_owned(),

@@ -12,7 +12,7 @@
 
 use zeroize::Zeroizing;
 
-use super::bitslice::single::{run_many, run_one, SplatKey, Step};
+use super::bitslice::single::{run_many, run_one, DesKey, Step};
 use crate::error::CryptoError;
 
 /// A single (8), double (16) or triple (24 bytes) length DES key.
@@ -23,9 +23,9 @@ use crate::error::CryptoError;
 pub struct TdesKey {
     bytes: Zeroizing<[u8; 24]>,
     len: usize,
-    k1: SplatKey,
-    k2: SplatKey,
-    k3: SplatKey,
+    k1: DesKey,
+    k2: DesKey,
+    k3: DesKey,
 }
 
 impl std::fmt::Debug for TdesKey {
@@ -48,17 +48,17 @@ impl TdesKey {
         bytes[..key.len()].copy_from_slice(key);
         // A schedule costs ~0.4 us: a repeated key half is copied, not
         // scheduled again.
-        let k1 = SplatKey::new(block8(a));
+        let k1 = DesKey::new(block8(a));
         // (Decided by the public length, never by comparing key bytes.)
         let k2 = if key.len() == 8 {
             k1.clone()
         } else {
-            SplatKey::new(block8(b))
+            DesKey::new(block8(b))
         };
         let k3 = if key.len() < 24 {
             k1.clone()
         } else {
-            SplatKey::new(block8(c))
+            DesKey::new(block8(c))
         };
         Ok(Self {
             bytes,

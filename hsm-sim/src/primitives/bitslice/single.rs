@@ -31,24 +31,22 @@ const LONE_UP_TO: usize = 2;
 /// Lanes of the portable kernel (`Kernel::Portable.lanes()`).
 const PORTABLE_LANES: usize = 64;
 
-/// A DES key in both forms (splatted for the kernel, a round-key schedule
-/// for [`lone`]), wiped on drop.
+/// A DES key: its bits (splatted for the kernel only when a call needs
+/// them: 64 operations, against 512 bytes to keep and wipe per key) and
+/// its round-key schedule for [`lone`]. Wiped on drop.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub(crate) struct SplatKey {
-    splat: Block<u64>,
+pub(crate) struct DesKey {
+    bits: u64,
     lone: LoneKey,
 }
 
-impl SplatKey {
+impl DesKey {
     /// The key `k` (8 bytes; parity bits are ignored by DES, as ever).
     pub(crate) fn new(k: [u8; 8]) -> Self {
-        let mut v = u64::from_be_bytes(k);
-        let key = Self {
-            splat: splat(v),
+        Self {
+            bits: u64::from_be_bytes(k),
             lone: LoneKey::new(k),
-        };
-        v.zeroize();
-        key
+        }
     }
 }
 
@@ -75,8 +73,8 @@ fn unsplat(words: &Block<u64>) -> u64 {
 /// a key.
 #[derive(Clone, Copy)]
 pub(crate) enum Step<'a> {
-    Encrypt(&'a SplatKey),
-    Decrypt(&'a SplatKey),
+    Encrypt(&'a DesKey),
+    Decrypt(&'a DesKey),
 }
 
 /// Run `steps` in order on one block (e.g. EDE is encrypt K1, decrypt
@@ -125,10 +123,13 @@ pub(crate) fn run_many(steps: &[Step<'_>], blocks: &mut [[u8; 8]]) {
 
 fn run_steps(steps: &[Step<'_>], state: &mut Block<u64>) {
     for step in steps {
-        match step {
-            Step::Encrypt(k) => Portable.des(&k.splat, state, false),
-            Step::Decrypt(k) => Portable.des(&k.splat, state, true),
-        }
+        let (k, decrypt) = match step {
+            Step::Encrypt(k) => (k, false),
+            Step::Decrypt(k) => (k, true),
+        };
+        let mut key = splat(k.bits);
+        Portable.des(&key, state, decrypt);
+        key.zeroize();
     }
 }
 
@@ -147,7 +148,7 @@ mod tests {
 
     #[test]
     fn fips_known_answer() {
-        let key = SplatKey::new(hex_block("133457799BBCDFF1"));
+        let key = DesKey::new(hex_block("133457799BBCDFF1"));
         let c = run_one(&[Step::Encrypt(&key)], hex_block("0123456789ABCDEF"));
         assert_eq!(hex::encode_upper(c), "85E813540F0AB405");
         let p = run_one(&[Step::Decrypt(&key)], c);
@@ -164,7 +165,7 @@ mod tests {
         let (mut lone_time, mut kernel_time) = (Default::default(), Default::default());
         for _ in 0..50 {
             let (k1, k2): ([u8; 8], [u8; 8]) = (rng.bytes(), rng.bytes());
-            let (k1, k2) = (SplatKey::new(k1), SplatKey::new(k2));
+            let (k1, k2) = (DesKey::new(k1), DesKey::new(k2));
             let ede = [Step::Encrypt(&k1), Step::Decrypt(&k2), Step::Encrypt(&k1)];
             let block: [u8; 8] = rng.bytes();
             let t = std::time::Instant::now();
@@ -189,7 +190,7 @@ mod tests {
             rng.fill(&mut key);
             let mut blocks = vec![[0u8; 8]; n];
             blocks.iter_mut().for_each(|b| rng.fill(b));
-            let k = SplatKey::new(key);
+            let k = DesKey::new(key);
             for decrypt in [false, true] {
                 let step = if decrypt {
                     Step::Decrypt(&k)
