@@ -273,6 +273,48 @@ impl CvnProfile {
         Self::ALL.into_iter().find(|p| p.name() == name)
     }
 
+    /// The CVN byte as the card writes it in its issuer application data
+    /// (9F10) and as personalisation sends it (DGI `A001`, tag `C1`).
+    pub fn cvn_byte(self) -> u8 {
+        match self {
+            Self::VisaCvn10 => 0x0A,
+            Self::VisaCvn18 => 0x12,
+            Self::VisaCvn22 => 0x16,
+            Self::MastercardCvn16 => 0x10,
+            Self::MastercardCvn17 => 0x11,
+            Self::MastercardCvn20 => 0x14,
+            Self::MastercardCvn21 => 0x15,
+            Self::InteracCvn133 => 0x85,
+        }
+    }
+
+    /// The profile of a CVN byte.
+    pub fn from_cvn_byte(b: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.cvn_byte() == b)
+    }
+
+    /// The issuer application data (9F10) a card of this profile sends,
+    /// with zero counters (`personalisation.md` §5): Visa `06` KDI CVN
+    /// CVR(`03A0A000`); Mastercard KDI CVN CVR(`A0A000000000`) DAC(`0000`)
+    /// [counters `00`×7 `FF`]; Interac as the load generator's cards.
+    pub fn issuer_application_data(self, key_index: u8) -> Vec<u8> {
+        let cvn = self.cvn_byte();
+        match self {
+            Self::VisaCvn10 | Self::VisaCvn18 | Self::VisaCvn22 => {
+                vec![0x06, key_index, cvn, 0x03, 0xA0, 0xA0, 0x00]
+            }
+            Self::MastercardCvn16 | Self::MastercardCvn20 => {
+                vec![key_index, cvn, 0xA0, 0xA0, 0, 0, 0, 0, 0, 0]
+            }
+            Self::MastercardCvn17 | Self::MastercardCvn21 => vec![
+                key_index, cvn, 0xA0, 0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF,
+            ],
+            Self::InteracCvn133 => {
+                vec![0x0A, key_index, cvn, 0x04, 0x40, 0xB1, 0, 0, 0, 0, 0xB0]
+            }
+        }
+    }
+
     fn spec(self) -> Spec {
         use ArpcSpec::*;
         use CardDataLayout::*;

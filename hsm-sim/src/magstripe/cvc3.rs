@@ -25,6 +25,14 @@ pub fn cvc3_from_iv(kd_cvc3: &TdesKey, ivcvc3: [u8; 2], un: [u8; 4], atc: Atc) -
     cvc3_digits(kd_cvc3.encrypt_block(cvc3_block(ivcvc3, un, atc)))
 }
 
+/// The CVC3 as the card returns it in COMPUTE CRYPTOGRAPHIC CHECKSUM (tag
+/// 9F61): the last two bytes of the encrypted block, binary. The terminal
+/// writes them as the five digits of [`cvc3_from_iv`].
+pub fn cvc3_value(kd_cvc3: &TdesKey, ivcvc3: [u8; 2], un: [u8; 4], atc: Atc) -> [u8; 2] {
+    let e = kd_cvc3.encrypt_block(cvc3_block(ivcvc3, un, atc));
+    [e[6], e[7]]
+}
+
 /// The block the CVC3 key encrypts: `IVCVC3 || UN || ATC`.
 pub(crate) fn cvc3_block(ivcvc3: [u8; 2], un: [u8; 4], atc: Atc) -> [u8; 8] {
     let a = atc.to_bytes();

@@ -358,6 +358,19 @@ pub(crate) fn short_lc(len: usize) -> Result<u8, CryptoError> {
         .map_err(|_| CryptoError::length("wrapped command data field (Lc)", "at most 255", len))
 }
 
+/// Remove ISO 9797-1 padding method 2 (`80 00..`) from decrypted data.
+/// Data without it is refused: the card answers such a command with an
+/// error, it never guesses where the data ends.
+pub(crate) fn unpad_method2(plain: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
+    match plain.iter().rposition(|&b| b != 0) {
+        Some(i) if plain[i] == 0x80 => Ok(zeroize::Zeroizing::new(plain[..i].to_vec())),
+        _ => Err(CryptoError::invalid(
+            "decrypted command data",
+            "no 80 00.. padding at the end",
+        )),
+    }
+}
+
 /// Assemble a wrapped command: `CLA INS P1 P2 Lc data mac [Le]`.
 ///
 /// Le is not covered by the MAC, so it goes after it, unchanged

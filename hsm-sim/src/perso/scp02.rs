@@ -88,8 +88,8 @@ impl Scp02Options {
         self.i & Self::ICV_ENCRYPTION != 0
     }
 
-    /// The card derives its challenge instead of drawing it at random.
-    /// (That derivation is not modelled: the challenge is an input.)
+    /// The card derives its challenge instead of drawing it at random
+    /// ([`pseudo_random_card_challenge`]).
     pub fn pseudo_random_challenge(self) -> bool {
         self.i & Self::PSEUDO_RANDOM_CHALLENGE != 0
     }
@@ -139,6 +139,95 @@ pub fn derive_session_key(
     input[2..4].copy_from_slice(&sequence_counter);
     let key = Zeroizing::new(static_key.encrypt_cbc([0; 8], &input)?);
     TdesKey::new(&key)
+}
+
+/// The card challenge of a card with the well-known pseudo-random option
+/// (i bit `40`, GP Card Spec 2.2 E.4.2.1): the first 6 bytes of the C-MAC
+/// (retail MAC, zero ICV, padding method 2) over the selected security
+/// domain's AID, under the C-MAC session key of the sequence counter the
+/// card is about to use. The same construction as asterix's `SCP02.py`;
+/// no published vector covers it, so `tests/vectors/scp02_challenge.jsonl`
+/// is self-derived with the `des` crate.
+pub fn pseudo_random_card_challenge(
+    key_mac: &TdesKey,
+    sequence_counter: [u8; 2],
+    sd_aid: &[u8],
+) -> Result<[u8; 6], CryptoError> {
+    if !(5..=16).contains(&sd_aid.len()) {
+        return Err(CryptoError::length(
+            "security domain AID",
+            "5 to 16",
+            sd_aid.len(),
+        ));
+    }
+    let c_mac = derive_session_key(key_mac, SessionKeyType::CMac, sequence_counter)?;
+    let mac = retail_mac_iv(&c_mac, [0; 8], sd_aid, Padding::Method2)?;
+    let mut challenge = [0u8; 6];
+    challenge.copy_from_slice(&mac[..6]);
+    Ok(challenge)
+}
+
+/// The card's answer to an SCP02 INITIALIZE UPDATE (GP E.5.1.6):
+/// KDD (10) ‖ key version ‖ `02` ‖ sequence counter (2) ‖ card challenge
+/// (6) ‖ card cryptogram (8), 28 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitUpdateResponse {
+    /// Key diversification data.
+    pub key_diversification_data: [u8; 10],
+    /// Key version number.
+    pub key_version: u8,
+    /// Sequence counter the session keys derive from.
+    pub sequence_counter: [u8; 2],
+    /// Card challenge.
+    pub card_challenge: [u8; 6],
+    /// Card cryptogram (checked with
+    /// [`Scp02Session::verify_card_cryptogram`]).
+    pub card_cryptogram: [u8; 8],
+}
+
+impl InitUpdateResponse {
+    /// The response length.
+    pub const LEN: usize = 28;
+
+    /// Parse the response data (without SW).
+    pub fn parse(data: &[u8]) -> Result<Self, CryptoError> {
+        if data.len() != Self::LEN {
+            return Err(CryptoError::length(
+                "SCP02 INITIALIZE UPDATE response",
+                "28",
+                data.len(),
+            ));
+        }
+        if data[11] != 0x02 {
+            return Err(CryptoError::invalid(
+                "SCP02 INITIALIZE UPDATE response",
+                format!("secure channel protocol is {:02X}, expected 02", data[11]),
+            ));
+        }
+        let mut out = Self {
+            key_diversification_data: [0; 10],
+            key_version: data[10],
+            sequence_counter: [data[12], data[13]],
+            card_challenge: [0; 6],
+            card_cryptogram: [0; 8],
+        };
+        out.key_diversification_data.copy_from_slice(&data[..10]);
+        out.card_challenge.copy_from_slice(&data[14..20]);
+        out.card_cryptogram.copy_from_slice(&data[20..28]);
+        Ok(out)
+    }
+
+    /// The bytes as the card sends them.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(Self::LEN);
+        v.extend_from_slice(&self.key_diversification_data);
+        v.push(self.key_version);
+        v.push(0x02);
+        v.extend_from_slice(&self.sequence_counter);
+        v.extend_from_slice(&self.card_challenge);
+        v.extend_from_slice(&self.card_cryptogram);
+        v
+    }
 }
 
 /// One SCP02 secure channel, from the host's side.
@@ -297,6 +386,28 @@ impl Scp02Session {
     /// Encrypt a key for PUT KEY / STORE DATA: `TDES-ECB_{S-DEK}(key)`.
     pub fn encrypt_key(&self, key: &TdesKey) -> Result<Vec<u8>, CryptoError> {
         self.s_dek.encrypt_ecb(key.expose_bytes())
+    }
+
+    /// Encrypt sensitive data (an encrypted DGI of STORE DATA, several keys
+    /// at once): `TDES-ECB_{S-DEK}(data)`. The data must be a whole number
+    /// of 8-byte blocks: CPS pads nothing, the DGI layout does.
+    pub fn encrypt_sensitive(&self, data: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.s_dek.encrypt_ecb(data)
+    }
+
+    /// The card's side of [`Self::encrypt_sensitive`] and
+    /// [`Self::encrypt_key`].
+    pub fn decrypt_sensitive(&self, data: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        Ok(Zeroizing::new(self.s_dek.decrypt_ecb(data)?))
+    }
+
+    /// The card's side of C-DECRYPTION: the plain data field of a command
+    /// whose (encrypted) data, MAC removed, is `data`, with its `80 00..`
+    /// padding removed. Checking the MAC is [`Self::wrap_command`]'s job:
+    /// the card wraps the plain command again and compares.
+    pub fn decrypt_command_data(&self, data: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let plain = Zeroizing::new(self.s_enc.decrypt_cbc([0; 8], data)?);
+        super::unpad_method2(&plain)
     }
 }
 

@@ -389,18 +389,37 @@ impl Scp03Session {
         let mut block = self.counter.to_be_bytes();
         block[0] = 0x80;
         let icv = self.s_enc.encrypt_block(block);
-        let mut plain = self.s_enc.decrypt_cbc(icv, data)?;
-        let end = plain.iter().rposition(|&b| b != 0);
-        match end {
-            Some(i) if plain[i] == 0x80 => {
-                plain.truncate(i);
-                Ok(plain)
-            }
-            _ => Err(CryptoError::invalid(
-                "SCP03 response",
-                "decrypted data has no 80 padding",
-            )),
+        let plain = Zeroizing::new(self.s_enc.decrypt_cbc(icv, data)?);
+        Ok(super::unpad_method2(&plain)?.to_vec())
+    }
+
+    /// The card's side of [`Self::decrypt_response`]: encrypt response data
+    /// at level `33` (ICV from the counter of the last command, `80`
+    /// always appended). Empty data stays empty.
+    pub fn encrypt_response(&self, data: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.check_response_protection(self.level.r_enc(), "R-ENC")?;
+        if data.is_empty() {
+            return Ok(Vec::new());
         }
+        let mut block = self.counter.to_be_bytes();
+        block[0] = 0x80;
+        let icv = self.s_enc.encrypt_block(block);
+        self.s_enc.encrypt_cbc(icv, &Padding::Method2.pad(data, 16))
+    }
+
+    /// The card's side of C-DECRYPTION for the *next* command: its data
+    /// field, MAC removed, decrypted with the counter that command will
+    /// carry, padding removed. The card then wraps the plain command with
+    /// [`Self::wrap_command`] and compares it with what it received, which
+    /// checks the MAC and advances the chain and counter.
+    pub fn decrypt_command_data(&self, data: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let counter = self
+            .counter
+            .checked_add(1)
+            .ok_or_else(|| CryptoError::invalid("SCP03 session", "encryption counter exhausted"))?;
+        let icv = self.s_enc.encrypt_block(counter.to_be_bytes());
+        let plain = Zeroizing::new(self.s_enc.decrypt_cbc(icv, data)?);
+        super::unpad_method2(&plain)
     }
 
     fn check_response_protection(&self, on: bool, what: &str) -> Result<(), CryptoError> {

@@ -106,6 +106,27 @@ impl AesKey {
         b.into()
     }
 
+    /// ECB encryption of whole blocks (SCP03 keys and sensitive data under
+    /// the static DEK).
+    pub fn encrypt_ecb(&self, data: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        check_blocks(data)?;
+        let mut out = Vec::with_capacity(data.len());
+        for chunk in data.chunks_exact(16) {
+            out.extend_from_slice(&self.encrypt_block(block16(chunk)));
+        }
+        Ok(out)
+    }
+
+    /// ECB decryption of whole blocks.
+    pub fn decrypt_ecb(&self, data: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        check_blocks(data)?;
+        let mut out = Vec::with_capacity(data.len());
+        for chunk in data.chunks_exact(16) {
+            out.extend_from_slice(&self.decrypt_block(block16(chunk)));
+        }
+        Ok(out)
+    }
+
     /// CBC encryption of whole blocks.
     pub fn encrypt_cbc(&self, iv: [u8; 16], data: &[u8]) -> Result<Vec<u8>, CryptoError> {
         check_blocks(data)?;
