@@ -77,6 +77,7 @@ vector_tests!(
     mac_iso9797_1_alg1,
     mac_iso9797_1_alg3,
     scp02,
+    scp02_challenge,
     scp03,
     session_key_emv2000_tree,
     session_key_emv_csk,

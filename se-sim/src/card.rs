@@ -6,6 +6,7 @@
 //! PPSE. Secure messaging is checked before anything else; any failure of
 //! it closes the channel.
 
+use hsm_sim::perso::runner::{CardLink, LinkError};
 use hsm_sim::perso::CommandApdu;
 
 use crate::apdu::{refuse, sw, Outcome, Refusal, Response};
@@ -41,7 +42,7 @@ pub struct CardConfig {
 pub enum InitError {
     /// The i parameter is not one this protocol's card implements.
     #[error(
-        "i parameter {0:02X} is not supported for this protocol (SCP02: 15, 55; SCP03: 00, 10, 70)"
+        "i parameter {0:02X} is not supported for this protocol (SCP02: 05, 15, 45, 55; SCP03: 00, 10, 70)"
     )]
     IParam(u8),
     /// A key of the wrong length for the protocol.
@@ -83,7 +84,9 @@ impl Card {
     /// payment package.
     pub fn new(config: CardConfig) -> Result<Self, InitError> {
         let ok_i = match config.scp {
-            Scp::Scp02 => [0x15, 0x55].contains(&config.i_param),
+            // 15 and 55 are what CPS cards use; 05 and 45 (no ICV encryption)
+            // replay the published sessions.
+            Scp::Scp02 => [0x05, 0x15, 0x45, 0x55].contains(&config.i_param),
             Scp::Scp03 => [0x00, 0x10, 0x70].contains(&config.i_param),
         };
         if !ok_i {
@@ -429,6 +432,14 @@ impl Card {
                 "instruction not supported by the payment application",
             ),
         }
+    }
+}
+
+/// The card as a [`CardLink`]: the host-side script runner drives it in
+/// process, with no transport in between.
+impl CardLink for Card {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, LinkError> {
+        Ok(self.process(apdu).to_bytes())
     }
 }
 

@@ -169,7 +169,7 @@ pub(crate) fn initialize_update(
 /// Which security levels a card of this protocol and i parameter accepts.
 fn level_allowed(scp: Scp, i_param: u8, level: SecurityLevel) -> bool {
     match scp {
-        // i = 15 and 55 have no R-MAC support (b6).
+        // The i parameters supported (05, 15, 45, 55) have no R-MAC (b6).
         Scp::Scp02 => matches!(level, SecurityLevel::CMac | SecurityLevel::CMacCDec),
         Scp::Scp03 => {
             level.c_mac()

@@ -4,3 +4,4 @@
 pub mod cvc3;
 pub mod cvv;
 pub mod dcvv;
+pub mod track;

@@ -29,8 +29,11 @@
 //! handshake values and the command-APDU parser.
 
 pub mod cps;
+pub mod ids;
+pub mod runner;
 pub mod scp02;
 pub mod scp03;
+pub mod script;
 
 use crate::primitives::ct::ct_eq;
 use crate::CryptoError;

@@ -4,7 +4,7 @@
 //! and the Visa MSD track with its dCVV.
 
 use hsm_sim::emv::{ArpcInput, CvnProfile, TerminalData};
-use hsm_sim::magstripe::{cvc3, dcvv};
+use hsm_sim::magstripe::{cvc3, dcvv, track};
 use hsm_sim::perso::CommandApdu;
 use hsm_sim::primitives::ct::ct_eq;
 use hsm_sim::types::{Atc, Expiry, Pan, ServiceCode};
@@ -113,49 +113,22 @@ fn msd_track2(d: &PaymentData, atc: u16) -> Result<Vec<u8>, Refusal> {
         Atc(atc),
     )
     .map_err(bad)?;
-    let dd = fill(
+    let dd = track::fill(
         d.template.as_deref().unwrap_or_default(),
         &code,
         b"",
         format!("{atc:05}").as_bytes(),
     );
-    let mut nibbles: Vec<u8> = d.token.bytes().map(|b| b - b'0').collect();
-    nibbles.push(0xD);
-    nibbles.extend(
-        d.expiry
-            .bytes()
-            .chain(d.service_code.bytes())
-            .map(|b| b - b'0'),
-    );
-    nibbles.extend(dd.iter().map(|b| b - b'0'));
-    if nibbles.len() % 2 == 1 {
-        nibbles.push(0xF);
-    }
-    Ok(nibbles
-        .chunks_exact(2)
-        .map(|p| (p[0] << 4) | p[1])
-        .collect())
-}
-
-/// Fill a discretionary-data template: each `C`, `U`, `A` run takes the
-/// rightmost digits of its value (the same rule the engine reads with).
-pub fn fill(template: &str, code: &[u8], un: &[u8], atc: &[u8]) -> Vec<u8> {
-    let count = |c: u8| template.bytes().filter(|&t| t == c).count();
-    let tail = |v: &[u8], n: usize| v[v.len().saturating_sub(n)..].to_vec();
-    let (mut c, mut u, mut a) = (
-        tail(code, count(b'C')).into_iter(),
-        tail(un, count(b'U')).into_iter(),
-        tail(atc, count(b'A')).into_iter(),
-    );
-    template
-        .bytes()
-        .map(|t| match t {
-            b'C' => c.next().unwrap_or(b'0'),
-            b'U' => u.next().unwrap_or(b'0'),
-            b'A' => a.next().unwrap_or(b'0'),
-            lit => lit,
-        })
-        .collect()
+    let expiry: [u8; 4] =
+        d.expiry.as_bytes().try_into().map_err(|_| {
+            Refusal::new(sw::CONDITIONS_NOT_SATISFIED, "personalised data unusable")
+        })?;
+    Ok(track::personalised_track_bytes(
+        &d.token,
+        &expiry,
+        &d.service_code,
+        &dd,
+    ))
 }
 
 /// GENERATE AC (`80 AE 80 00 1D cdol1 00`): an ARQC from the card's own

@@ -115,8 +115,12 @@ impl DgiStore {
         }
         let expiry = track2[sep + 1..sep + 5].to_string();
         let service_code = track2[sep + 5..sep + 8].to_string();
-        if token.len() < 12 || !token.bytes().all(|b| b.is_ascii_digit()) {
+        let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if !(12..=19).contains(&token.len()) || !all_digits(&token) {
             return refuse(sw::WRONG_DATA, "token is not 12-19 digits");
+        }
+        if !all_digits(&expiry) || !all_digits(&service_code) {
+            return refuse(sw::WRONG_DATA, "expiry and service code are digits");
         }
 
         let (magstripe, magstripe_key, track2_data, template) = match self.dgis.get(&0x8001) {

@@ -37,6 +37,7 @@ const OPS: &[(&str, OpFn)] = &[
     ("mac_iso9797_1_alg1", primitives::mac_iso9797_1_alg1),
     ("mac_iso9797_1_alg3", primitives::mac_iso9797_1_alg3),
     ("scp02", perso::scp02),
+    ("scp02_challenge", perso::scp02_challenge),
     ("scp03", perso::scp03),
     ("session_key_emv2000_tree", emv::session_key_emv2000_tree),
     ("session_key_emv_csk", emv::session_key_emv_csk),
@@ -49,8 +50,8 @@ const OPS: &[(&str, OpFn)] = &[
 ];
 
 /// The names of all ops, sorted.
-pub const OP_NAMES: [&str; 28] = {
-    let mut names = [""; 28];
+pub const OP_NAMES: [&str; 29] = {
+    let mut names = [""; 29];
     let mut i = 0;
     while i < OPS.len() {
         names[i] = OPS[i].0;
@@ -59,7 +60,7 @@ pub const OP_NAMES: [&str; 28] = {
     names
 };
 
-const _: () = assert!(OPS.len() == 28, "the vector README lists 28 operations");
+const _: () = assert!(OPS.len() == 29, "the vector README lists 29 operations");
 
 /// Run op `name` on `input`.
 pub fn run(name: &str, input: Input) -> Result<Value, BatchError> {

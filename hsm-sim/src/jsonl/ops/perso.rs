@@ -22,6 +22,16 @@ use crate::perso::{SecurityLevel, StaticKeys};
 use crate::primitives::ct::ct_eq;
 use crate::primitives::kcv::des_kcv;
 
+/// The SCP02 pseudo-random card challenge (i bit `40`).
+pub fn scp02_challenge(i: &Input) -> Result<Value, BatchError> {
+    let key_mac = i.tdes2_key("key_mac")?;
+    let ssc = i.hex_n::<2>("sequence_counter")?;
+    let aid = i.hex("sd_aid")?;
+    let challenge = crate::perso::scp02::pseudo_random_card_challenge(&key_mac, ssc, &aid)
+        .in_field("sd_aid")?;
+    Ok(json!({ "card_challenge": hex_upper(challenge) }))
+}
+
 pub fn cps_kdc(i: &Input) -> Result<Value, BatchError> {
     let kmc = i.tdes2_key("kmc")?;
     let kdd = i.hex_n::<10>("kdd")?;
