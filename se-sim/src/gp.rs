@@ -215,10 +215,11 @@ impl Card {
             let r = &r[usize::from(len)..];
             let encrypted = match (scp, kind) {
                 (Scp::Scp02, 0x80) if len == 16 => field,
-                // SCP03: 1-byte real key length, then the encrypted key.
+                // SCP03: 1-byte real key length, then the key padded with
+                // zeros to whole blocks, encrypted.
                 (Scp::Scp03, 0x88)
-                    if matches!(len, 0x11 | 0x19 | 0x21)
-                        && usize::from(field[0]) == field.len() - 1 =>
+                    if matches!(field.first(), Some(16 | 24 | 32))
+                        && field.len() == 1 + usize::from(field[0]).next_multiple_of(16) =>
                 {
                     &field[1..]
                 }
@@ -227,7 +228,10 @@ impl Card {
             let (&kcv_len, r) = r.split_first().ok_or(bad)?;
             let kcv = r.get(..usize::from(kcv_len)).ok_or(bad)?;
             rest = &r[usize::from(kcv_len)..];
-            let key = open.decrypt_sensitive(encrypted)?;
+            let mut key = open.decrypt_sensitive(encrypted)?;
+            if scp == Scp::Scp03 {
+                key.truncate(usize::from(field[0]));
+            }
             let want = key_kcv(scp, &key).map_err(|_| bad)?;
             if kcv_len != 3 || !ct_eq(&want, kcv) {
                 return refuse(sw::WRONG_DATA, "key check value does not match");

@@ -300,9 +300,12 @@ fn materialise(s: &Session, command: &Command) -> Result<Zeroizing<Vec<u8>>, Scr
                 }
                 ChannelKeys::Scp03(k) => {
                     for key in [&k.enc, &k.mac, &k.dek] {
-                        let len = key.len() as u8;
-                        data.extend_from_slice(&[0x88, len + 1, len]);
-                        data.extend_from_slice(&encrypt(key.expose_bytes())?);
+                        // Amd D: a length byte, then the key padded with
+                        // zeros to whole AES blocks, encrypted.
+                        let mut padded = Zeroizing::new(key.expose_bytes().to_vec());
+                        padded.resize(key.len().next_multiple_of(16), 0);
+                        data.extend_from_slice(&[0x88, padded.len() as u8 + 1, key.len() as u8]);
+                        data.extend_from_slice(&encrypt(&padded)?);
                         data.push(0x03);
                         data.extend_from_slice(&aes_kcv(key, AesKcvConvention::GpOnes, 3));
                     }
