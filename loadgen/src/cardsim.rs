@@ -42,6 +42,13 @@ pub struct CardTxn {
 #[error("cannot build card data: {0}")]
 pub struct CardError(String);
 
+impl CardError {
+    /// An error with its reason (never a PAN or key).
+    pub fn new(reason: String) -> Self {
+        Self(reason)
+    }
+}
+
 /// The issuer application data a card of this profile sends (9F10).
 pub fn iad_for(profile: CvnProfile) -> Vec<u8> {
     match profile {
@@ -77,35 +84,13 @@ pub fn iad_for(profile: CvnProfile) -> Vec<u8> {
 pub fn authorization(pk: &ProfileKeys, t: &CardTxn) -> Result<IsoMessage, CardError> {
     let pan = Pan::new(&t.token).map_err(|e| CardError(e.to_string()))?;
     let psn = Psn::new(&format!("{:02}", t.psn)).map_err(|e| CardError(e.to_string()))?;
-    let mut m = IsoMessage::new(*b"0100");
-    m.set(3, b"000000");
-    m.set(4, format!("{:012}", t.amount).into_bytes());
-    m.set(7, b"1121120000");
-    m.set(11, format!("{:06}", t.stan % 1_000_000).into_bytes());
-    m.set(12, b"120000");
-    m.set(13, b"1121");
-    m.set(23, format!("0{:02}", t.psn).into_bytes());
-    m.set(37, format!("{:012}", t.stan).into_bytes());
-    m.set(41, b"TERM0001");
-    m.set(42, b"MERCHANT0000001");
-    m.set(49, format!("{:03}", t.currency).into_bytes());
+    let mut m = request_header(t);
     match (&pk.keys, pk.profile.scheme) {
         (SchemeKeys::Emv(imk), Scheme::Emv(profile)) => {
             m.set(2, t.token.clone().into_bytes());
             m.set(14, t.expiry);
             m.set(22, b"071");
-            let terminal = TerminalData {
-                amount_authorised: bcd::<6>(t.amount),
-                amount_other: [0; 6],
-                terminal_country: bcd::<2>(826),
-                tvr: [0; 5],
-                currency: bcd::<2>(u64::from(t.currency)),
-                date: [0x26, 0x11, 0x21],
-                txn_type: 0,
-                un: t.un.to_be_bytes(),
-                aip: [0x19, 0x80],
-                atc: t.atc.to_be_bytes(),
-            };
+            let terminal = terminal_data(t);
             let iad = iad_for(profile);
             let card_data = profile
                 .card_data_from_iad(&iad)
@@ -114,26 +99,7 @@ pub fn authorization(pk: &ProfileKeys, t: &CardTxn) -> Result<IsoMessage, CardEr
             let arqc = profile
                 .generate_ac(&mk, &terminal, &card_data)
                 .map_err(|e| CardError(e.to_string()))?;
-            let mut f55 = Vec::with_capacity(128);
-            for (tag, v) in [
-                (0x9F26, &arqc[..]),
-                (0x9F27, &[0x80][..]),
-                (0x9F10, &iad[..]),
-                (0x9F37, &terminal.un[..]),
-                (0x9F36, &terminal.atc[..]),
-                (0x95, &terminal.tvr[..]),
-                (0x9A, &terminal.date[..]),
-                (0x9C, &[terminal.txn_type][..]),
-                (0x9F02, &terminal.amount_authorised[..]),
-                (0x5F2A, &terminal.currency[..]),
-                (0x82, &terminal.aip[..]),
-                (0x9F1A, &terminal.terminal_country[..]),
-                (0x9F03, &terminal.amount_other[..]),
-                (0x5F34, &bcd::<1>(u64::from(t.psn))[..]),
-            ] {
-                tlv::encode_tlv(tag, v, &mut f55);
-            }
-            m.set(55, f55);
+            m.set(55, field55(&terminal, &arqc, &iad, t.psn));
         }
         (SchemeKeys::Cvc3(imk), _) => {
             let template = pk.profile.track2_dd.as_deref().unwrap_or_default();
@@ -182,6 +148,66 @@ pub fn authorization(pk: &ProfileKeys, t: &CardTxn) -> Result<IsoMessage, CardEr
         _ => return Err(CardError("profile keys do not match the scheme".into())),
     }
     Ok(m)
+}
+
+/// The terminal data of a transaction: what the terminal puts in CDOL1
+/// (and DE 55), with the card's AIP and the transaction's ATC.
+pub fn terminal_data(t: &CardTxn) -> TerminalData {
+    TerminalData {
+        amount_authorised: bcd::<6>(t.amount),
+        amount_other: [0; 6],
+        terminal_country: bcd::<2>(826),
+        tvr: [0; 5],
+        currency: bcd::<2>(u64::from(t.currency)),
+        date: [0x26, 0x11, 0x21],
+        txn_type: 0,
+        un: t.un.to_be_bytes(),
+        aip: [0x19, 0x80],
+        atc: t.atc.to_be_bytes(),
+    }
+}
+
+/// DE 55 of a chip transaction: the card's ARQC and IAD with the
+/// terminal's tags.
+pub fn field55(terminal: &TerminalData, arqc: &[u8; 8], iad: &[u8], psn: u8) -> Vec<u8> {
+    let mut f55 = Vec::with_capacity(128);
+    for (tag, v) in [
+        (0x9F26, &arqc[..]),
+        (0x9F27, &[0x80][..]),
+        (0x9F10, iad),
+        (0x9F37, &terminal.un[..]),
+        (0x9F36, &terminal.atc[..]),
+        (0x95, &terminal.tvr[..]),
+        (0x9A, &terminal.date[..]),
+        (0x9C, &[terminal.txn_type][..]),
+        (0x9F02, &terminal.amount_authorised[..]),
+        (0x5F2A, &terminal.currency[..]),
+        (0x82, &terminal.aip[..]),
+        (0x9F1A, &terminal.terminal_country[..]),
+        (0x9F03, &terminal.amount_other[..]),
+        (0x5F34, &bcd::<1>(u64::from(psn))[..]),
+    ] {
+        tlv::encode_tlv(tag, v, &mut f55);
+    }
+    f55
+}
+
+/// The request of a transaction without its card data (DE 2/14/22/35/55
+/// are the card's).
+pub fn request_header(t: &CardTxn) -> IsoMessage {
+    let mut m = IsoMessage::new(*b"0100");
+    m.set(3, b"000000");
+    m.set(4, format!("{:012}", t.amount).into_bytes());
+    m.set(7, b"1121120000");
+    m.set(11, format!("{:06}", t.stan % 1_000_000).into_bytes());
+    m.set(12, b"120000");
+    m.set(13, b"1121");
+    m.set(23, format!("0{:02}", t.psn).into_bytes());
+    m.set(37, format!("{:012}", t.stan).into_bytes());
+    m.set(41, b"TERM0001");
+    m.set(42, b"MERCHANT0000001");
+    m.set(49, format!("{:03}", t.currency).into_bytes());
+    m
 }
 
 /// Track 2 equivalent (DE 35) in ASCII: PAN `=` YYMM SC discretionary.

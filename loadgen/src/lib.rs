@@ -34,4 +34,6 @@ pub mod plot;
 pub mod prepare;
 pub mod report;
 pub mod run;
+pub mod secard;
 pub mod session;
+pub mod terminal;

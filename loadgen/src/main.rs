@@ -88,6 +88,10 @@ domain_violation, amount_mismatch, malformed, reversal (default: the demo's rate
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// A secure-element card (`tessera-se`): personalise it for a token,
+    /// or pay with it like a terminal.
+    #[command(subcommand)]
+    Card(CardCommand),
     /// The issuer the engine forwards to: approves, and checks DE 2 is the
     /// PAN behind the token in DE 48.
     Issuer {
@@ -97,6 +101,60 @@ domain_violation, amount_mismatch, malformed, reversal (default: the demo's rate
         /// Vault export with PANs.
         #[arg(long)]
         export: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CardCommand {
+    /// Give a blank card a security domain and personalise a token of the
+    /// export into it, over the card's secure channel (ISD: the
+    /// GlobalPlatform test keys; SSD: fresh random keys). The card is the
+    /// command after `--`, which reads and writes hex APDU lines.
+    #[command(after_help = "Example:\n  tessera-se init --state card.json\n  \
+tessera-loadgen card personalise --export tokens.jsonl --token 4895370000000001 -- tessera-se apdu --state card.json")]
+    Personalise {
+        /// Vault export (`tessera vault export`).
+        #[arg(long)]
+        export: PathBuf,
+        /// The token to personalise.
+        #[arg(long)]
+        token: String,
+        /// The card speaks SCP03 (`tessera-se init --scp 03`).
+        #[arg(long)]
+        scp03: bool,
+        /// Print every command and answer of the script.
+        #[arg(long)]
+        verbose: bool,
+        /// The card: program and arguments.
+        #[arg(last = true, required = true)]
+        card: Vec<String>,
+    },
+    /// Pay once: SELECT, GET PROCESSING OPTIONS, READ RECORD, GENERATE AC
+    /// (or the mag-stripe equivalent) on the card, the 0100 to the engine,
+    /// and the ARPC of the 0110 back to the card. Exit 0 when approved and
+    /// the card accepts the ARPC.
+    #[command(
+        after_help = "Example:\n  tessera-loadgen card pay --target 127.0.0.1:8583 --export tokens.jsonl \\\n    --token 4895370000000001 -- tessera-se apdu --state card.json"
+    )]
+    Pay {
+        /// Engine address (len2 framing).
+        #[arg(long)]
+        target: SocketAddr,
+        /// Vault export (`tessera vault export`).
+        #[arg(long)]
+        export: PathBuf,
+        /// The token on the card.
+        #[arg(long)]
+        token: String,
+        /// Amount in minor units.
+        #[arg(long, default_value_t = 1234)]
+        amount: u64,
+        /// ascii or binary.
+        #[arg(long, default_value = "ascii")]
+        dialect: Dialect,
+        /// The card: program and arguments.
+        #[arg(last = true, required = true)]
+        card: Vec<String>,
     },
 }
 
@@ -131,6 +189,28 @@ fn pairs(s: &str) -> Result<Vec<(String, f64)>, String> {
 
 fn run_cli(cli: Cli) -> Result<bool, String> {
     match cli.command {
+        Command::Card(CardCommand::Personalise {
+            export,
+            token,
+            scp03,
+            verbose,
+            card,
+        }) => {
+            let (cfg, keys) = Config::load(&cli.config).map_err(|e| e.to_string())?;
+            loadgen::terminal::personalise(&cfg, &keys, &export, &token, scp03, verbose, &card)?;
+            Ok(true)
+        }
+        Command::Card(CardCommand::Pay {
+            target,
+            export,
+            token,
+            amount,
+            dialect,
+            card,
+        }) => {
+            let (cfg, keys) = Config::load(&cli.config).map_err(|e| e.to_string())?;
+            loadgen::terminal::pay(&cfg, &keys, &export, &token, target, dialect, amount, &card)
+        }
         Command::Issuer { listen, export } => {
             let pans = issuer_sim::pans_from_export(&export).map_err(|e| e.to_string())?;
             let sim = issuer_sim::start(listen, pans, Dialect::Ascii, Framing::Len2Exclusive)

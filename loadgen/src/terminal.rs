@@ -1,0 +1,225 @@
+//! `tessera-loadgen card`: personalise a `tessera-se` card for a token of
+//! a vault export, and pay with it against `tessera serve` like a
+//! terminal: the card computes the cryptogram, the engine answers, and the
+//! card checks the ARPC.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use engine::config::Config;
+use engine::iso8583::{framing, rc, tlv, Dialect};
+use engine::profile::keys::{self, ProfileKeys};
+use engine::vault::export::ExportLine;
+use hsm_sim::keyfile::KeyStore;
+use hsm_sim::types::mask_pan;
+
+use crate::cardsim::CardTxn;
+use crate::secard::{self, ChildCard};
+
+/// A token of the export, as the card and terminal need it.
+struct ExportCard {
+    token: String,
+    expiry: [u8; 4],
+    psn: u8,
+    profile: String,
+}
+
+fn find_in_export(path: &Path, token: &str) -> Result<ExportCard, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let l: ExportLine = serde_json::from_str(line).map_err(|e| {
+            format!(
+                "{}: line {} is not an export line ({:?})",
+                path.display(),
+                n + 1,
+                e.classify()
+            )
+        })?;
+        if l.token != token {
+            continue;
+        }
+        if l.state != "active" {
+            return Err(format!(
+                "token {} is {}, not active",
+                mask_pan(token),
+                l.state
+            ));
+        }
+        let expiry = l
+            .expiry
+            .as_bytes()
+            .try_into()
+            .map_err(|_| "expiry is not YYMM".to_string())?;
+        let psn = l
+            .psn
+            .parse()
+            .map_err(|_| "psn is not 2 digits".to_string())?;
+        return Ok(ExportCard {
+            token: l.token,
+            expiry,
+            psn,
+            profile: l.profile,
+        });
+    }
+    Err(format!(
+        "token {} is not in {}",
+        mask_pan(token),
+        path.display()
+    ))
+}
+
+fn profile_keys(config: &Config, keys: &KeyStore, name: &str) -> Result<ProfileKeys, String> {
+    keys::load(config, keys)?
+        .into_iter()
+        .find(|p| p.profile.name == name)
+        .ok_or_else(|| format!("profile \"{name}\" is not in the config"))
+}
+
+fn random<const N: usize>() -> Result<[u8; N], String> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).map_err(|e| format!("no OS randomness: {e}"))?;
+    Ok(b)
+}
+
+/// Give the card behind `card_command` a security domain and personalise
+/// `token` into it. The SSD keys are fresh random keys; only their KCVs
+/// are printed.
+pub fn personalise(
+    config: &Config,
+    keys: &KeyStore,
+    export: &Path,
+    token: &str,
+    scp03: bool,
+    verbose: bool,
+    card_command: &[String],
+) -> Result<(), String> {
+    let c = find_in_export(export, token)?;
+    let pk = profile_keys(config, keys, &c.profile)?;
+    let perso =
+        secard::token_perso(&pk, &c.token, c.expiry, c.psn, 0).map_err(|e| e.to_string())?;
+    let mut ssd_bytes = zeroize::Zeroizing::new([0u8; 48]);
+    getrandom::fill(&mut ssd_bytes[..]).map_err(|e| format!("no OS randomness: {e}"))?;
+    let ssd = secard::ssd_keys(scp03, &ssd_bytes).map_err(|e| e.to_string())?;
+    let platform = secard::provisioning(secard::test_isd_keys(scp03), ssd);
+    let mut card = ChildCard::spawn(card_command).map_err(|e| e.to_string())?;
+    let mut challenge = || random::<8>().unwrap_or([0x5A; 8]);
+    let receipt = secard::personalise(&mut card, &platform, &perso, &mut challenge)
+        .map_err(|e| e.to_string())?;
+    if verbose {
+        for x in &receipt.exchanges {
+            println!(
+                "{:<60} {} -> {}",
+                x.what,
+                hex::encode_upper(&x.command),
+                hex::encode_upper(&x.response)
+            );
+        }
+    }
+    println!(
+        "personalised token {} ({}) into {} behind SSD {}: {} commands, every answer checked",
+        mask_pan(&c.token),
+        c.profile,
+        hex::encode_upper(perso.kind.instance_aid()),
+        hex::encode_upper(&platform.ssd_aid),
+        receipt.exchanges.len()
+    );
+    Ok(())
+}
+
+/// The largest answer read from the engine.
+const MAX_ANSWER: usize = 8192;
+
+/// Pay once: the card's cryptogram in a 0100 to `target`, the answer's
+/// code, and (chip) the ARPC given back to the card. True when approved
+/// and, for chip cards, the card accepted the ARPC.
+#[allow(clippy::too_many_arguments)]
+pub fn pay(
+    config: &Config,
+    keys: &KeyStore,
+    export: &Path,
+    token: &str,
+    target: SocketAddr,
+    dialect: Dialect,
+    amount: u64,
+    card_command: &[String],
+) -> Result<bool, String> {
+    let c = find_in_export(export, token)?;
+    let pk = profile_keys(config, keys, &c.profile)?;
+    let r = random::<8>()?;
+    let t = CardTxn {
+        token: c.token.clone(),
+        expiry: c.expiry,
+        psn: c.psn,
+        atc: 0,
+        amount,
+        currency: 978,
+        un: u32::from_be_bytes([r[0], r[1], r[2], r[3]]),
+        stan: u32::from_be_bytes([0, r[4], r[5], r[6]]) % 999_999 + 1,
+    };
+    let mut card = ChildCard::spawn(card_command).map_err(|e| e.to_string())?;
+    let (msg, atc) = secard::authorization(&mut card, &pk, &t).map_err(|e| e.to_string())?;
+    let body = dialect.encode(&msg).map_err(|e| e.to_string())?;
+    let mut frame = Vec::new();
+    framing::write_frame(framing::Framing::Len2Exclusive, None, &body, &mut frame)
+        .map_err(|e| e.to_string())?;
+    let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(5))
+        .map_err(|e| format!("{target}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(&frame).map_err(|e| format!("{target}: {e}"))?;
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len)
+        .map_err(|e| format!("{target}: no answer ({e})"))?;
+    let len = usize::from(u16::from_be_bytes(len));
+    if len > MAX_ANSWER {
+        return Err(format!(
+            "{target}: a {len}-byte answer is more than an 0110 holds"
+        ));
+    }
+    let mut answer = vec![0u8; len];
+    s.read_exact(&mut answer)
+        .map_err(|e| format!("{target}: {e}"))?;
+    let answer = dialect
+        .decode(&answer)
+        .map_err(|e| format!("the answer does not decode: {e}"))?;
+    let code: [u8; 2] = answer
+        .get(39)
+        .and_then(|c| c.try_into().ok())
+        .unwrap_or(*b"??");
+    println!(
+        "token {} ATC {atc}: answer {} code {}",
+        mask_pan(&c.token),
+        String::from_utf8_lossy(&answer.mti()),
+        String::from_utf8_lossy(&code)
+    );
+    let approved = code == rc::APPROVED;
+    if secard::chip_profile(&pk).is_none() {
+        return Ok(approved);
+    }
+    let tag91 = answer.get(55).and_then(|f| {
+        tlv::parse(f)
+            .ok()
+            .and_then(|l| tlv::find(&l, 0x91).map(<[u8]>::to_vec))
+    });
+    let Some(tag91) = tag91 else {
+        println!("no ARPC (tag 91) in the answer");
+        return Ok(false);
+    };
+    let accepted = secard::issuer_authenticate(&mut card, &tag91).map_err(|e| e.to_string())?;
+    println!(
+        "ARPC {}: {}",
+        hex::encode_upper(&tag91),
+        if accepted {
+            "verified by the card"
+        } else {
+            "REFUSED by the card"
+        }
+    );
+    Ok(approved && accepted)
+}
