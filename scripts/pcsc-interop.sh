@@ -2,7 +2,11 @@
 # PC/SC interoperability: `tessera-se vpcd` as a card in vsmartcard's
 # virtual reader, driven by pyscard through pcscd (tests/pcsc/interop.py).
 #
-# Usage: scripts/pcsc-interop.sh path/to/tessera-se
+# Usage: scripts/pcsc-interop.sh path/to/tessera-se [CARD_STATE [AID]]
+#
+# With CARD_STATE, that card (for example one personalised by
+# scripts/se-e2e.sh) goes into the reader instead of a blank one, and the
+# PPSE must list AID.
 #
 # Installs what it needs from Debian (pcscd, vsmartcard-vpcd,
 # python3-pyscard, python3-pycryptodome, pcsc-tools), starts its own pcscd
@@ -24,11 +28,13 @@
 # - pcsc_scan looks an unknown ATR up on the network; -n turns that off.
 set -euo pipefail
 
-if [[ $# -ne 1 ]]; then
-  echo "usage: $0 path/to/tessera-se" >&2
+if [[ $# -lt 1 || $# -gt 3 ]]; then
+  echo "usage: $0 path/to/tessera-se [CARD_STATE [AID]]" >&2
   exit 2
 fi
 TESSERA_SE=$(realpath "$1")
+CARD_STATE=${2:+$(realpath "$2")}
+EXPECT_AID=${3:-}
 cd "$(dirname "$0")/.."
 [[ -x "$TESSERA_SE" ]] || { echo "pcsc-interop: $TESSERA_SE is not an executable" >&2; exit 2; }
 
@@ -131,7 +137,11 @@ echo "$readers"
 grep -qF "$VPCD_READER" <<<"$readers" || { say "no reader named '$VPCD_READER'"; exit 1; }
 
 # --- the card ------------------------------------------------------------------
-"$TESSERA_SE" init --state "$work/card.json"
+if [[ -n "$CARD_STATE" ]]; then
+  cp "$CARD_STATE" "$work/card.json"
+else
+  "$TESSERA_SE" init --state "$work/card.json"
+fi
 "$TESSERA_SE" vpcd --state "$work/card.json" --host 127.0.0.1 --port "$VPCD_PORT" \
   >"$work/tessera-se.log" 2>&1 &
 card_pid=$!
@@ -155,5 +165,5 @@ echo "${cards:-}"
 echo "== SCP02 arithmetic against the published vector"
 "$PY" tests/pcsc/interop.py --self-test
 echo "== interop through pcscd"
-"$PY" tests/pcsc/interop.py --reader "$VPCD_READER" --timeout 10
+"$PY" tests/pcsc/interop.py --reader "$VPCD_READER" --timeout 10 ${EXPECT_AID:+--expect-aid "$EXPECT_AID"}
 status=0

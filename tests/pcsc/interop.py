@@ -335,6 +335,11 @@ def run(args, r):
     if not data or data[0] != 0x6F:
         raise Failure(f"SELECT PPSE: answer {hexs(data)} is not an FCI template (6F)")
     r.ok("SELECT PPSE: 9000, FCI template 6F")
+    if args.expect_aid:
+        aid = bytes.fromhex(args.expect_aid)
+        if aid not in data:
+            raise Failure(f"SELECT PPSE: {hexs(aid)} is not listed in {hexs(data)}")
+        r.ok(f"SELECT PPSE lists the personalised application {hexs(aid)}")
 
     # SELECT ISD.
     data, sw = transmit(conn, bytes([0x00, 0xA4, 0x04, 0x00, len(ISD)]) + ISD, "SELECT ISD")
@@ -399,6 +404,7 @@ def main():
     ap.add_argument("--self-test", action="store_true", help="check the SCP02 arithmetic against a published vector; no reader needed")
     ap.add_argument("--reader", default=VPCD_READER, help=f"reader name, or a part of it (default {VPCD_READER!r})")
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reader and the card (default 10)")
+    ap.add_argument("--expect-aid", help="a payment application AID the PPSE must list (a personalised card)")
     ap.add_argument("--host-challenge", help="8-byte host challenge in hex (default: random)")
     args = ap.parse_args()
 
