@@ -86,6 +86,11 @@ enum Command {
         /// Requests in flight per connection (closed loop).
         #[arg(long, default_value_t = 64)]
         in_flight: usize,
+        /// Cards that are `tessera-se` secure elements, personalised over
+        /// SCP02/SCP03 through the scripts and paying with their own
+        /// cryptograms (0: none).
+        #[arg(long, default_value_t = 2048)]
+        se_cards: usize,
     },
     /// Serve ISO 8583 authorizations over TCP for the vault in DIR.
     #[command(
@@ -295,6 +300,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             connections,
             rate,
             in_flight,
+            se_cards,
         } => {
             let spec = loadgen::demo::DemoSpec {
                 tokens,
@@ -303,6 +309,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 connections,
                 rate,
                 in_flight,
+                se_cards,
             };
             if loadgen::demo::run_demo(&cli.config, &spec).map_err(CliError::new)? {
                 println!("demo: every answer was the expected one");

@@ -38,6 +38,8 @@ pub struct DemoSpec {
     pub rate: Option<f64>,
     /// Requests in flight per connection (closed loop).
     pub in_flight: usize,
+    /// Cards served by a `tessera-se` secure element.
+    pub se_cards: usize,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -126,7 +128,8 @@ pub fn run_demo(config_path: &Path, spec: &DemoSpec) -> Result<bool, String> {
         progress: true,
         drain_timeout: Duration::from_secs(5),
     };
-    let session = SessionSpec::new(run_cfg, export.clone(), default_faults(), 7, "demo");
+    let mut session = SessionSpec::new(run_cfg, export.clone(), default_faults(), 7, "demo");
+    session.prepare.se_cards = spec.se_cards;
     let outcome = run_session(&session, &cfg, &keys).map_err(err)?;
     outcome
         .report

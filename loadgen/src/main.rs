@@ -87,6 +87,10 @@ domain_violation, amount_mismatch, malformed, reversal (default: the demo's rate
         /// Seed of the prepared transactions.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Cards served by in-process `tessera-se` secure elements,
+        /// personalised through the scripts (0: none).
+        #[arg(long, default_value_t = 0)]
+        se_cards: usize,
     },
     /// A secure-element card (`tessera-se`): personalise it for a token,
     /// or pay with it like a terminal.
@@ -239,6 +243,7 @@ fn run_cli(cli: Cli) -> Result<bool, String> {
             report,
             dialect,
             seed,
+            se_cards,
         } => {
             let (cfg, keys) = Config::load(&cli.config).map_err(|e| e.to_string())?;
             let faults = match faults.as_deref() {
@@ -276,6 +281,7 @@ fn run_cli(cli: Cli) -> Result<bool, String> {
             };
             let mut session = SessionSpec::new(run_cfg, export, faults, seed, "tessera-loadgen");
             session.prepare.mix = mix;
+            session.prepare.se_cards = se_cards;
             if let Some(count) = pool {
                 session.prepare.count = count;
             }

@@ -123,3 +123,20 @@ pub enum Answer<'a> {
     /// No answer before the run's final deadline.
     TimedOut,
 }
+
+/// The share of secure-element cards in a pool (`tessera-se`, personalised
+/// through the scripts): how many, and what they did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SecureElements {
+    /// Cards personalised.
+    pub cards: usize,
+    /// Of which over SCP03 (the rest SCP02).
+    pub scp03: usize,
+    /// Prepared requests whose cryptogram the card computed.
+    pub transactions: u64,
+    /// Expected ARPCs the cards verified (chip approvals).
+    pub arpcs_verified: u64,
+    /// ATCs a card spent unseen to catch up with a planned one (a fault
+    /// before it was built by the simulator).
+    pub atcs_skipped: u64,
+}

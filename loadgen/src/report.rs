@@ -90,6 +90,9 @@ pub struct Report {
     pub ok: bool,
     /// Outcomes per transaction kind.
     pub ledger: Ledger,
+    /// The secure-element cards' share of the pool (`tessera-se`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secure_elements: Option<crate::model::SecureElements>,
 }
 
 impl Report {
@@ -122,6 +125,7 @@ impl Report {
             pool_exhausted: r.pool_exhausted,
             ok: r.ledger.ok() && r.unmatched == 0,
             ledger: r.ledger.clone(),
+            secure_elements: None,
         }
     }
 
@@ -165,6 +169,18 @@ impl Report {
             thousands(self.timed_out),
             thousands(self.unmatched)
         );
+        if let Some(se) = self.secure_elements.filter(|se| se.cards > 0) {
+            let _ = writeln!(
+                s,
+                "secure elements: {} cards ({} SCP02, {} SCP03), {} requests with the card's own \
+                 cryptogram, {} ARPCs verified by the cards",
+                se.cards,
+                se.cards - se.scp03,
+                se.scp03,
+                thousands(se.transactions),
+                thousands(se.arpcs_verified)
+            );
+        }
         if self.pool_exhausted {
             let _ = writeln!(
                 s,

@@ -13,7 +13,7 @@
 use std::io::BufReader;
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 
-use hsm_sim::emv::{CvnProfile, IssuerMasterKeys};
+use hsm_sim::emv::CvnProfile;
 use hsm_sim::magstripe::track;
 use hsm_sim::perso::ids;
 use hsm_sim::perso::runner::{self, CardLink, LineLink, LinkError, Receipt};
@@ -38,14 +38,14 @@ pub fn perso_kind(pk: &ProfileKeys) -> Result<PersoKind, CardError> {
     Ok(match (&pk.keys, pk.profile.scheme) {
         (SchemeKeys::Emv(imk), Scheme::Emv(profile)) => PersoKind::Chip {
             profile,
-            issuer: IssuerMasterKeys::clone(imk),
+            issuer: imk.clone(),
         },
         (SchemeKeys::Cvc3(imk), _) => PersoKind::Cvc3 {
-            imk: TdesKey::clone(imk),
+            imk: imk.clone(),
             template: template(),
         },
         (SchemeKeys::Dcvv(imk), _) => PersoKind::Dcvv {
-            imk: TdesKey::clone(imk),
+            imk: imk.clone(),
             template: template(),
         },
         _ => return Err(err("profile keys do not match the scheme")),
@@ -81,35 +81,35 @@ pub fn token_perso(
 pub fn test_isd_keys(scp03: bool) -> ChannelKeys {
     if scp03 {
         let k = || AesKey::new(&ids::GP_TEST_KEY).expect("16 bytes is an AES key");
-        ChannelKeys::Scp03(StaticKeys {
+        ChannelKeys::Scp03(Box::new(StaticKeys {
             enc: k(),
             mac: k(),
             dek: k(),
-        })
+        }))
     } else {
         let k = || TdesKey::double(&ids::GP_TEST_KEY);
-        ChannelKeys::Scp02(StaticKeys {
+        ChannelKeys::Scp02(Box::new(StaticKeys {
             enc: k(),
             mac: k(),
             dek: k(),
-        })
+        }))
     }
 }
 
 /// An SSD key set from 48 random (or seeded) bytes.
 pub fn ssd_keys(scp03: bool, bytes: &[u8; 48]) -> Result<ChannelKeys, CardError> {
     Ok(if scp03 {
-        ChannelKeys::Scp03(StaticKeys {
+        ChannelKeys::Scp03(Box::new(StaticKeys {
             enc: AesKey::new(&bytes[..16]).map_err(err)?,
             mac: AesKey::new(&bytes[16..32]).map_err(err)?,
             dek: AesKey::new(&bytes[32..]).map_err(err)?,
-        })
+        }))
     } else {
-        ChannelKeys::Scp02(StaticKeys {
+        ChannelKeys::Scp02(Box::new(StaticKeys {
             enc: TdesKey::new(&bytes[..16]).map_err(err)?,
             mac: TdesKey::new(&bytes[16..32]).map_err(err)?,
             dek: TdesKey::new(&bytes[32..]).map_err(err)?,
-        })
+        }))
     })
 }
 

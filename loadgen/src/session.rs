@@ -87,6 +87,7 @@ impl SessionSpec {
             faults,
             seed,
             dialect: run.dialect,
+            se_cards: 0,
         };
         Self {
             run,
@@ -146,7 +147,8 @@ pub fn run_session(
     let mut warmup = Ledger::new(spec.run.dialect);
     run_warmup(&spec.run, &pool.warmup, &mut warmup).map_err(SessionError::Warmup)?;
     let result = run(&spec.run, &pool.main).map_err(SessionError::Run)?;
-    let report = Report::from_run(&spec.run, &result);
+    let mut report = Report::from_run(&spec.run, &result);
+    report.secure_elements = Some(pool.secure_elements);
     println!("{}", report.print());
     Ok(SessionOutcome {
         warmup,

@@ -45,7 +45,7 @@ enum Session {
     Scp03 {
         session: Box<Scp03Session>,
         /// SCP03 sends keys under the static DEK.
-        dek: AesKey,
+        dek: Box<AesKey>,
     },
 }
 
@@ -218,7 +218,7 @@ pub(crate) fn external_authenticate(p: &Pending, apdu: &[u8]) -> Result<Open, Re
                 s.external_authenticate(),
                 Session::Scp03 {
                     session: Box::new(s),
-                    dek: keys.dek,
+                    dek: Box::new(keys.dek),
                 },
             )
         }

@@ -61,7 +61,7 @@ fn pay_chip(card: &mut Card, profile: CvnProfile, seed: u8, expected_atc: u16) {
     assert_eq!(sw, 0x9000);
     let aid = PersoKind::Chip {
         profile,
-        issuer: issuer(seed),
+        issuer: Box::new(issuer(seed)),
     }
     .instance_aid();
     assert!(
@@ -177,7 +177,7 @@ fn cvc3_card_computes_what_the_hsm_verifies() {
         &provisioning(Scp::Scp02, 3),
         &token(
             PersoKind::Cvc3 {
-                imk: imk.clone(),
+                imk: Box::new(imk.clone()),
                 template: template.clone(),
             },
             9,
@@ -213,7 +213,7 @@ fn dcvv_card_puts_the_hsm_dcvv_on_its_track() {
         &provisioning(Scp::Scp03, 5),
         &token(
             PersoKind::Dcvv {
-                imk: imk.clone(),
+                imk: Box::new(imk.clone()),
                 template,
             },
             99,
@@ -272,7 +272,10 @@ proptest! {
 }
 
 /// Open an ISD channel at C-MAC + C-DEC by hand; a closure wraps commands.
-fn open_isd(card: &mut Card, scp: Scp) -> Box<dyn FnMut(&[u8]) -> Vec<u8>> {
+/// Wraps one command in an open channel.
+type Wrapper = Box<dyn FnMut(&[u8]) -> Vec<u8>>;
+
+fn open_isd(card: &mut Card, scp: Scp) -> Wrapper {
     use hsm_sim::perso::scp02::{InitUpdateResponse, Scp02Options, Scp02Session};
     use hsm_sim::perso::scp03::Scp03Session;
     use hsm_sim::perso::script::ChannelKeys;

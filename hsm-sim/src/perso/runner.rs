@@ -13,7 +13,7 @@ use super::cps::derive_kdc_set;
 use super::scp02::{self, Scp02Options, Scp02Session};
 use super::scp03::{self, Scp03Session};
 use super::script::{ChannelKeys, Command, KeySource, Script, Step};
-use super::SecurityLevel;
+use super::{SecurityLevel, StaticKeys};
 use crate::primitives::ct::ct_eq;
 use crate::primitives::kcv::{aes_kcv, des_kcv, AesKcvConvention};
 use crate::{AesKey, CryptoError};
@@ -80,7 +80,7 @@ enum Session {
     Scp02(Box<Scp02Session>),
     Scp03 {
         session: Box<Scp03Session>,
-        dek: AesKey,
+        dek: Box<AesKey>,
     },
 }
 
@@ -214,7 +214,7 @@ fn open(
         scp02::InitUpdateResponse::LEN => {
             let r = scp02::InitUpdateResponse::parse(&data)?;
             let static_keys = match keys {
-                KeySource::Static(ChannelKeys::Scp02(k)) => k.clone(),
+                KeySource::Static(ChannelKeys::Scp02(k)) => StaticKeys::clone(k),
                 KeySource::Kmc { kmc, method } => {
                     derive_kdc_set(kmc, &r.key_diversification_data, *method)?
                 }
@@ -264,7 +264,7 @@ fn open(
             }
             Session::Scp03 {
                 session: Box::new(s),
-                dek: static_keys.dek.clone(),
+                dek: Box::new(static_keys.dek.clone()),
             }
         }
     };

@@ -24,9 +24,9 @@ use crate::{AesKey, CryptoError, TdesKey};
 #[derive(Debug, Clone)]
 pub enum ChannelKeys {
     /// SCP02: double-length TDES keys.
-    Scp02(StaticKeys<TdesKey>),
+    Scp02(Box<StaticKeys<TdesKey>>),
     /// SCP03: AES keys.
-    Scp03(StaticKeys<AesKey>),
+    Scp03(Box<StaticKeys<AesKey>>),
 }
 
 /// Where the keys of a channel come from.
@@ -38,7 +38,7 @@ pub enum KeySource {
     /// INITIALIZE UPDATE (SCP02).
     Kmc {
         /// The personalisation master key.
-        kmc: TdesKey,
+        kmc: Box<TdesKey>,
         /// The diversification template.
         method: CpsMethod,
     },
@@ -153,19 +153,19 @@ pub enum PersoKind {
         /// The profile.
         profile: CvnProfile,
         /// Issuer master keys AC, SMI, SMC.
-        issuer: IssuerMasterKeys,
+        issuer: Box<IssuerMasterKeys>,
     },
     /// Mastercard mag-stripe (CVC3).
     Cvc3 {
         /// IMK-CVC3.
-        imk: TdesKey,
+        imk: Box<TdesKey>,
         /// Discretionary-data template (`C`, `U`, `A`, digits).
         template: String,
     },
     /// Visa MSD (dCVV).
     Dcvv {
         /// IMK-dCVV.
-        imk: TdesKey,
+        imk: Box<TdesKey>,
         /// Discretionary-data template.
         template: String,
     },
@@ -286,7 +286,7 @@ pub fn security_domain_script(p: &Provisioning) -> Script {
 /// The last day of month `mm` of year `20yy`, for `5F24`.
 fn last_day(yy: u8, mm: u8) -> u8 {
     match mm {
-        2 if yy % 4 == 0 => 29,
+        2 if yy.is_multiple_of(4) => 29,
         2 => 28,
         4 | 6 | 9 | 11 => 30,
         _ => 31,
@@ -302,8 +302,12 @@ fn bcd_f(digits: &[u8]) -> Vec<u8> {
     n.chunks_exact(2).map(|p| (p[0] << 4) | p[1]).collect()
 }
 
+/// One DGI of a personalisation: its number, its content in clear, and
+/// whether it travels encrypted under the DEK.
+pub type Dgi = (u16, Zeroizing<Vec<u8>>, bool);
+
 /// The DGIs of `personalisation.md` §4 for a token, keys in clear.
-pub fn payment_dgis(t: &TokenPerso) -> Result<Vec<(u16, Zeroizing<Vec<u8>>, bool)>, CryptoError> {
+pub fn payment_dgis(t: &TokenPerso) -> Result<Vec<Dgi>, CryptoError> {
     let digits = |what: &'static str, d: &[u8]| {
         if d.iter().all(u8::is_ascii_digit) {
             Ok(())
@@ -369,13 +373,13 @@ pub fn payment_dgis(t: &TokenPerso) -> Result<Vec<(u16, Zeroizing<Vec<u8>>, bool
         &[
             t.expiry_bcd()[0],
             t.expiry_bcd()[1],
-            (day / 10) << 4 | day % 10,
+            ((day / 10) << 4) | (day % 10),
         ],
         &mut record,
     );
     tlv(
         0x5F34,
-        &[(psn_value / 10) << 4 | psn_value % 10],
+        &[((psn_value / 10) << 4) | (psn_value % 10)],
         &mut record,
     );
     tlv(

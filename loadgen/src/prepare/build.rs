@@ -50,6 +50,8 @@ pub(super) struct Builder<'a> {
     pub(super) rng: Rng,
     pub(super) stamps: Stamps,
     pub(super) next_id: u64,
+    /// Cards that are secure elements.
+    pub(super) se: super::se_cards::SeCards,
 }
 
 /// Tries at finding a card that may take one more failure.
@@ -82,8 +84,19 @@ impl Builder<'_> {
         })
     }
 
-    pub(super) fn build(&self, card: usize, txn: &CardTxn) -> Result<IsoMessage, PrepareError> {
+    /// The request for `txn` from the issuer-key simulator.
+    pub(super) fn simulate(&self, card: usize, txn: &CardTxn) -> Result<IsoMessage, PrepareError> {
         cardsim::authorization(self.pk(card), txn).map_err(card_err)
+    }
+
+    /// The request for `txn`: from the card's secure element when it has
+    /// one and this is its next transaction, else from the simulator.
+    pub(super) fn build(&mut self, card: usize, txn: &CardTxn) -> Result<IsoMessage, PrepareError> {
+        let pk = &self.profiles[self.cards.all[card].profile];
+        if let Some(msg) = self.se.authorization(card, pk, txn)? {
+            return Ok(msg);
+        }
+        cardsim::authorization(pk, txn).map_err(card_err)
     }
 
     pub(super) fn next_id(&mut self) -> u64 {
@@ -191,6 +204,9 @@ impl Builder<'_> {
         expect.tag91 = expected_tag91(self.pk(card), &c.token, c.psn, &msg);
         if is_chip(self.pk(card).profile.scheme) && expect.tag91.is_none() {
             return Err(invalid("cannot compute the expected ARPC"));
+        }
+        if let Some(tag91) = &expect.tag91 {
+            self.se.check_arpc(card, tag91)?;
         }
         let w = WarmupTxn {
             card,
@@ -399,12 +415,13 @@ impl Builder<'_> {
         let template = pk.profile.track2_dd.as_deref().unwrap_or_default();
         let digits = template.bytes().filter(|&c| c == b'A').count() as u32;
         let modulus = 10u32.pow(digits.min(5));
-        let original = self.build(w.card, &w.txn)?;
+        // Probes, never sent: the simulator, so that no card spends an ATC.
+        let original = self.simulate(w.card, &w.txn)?;
         let mut atc = u32::from(w.txn.atc) + modulus;
         while atc <= u32::from(u16::MAX) {
             let mut t = w.txn.clone();
             t.atc = atc as u16;
-            if self.build(w.card, &t)?.get(35) == original.get(35) {
+            if self.simulate(w.card, &t)?.get(35) == original.get(35) {
                 return Ok(false);
             }
             atc += modulus;

@@ -31,6 +31,7 @@ mod cards;
 mod faults;
 mod oracle;
 mod rng;
+mod se_cards;
 mod spec;
 
 use hsm_sim::keyfile::KeyStore;
@@ -102,6 +103,7 @@ pub fn prepare(spec: &PrepareSpec, config: &Config, keys: &KeyStore) -> Result<P
             ));
         }
     }
+    let se = se_cards::SeCards::personalise(&cards, &profiles, spec.se_cards, &mut rng)?;
     let mut b = Builder {
         spec,
         config,
@@ -110,6 +112,7 @@ pub fn prepare(spec: &PrepareSpec, config: &Config, keys: &KeyStore) -> Result<P
         rng,
         stamps: Stamps { n: 0 },
         next_id: 0,
+        se,
     };
 
     // Warmup: valid transactions only.
@@ -167,6 +170,7 @@ pub fn prepare(spec: &PrepareSpec, config: &Config, keys: &KeyStore) -> Result<P
         warmup,
         main,
         tokens,
+        secure_elements: b.se.stats,
     })
 }
 
@@ -296,6 +300,7 @@ mod tests {
             faults: all_faults(),
             seed: 42,
             dialect,
+            se_cards: 0,
         }
     }
 

@@ -24,6 +24,8 @@ pub struct PrepareSpec {
     pub seed: u64,
     /// Wire dialect of the prepared messages.
     pub dialect: Dialect,
+    /// Cards served by a `tessera-se` secure element (0: none).
+    pub se_cards: usize,
 }
 
 /// The prepared transactions.
@@ -35,6 +37,8 @@ pub struct Pool {
     pub main: Vec<Prepared>,
     /// Distinct tokens of the export used (unknown tokens not counted).
     pub tokens: usize,
+    /// The secure-element cards' share.
+    pub secure_elements: crate::model::SecureElements,
 }
 
 /// Why a pool could not be prepared.

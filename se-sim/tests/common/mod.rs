@@ -68,36 +68,36 @@ pub fn isd_keys(scp: Scp) -> ChannelKeys {
     match scp {
         Scp::Scp02 => {
             let k = TdesKey::new(&ids::GP_TEST_KEY).expect("key");
-            ChannelKeys::Scp02(StaticKeys {
+            ChannelKeys::Scp02(Box::new(StaticKeys {
                 enc: k.clone(),
                 mac: k.clone(),
                 dek: k,
-            })
+            }))
         }
-        Scp::Scp03 => ChannelKeys::Scp03(StaticKeys {
+        Scp::Scp03 => ChannelKeys::Scp03(Box::new(StaticKeys {
             enc: aes(1, 16),
             mac: aes(2, 16),
             dek: aes(3, 16),
-        }),
+        })),
     }
 }
 
 pub fn provisioning(scp: Scp, seed: u8) -> Provisioning {
     let (ssd_keys, level) = match scp {
         Scp::Scp02 => (
-            ChannelKeys::Scp02(StaticKeys {
+            ChannelKeys::Scp02(Box::new(StaticKeys {
                 enc: tdes(seed),
                 mac: tdes(seed + 1),
                 dek: tdes(seed + 2),
-            }),
+            })),
             SecurityLevel::CMacCDec,
         ),
         Scp::Scp03 => (
-            ChannelKeys::Scp03(StaticKeys {
+            ChannelKeys::Scp03(Box::new(StaticKeys {
                 enc: aes(seed, 16),
                 mac: aes(seed + 1, 24),
                 dek: aes(seed + 2, 32),
-            }),
+            })),
             SecurityLevel::CMacCDecRMacREnc,
         ),
     };
@@ -133,7 +133,7 @@ pub fn token(kind: PersoKind, initial_atc: u16) -> TokenPerso {
 pub fn chip(profile: CvnProfile, seed: u8) -> PersoKind {
     PersoKind::Chip {
         profile,
-        issuer: issuer(seed),
+        issuer: Box::new(issuer(seed)),
     }
 }
 
