@@ -20,15 +20,17 @@
 //! - [`gp`]: INSTALL, PUT KEY, STORE DATA, GET STATUS, DELETE, SET STATUS,
 //!   GET DATA.
 //! - [`payment`]: the payment application's data and commands.
-//! - [`state`], [`ids`], [`tlv`]: what the card keeps, its identifiers,
-//!   its TLV codec.
+//! - [`state`], [`lifecycle`], [`secret`], [`ids`], [`tlv`]: what the
+//!   card keeps, its life cycles, key bytes, identifiers, TLV codec.
 
 pub mod apdu;
 pub mod card;
 mod channel;
 mod gp;
 pub mod ids;
+pub mod lifecycle;
 pub mod payment;
+pub mod secret;
 pub mod show;
 pub mod state;
 pub mod store;

@@ -7,64 +7,14 @@
 //! `tessera-se show` prints key check values only.
 
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
 
 use hsm_sim::perso::StaticKeys;
 use hsm_sim::primitives::kcv::{aes_kcv, des_kcv, AesKcvConvention};
 use hsm_sim::{AesKey, CryptoError, TdesKey};
 
-/// Hex (de)serialisation of byte strings.
-pub mod hex_bytes {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// Write bytes as upper-case hex.
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode_upper(v))
-    }
-
-    /// Read bytes from hex.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s = String::deserialize(d)?;
-        hex::decode(s).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Key material (or other card secrets): zeroized on drop, redacted in
-/// `Debug`, hex in the state file.
-#[derive(Clone, PartialEq, Eq)]
-pub struct KeyBytes(pub Zeroizing<Vec<u8>>);
-
-impl KeyBytes {
-    /// Wrap bytes.
-    pub fn new(b: &[u8]) -> Self {
-        Self(Zeroizing::new(b.to_vec()))
-    }
-
-    /// The bytes.
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for KeyBytes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KeyBytes(<{} bytes redacted>)", self.0.len())
-    }
-}
-
-impl Serialize for KeyBytes {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&Zeroizing::new(hex::encode_upper(&*self.0)))
-    }
-}
-
-impl<'de> Deserialize<'de> for KeyBytes {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = Zeroizing::new(String::deserialize(d)?);
-        let b = hex::decode(&*s).map_err(|_| serde::de::Error::custom("key is not hex"))?;
-        Ok(Self(Zeroizing::new(b)))
-    }
-}
+pub use crate::lifecycle::{app_state, CardLifeCycle};
+pub use crate::payment::PaymentInstance;
+pub use crate::secret::{hex_bytes, KeyBytes};
 
 /// The secure channel protocol of the card's key sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,80 +97,6 @@ pub fn key_kcv(scp: Scp, key: &[u8]) -> Result<Vec<u8>, CryptoError> {
     })
 }
 
-/// Card life cycle (GP Card Spec §5.1.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CardLifeCycle {
-    /// `01`.
-    OpReady,
-    /// `07`.
-    Initialized,
-    /// `0F`.
-    Secured,
-    /// `7F`.
-    CardLocked,
-    /// `FF`.
-    Terminated,
-}
-
-impl CardLifeCycle {
-    /// The coded byte.
-    pub fn byte(self) -> u8 {
-        match self {
-            Self::OpReady => 0x01,
-            Self::Initialized => 0x07,
-            Self::Secured => 0x0F,
-            Self::CardLocked => 0x7F,
-            Self::Terminated => 0xFF,
-        }
-    }
-
-    /// The state a SET STATUS byte names.
-    pub fn from_byte(b: u8) -> Option<Self> {
-        Some(match b {
-            0x01 => Self::OpReady,
-            0x07 => Self::Initialized,
-            0x0F => Self::Secured,
-            0x7F => Self::CardLocked,
-            0xFF => Self::Terminated,
-            _ => return None,
-        })
-    }
-
-    /// GP's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::OpReady => "OP_READY",
-            Self::Initialized => "INITIALIZED",
-            Self::Secured => "SECURED",
-            Self::CardLocked => "CARD_LOCKED",
-            Self::Terminated => "TERMINATED",
-        }
-    }
-}
-
-/// Application and security domain life cycle bytes (GP §5.2, §5.3).
-pub mod app_state {
-    /// Installed, not yet selectable.
-    pub const INSTALLED: u8 = 0x03;
-    /// Selectable.
-    pub const SELECTABLE: u8 = 0x07;
-    /// Personalized (payment data complete; an SSD with keys).
-    pub const PERSONALIZED: u8 = 0x0F;
-    /// The lock bit: set on top of the state it was in.
-    pub const LOCKED_BIT: u8 = 0x80;
-
-    /// A readable name.
-    pub fn name(b: u8) -> &'static str {
-        match b {
-            INSTALLED => "INSTALLED",
-            SELECTABLE => "SELECTABLE",
-            PERSONALIZED => "PERSONALIZED",
-            b if b & LOCKED_BIT != 0 => "LOCKED",
-            _ => "UNKNOWN",
-        }
-    }
-}
-
 /// An executable load file (package) with its modules.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Package {
@@ -260,25 +136,6 @@ pub struct SecurityDomain {
     pub is_isd: bool,
     /// Key sets, by key version.
     pub key_sets: Vec<KeySet>,
-}
-
-/// An installed instance of the payment package.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PaymentInstance {
-    /// Instance AID.
-    #[serde(with = "hex_bytes")]
-    pub aid: Vec<u8>,
-    /// Life cycle byte.
-    pub life_cycle: u8,
-    /// The security domain it is associated with (personalised through).
-    #[serde(with = "hex_bytes")]
-    pub sd: Vec<u8>,
-    /// The application label (tag 50).
-    pub label: String,
-    /// The personalised data, once STORE DATA has delivered every DGI.
-    pub data: Option<crate::payment::PaymentData>,
-    /// Application transaction counter: the last value used.
-    pub atc: u16,
 }
 
 /// The whole persistent card.

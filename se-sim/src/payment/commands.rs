@@ -10,9 +10,9 @@ use hsm_sim::primitives::ct::ct_eq;
 use hsm_sim::types::{Atc, Expiry, Pan, ServiceCode};
 use hsm_sim::TdesKey;
 
+use super::PaymentInstance;
 use super::{Kind, PaymentData};
 use crate::apdu::{refuse, sw, Outcome, Refusal, Response};
-use crate::state::PaymentInstance;
 use crate::tlv;
 
 /// The CDOL1 data GENERATE AC carries: 9F02 9F03 9F1A 95 5F2A 9A 9C 9F37.
@@ -27,14 +27,14 @@ pub struct LastTransaction {
     pub arqc: [u8; 8],
 }
 
-fn key(k: &crate::state::KeyBytes) -> Result<TdesKey, Refusal> {
+fn key(k: &crate::secret::KeyBytes) -> Result<TdesKey, Refusal> {
     TdesKey::new(k.expose()).map_err(|_| Refusal::new(sw::CONDITIONS_NOT_SATISFIED, "bad key"))
 }
 
 fn data_of(app: &PaymentInstance) -> Result<&PaymentData, Refusal> {
     app.data
         .as_ref()
-        .filter(|_| app.life_cycle == crate::state::app_state::PERSONALIZED)
+        .filter(|_| app.life_cycle == crate::lifecycle::app_state::PERSONALIZED)
         .ok_or(Refusal::new(
             sw::CONDITIONS_NOT_SATISFIED,
             "application not personalised",

@@ -11,7 +11,26 @@ use serde::{Deserialize, Serialize};
 
 use hsm_sim::emv::CvnProfile;
 
-use crate::state::{hex_bytes, KeyBytes};
+use crate::secret::{hex_bytes, KeyBytes};
+
+/// An installed instance of the payment package.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PaymentInstance {
+    /// Instance AID.
+    #[serde(with = "hex_bytes")]
+    pub aid: Vec<u8>,
+    /// Life cycle byte.
+    pub life_cycle: u8,
+    /// The security domain it is associated with (personalised through).
+    #[serde(with = "hex_bytes")]
+    pub sd: Vec<u8>,
+    /// The application label (tag 50).
+    pub label: String,
+    /// The personalised data, once STORE DATA has delivered every DGI.
+    pub data: Option<PaymentData>,
+    /// Application transaction counter: the last value used.
+    pub atc: u16,
+}
 
 /// Which cryptogram the application computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

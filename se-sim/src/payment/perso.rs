@@ -9,7 +9,7 @@ use hsm_sim::TdesKey;
 
 use super::PaymentData;
 use crate::apdu::{refuse, sw, Refusal};
-use crate::state::KeyBytes;
+use crate::secret::KeyBytes;
 use crate::tlv;
 
 /// The DGIs received so far for one instance. Encrypted ones are held
