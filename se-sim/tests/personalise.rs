@@ -243,6 +243,24 @@ fn dcvv_card_puts_the_hsm_dcvv_on_its_track() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
+    /// Any script the host side builds (random issuer and SSD keys, any
+    /// profile, either protocol, any starting ATC) personalises a card
+    /// whose ARQCs hsm-sim verifies and whose ARPC check agrees.
+    #[test]
+    fn any_script_personalises_a_card_that_pays(
+        seed in 0u8..200,
+        profile in 0usize..CvnProfile::ALL.len(),
+        scp03 in any::<bool>(),
+        atc in 0u16..60_000,
+    ) {
+        let scp = if scp03 { Scp::Scp03 } else { Scp::Scp02 };
+        let profile = CvnProfile::ALL[profile];
+        let mut card = card(scp);
+        personalise(&mut card, &provisioning(scp, seed), &token(chip(profile, seed), atc))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        pay_chip(&mut card, profile, seed, atc + 1);
+    }
+
     /// Any single-bit change to a wrapped command is refused (6982), and
     /// the channel is closed after it.
     #[test]
