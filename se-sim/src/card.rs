@@ -164,8 +164,7 @@ impl Card {
     /// Power off and on: everything transient is lost, the persistent
     /// state (ATCs, sequence counters) stays.
     pub fn power_cycle(&mut self) {
-        let state = std::mem::replace(&mut self.state, placeholder_state());
-        *self = Self::from_state(state);
+        *self = Self::from_state(std::mem::take(&mut self.state));
     }
 
     /// Replay a recorded session: the next INITIALIZE UPDATE uses this
@@ -440,20 +439,5 @@ impl Card {
 impl CardLink for Card {
     fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, LinkError> {
         Ok(self.process(apdu).to_bytes())
-    }
-}
-
-/// An empty state, only ever alive for the instant of a `mem::replace`.
-fn placeholder_state() -> CardState {
-    CardState {
-        format: CardState::FORMAT,
-        serial: Vec::new(),
-        life_cycle: CardLifeCycle::OpReady,
-        scp: Scp::Scp02,
-        i_param: 0x15,
-        rng: 0,
-        packages: Vec::new(),
-        domains: Vec::new(),
-        applications: Vec::new(),
     }
 }

@@ -537,30 +537,21 @@ impl Card {
     pub(crate) fn get_data(&mut self, sd: &[u8], cmd: &CommandApdu<'_>) -> Outcome {
         match (cmd.p1, cmd.p2) {
             (0x00, 0x66) => {
-                let scp_oid: &[u8] = match self.state.scp {
-                    Scp::Scp02 => &[
-                        0x2A,
-                        0x86,
-                        0x48,
-                        0x86,
-                        0xFC,
-                        0x6B,
-                        0x04,
-                        0x02,
-                        self.state.i_param,
-                    ],
-                    Scp::Scp03 => &[
-                        0x2A,
-                        0x86,
-                        0x48,
-                        0x86,
-                        0xFC,
-                        0x6B,
-                        0x04,
-                        0x03,
-                        self.state.i_param,
-                    ],
+                let scp_byte = match self.state.scp {
+                    Scp::Scp02 => 0x02,
+                    Scp::Scp03 => 0x03,
                 };
+                let scp_oid = [
+                    0x2A,
+                    0x86,
+                    0x48,
+                    0x86,
+                    0xFC,
+                    0x6B,
+                    0x04,
+                    scp_byte,
+                    self.state.i_param,
+                ];
                 let mut body = tlv::tlv(0x06, &[0x2A, 0x86, 0x48, 0x86, 0xFC, 0x6B, 0x01]);
                 tlv::put(
                     0x60,
@@ -575,7 +566,7 @@ impl Card {
                     &tlv::tlv(0x06, &[0x2A, 0x86, 0x48, 0x86, 0xFC, 0x6B, 0x03]),
                     &mut body,
                 );
-                tlv::put(0x64, &tlv::tlv(0x06, scp_oid), &mut body);
+                tlv::put(0x64, &tlv::tlv(0x06, &scp_oid), &mut body);
                 Ok(Response::ok(tlv::tlv(0x66, &tlv::tlv(0x73, &body))))
             }
             (0x9F, 0x7F) => {

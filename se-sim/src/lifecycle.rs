@@ -4,9 +4,10 @@
 use serde::{Deserialize, Serialize};
 
 /// Card life cycle (GP Card Spec §5.1.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CardLifeCycle {
     /// `01`.
+    #[default]
     OpReady,
     /// `07`.
     Initialized,

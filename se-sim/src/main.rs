@@ -343,6 +343,9 @@ impl VirtualCard for SavedCard<'_> {
         self.card.power_cycle();
     }
     fn transmit(&mut self, apdu: &[u8]) -> Vec<u8> {
+        if self.save_error.is_some() {
+            return vec![0x6F, 0x00];
+        }
         let r = self.card.process(apdu);
         if let Err(e) = store::save(self.path, self.card.state()) {
             // Nothing acknowledged may be lost: without its state saved the

@@ -17,9 +17,10 @@ pub use crate::payment::PaymentInstance;
 pub use crate::secret::{hex_bytes, KeyBytes};
 
 /// The secure channel protocol of the card's key sets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Scp {
     /// SCP02: double-length TDES keys, 2-byte sequence counter.
+    #[default]
     #[serde(rename = "02")]
     Scp02,
     /// SCP03: AES keys, 3-byte sequence counter.
@@ -138,8 +139,9 @@ pub struct SecurityDomain {
     pub key_sets: Vec<KeySet>,
 }
 
-/// The whole persistent card.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The whole persistent card. `Default` is an empty card, only a
+/// placeholder while a card is power-cycled.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CardState {
     /// File format version.
     pub format: u32,

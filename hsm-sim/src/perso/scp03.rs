@@ -386,9 +386,7 @@ impl Scp03Session {
         if data.is_empty() {
             return Ok(Vec::new());
         }
-        let mut block = self.counter.to_be_bytes();
-        block[0] = 0x80;
-        let icv = self.s_enc.encrypt_block(block);
+        let icv = self.response_icv();
         let plain = Zeroizing::new(self.s_enc.decrypt_cbc(icv, data)?);
         Ok(super::unpad_method2(&plain)?.to_vec())
     }
@@ -401,9 +399,7 @@ impl Scp03Session {
         if data.is_empty() {
             return Ok(Vec::new());
         }
-        let mut block = self.counter.to_be_bytes();
-        block[0] = 0x80;
-        let icv = self.s_enc.encrypt_block(block);
+        let icv = self.response_icv();
         self.s_enc.encrypt_cbc(icv, &Padding::Method2.pad(data, 16))
     }
 
@@ -420,6 +416,14 @@ impl Scp03Session {
         let icv = self.s_enc.encrypt_block(counter.to_be_bytes());
         let plain = Zeroizing::new(self.s_enc.decrypt_cbc(icv, data)?);
         super::unpad_method2(&plain)
+    }
+
+    /// The R-ENC ICV of the last command's answer: `AES(S-ENC, counter
+    /// block with first byte 80)`.
+    fn response_icv(&self) -> [u8; 16] {
+        let mut block = self.counter.to_be_bytes();
+        block[0] = 0x80;
+        self.s_enc.encrypt_block(block)
     }
 
     fn check_response_protection(&self, on: bool, what: &str) -> Result<(), CryptoError> {

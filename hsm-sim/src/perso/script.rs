@@ -239,6 +239,19 @@ fn install_for_personalization(aid: &[u8]) -> Vec<u8> {
     apdu
 }
 
+/// SELECT the ISD and open its channel: how both scripts begin.
+fn open_isd(p: &Provisioning) -> [Step; 2] {
+    [
+        select(ids::ISD),
+        Step::Open {
+            sd: ids::ISD.to_vec(),
+            kvn: p.isd_kvn,
+            keys: p.isd.clone(),
+            level: p.level,
+        },
+    ]
+}
+
 fn select(aid: &[u8]) -> Step {
     Step::Select(aid.to_vec())
 }
@@ -248,39 +261,32 @@ fn select(aid: &[u8]) -> Step {
 pub fn security_domain_script(p: &Provisioning) -> Script {
     let mut ssd_params = Vec::new();
     tlv(0xC9, &[], &mut ssd_params);
-    Script {
-        steps: vec![
-            select(ids::ISD),
-            Step::Open {
-                sd: ids::ISD.to_vec(),
-                kvn: p.isd_kvn,
-                keys: p.isd.clone(),
-                level: p.level,
+    let mut steps = open_isd(p).to_vec();
+    steps.extend([
+        Step::Send {
+            what: "INSTALL [for install and make selectable] SSD",
+            command: Command::Plain(install_and_make_selectable(
+                ids::SSD_PACKAGE,
+                ids::SSD_MODULE,
+                &p.ssd_aid,
+                0x80,
+                &ssd_params,
+            )),
+        },
+        Step::Send {
+            what: "INSTALL [for personalization] SSD",
+            command: Command::Plain(install_for_personalization(&p.ssd_aid)),
+        },
+        Step::Send {
+            what: "PUT KEY (SSD key set)",
+            command: Command::PutKey {
+                p1: 0x00,
+                new_kvn: p.ssd_kvn,
+                keys: p.ssd_keys.clone(),
             },
-            Step::Send {
-                what: "INSTALL [for install and make selectable] SSD",
-                command: Command::Plain(install_and_make_selectable(
-                    ids::SSD_PACKAGE,
-                    ids::SSD_MODULE,
-                    &p.ssd_aid,
-                    0x80,
-                    &ssd_params,
-                )),
-            },
-            Step::Send {
-                what: "INSTALL [for personalization] SSD",
-                command: Command::Plain(install_for_personalization(&p.ssd_aid)),
-            },
-            Step::Send {
-                what: "PUT KEY (SSD key set)",
-                command: Command::PutKey {
-                    p1: 0x00,
-                    new_kvn: p.ssd_kvn,
-                    keys: p.ssd_keys.clone(),
-                },
-            },
-        ],
-    }
+        },
+    ]);
+    Script { steps }
 }
 
 /// The last day of month `mm` of year `20yy`, for `5F24`.
@@ -348,22 +354,8 @@ pub fn payment_dgis(t: &TokenPerso) -> Result<Vec<Dgi>, CryptoError> {
         None => b"00000".to_vec(),
     };
     // Record 1: 57 track 2 equivalent, 5A, 5F24, 5F34, 8C CDOL1.
-    let mut track2 = token.to_vec();
-    track2.push(b'=');
-    track2.extend_from_slice(&t.expiry);
-    track2.extend_from_slice(&t.service_code);
-    track2.extend_from_slice(&dd);
-    let mut nibbles: Vec<u8> = track2
-        .iter()
-        .map(|&c| if c == b'=' { 0xD } else { c - b'0' })
-        .collect();
-    if nibbles.len() % 2 == 1 {
-        nibbles.push(0xF);
-    }
-    let track2: Vec<u8> = nibbles
-        .chunks_exact(2)
-        .map(|p| (p[0] << 4) | p[1])
-        .collect();
+    let sc = std::str::from_utf8(&t.service_code).unwrap_or("000");
+    let track2 = track::personalised_track_bytes(t.token.digits(), &t.expiry, sc, &dd);
     let mut record = Vec::new();
     tlv(0x57, &track2, &mut record);
     tlv(0x5A, &bcd_f(token), &mut record);
@@ -417,7 +409,6 @@ pub fn payment_dgis(t: &TokenPerso) -> Result<Vec<Dgi>, CryptoError> {
     if let (Some(key), Some(tpl)) = (ms_key, template) {
         out.push((0x8001, Zeroizing::new(key.expose_bytes().to_vec()), true));
         out.push((0x9001, Zeroizing::new(des_kcv(&key, 3)), false));
-        let sc = std::str::from_utf8(&t.service_code).unwrap_or("000");
         let mut a002 = Vec::new();
         tlv(
             0x9F6B,
@@ -452,14 +443,8 @@ pub fn personalisation_script(p: &Provisioning, t: &TokenPerso) -> Result<Script
     tlv(0x4F, &p.ssd_aid, &mut assoc);
     let mut params = Vec::new();
     tlv(0xC9, &assoc, &mut params);
-    let mut steps = vec![
-        select(ids::ISD),
-        Step::Open {
-            sd: ids::ISD.to_vec(),
-            kvn: p.isd_kvn,
-            keys: p.isd.clone(),
-            level: p.level,
-        },
+    let mut steps = open_isd(p).to_vec();
+    steps.extend([
         Step::Send {
             what: "INSTALL [for install and make selectable] payment application",
             command: Command::Plain(install_and_make_selectable(
@@ -481,7 +466,7 @@ pub fn personalisation_script(p: &Provisioning, t: &TokenPerso) -> Result<Script
             what: "INSTALL [for personalization] payment application",
             command: Command::Plain(install_for_personalization(instance)),
         },
-    ];
+    ]);
     let dgis = payment_dgis(t)?;
     let n = dgis.len();
     for (i, (dgi, data, encrypted)) in dgis.into_iter().enumerate() {
