@@ -56,6 +56,7 @@ pub struct StaticKeys<K> {
 /// cryptograms and the EXTERNAL AUTHENTICATE command, all computed once at
 /// open. Each session holds one in a field named `handshake` and exposes it
 /// through [`handshake_accessors`].
+#[derive(Clone)]
 pub(crate) struct Handshake {
     /// Computed once: the host checks the card's against it.
     card_cryptogram: [u8; 8],

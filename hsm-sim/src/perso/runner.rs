@@ -76,12 +76,37 @@ pub struct Receipt {
     pub exchanges: Vec<Exchange>,
 }
 
+/// An open secure channel, host side. Cloning snapshots its chaining
+/// state: an answer's R-MAC is checked against the channel as it was when
+/// its command was wrapped, even when later commands of the same batch
+/// were wrapped before the answer came back.
+#[derive(Clone)]
 enum Session {
     Scp02(Box<Scp02Session>),
     Scp03 {
         session: Box<Scp03Session>,
         dek: Box<AesKey>,
     },
+}
+
+impl Session {
+    fn wrap(&mut self, plain: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        match self {
+            Session::Scp02(x) => x.wrap_command(plain),
+            Session::Scp03 { session, .. } => session.wrap_command(plain),
+        }
+    }
+
+    /// A snapshot when answers carry an R-MAC (SCP03 at a level with
+    /// R-MAC); otherwise nothing to check an answer against.
+    fn snapshot_for_answer(&self) -> Option<Box<Session>> {
+        match self {
+            Session::Scp03 { session, .. } if session.security_level().r_mac() => {
+                Some(Box::new(self.clone()))
+            }
+            _ => None,
+        }
+    }
 }
 
 fn sw_of(r: &[u8]) -> Result<(u16, &[u8]), ScriptError> {
@@ -94,86 +119,326 @@ fn sw_of(r: &[u8]) -> Result<(u16, &[u8]), ScriptError> {
     }
 }
 
-/// Play `script` against the card behind `link`. `challenge` gives each
-/// host challenge (random in production; fixed to replay a session).
+/// `6A88`: referenced data not found (DELETE of an AID the card lacks).
+const SW_NOT_FOUND: u16 = 0x6A88;
+
+/// What the answer to a command sent must be.
+enum Expect {
+    /// SELECT: `9000`.
+    Select,
+    /// INITIALIZE UPDATE: its answer opens the channel.
+    InitUpdate {
+        sd: Vec<u8>,
+        keys: KeySource,
+        level: SecurityLevel,
+        host_challenge: [u8; 8],
+    },
+    /// EXTERNAL AUTHENTICATE: `9000`.
+    ExternalAuth,
+    /// A command in the channel: `9000`, its R-MAC (if the level has one)
+    /// against `channel`, and PUT KEY's KCVs.
+    Command {
+        put_key: Option<(u8, ChannelKeys)>,
+        channel: Option<Box<Session>>,
+    },
+    /// DELETE: `9000`, or `6A88` when there was nothing to delete.
+    Delete { channel: Option<Box<Session>> },
+}
+
+/// A command sent whose answer is awaited.
+struct Sent {
+    what: &'static str,
+    command: Vec<u8>,
+    expect: Expect,
+}
+
+/// A script played in batches, with no I/O of its own: the host side of
+/// a provisioning service that relays APDUs through a wallet.
+///
+/// [`Player::next_batch`] gives every command up to and including the next
+/// INITIALIZE UPDATE (the host needs the card's challenge to go on);
+/// [`Player::accept`] checks the card's answers, in order. The first
+/// answer that fails ends the play: the player refuses everything after.
+pub struct Player {
+    steps: Vec<Step>,
+    next_step: usize,
+    session: Option<Session>,
+    in_flight: std::collections::VecDeque<Sent>,
+    /// EXTERNAL AUTHENTICATE, ready once INITIALIZE UPDATE's answer opened
+    /// the channel: it begins the next batch.
+    queued: Option<Vec<u8>>,
+    receipt: Receipt,
+    card_kdd: Option<[u8; 10]>,
+    failed: bool,
+}
+
+impl std::fmt::Debug for Player {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Player")
+            .field("step", &self.next_step)
+            .field("steps", &self.steps.len())
+            .field("in_flight", &self.in_flight.len())
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Player {
+    /// A player at the start of `script`.
+    pub fn new(script: &Script) -> Self {
+        Self {
+            steps: script.steps.clone(),
+            next_step: 0,
+            session: None,
+            in_flight: Default::default(),
+            queued: None,
+            receipt: Receipt::default(),
+            card_kdd: None,
+            failed: false,
+        }
+    }
+
+    /// Accept only the card whose INITIALIZE UPDATE answers carry this key
+    /// diversification data (its serial): answers relayed from another
+    /// card with the same keys are refused.
+    pub fn bound_to_card(mut self, kdd: [u8; 10]) -> Self {
+        self.card_kdd = Some(kdd);
+        self
+    }
+
+    /// True once every command was sent and every answer checked.
+    pub fn is_done(&self) -> bool {
+        !self.failed
+            && self.next_step == self.steps.len()
+            && self.in_flight.is_empty()
+            && self.queued.is_none()
+    }
+
+    /// The card's answers so far, every one checked.
+    pub fn receipt(&self) -> &Receipt {
+        &self.receipt
+    }
+
+    /// The next batch of commands (wrapped), empty when the script is
+    /// done. `challenge` gives the host challenge of an INITIALIZE UPDATE.
+    pub fn next_batch(
+        &mut self,
+        challenge: &mut dyn FnMut() -> [u8; 8],
+    ) -> Result<Vec<Vec<u8>>, ScriptError> {
+        self.check_usable("next batch")?;
+        if !self.in_flight.is_empty() {
+            return Err(ScriptError::Response {
+                step: "next batch",
+                reason: "the answers to the last batch are missing",
+            });
+        }
+        let mut batch = Vec::new();
+        let mut send = |in_flight: &mut std::collections::VecDeque<Sent>,
+                        what: &'static str,
+                        command: Vec<u8>,
+                        expect: Expect| {
+            batch.push(command.clone());
+            in_flight.push_back(Sent {
+                what,
+                command,
+                expect,
+            });
+        };
+        if let Some(ea) = self.queued.take() {
+            send(
+                &mut self.in_flight,
+                "EXTERNAL AUTHENTICATE",
+                ea,
+                Expect::ExternalAuth,
+            );
+        }
+        while let Some(step) = self.steps.get(self.next_step) {
+            self.next_step += 1;
+            match step {
+                Step::Select(aid) => {
+                    self.session = None;
+                    let mut apdu = vec![0x00, 0xA4, 0x04, 0x00, aid.len() as u8];
+                    apdu.extend_from_slice(aid);
+                    apdu.push(0x00);
+                    send(&mut self.in_flight, "SELECT", apdu, Expect::Select);
+                }
+                Step::Open {
+                    sd,
+                    kvn,
+                    keys,
+                    level,
+                } => {
+                    let host_challenge = challenge();
+                    let mut iu = vec![0x80, 0x50, *kvn, 0x00, 0x08];
+                    iu.extend_from_slice(&host_challenge);
+                    iu.push(0x00);
+                    let expect = Expect::InitUpdate {
+                        sd: sd.clone(),
+                        keys: keys.clone(),
+                        level: *level,
+                        host_challenge,
+                    };
+                    send(&mut self.in_flight, "INITIALIZE UPDATE", iu, expect);
+                    // The rest needs the card's answer.
+                    break;
+                }
+                Step::Send { what, command } => {
+                    let s = self.session.as_mut().ok_or(ScriptError::Response {
+                        step: what,
+                        reason: "no secure channel is open",
+                    })?;
+                    let wrapped = s.wrap(&materialise(s, command)?)?;
+                    let put_key = match command {
+                        Command::PutKey { new_kvn, keys, .. } => Some((*new_kvn, keys.clone())),
+                        _ => None,
+                    };
+                    let channel = s.snapshot_for_answer();
+                    send(
+                        &mut self.in_flight,
+                        what,
+                        wrapped,
+                        Expect::Command { put_key, channel },
+                    );
+                }
+                Step::DeleteIfPresent(aid) => {
+                    const WHAT: &str = "DELETE";
+                    let s = self.session.as_mut().ok_or(ScriptError::Response {
+                        step: WHAT,
+                        reason: "no secure channel is open",
+                    })?;
+                    let mut apdu = vec![0x80, 0xE4, 0x00, 0x00, aid.len() as u8 + 2, 0x4F];
+                    apdu.push(aid.len() as u8);
+                    apdu.extend_from_slice(aid);
+                    apdu.push(0x00);
+                    let wrapped = s.wrap(&apdu)?;
+                    let channel = s.snapshot_for_answer();
+                    send(&mut self.in_flight, WHAT, wrapped, Expect::Delete { channel });
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Check the card's answers to the last batch, in order.
+    pub fn accept(&mut self, responses: &[Vec<u8>]) -> Result<(), ScriptError> {
+        if responses.len() != self.in_flight.len() {
+            self.fail();
+            return Err(ScriptError::Response {
+                step: "answers",
+                reason: "not one answer per command of the last batch",
+            });
+        }
+        responses.iter().try_for_each(|r| self.accept_one(r))
+    }
+
+    /// Check the card's answer to the oldest command awaiting one.
+    pub fn accept_one(&mut self, response: &[u8]) -> Result<(), ScriptError> {
+        self.check_usable("answer")?;
+        let Some(sent) = self.in_flight.pop_front() else {
+            self.fail();
+            return Err(ScriptError::Response {
+                step: "answer",
+                reason: "an answer to no command",
+            });
+        };
+        let checked = self.check(sent, response);
+        if checked.is_err() {
+            self.fail();
+        }
+        checked
+    }
+
+    fn fail(&mut self) {
+        self.failed = true;
+        self.in_flight.clear();
+        self.queued = None;
+        self.session = None;
+    }
+
+    fn check_usable(&self, step: &'static str) -> Result<(), ScriptError> {
+        if self.failed {
+            return Err(ScriptError::Response {
+                step,
+                reason: "an earlier answer failed: the play is over",
+            });
+        }
+        Ok(())
+    }
+
+    fn check(&mut self, sent: Sent, response: &[u8]) -> Result<(), ScriptError> {
+        let Sent {
+            what,
+            command,
+            expect,
+        } = sent;
+        self.receipt.exchanges.push(Exchange {
+            what,
+            command,
+            response: response.to_vec(),
+        });
+        let (sw, data) = sw_of(response)?;
+        match expect {
+            Expect::Delete { .. } if sw == SW_NOT_FOUND => Ok(()),
+            _ if sw != 0x9000 => Err(ScriptError::Status { step: what, sw }),
+            Expect::Select | Expect::ExternalAuth => Ok(()),
+            Expect::InitUpdate {
+                sd,
+                keys,
+                level,
+                host_challenge,
+            } => {
+                let session = open(data, &sd, &keys, level, host_challenge, self.card_kdd)?;
+                self.queued = Some(match &session {
+                    Session::Scp02(s) => s.external_authenticate(),
+                    Session::Scp03 { session, .. } => session.external_authenticate(),
+                });
+                self.session = Some(session);
+                Ok(())
+            }
+            Expect::Command { put_key, channel } => {
+                let data = unwrap_answer(what, data, channel.as_deref())?;
+                if let Some((kvn, keys)) = put_key {
+                    check_put_key(what, &data, kvn, &keys)?;
+                }
+                Ok(())
+            }
+            Expect::Delete { channel } => unwrap_answer(what, data, channel.as_deref()).map(drop),
+        }
+    }
+}
+
+/// Play `script` against the card behind `link`, one command at a time,
+/// stopping at the first answer that fails. `challenge` gives each host
+/// challenge (random in production; fixed to replay a session).
 pub fn run(
     script: &Script,
     link: &mut dyn CardLink,
     challenge: &mut dyn FnMut() -> [u8; 8],
 ) -> Result<Receipt, ScriptError> {
-    let mut receipt = Receipt::default();
-    let mut session: Option<Session> = None;
-    for step in &script.steps {
-        match step {
-            Step::Select(aid) => {
-                session = None;
-                let mut apdu = vec![0x00, 0xA4, 0x04, 0x00, aid.len() as u8];
-                apdu.extend_from_slice(aid);
-                apdu.push(0x00);
-                exchange(link, &mut receipt, "SELECT", apdu, None)?;
-            }
-            Step::Open {
-                sd,
-                kvn,
-                keys,
-                level,
-            } => {
-                session = Some(open(
-                    link,
-                    &mut receipt,
-                    sd,
-                    *kvn,
-                    keys,
-                    *level,
-                    challenge(),
-                )?);
-            }
-            Step::Send { what, command } => {
-                let s = session.as_mut().ok_or(ScriptError::Response {
-                    step: what,
-                    reason: "no secure channel is open",
-                })?;
-                let plain = materialise(s, command)?;
-                let wrapped = match s {
-                    Session::Scp02(x) => x.wrap_command(&plain)?,
-                    Session::Scp03 { session, .. } => session.wrap_command(&plain)?,
-                };
-                let data = exchange(link, &mut receipt, what, wrapped, Some(s))?;
-                if let Command::PutKey { new_kvn, keys, .. } = command {
-                    check_put_key(what, &data, *new_kvn, keys)?;
-                }
-            }
+    let mut player = Player::new(script);
+    loop {
+        let batch = player.next_batch(challenge)?;
+        if batch.is_empty() {
+            return Ok(player.receipt);
+        }
+        for command in batch {
+            let response = link.transmit(&command)?;
+            player.accept_one(&response)?;
         }
     }
-    Ok(receipt)
 }
 
-/// Send one command; check the SW and, in a channel with R-MAC, the R-MAC
-/// (and decrypt R-ENC data). The response data, checked.
-fn exchange(
-    link: &mut dyn CardLink,
-    receipt: &mut Receipt,
+/// The data of a `9000` answer in a channel: its R-MAC checked and its
+/// R-ENC data decrypted when the level has them.
+fn unwrap_answer(
     what: &'static str,
-    command: Vec<u8>,
-    session: Option<&mut Session>,
+    data: &[u8],
+    channel: Option<&Session>,
 ) -> Result<Vec<u8>, ScriptError> {
-    let response = link.transmit(&command)?;
-    receipt.exchanges.push(Exchange {
-        what,
-        command,
-        response: response.clone(),
-    });
-    let (sw, data) = sw_of(&response)?;
-    if sw != 0x9000 {
-        return Err(ScriptError::Status { step: what, sw });
-    }
-    let Some(Session::Scp03 { session, .. }) = session else {
+    let Some(Session::Scp03 { session, .. }) = channel else {
         return Ok(data.to_vec());
     };
     let level = session.security_level();
-    if !level.r_mac() {
-        return Ok(data.to_vec());
-    }
     let Some(split) = data.len().checked_sub(8) else {
         return Err(ScriptError::Response {
             step: what,
@@ -193,26 +458,29 @@ fn exchange(
     Ok(body.to_vec())
 }
 
-/// INITIALIZE UPDATE, checks, EXTERNAL AUTHENTICATE.
-#[allow(clippy::too_many_arguments)]
+/// The channel INITIALIZE UPDATE's answer opens, checked: the card
+/// cryptogram, the SCP03 pseudo-random challenge, and the card's identity
+/// when the play is bound to one.
 fn open(
-    link: &mut dyn CardLink,
-    receipt: &mut Receipt,
+    data: &[u8],
     sd: &[u8],
-    kvn: u8,
     keys: &KeySource,
     level: SecurityLevel,
     host_challenge: [u8; 8],
+    card_kdd: Option<[u8; 10]>,
 ) -> Result<Session, ScriptError> {
     const STEP: &str = "INITIALIZE UPDATE";
-    let mut iu = vec![0x80, 0x50, kvn, 0x00, 0x08];
-    iu.extend_from_slice(&host_challenge);
-    iu.push(0x00);
-    let data = exchange(link, receipt, STEP, iu, None)?;
     let bad = |reason| ScriptError::Response { step: STEP, reason };
+    let check_card = |kdd: &[u8; 10]| match card_kdd {
+        Some(want) if !ct_eq(&want, kdd) => Err(bad(
+            "the answer comes from another card (key diversification data)",
+        )),
+        _ => Ok(()),
+    };
     let session = match data.len() {
         scp02::InitUpdateResponse::LEN => {
-            let r = scp02::InitUpdateResponse::parse(&data)?;
+            let r = scp02::InitUpdateResponse::parse(data)?;
+            check_card(&r.key_diversification_data)?;
             let static_keys = match keys {
                 KeySource::Static(ChannelKeys::Scp02(k)) => StaticKeys::clone(k),
                 KeySource::Kmc { kmc, method } => {
@@ -241,7 +509,8 @@ fn open(
             Session::Scp02(Box::new(s))
         }
         _ => {
-            let r = scp03::InitUpdateResponse::parse(&data)?;
+            let r = scp03::InitUpdateResponse::parse(data)?;
+            check_card(&r.key_diversification_data)?;
             let KeySource::Static(ChannelKeys::Scp03(static_keys)) = keys else {
                 return Err(bad("the card speaks SCP03, the keys are not SCP03 keys"));
             };
@@ -268,11 +537,6 @@ fn open(
             }
         }
     };
-    let ea = match &session {
-        Session::Scp02(s) => s.external_authenticate(),
-        Session::Scp03 { session, .. } => session.external_authenticate(),
-    };
-    exchange(link, receipt, "EXTERNAL AUTHENTICATE", ea, None)?;
     Ok(session)
 }
 

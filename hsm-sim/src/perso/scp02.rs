@@ -235,6 +235,8 @@ impl InitUpdateResponse {
 /// Built from the static keys and the INITIALIZE UPDATE values, it knows
 /// both cryptograms and the EXTERNAL AUTHENTICATE command at once; then
 /// [`Self::wrap_command`] protects commands in the order they are sent.
+/// Cloning it snapshots the chaining state (keys zeroize on drop).
+#[derive(Clone)]
 pub struct Scp02Session {
     /// The i parameter: decides ICV encryption.
     options: Scp02Options,

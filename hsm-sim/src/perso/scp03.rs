@@ -225,6 +225,8 @@ impl InitUpdateResponse {
 /// cryptograms and the EXTERNAL AUTHENTICATE command at once; then
 /// [`Self::wrap_command`] protects commands in the order they are sent, and
 /// [`Self::response_mac`] gives the R-MAC of the answer to the last one.
+/// Cloning it snapshots the chaining state (keys zeroize on drop).
+#[derive(Clone)]
 pub struct Scp03Session {
     /// Decides C-MAC, C-DECRYPTION, R-MAC and R-ENC.
     level: SecurityLevel,

@@ -92,6 +92,10 @@ pub enum Step {
         /// Security level of EXTERNAL AUTHENTICATE.
         level: SecurityLevel,
     },
+    /// DELETE of an AID in the open channel, answering `9000`, or `6A88`
+    /// when the card has nothing to delete: what clears what an
+    /// interrupted provisioning may have left behind.
+    DeleteIfPresent(Vec<u8>),
     /// A command that must answer `9000`.
     Send {
         /// What it is, for receipts and errors.
@@ -438,12 +442,26 @@ impl TokenPerso {
 /// the SSD's channel, install it for personalization and STORE DATA its
 /// DGIs, the last with P1 bit 8.
 pub fn personalisation_script(p: &Provisioning, t: &TokenPerso) -> Result<Script, CryptoError> {
+    personalise(p, t, false)
+}
+
+/// [`personalisation_script`] for a card that may hold the payment
+/// instance already (a provisioning interrupted after INSTALL): the ISD
+/// deletes it first if it is there.
+pub fn repersonalisation_script(p: &Provisioning, t: &TokenPerso) -> Result<Script, CryptoError> {
+    personalise(p, t, true)
+}
+
+fn personalise(p: &Provisioning, t: &TokenPerso, replace: bool) -> Result<Script, CryptoError> {
     let instance = t.kind.instance_aid();
     let mut assoc = Vec::new();
     tlv(0x4F, &p.ssd_aid, &mut assoc);
     let mut params = Vec::new();
     tlv(0xC9, &assoc, &mut params);
     let mut steps = open_isd(p).to_vec();
+    if replace {
+        steps.push(Step::DeleteIfPresent(instance.to_vec()));
+    }
     steps.extend([
         Step::Send {
             what: "INSTALL [for install and make selectable] payment application",
