@@ -98,6 +98,44 @@ enum Command {
 SIGTERM or SIGINT drains in-flight requests, flushes the journal and exits 0.\nA journal failure (a write or fdatasync error) is logged once, sets the metric\ntessera_journal_failed 1, drains and exits 1, so that a supervisor restarts the\nprocess ([vault] exit_on_journal_failure = false keeps answering, approvals as 96)."
     )]
     Serve(ServeArgs),
+    /// Certificates for the management API.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// The card stock: secure elements the provisioning service can reach.
+    #[command(subcommand)]
+    Devices(DevicesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Write a throwaway CA (ca.pem) and a server certificate it signs for
+    /// localhost, 127.0.0.1 and ::1 (server.pem, server.key 0600). For
+    /// tests and the demo only.
+    #[command(
+        after_help = "Example:\n  tessera certs dev --out /tmp/certs\n  # [api] tls_cert = \"/tmp/certs/server.pem\", tls_key = \"/tmp/certs/server.key\"\n  curl --cacert /tmp/certs/ca.pem https://127.0.0.1:8443/v1/events -H 'Authorization: Bearer test-wallet-key'"
+    )]
+    Dev {
+        /// Directory to write into (created).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DevicesCommand {
+    /// Load JSON Lines {"device_id","se_serial","scp":"02"|"03","i","kvn",
+    /// "isd_keys":{"enc","mac","dek"}} (as `tessera-se init --card-stock-out`
+    /// writes them) into the vault's durable store, keys sealed at rest.
+    /// Run it while the server is stopped (the vault's lock).
+    #[command(
+        after_help = "Example:\n  tessera-se init --state card.json --serial 0102030405060708 --card-stock-out stock.jsonl\n  tessera devices import --data-dir /tmp/vault stock.jsonl"
+    )]
+    Import {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The stock file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -133,6 +171,15 @@ struct ServeArgs {
     /// Off by default.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Serve the management API (token provisioning and life cycle,
+    /// docs/api.yaml) on ADDR: HTTPS with [api] tls_cert/tls_key, plain
+    /// HTTP only on loopback [config: api.listen; default: off].
+    #[arg(long, value_name = "ADDR")]
+    api: Option<SocketAddr>,
+    /// Where the issuer's one-time codes go, JSON Lines (the stand-in for
+    /// an SMS gateway) [default: DIR/idv-outbox.jsonl].
+    #[arg(long, value_name = "FILE")]
+    idv_outbox: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -293,6 +340,30 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Vault(cmd) => vault_command(&cli.config, cmd),
         Command::Serve(args) => serve(&cli.config, args),
+        Command::Certs(CertsCommand::Dev { out }) => {
+            for f in provisioning::certs::write_dev(&out)? {
+                println!("{}", f.display());
+            }
+            Ok(())
+        }
+        Command::Devices(DevicesCommand::Import { dir, file }) => {
+            let (cfg, keys) = Config::load(&cli.config)?;
+            let vault = Arc::new(open(&cli.config, &dir)?);
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| CliError::new(format!("{}: {e}", file.display())))?;
+            let service = provisioning::Service::from_config(
+                &cfg,
+                &keys,
+                vault,
+                &provisioning::ServiceOptions::new(&dir.data_dir),
+            )
+            .map_err(CliError::new)?;
+            let n = service
+                .import_devices(&text)
+                .map_err(|e| CliError::new(format!("{}: {e}", file.display())))?;
+            println!("imported {n} devices");
+            Ok(())
+        }
         Command::Demo {
             tokens,
             seconds,
@@ -382,6 +453,26 @@ fn serve(config: &Path, a: ServeArgs) -> Result<(), CliError> {
     for w in running.warnings() {
         eprintln!("tessera: warning: {w}");
     }
+    let api = match a.api.or(cfg.api.listen) {
+        Some(addr) => {
+            let mut svc_opts = provisioning::ServiceOptions::new(&a.dir.data_dir);
+            if let Some(outbox) = a.idv_outbox {
+                svc_opts.idv_outbox = outbox;
+            }
+            let service = provisioning::Service::from_config(
+                &cfg,
+                &keys,
+                Arc::clone(running.vault()),
+                &svc_opts,
+            )
+            .map_err(CliError::new)?;
+            let api = provisioning::start(Arc::new(service), addr, cfg.api.tls.as_ref())
+                .map_err(|e| CliError::new(e.to_string()))?;
+            eprintln!("tessera: management API on {}/v1", api.base_url());
+            Some(api)
+        }
+        None => None,
+    };
     if let Some(addr) = running.issuer_addr() {
         eprintln!(
             "tessera: forwarding approvable requests to the issuer at {addr} (timeout {} ms)",
@@ -399,6 +490,9 @@ fn serve(config: &Path, a: ServeArgs) -> Result<(), CliError> {
         l.dialect
     );
     let stopped = running.wait()?;
+    if let Some(api) = api {
+        api.stop();
+    }
     let counts: Vec<String> = stopped
         .response_counts
         .into_iter()

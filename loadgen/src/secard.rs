@@ -17,39 +17,19 @@ use hsm_sim::emv::CvnProfile;
 use hsm_sim::magstripe::track;
 use hsm_sim::perso::ids;
 use hsm_sim::perso::runner::{self, CardLink, LineLink, LinkError, Receipt};
-use hsm_sim::perso::script::{self, ChannelKeys, KeySource, PersoKind, Provisioning, TokenPerso};
+use hsm_sim::perso::script::{self, ChannelKeys, KeySource, Provisioning, TokenPerso};
 use hsm_sim::perso::{SecurityLevel, StaticKeys};
-use hsm_sim::types::{Pan, Psn};
 use hsm_sim::{AesKey, TdesKey};
 
 use engine::config::Scheme;
 use engine::iso8583::IsoMessage;
-use engine::profile::keys::{ProfileKeys, SchemeKeys};
+use engine::profile::keys::ProfileKeys;
+use engine::profile::perso;
 
 use crate::cardsim::{field55, request_header, terminal_data, track2_ascii, CardError, CardTxn};
 
 fn err(e: impl std::fmt::Display) -> CardError {
     CardError::new(e.to_string())
-}
-
-/// What the issuer's HSM personalises for a card of this profile.
-pub fn perso_kind(pk: &ProfileKeys) -> Result<PersoKind, CardError> {
-    let template = || pk.profile.track2_dd.clone().unwrap_or_default();
-    Ok(match (&pk.keys, pk.profile.scheme) {
-        (SchemeKeys::Emv(imk), Scheme::Emv(profile)) => PersoKind::Chip {
-            profile,
-            issuer: imk.clone(),
-        },
-        (SchemeKeys::Cvc3(imk), _) => PersoKind::Cvc3 {
-            imk: imk.clone(),
-            template: template(),
-        },
-        (SchemeKeys::Dcvv(imk), _) => PersoKind::Dcvv {
-            imk: imk.clone(),
-            template: template(),
-        },
-        _ => return Err(err("profile keys do not match the scheme")),
-    })
 }
 
 /// The token to personalise: the export's token, expiry and PSN.
@@ -60,20 +40,7 @@ pub fn token_perso(
     psn: u8,
     initial_atc: u16,
 ) -> Result<TokenPerso, CardError> {
-    let service_code: [u8; 3] = pk
-        .profile
-        .service_code
-        .as_bytes()
-        .try_into()
-        .map_err(|_| err("service code is not 3 digits"))?;
-    Ok(TokenPerso {
-        token: Pan::new(token).map_err(err)?,
-        expiry,
-        psn: Psn::new(&format!("{psn:02}")).map_err(err)?,
-        service_code,
-        initial_atc,
-        kind: perso_kind(pk)?,
-    })
+    perso::token_perso(pk, token, expiry, psn, initial_atc).map_err(err)
 }
 
 /// The ISD key set of a test card: the GlobalPlatform test key, as
@@ -98,19 +65,7 @@ pub fn test_isd_keys(scp03: bool) -> ChannelKeys {
 
 /// An SSD key set from 48 random (or seeded) bytes.
 pub fn ssd_keys(scp03: bool, bytes: &[u8; 48]) -> Result<ChannelKeys, CardError> {
-    Ok(if scp03 {
-        ChannelKeys::Scp03(Box::new(StaticKeys {
-            enc: AesKey::new(&bytes[..16]).map_err(err)?,
-            mac: AesKey::new(&bytes[16..32]).map_err(err)?,
-            dek: AesKey::new(&bytes[32..]).map_err(err)?,
-        }))
-    } else {
-        ChannelKeys::Scp02(Box::new(StaticKeys {
-            enc: TdesKey::new(&bytes[..16]).map_err(err)?,
-            mac: TdesKey::new(&bytes[16..32]).map_err(err)?,
-            dek: TdesKey::new(&bytes[32..]).map_err(err)?,
-        }))
-    })
+    perso::channel_keys(scp03, bytes).map_err(err)
 }
 
 /// The platform's side: the ISD reached with `isd`, SSD number 1 with

@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// "Now" for one batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Now {
+pub struct Now {
     /// Seconds since the Unix epoch (fits u32 until 2106).
     pub secs: u32,
     /// Current year and month as YYMM (e.g. 2611).
@@ -14,7 +14,7 @@ pub(crate) struct Now {
 
 impl Now {
     /// The system clock.
-    pub(crate) fn system() -> Now {
+    pub fn system() -> Now {
         let secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -22,7 +22,7 @@ impl Now {
     }
 
     /// From Unix seconds.
-    pub(crate) fn from_unix(secs: u64) -> Now {
+    pub fn from_unix(secs: u64) -> Now {
         let (y, m) = year_month(secs / 86_400);
         Now {
             secs: secs.min(u64::from(u32::MAX)) as u32,

@@ -26,7 +26,7 @@
 //! - `shards`: the sharded maps under the last three; [`clock`]: the time.
 
 mod authorize;
-pub(crate) mod clock;
+pub mod clock;
 mod crypto;
 mod decision;
 mod decline;

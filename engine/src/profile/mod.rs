@@ -4,10 +4,13 @@
 //!
 //! - [`keys`]: each profile's issuer master keys, resolved once from the
 //!   key file at start-up.
+//! - [`perso`]: what a secure element is personalised with for a token
+//!   of a profile.
 //! - [`track`]: which discretionary digits are the code, the unpredictable
 //!   number and the ATC.
 
 pub mod keys;
+pub mod perso;
 pub mod track;
 
 pub use keys::{ProfileKeys, SchemeKeys};

@@ -16,6 +16,9 @@ use serde::{Deserialize, Deserializer};
 
 use crate::iso8583::{Dialect, Framing};
 
+mod api;
+pub use api::{ApiConfig, IdvPolicy, IssuerPolicy, Operator, Requestor};
+
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -197,6 +200,8 @@ pub struct Config {
     pub key_file: PathBuf,
     /// Profiles, sorted by name.
     pub profiles: Vec<Profile>,
+    /// `[api]` (empty when absent: no requestors, no operators).
+    pub api: ApiConfig,
 }
 
 #[derive(Deserialize)]
@@ -207,6 +212,7 @@ struct ConfigFile {
     #[serde(default)]
     listener: ListenerConfig,
     profiles: BTreeMap<String, ProfileFile>,
+    api: Option<api::ApiFile>,
 }
 
 /// `[listener]`: the ISO 8583 listener of `tessera serve`. Flags override.
@@ -340,12 +346,18 @@ impl Config {
         if profiles.is_empty() {
             return Err(invalid("no [profiles]"));
         }
+        let names: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
+        let api = match file.api {
+            Some(a) => a.check(base, &file.vault, &names)?,
+            None => ApiConfig::default(),
+        };
         Ok((
             Config {
                 vault: file.vault,
                 listener: file.listener,
                 key_file,
                 profiles,
+                api,
             },
             keys,
         ))

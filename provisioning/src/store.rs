@@ -1,0 +1,130 @@
+//! The provisioning store in memory, rebuilt from its journal at start
+//! and written through it: every change is on disk before the call that
+//! made it is answered.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+
+use crate::journal::{Journal, JournalError};
+use crate::model::{Device, Event, EventKind, Record, TokenRecord};
+
+/// Notifications kept per requestor: older ones are dropped (a wallet
+/// that falls this far behind resynchronises with `GET /v1/tokens/{ref}`).
+pub const MAX_EVENTS_PER_REQUESTOR: usize = 100_000;
+
+/// Devices, tokens and notifications.
+#[derive(Debug)]
+pub struct Store {
+    journal: Journal,
+    devices: HashMap<String, Device>,
+    tokens: HashMap<String, TokenRecord>,
+    /// Token digits → token reference.
+    by_token: HashMap<String, String>,
+    events: HashMap<u64, VecDeque<Event>>,
+    next_seq: HashMap<u64, u64>,
+}
+
+impl Store {
+    /// Open the store in the data directory.
+    pub fn open(dir: &Path) -> Result<Self, JournalError> {
+        let (journal, records) = Journal::open::<Record>(dir)?;
+        let mut s = Self {
+            journal,
+            devices: HashMap::new(),
+            tokens: HashMap::new(),
+            by_token: HashMap::new(),
+            events: HashMap::new(),
+            next_seq: HashMap::new(),
+        };
+        for r in records {
+            s.apply(r);
+        }
+        Ok(s)
+    }
+
+    fn apply(&mut self, r: Record) {
+        match r {
+            Record::Device(d) => {
+                self.devices.insert(d.device_id.clone(), d);
+            }
+            Record::Token(t) => {
+                self.by_token.insert(t.token.clone(), t.token_ref.clone());
+                self.tokens.insert(t.token_ref.clone(), t);
+            }
+            Record::Event(e) => {
+                self.next_seq.insert(e.requestor, e.seq + 1);
+                let q = self.events.entry(e.requestor).or_default();
+                if q.len() == MAX_EVENTS_PER_REQUESTOR {
+                    q.pop_front();
+                }
+                q.push_back(e);
+            }
+        }
+    }
+
+    fn write(&mut self, r: Record) -> Result<(), JournalError> {
+        self.journal.append(&r)?;
+        self.apply(r);
+        Ok(())
+    }
+
+    /// A device.
+    pub fn device(&self, id: &str) -> Option<&Device> {
+        self.devices.get(id)
+    }
+
+    /// Number of devices.
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Store a device as it now is (durably).
+    pub fn put_device(&mut self, d: Device) -> Result<(), JournalError> {
+        self.write(Record::Device(d))
+    }
+
+    /// A token by reference.
+    pub fn token(&self, token_ref: &str) -> Option<&TokenRecord> {
+        self.tokens.get(token_ref)
+    }
+
+    /// The reference of a token number, if the API issued it.
+    pub fn token_ref_of(&self, token_digits: &str) -> Option<&str> {
+        self.by_token.get(token_digits).map(String::as_str)
+    }
+
+    /// Store a token as it now is (durably).
+    pub fn put_token(&mut self, t: TokenRecord) -> Result<(), JournalError> {
+        self.write(Record::Token(t))
+    }
+
+    /// Notify a token's requestor (durably). The event's sequence number.
+    pub fn notify(&mut self, token_ref: &str, event: EventKind) -> Result<u64, JournalError> {
+        let Some(requestor) = self.tokens.get(token_ref).map(|t| t.requestor) else {
+            return Ok(0);
+        };
+        let seq = self.next_seq.get(&requestor).copied().unwrap_or(1);
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.write(Record::Event(Event {
+            seq,
+            requestor,
+            token_ref: token_ref.to_owned(),
+            event,
+            at,
+        }))?;
+        Ok(seq)
+    }
+
+    /// A requestor's notifications after `after`, at most `limit`.
+    pub fn events_after(&self, requestor: u64, after: u64, limit: usize) -> Vec<Event> {
+        self.events.get(&requestor).map_or_else(Vec::new, |q| {
+            q.iter()
+                .filter(|e| e.seq > after)
+                .take(limit)
+                .cloned()
+                .collect()
+        })
+    }
+}
