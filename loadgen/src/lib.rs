@@ -37,3 +37,4 @@ pub mod run;
 pub mod secard;
 pub mod session;
 pub mod terminal;
+pub mod wallet;

@@ -13,6 +13,7 @@ use engine::iso8583::{framing, rc, tlv, Dialect};
 use engine::profile::keys::{self, ProfileKeys};
 use engine::vault::export::ExportLine;
 use hsm_sim::keyfile::KeyStore;
+use hsm_sim::perso::runner::CardLink;
 use hsm_sim::types::mask_pan;
 
 use crate::cardsim::CardTxn;
@@ -135,35 +136,50 @@ pub fn personalise(
 /// The largest answer read from the engine.
 const MAX_ANSWER: usize = 8192;
 
-/// Pay once: the card's cryptogram in a 0100 to `target`, the answer's
-/// code, and (chip) the ARPC given back to the card. True when approved
-/// and, for chip cards, the card accepted the ARPC.
+/// What one payment came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Payment {
+    /// The answer's response code (DE 39).
+    pub code: [u8; 2],
+    /// The ATC the card used.
+    pub atc: u16,
+    /// Chip cards: whether the card accepted the ARPC of the answer
+    /// (`None` for mag-stripe profiles, or when the answer had none).
+    pub arpc_accepted: Option<bool>,
+}
+
+impl Payment {
+    /// Approved, and for a chip card its ARPC accepted by the card.
+    pub fn approved(&self) -> bool {
+        self.code == rc::APPROVED && self.arpc_accepted != Some(false)
+    }
+}
+
+/// Pay once with `card`: its cryptogram in a 0100 (len2 framing) to
+/// `target`, and for chip cards the answer's ARPC given back to the card.
 #[allow(clippy::too_many_arguments)]
-pub fn pay(
-    config: &Config,
-    keys: &KeyStore,
-    export: &Path,
+pub fn pay_card(
+    card: &mut dyn CardLink,
+    pk: &ProfileKeys,
     token: &str,
+    expiry: [u8; 4],
+    psn: u8,
     target: SocketAddr,
     dialect: Dialect,
     amount: u64,
-    card_command: &[String],
-) -> Result<bool, String> {
-    let c = find_in_export(export, token)?;
-    let pk = profile_keys(config, keys, &c.profile)?;
+) -> Result<Payment, String> {
     let r = random::<8>()?;
     let t = CardTxn {
-        token: c.token.clone(),
-        expiry: c.expiry,
-        psn: c.psn,
+        token: token.to_owned(),
+        expiry,
+        psn,
         atc: 0,
         amount,
         currency: 978,
         un: u32::from_be_bytes([r[0], r[1], r[2], r[3]]),
         stan: u32::from_be_bytes([0, r[4], r[5], r[6]]) % 999_999 + 1,
     };
-    let mut card = ChildCard::spawn(card_command).map_err(|e| e.to_string())?;
-    let (msg, atc) = secard::authorization(&mut card, &pk, &t).map_err(|e| e.to_string())?;
+    let (msg, atc) = secard::authorization(card, pk, &t).map_err(|e| e.to_string())?;
     let body = dialect.encode(&msg).map_err(|e| e.to_string())?;
     let mut frame = Vec::new();
     framing::write_frame(framing::Framing::Len2Exclusive, None, &body, &mut frame)
@@ -192,34 +208,69 @@ pub fn pay(
         .get(39)
         .and_then(|c| c.try_into().ok())
         .unwrap_or(*b"??");
-    println!(
-        "token {} ATC {atc}: answer {} code {}",
-        mask_pan(&c.token),
-        String::from_utf8_lossy(&answer.mti()),
-        String::from_utf8_lossy(&code)
-    );
-    let approved = code == rc::APPROVED;
-    if secard::chip_profile(&pk).is_none() {
-        return Ok(approved);
-    }
-    let tag91 = answer.get(55).and_then(|f| {
-        tlv::parse(f)
-            .ok()
-            .and_then(|l| tlv::find(&l, 0x91).map(<[u8]>::to_vec))
-    });
-    let Some(tag91) = tag91 else {
-        println!("no ARPC (tag 91) in the answer");
-        return Ok(false);
-    };
-    let accepted = secard::issuer_authenticate(&mut card, &tag91).map_err(|e| e.to_string())?;
-    println!(
-        "ARPC {}: {}",
-        hex::encode_upper(&tag91),
-        if accepted {
-            "verified by the card"
-        } else {
-            "REFUSED by the card"
+    let mut arpc_accepted = None;
+    if secard::chip_profile(pk).is_some() {
+        let tag91 = answer.get(55).and_then(|f| {
+            tlv::parse(f)
+                .ok()
+                .and_then(|l| tlv::find(&l, 0x91).map(<[u8]>::to_vec))
+        });
+        if let Some(tag91) = tag91 {
+            arpc_accepted =
+                Some(secard::issuer_authenticate(card, &tag91).map_err(|e| e.to_string())?);
         }
+    }
+    Ok(Payment {
+        code,
+        atc,
+        arpc_accepted,
+    })
+}
+
+/// Pay once: the card's cryptogram in a 0100 to `target`, the answer's
+/// code, and (chip) the ARPC given back to the card. True when approved
+/// and, for chip cards, the card accepted the ARPC.
+#[allow(clippy::too_many_arguments)]
+pub fn pay(
+    config: &Config,
+    keys: &KeyStore,
+    export: &Path,
+    token: &str,
+    target: SocketAddr,
+    dialect: Dialect,
+    amount: u64,
+    card_command: &[String],
+) -> Result<bool, String> {
+    let c = find_in_export(export, token)?;
+    let pk = profile_keys(config, keys, &c.profile)?;
+    let mut card = ChildCard::spawn(card_command).map_err(|e| e.to_string())?;
+    let p = pay_card(
+        &mut card, &pk, &c.token, c.expiry, c.psn, target, dialect, amount,
+    )?;
+    println!(
+        "token {} ATC {}: answer 0110 code {}",
+        mask_pan(&c.token),
+        p.atc,
+        String::from_utf8_lossy(&p.code)
     );
-    Ok(approved && accepted)
+    if secard::chip_profile(&pk).is_none() {
+        return Ok(p.code == rc::APPROVED);
+    }
+    match p.arpc_accepted {
+        None => {
+            println!("no ARPC (tag 91) in the answer");
+            Ok(false)
+        }
+        Some(accepted) => {
+            println!(
+                "ARPC: {}",
+                if accepted {
+                    "verified by the card"
+                } else {
+                    "REFUSED by the card"
+                }
+            );
+            Ok(p.code == rc::APPROVED && accepted)
+        }
+    }
 }

@@ -28,7 +28,9 @@ impl Caller {
     pub fn requestor(&self) -> Result<u64, ApiError> {
         match self {
             Caller::Requestor { id } => Ok(*id),
-            Caller::Operator { .. } => Err(ApiError::forbidden("this call is for token requestors")),
+            Caller::Operator { .. } => {
+                Err(ApiError::forbidden("this call is for token requestors"))
+            }
         }
     }
 

@@ -193,7 +193,9 @@ async fn accept_loop(
             let _ = stream.set_nodelay(true);
             match acceptor {
                 Some(a) => {
-                    if let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, a.accept(stream)).await {
+                    if let Ok(Ok(tls)) =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, a.accept(stream)).await
+                    {
                         serve_connection(tls, router).await;
                     }
                 }
@@ -240,12 +242,14 @@ fn router(service: Svc) -> Router {
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         let what = match e.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                "is not JSON"
-            }
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "is not JSON",
             _ => "does not have the fields and types this call takes (see docs/api.yaml)",
         };
-        ApiError::bad_request(format!("the body {what} (line {}, column {})", e.line(), e.column()))
+        ApiError::bad_request(format!(
+            "the body {what} (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
     })
 }
 
@@ -290,7 +294,10 @@ async fn get_token(
     headers: HeaderMap,
     UrlPath(token_ref): UrlPath<String>,
 ) -> Response {
-    call(svc, headers, StatusCode::OK, move |s, c| s.get_token(c, &token_ref)).await
+    call(svc, headers, StatusCode::OK, move |s, c| {
+        s.get_token(c, &token_ref)
+    })
+    .await
 }
 
 async fn send_otp(
@@ -322,7 +329,10 @@ async fn provision(
     headers: HeaderMap,
     UrlPath(token_ref): UrlPath<String>,
 ) -> Response {
-    call(svc, headers, StatusCode::CREATED, move |s, c| s.provision(c, &token_ref)).await
+    call(svc, headers, StatusCode::CREATED, move |s, c| {
+        s.provision(c, &token_ref)
+    })
+    .await
 }
 
 async fn token_action(

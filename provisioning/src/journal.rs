@@ -133,7 +133,9 @@ impl Journal {
             path: self.path.display().to_string(),
             source,
         };
-        self.file.write_all(line_of(record).as_bytes()).map_err(io)?;
+        self.file
+            .write_all(line_of(record).as_bytes())
+            .map_err(io)?;
         self.file.sync_data().map_err(io)
     }
 }

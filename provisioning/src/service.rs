@@ -269,7 +269,12 @@ impl Service {
         let profiles = engine::profile::keys::load(config, keys)?;
         let data_key = match keys.get(&config.vault.data_key) {
             Some(hsm_sim::keyfile::StoredKey::Aes(k)) => k,
-            _ => return Err(format!("vault data key \"{}\" is not an AES key", config.vault.data_key)),
+            _ => {
+                return Err(format!(
+                    "vault data key \"{}\" is not an AES key",
+                    config.vault.data_key
+                ))
+            }
         };
         Self::new(config.api.clone(), vault, profiles, data_key, opts)
     }
@@ -330,23 +335,30 @@ impl Service {
     /// `POST /v1/tokens/eligibility`.
     pub fn eligibility(&self, caller: &Caller, req: EligibilityRequest) -> Result<Value, ApiError> {
         let requestor = caller.requestor()?;
-        let pan = CardNumber::parse("PAN", &req.pan)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let pan =
+            CardNumber::parse("PAN", &req.pan).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let expiry_yymm = parse_yymm(&req.expiry)?;
         let policy = self
             .api
             .issuer_of(&req.pan)
             .ok_or_else(|| {
-                ApiError::unprocessable("PAN_NOT_ELIGIBLE", "no issuer range takes tokens for this card")
+                ApiError::unprocessable(
+                    "PAN_NOT_ELIGIBLE",
+                    "no issuer range takes tokens for this card",
+                )
             })?
             .clone();
         if expiry_yymm < Now::system().yymm {
-            return Err(ApiError::unprocessable("CARD_EXPIRED", "the card has expired"));
+            return Err(ApiError::unprocessable(
+                "CARD_EXPIRED",
+                "the card has expired",
+            ));
         }
         let mut inner = self.lock();
-        let eligible = inner.store.device(&req.device_id).is_some_and(|d| {
-            matches!(d.state, DeviceState::Available | DeviceState::SdCreated)
-        });
+        let eligible = inner
+            .store
+            .device(&req.device_id)
+            .is_some_and(|d| matches!(d.state, DeviceState::Available | DeviceState::SdCreated));
         if !eligible {
             return Err(ApiError::unprocessable(
                 "DEVICE_NOT_ELIGIBLE",
@@ -357,7 +369,9 @@ impl Service {
             .eligibility
             .retain(|_, e| e.at.elapsed() < ELIGIBILITY_TTL);
         if inner.eligibility.len() >= MAX_ELIGIBILITY {
-            return Err(ApiError::busy("too many eligibility answers awaiting a token request"));
+            return Err(ApiError::busy(
+                "too many eligibility answers awaiting a token request",
+            ));
         }
         let id = random_id("el-")?;
         let terms_id = format!("tc-{}-{TERMS_VERSION}", policy.profile);
@@ -449,7 +463,12 @@ impl Service {
     }
 
     /// `POST /v1/tokens/{ref}/idv/otp`: a fresh code to the outbox.
-    pub fn send_otp(&self, caller: &Caller, token_ref: &str, req: OtpRequest) -> Result<Value, ApiError> {
+    pub fn send_otp(
+        &self,
+        caller: &Caller,
+        token_ref: &str,
+        req: OtpRequest,
+    ) -> Result<Value, ApiError> {
         caller.requestor()?;
         if req.method != "sms" {
             return Err(ApiError::bad_request("method must be \"sms\""));
@@ -463,11 +482,18 @@ impl Service {
             ));
         }
         if t.otp_sends >= MAX_OTP_SENDS {
-            return Err(ApiError::new(429, "TOO_MANY_CODES", "no more codes for this token"));
+            return Err(ApiError::new(
+                429,
+                "TOO_MANY_CODES",
+                "no more codes for this token",
+            ));
         }
         let code = Zeroizing::new(random_code()?);
         t.otp = Some(Otp {
-            sealed: self.sealer.seal(token_ref, code.as_bytes()).map_err(storage)?,
+            sealed: self
+                .sealer
+                .seal(token_ref, code.as_bytes())
+                .map_err(storage)?,
             expires: now_secs() + OTP_TTL_SECS,
         });
         t.otp_sends += 1;
@@ -518,7 +544,10 @@ impl Service {
             .clone()
             .ok_or_else(|| ApiError::conflict("OTP_NOT_SENT", "ask for a code first"))?;
         if now_secs() > otp.expires {
-            return Err(ApiError::conflict("OTP_EXPIRED", "the code has expired: ask for another"));
+            return Err(ApiError::conflict(
+                "OTP_EXPIRED",
+                "the code has expired: ask for another",
+            ));
         }
         let expected = self.sealer.open(token_ref, &otp.sealed).map_err(storage)?;
         let given = req.otp.trim().as_bytes();
@@ -576,17 +605,26 @@ impl Service {
         let mut inner = self.lock();
         let t = Self::token_of(&inner.store, caller, token_ref)?.clone();
         if t.personalised {
-            return Err(ApiError::conflict("ALREADY_PERSONALISED", "the token is on its device already"));
+            return Err(ApiError::conflict(
+                "ALREADY_PERSONALISED",
+                "the token is on its device already",
+            ));
         }
         if t.idv == Idv::Failed || self.vault_state(&t)? != TokenState::Inactive {
-            return Err(ApiError::conflict("INVALID_STATE", "only an inactive token is provisioned"));
+            return Err(ApiError::conflict(
+                "INVALID_STATE",
+                "only an inactive token is provisioned",
+            ));
         }
         let mut device = inner
             .store
             .device(&t.device_id)
             .cloned()
             .ok_or_else(|| ApiError::internal("the token's device is not in stock"))?;
-        if !matches!(device.state, DeviceState::Available | DeviceState::SdCreated) {
+        if !matches!(
+            device.state,
+            DeviceState::Available | DeviceState::SdCreated
+        ) {
             return Err(ApiError::conflict(
                 "DEVICE_NOT_AVAILABLE",
                 format!("the device is {}", device.state.name()),
@@ -594,7 +632,9 @@ impl Service {
         }
         let now = Instant::now();
         let ttl = Duration::from_secs(self.api.session_ttl_secs);
-        inner.sessions.retain(|_, s| now.duration_since(s.touched) < ttl);
+        inner
+            .sessions
+            .retain(|_, s| now.duration_since(s.touched) < ttl);
         // One session per token: a new one replaces the old.
         inner.sessions.retain(|_, s| s.token_ref != token_ref);
         if inner.sessions.len() >= self.api.max_sessions {
@@ -635,7 +675,12 @@ impl Service {
     }
 
     /// `POST /v1/provisioning/{session_id}`: the device's answers.
-    pub fn answer(&self, caller: &Caller, session_id: &str, req: Answers) -> Result<Value, ApiError> {
+    pub fn answer(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+        req: Answers,
+    ) -> Result<Value, ApiError> {
         let requestor = caller.requestor()?;
         let mut inner = self.lock();
         let ttl = Duration::from_secs(self.api.session_ttl_secs);
@@ -654,7 +699,9 @@ impl Service {
                 let token_ref = session.token_ref.clone();
                 inner.sessions.remove(session_id);
                 self.stats.receipts_invalid.fetch_add(1, Ordering::Relaxed);
-                eprintln!("tessera-api: event=receipt_invalid token_ref={token_ref} reason=\"{why}\"");
+                eprintln!(
+                    "tessera-api: event=receipt_invalid token_ref={token_ref} reason=\"{why}\""
+                );
                 return Err(ApiError::unprocessable(
                     "RECEIPT_INVALID",
                     format!("the device's answers do not verify: {why}"),
@@ -718,7 +765,12 @@ impl Service {
     }
 
     /// `POST /v1/tokens/{ref}/{action}`.
-    pub fn token_lifecycle(&self, caller: &Caller, token_ref: &str, action: Action) -> Result<Value, ApiError> {
+    pub fn token_lifecycle(
+        &self,
+        caller: &Caller,
+        token_ref: &str,
+        action: Action,
+    ) -> Result<Value, ApiError> {
         let mut inner = self.lock();
         let t = Self::token_of(&inner.store, caller, token_ref)?.clone();
         let state = self.change(&mut inner.store, &t.token, action)?;
@@ -730,7 +782,12 @@ impl Service {
 
     /// One token's change, journaled by the vault and durable, then its
     /// requestor notified (when the API issued it).
-    fn change(&self, store: &mut Store, token_digits: &str, action: Action) -> Result<TokenState, ApiError> {
+    fn change(
+        &self,
+        store: &mut Store,
+        token_digits: &str,
+        action: Action,
+    ) -> Result<TokenState, ApiError> {
         let (to, kind) = action.target();
         let token = CardNumber::parse_digits("token", token_digits).map_err(storage)?;
         let lsn = self.vault.set_state(token, to).map_err(vault_err)?;
@@ -744,9 +801,15 @@ impl Service {
     /// `POST /v1/cards/{action}`: every token of a PAN (operators only).
     /// Tokens already in the target state, or that cannot go there
     /// (deleted), are left as they are and counted apart.
-    pub fn card_lifecycle(&self, caller: &Caller, req: CardRequest, action: Action) -> Result<Value, ApiError> {
+    pub fn card_lifecycle(
+        &self,
+        caller: &Caller,
+        req: CardRequest,
+        action: Action,
+    ) -> Result<Value, ApiError> {
         caller.operator()?;
-        let pan = CardNumber::parse("PAN", &req.pan).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let pan =
+            CardNumber::parse("PAN", &req.pan).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let mut inner = self.lock();
         let tokens = self.vault.tokens_for_pan(pan);
         let (mut changed, mut unchanged) = (0u32, 0u32);
@@ -779,7 +842,11 @@ impl Service {
     }
 
     /// A requestor's notifications after `after`.
-    pub fn events(&self, caller: &Caller, after: u64) -> Result<Vec<crate::model::Event>, ApiError> {
+    pub fn events(
+        &self,
+        caller: &Caller,
+        after: u64,
+    ) -> Result<Vec<crate::model::Event>, ApiError> {
         let requestor = caller.requestor()?;
         Ok(self
             .lock()

@@ -62,6 +62,14 @@ enum Command {
         /// Seed of the card's random source (challenges). Default: random.
         #[arg(long)]
         seed: Option<u64>,
+        /// Append the card's stock line (device id, serial, SCP, i, KVN and
+        /// the ISD keys in clear) to FILE (created 0600), for `tessera
+        /// devices import`, which seals the keys at rest.
+        #[arg(long, value_name = "FILE")]
+        card_stock_out: Option<PathBuf>,
+        /// The device id in the stock line. Default: se-SERIAL.
+        #[arg(long, requires = "card_stock_out")]
+        device_id: Option<String>,
     },
     /// Send command APDUs, hex, one per line on standard input; write each
     /// response (data then SW1 SW2) as hex on its own line. The state is
@@ -141,6 +149,8 @@ fn run(command: Command) -> Result<(), CliError> {
             kvn,
             serial,
             seed,
+            card_stock_out,
+            device_id,
         } => init(
             &state,
             &scp,
@@ -151,6 +161,7 @@ fn run(command: Command) -> Result<(), CliError> {
             &kvn,
             serial,
             seed,
+            card_stock_out.as_deref().map(|f| (f, device_id)),
         ),
         Command::Apdu { state, explain } => apdu(&state, explain),
         Command::Vpcd {
@@ -187,6 +198,7 @@ fn init(
     kvn: &str,
     serial: Option<String>,
     seed: Option<u64>,
+    stock: Option<(&Path, Option<String>)>,
 ) -> Result<(), CliError> {
     if path.exists() {
         return Err(CliError::Usage(format!(
@@ -254,15 +266,48 @@ fn init(
         let k = KeyBytes::new(&ids::GP_TEST_KEY);
         [k.clone(), k.clone(), k]
     };
+    let kvn = byte_arg("--kvn", kvn)?;
+    let stock_line = stock.map(|(file, id)| {
+        let id = id.unwrap_or_else(|| format!("se-{}", hex::encode_upper(serial)));
+        let line = zeroize::Zeroizing::new(format!(
+            "{}\n",
+            serde_json::json!({
+                "device_id": id,
+                "se_serial": hex::encode_upper(serial),
+                "scp": if scp == Scp::Scp03 { "03" } else { "02" },
+                "i": i_param,
+                "kvn": kvn,
+                "isd_keys": {
+                    "enc": hex::encode_upper(keys[0].expose()),
+                    "mac": hex::encode_upper(keys[1].expose()),
+                    "dek": hex::encode_upper(keys[2].expose()),
+                },
+            })
+        ));
+        (file, line)
+    });
     let card = Card::new(CardConfig {
         scp,
         i_param,
         isd_keys: keys,
-        kvn: byte_arg("--kvn", kvn)?,
+        kvn,
         serial,
         seed,
     })?;
     store::save(path, card.state())?;
+    if let Some((file, line)) = stock_line {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(file)
+            .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+        f.write_all(line.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+    }
     eprintln!(
         "tessera-se: card {} created in {}",
         hex::encode_upper(serial),

@@ -312,7 +312,12 @@ impl Player {
                     apdu.push(0x00);
                     let wrapped = s.wrap(&apdu)?;
                     let channel = s.snapshot_for_answer();
-                    send(&mut self.in_flight, WHAT, wrapped, Expect::Delete { channel });
+                    send(
+                        &mut self.in_flight,
+                        WHAT,
+                        wrapped,
+                        Expect::Delete { channel },
+                    );
                 }
             }
         }
