@@ -91,6 +91,13 @@ enum Command {
         /// cryptograms (0: none).
         #[arg(long, default_value_t = 2048)]
         se_cards: usize,
+        /// Devices taken to active tokens through the management API (a
+        /// wallet over HTTPS: eligibility, terms, one-time codes, scripts
+        /// relayed to `tessera-se` cards) before the load; they pay during
+        /// it while their tokens are suspended, resumed and deleted through
+        /// the API (0: none).
+        #[arg(long, default_value_t = 256)]
+        api_devices: usize,
     },
     /// Serve ISO 8583 authorizations over TCP for the vault in DIR.
     #[command(
@@ -372,6 +379,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             rate,
             in_flight,
             se_cards,
+            api_devices,
         } => {
             let spec = loadgen::demo::DemoSpec {
                 tokens,
@@ -381,6 +389,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 rate,
                 in_flight,
                 se_cards,
+                api_devices,
             };
             if loadgen::demo::run_demo(&cli.config, &spec).map_err(CliError::new)? {
                 println!("demo: every answer was the expected one");

@@ -19,9 +19,11 @@ use engine::vault::provision::{provision, ProvisionSpec};
 use engine::vault::types::{DomainControls, TokenState};
 use engine::vault::{OpenOptions, Vault};
 
-use crate::issuer_sim;
+use crate::api_phase::{self, LifecycleDriver, LifecycleReport, ProvisionedCard};
+use crate::issuer_sim::{self, IssuerSim};
 use crate::run::{Mode, RunConfig};
 use crate::session::{default_faults, run_session, SessionSpec};
+use crate::wallet::Wallet;
 
 /// What the demo does.
 #[derive(Debug, Clone)]
@@ -40,6 +42,9 @@ pub struct DemoSpec {
     pub in_flight: usize,
     /// Cards served by a `tessera-se` secure element.
     pub se_cards: usize,
+    /// Devices provisioned end to end through the management API before
+    /// the load, then paying during it with lifecycle changes (0: none).
+    pub api_devices: usize,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -128,9 +133,32 @@ pub fn run_demo(config_path: &Path, spec: &DemoSpec) -> Result<bool, String> {
         progress: true,
         drain_timeout: Duration::from_secs(5),
     };
+    let api = if spec.api_devices > 0 {
+        Some(ApiPhase::provision(
+            &cfg,
+            &keys,
+            &engine,
+            &issuer,
+            &work,
+            &data,
+            spec.api_devices,
+        )?)
+    } else {
+        None
+    };
     let mut session = SessionSpec::new(run_cfg, export.clone(), default_faults(), 7, "demo");
     session.prepare.se_cards = spec.se_cards;
+    // The API's cards pay while the load runs, their tokens suspended,
+    // resumed and deleted through the API meanwhile.
+    let driver = api
+        .as_ref()
+        .map(|a| a.drive(&cfg, &keys, engine_addr))
+        .transpose()?;
     let outcome = run_session(&session, &cfg, &keys).map_err(err)?;
+    let lifecycle_clean = match (driver, api) {
+        (Some(driver), Some(api)) => api.finish(driver.stop()),
+        _ => true,
+    };
     outcome
         .report
         .write(&spec.report_dir, &outcome.result.histogram)
@@ -155,7 +183,7 @@ pub fn run_demo(config_path: &Path, spec: &DemoSpec) -> Result<bool, String> {
              (a faster machine than the pool was sized for); the figures cover the sending time"
         );
     }
-    let clean = outcome.all_expected() && issuer_stats.pan_mismatches == 0;
+    let clean = outcome.all_expected() && issuer_stats.pan_mismatches == 0 && lifecycle_clean;
     Ok(clean)
 }
 
@@ -190,4 +218,147 @@ fn write_export(vault: &Vault, path: &Path) -> Result<(), String> {
     let file = engine::vault::permissions::create_private(path).map_err(err)?;
     engine::vault::export::write_jsonl(vault, std::io::BufWriter::new(file), true).map_err(err)?;
     Ok(())
+}
+
+/// The demo's management API: the service over the engine's live vault,
+/// on HTTPS with throwaway certificates, a wallet and an operator with
+/// keys made for this run.
+struct ApiPhase {
+    server: provisioning::ApiServer,
+    wallet: Wallet,
+    operator: Wallet,
+    cards: std::sync::Mutex<Vec<ProvisionedCard>>,
+    provisioned: usize,
+}
+
+/// A random key and its configured form.
+fn demo_key() -> Result<(String, [u8; 32]), String> {
+    use sha2::Digest;
+    let mut b = [0u8; 24];
+    getrandom::fill(&mut b).map_err(err)?;
+    let key = hex::encode(b);
+    let hash: [u8; 32] = sha2::Sha256::digest(key.as_bytes()).into();
+    Ok((key, hash))
+}
+
+impl ApiPhase {
+    #[allow(clippy::too_many_arguments)]
+    fn provision(
+        cfg: &Config,
+        keys: &hsm_sim::keyfile::KeyStore,
+        engine: &serve::Running,
+        issuer: &IssuerSim,
+        work: &Path,
+        data: &Path,
+        devices: usize,
+    ) -> Result<Self, String> {
+        let mut cfg = cfg.clone();
+        let (wallet_key, wallet_hash) = demo_key()?;
+        let (operator_key, operator_hash) = demo_key()?;
+        cfg.api.requestors.push(engine::config::Requestor {
+            id: 49_999_999_999,
+            name: "demo wallet".into(),
+            key_sha256: wallet_hash,
+        });
+        cfg.api.operators.push(engine::config::Operator {
+            name: "demo issuer".into(),
+            key_sha256: operator_hash,
+        });
+        let certs = provisioning::certs::write_dev(&work.join("certs")).map_err(err)?;
+        let service = std::sync::Arc::new(
+            provisioning::Service::from_config(
+                &cfg,
+                keys,
+                Arc::clone(engine.vault()),
+                &provisioning::ServiceOptions::new(data),
+            )
+            .map_err(err)?,
+        );
+        let any: SocketAddr = "127.0.0.1:0".parse().map_err(err)?;
+        let server = provisioning::start(
+            Arc::clone(&service),
+            any,
+            Some(&(certs[1].clone(), certs[2].clone())),
+        )
+        .map_err(err)?;
+        let ca = std::fs::read(&certs[0]).map_err(err)?;
+        let wallet = Wallet::new(&server.base_url(), &wallet_key, Some(&ca))
+            .map_err(err)?
+            .with_outbox(&data.join("idv-outbox.jsonl"));
+        let operator = Wallet::new(&server.base_url(), &operator_key, Some(&ca)).map_err(err)?;
+        eprintln!(
+            "demo: management API on {}/v1; provisioning {devices} devices through it",
+            server.base_url()
+        );
+        let (cards, report) =
+            api_phase::provision_devices(&cfg, &service, engine.vault(), &wallet, devices, 2)?;
+        issuer.add_pans(cards.iter().map(|c| (c.token.clone(), c.pan.clone())));
+        println!(
+            "provisioning API: {} devices in {:.1} s: {} active ({} approved at once, {} after a one-time code), {} declined by the issuer, {} failed; {} round trips with the cards; eligibility to active p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            report.devices,
+            report.elapsed.as_secs_f64(),
+            report.approved + report.stepped_up,
+            report.approved,
+            report.stepped_up,
+            report.declined,
+            report.failed.len(),
+            report.batches,
+            report.latency(0.5),
+            report.latency(0.99),
+            report.latency(1.0),
+        );
+        for f in report.failed.iter().take(10) {
+            println!("  provisioning failed: {f}");
+        }
+        if !report.failed.is_empty() {
+            return Err(format!(
+                "{} devices failed to provision",
+                report.failed.len()
+            ));
+        }
+        Ok(Self {
+            server,
+            wallet,
+            operator,
+            provisioned: cards.len(),
+            cards: std::sync::Mutex::new(cards),
+        })
+    }
+
+    fn drive(
+        &self,
+        cfg: &Config,
+        keys: &hsm_sim::keyfile::KeyStore,
+        engine: SocketAddr,
+    ) -> Result<LifecycleDriver, String> {
+        let profiles = engine::profile::keys::load(cfg, keys)?;
+        let cards = std::mem::take(&mut *self.cards.lock().unwrap_or_else(|p| p.into_inner()));
+        Ok(LifecycleDriver::start(
+            cards,
+            profiles,
+            self.wallet.clone(),
+            self.operator.clone(),
+            engine,
+        ))
+    }
+
+    /// Print what the API's cards saw during the load; true when every
+    /// answer was the one the token's state called for.
+    fn finish(self, r: LifecycleReport) -> bool {
+        println!(
+            "lifecycle during the load: {} payments by the {} API-provisioned cards: {} approved (ARPC verified by the card where chip), {} suspend/resume cycles through the API with {} answered 62 while suspended, {} answered 14 after the lost card's tokens were deleted; {} unexpected",
+            r.payments,
+            self.provisioned,
+            r.approved,
+            r.suspend_cycles,
+            r.suspended_declined,
+            r.deleted_declined,
+            r.unexpected.len()
+        );
+        for u in r.unexpected.iter().take(10) {
+            println!("  unexpected: {u}");
+        }
+        self.server.stop();
+        r.unexpected.is_empty()
+    }
 }

@@ -50,7 +50,9 @@ struct IssuerSimCounters {
 
 #[derive(Debug)]
 struct SimHandler {
-    pans: HashMap<String, String>,
+    /// Written only between phases (tokens a wallet obtained through the
+    /// API are added before they pay): readers never wait in practice.
+    pans: std::sync::RwLock<HashMap<String, String>>,
     dialect: Dialect,
     counters: Arc<IssuerSimCounters>,
 }
@@ -77,9 +79,12 @@ impl SimHandler {
                 resp.set(f, v);
             }
         }
-        let pan_ok = token_from_de48(&req)
-            .and_then(|t| self.pans.get(&t))
-            .is_some_and(|pan| req.get(2) == Some(pan.as_bytes()));
+        let pan_ok = {
+            let pans = self.pans.read().unwrap_or_else(|p| p.into_inner());
+            token_from_de48(&req)
+                .and_then(|t| pans.get(&t))
+                .is_some_and(|pan| req.get(2) == Some(pan.as_bytes()))
+        };
         if pan_ok && &mti[..2] == b"04" {
             // A reversal (0400/0420): acknowledged, no authorization id.
             c.reversals.fetch_add(1, Ordering::Relaxed);
@@ -110,6 +115,7 @@ pub struct IssuerSim {
     handle: ShutdownHandle,
     thread: Option<JoinHandle<io::Result<ServerStats>>>,
     counters: Arc<IssuerSimCounters>,
+    handler: Arc<SimHandler>,
 }
 
 impl IssuerSim {
@@ -135,19 +141,27 @@ impl IssuerSim {
         let handle = server.shutdown_handle();
         let counters = Arc::new(IssuerSimCounters::default());
         let handler = Arc::new(SimHandler {
-            pans,
+            pans: std::sync::RwLock::new(pans),
             dialect,
             counters: Arc::clone(&counters),
         });
+        let serving: Arc<dyn Handler> = handler.clone();
         let thread = std::thread::Builder::new()
             .name("issuer-sim".into())
-            .spawn(move || server.run(handler))?;
+            .spawn(move || server.run(serving))?;
         Ok(IssuerSim {
             addr,
             handle,
             thread: Some(thread),
             counters,
+            handler,
         })
+    }
+
+    /// Know more cards (`token -> PAN`): tokens issued while it runs.
+    pub fn add_pans(&self, more: impl IntoIterator<Item = (String, String)>) {
+        let mut pans = self.handler.pans.write().unwrap_or_else(|p| p.into_inner());
+        pans.extend(more);
     }
 
     /// The address it listens on.

@@ -24,6 +24,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api_phase;
 pub mod cardsim;
 pub mod demo;
 pub mod format;

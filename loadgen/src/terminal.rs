@@ -136,6 +136,11 @@ pub fn personalise(
 /// The largest answer read from the engine.
 const MAX_ANSWER: usize = 8192;
 
+/// DE 41 of [`pay_card`]'s requests.
+const TERMINAL_ID: &[u8; 8] = b"SETERM01";
+/// DE 32 of [`pay_card`]'s requests.
+const ACQUIRER_ID: &[u8] = b"99001";
+
 /// What one payment came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Payment {
@@ -179,7 +184,13 @@ pub fn pay_card(
         un: u32::from_be_bytes([r[0], r[1], r[2], r[3]]),
         stan: u32::from_be_bytes([0, r[4], r[5], r[6]]) % 999_999 + 1,
     };
-    let (msg, atc) = secard::authorization(card, pk, &t).map_err(|e| e.to_string())?;
+    let (mut msg, atc) = secard::authorization(card, pk, &t).map_err(|e| e.to_string())?;
+    // This terminal's own ids: the engine tells requests apart by STAN,
+    // terminal and transmission time, and approvals (for reversals) by
+    // STAN, transmission time and acquirer; the load generator's terminal
+    // (TERM0001, no DE 32) may be sending at the same moment.
+    msg.set(41, TERMINAL_ID);
+    msg.set(32, ACQUIRER_ID);
     let body = dialect.encode(&msg).map_err(|e| e.to_string())?;
     let mut frame = Vec::new();
     framing::write_frame(framing::Framing::Len2Exclusive, None, &body, &mut frame)

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{invalid, parsed, ConfigError, Range, VaultConfig};
+use super::values::{invalid, parsed, ConfigError, Range};
 
 /// What the issuer decides for a token request in one of its ranges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -143,7 +143,7 @@ impl ApiFile {
     pub(super) fn check(
         self,
         base: &Path,
-        vault: &VaultConfig,
+        issuer_ranges: &[Range],
         profile_names: &[&str],
     ) -> Result<ApiConfig, ConfigError> {
         let tls = match (self.tls_cert, self.tls_key) {
@@ -173,8 +173,7 @@ impl ApiFile {
         for p in &self.issuers {
             let range = p.range();
             range.check("api.issuers")?;
-            if !vault
-                .issuer_ranges
+            if !issuer_ranges
                 .iter()
                 .any(|r| r.length == range.length && range.prefix.starts_with(&r.prefix))
             {

@@ -5,88 +5,20 @@
 //! typo is a start-up error and not a declined transaction at 3 a.m.
 
 use std::collections::BTreeMap;
-use std::fmt::Display;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use hsm_sim::emv::CvnProfile;
 use hsm_sim::keyfile::KeyStore;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::iso8583::{Dialect, Framing};
 
 mod api;
+mod values;
 pub use api::{ApiConfig, IdvPolicy, IssuerPolicy, Operator, Requestor};
-
-/// Why the configuration was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config {path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// Not valid TOML or wrong shape.
-    #[error("config {path} is not valid: {message}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// What the parser said.
-        message: String,
-    },
-    /// A value is wrong.
-    #[error("config: {0}")]
-    Invalid(String),
-}
-
-fn invalid(msg: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid(msg.into())
-}
-
-/// A card-number range as a BIN prefix and a length: all numbers of
-/// `length` digits that start with `prefix`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Range {
-    /// Leading digits, 1 to 12 of them.
-    pub prefix: String,
-    /// Total digits, 13 to 19.
-    pub length: u8,
-}
-
-impl Range {
-    /// Whether `digits` falls in the range.
-    pub fn contains(&self, digits: &str) -> bool {
-        digits.len() == usize::from(self.length) && digits.starts_with(&self.prefix)
-    }
-
-    /// Whether two ranges share a number.
-    pub fn overlaps(&self, other: &Range) -> bool {
-        self.length == other.length
-            && (self.prefix.starts_with(&other.prefix) || other.prefix.starts_with(&self.prefix))
-    }
-
-    fn check(&self, what: &str) -> Result<(), ConfigError> {
-        let p = self.prefix.as_bytes();
-        if p.is_empty() || p.len() > 12 || !p.iter().all(u8::is_ascii_digit) {
-            return Err(invalid(format!(
-                "{what} prefix \"{}\" must be 1 to 12 digits",
-                self.prefix
-            )));
-        }
-        if !(13..=19).contains(&self.length) || usize::from(self.length) < p.len() + 4 {
-            return Err(invalid(format!(
-                "{what} {}: length must be 13 to 19 and leave room for account digits",
-                self.prefix
-            )));
-        }
-        Ok(())
-    }
-}
+use values::{invalid, parsed};
+pub use values::{ConfigError, Range};
 
 /// How durable an acknowledgement is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -249,19 +181,6 @@ pub struct ListenerConfig {
     pub workers: usize,
 }
 
-/// A string field parsed with the type's `FromStr`, its error as the
-/// config error (the names of the accepted values included).
-fn parsed<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: FromStr,
-    T::Err: Display,
-{
-    let s = String::deserialize(d)?;
-    s.parse()
-        .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
-}
-
 impl Default for ListenerConfig {
     fn default() -> Self {
         Self {
@@ -348,7 +267,7 @@ impl Config {
         }
         let names: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
         let api = match file.api {
-            Some(a) => a.check(base, &file.vault, &names)?,
+            Some(a) => a.check(base, &file.vault.issuer_ranges, &names)?,
             None => ApiConfig::default(),
         };
         Ok((
