@@ -39,6 +39,14 @@ fn short_demo_runs_clean_and_writes_its_report() {
         stdout.contains("every answer was the expected one"),
         "{stdout}"
     );
+    // The devices provisioned through the API, and their payments during
+    // the load with lifecycle changes, all as expected.
+    assert!(stdout.contains("provisioning API: 256 devices"), "{stdout}");
+    assert!(stdout.contains(" 0 failed;"), "{stdout}");
+    assert!(
+        stdout.contains("lifecycle during the load:") && stdout.contains("; 0 unexpected"),
+        "{stdout}"
+    );
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
             .unwrap();

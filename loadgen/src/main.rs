@@ -96,6 +96,9 @@ domain_violation, amount_mismatch, malformed, reversal (default: the demo's rate
     /// or pay with it like a terminal.
     #[command(subcommand)]
     Card(CardCommand),
+    /// A wallet of the management API (`tessera serve --api`).
+    #[command(subcommand)]
+    Wallet(WalletCommand),
     /// The issuer the engine forwards to: approves, and checks DE 2 is the
     /// PAN behind the token in DE 48.
     Issuer {
@@ -105,6 +108,39 @@ domain_violation, amount_mismatch, malformed, reversal (default: the demo's rate
         /// Vault export with PANs.
         #[arg(long)]
         export: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum WalletCommand {
+    /// Take a card to an active token on a device through the API:
+    /// eligibility, terms, the one-time code (read from the issuer's
+    /// outbox) when the issuer steps up, then the scripts relayed to the
+    /// device's card (the command after `--`). The PAN is read from
+    /// standard input (never argv), the API key from TESSERA_API_KEY.
+    /// Exit 0 when the token is active.
+    #[command(
+        after_help = "Example:\n  echo 4761001000009000 | TESSERA_API_KEY=test-wallet-key tessera-loadgen wallet provision \\\n    --api https://127.0.0.1:8443 --ca certs/ca.pem --outbox vault/idv-outbox.jsonl \\\n    --device-id phone-1 --expiry 3012 -- tessera-se apdu --state card.json"
+    )]
+    Provision {
+        /// The API's base URL (http:// only for loopback).
+        #[arg(long)]
+        api: String,
+        /// The CA certificate to trust for HTTPS (`tessera certs dev`).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// The issuer's one-time-code outbox (`tessera serve --idv-outbox`).
+        #[arg(long)]
+        outbox: Option<PathBuf>,
+        /// The device (as imported into the card stock).
+        #[arg(long)]
+        device_id: String,
+        /// The card's expiry, YYMM.
+        #[arg(long)]
+        expiry: String,
+        /// The device's card: program and arguments.
+        #[arg(last = true, required = true)]
+        card: Vec<String>,
     },
 }
 
@@ -144,12 +180,17 @@ tessera-loadgen card personalise --export tokens.jsonl --token 4895370000000001 
         /// Engine address (len2 framing).
         #[arg(long)]
         target: SocketAddr,
-        /// Vault export (`tessera vault export`).
-        #[arg(long)]
-        export: PathBuf,
+        /// Vault export (`tessera vault export`): where the token's profile,
+        /// expiry and PSN are read.
+        #[arg(long, requires = "token", conflicts_with = "profile")]
+        export: Option<PathBuf>,
         /// The token on the card.
-        #[arg(long)]
-        token: String,
+        #[arg(long, requires = "export")]
+        token: Option<String>,
+        /// Without an export (a card provisioned through the API): the
+        /// card's profile; its number, expiry and PSN are read from the card.
+        #[arg(long, required_unless_present = "export")]
+        profile: Option<String>,
         /// Amount in minor units.
         #[arg(long, default_value_t = 1234)]
         amount: u64,
@@ -208,12 +249,57 @@ fn run_cli(cli: Cli) -> Result<bool, String> {
             target,
             export,
             token,
+            profile,
             amount,
             dialect,
             card,
         }) => {
             let (cfg, keys) = Config::load(&cli.config).map_err(|e| e.to_string())?;
-            loadgen::terminal::pay(&cfg, &keys, &export, &token, target, dialect, amount, &card)
+            match (export, token, profile) {
+                (Some(export), Some(token), _) => loadgen::terminal::pay(
+                    &cfg, &keys, &export, &token, target, dialect, amount, &card,
+                ),
+                (_, _, Some(profile)) => loadgen::terminal::pay_reading_card(
+                    &cfg, &keys, &profile, target, dialect, amount, &card,
+                ),
+                _ => Err("give --export and --token, or --profile".into()),
+            }
+        }
+        Command::Wallet(WalletCommand::Provision {
+            api,
+            ca,
+            outbox,
+            device_id,
+            expiry,
+            card,
+        }) => {
+            let key = std::env::var("TESSERA_API_KEY")
+                .map_err(|_| "set TESSERA_API_KEY to the wallet's API key".to_string())?;
+            let mut pan = zeroize::Zeroizing::new(String::new());
+            std::io::stdin()
+                .read_line(&mut pan)
+                .map_err(|e| format!("reading the PAN from standard input: {e}"))?;
+            let ca = ca
+                .map(|f| std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display())))
+                .transpose()?;
+            let mut wallet = loadgen::wallet::Wallet::new(&api, &key, ca.as_deref())
+                .map_err(|e| e.to_string())?;
+            if let Some(outbox) = &outbox {
+                wallet = wallet.with_outbox(outbox);
+            }
+            let mut link = loadgen::secard::ChildCard::spawn(&card).map_err(|e| e.to_string())?;
+            let got = wallet
+                .provision(pan.trim(), &expiry, &device_id, &mut link)
+                .map_err(|e| e.to_string())?;
+            let state = wallet.token(&got.token_ref).map_err(|e| e.to_string())?["state"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned();
+            println!(
+                "token {} (****{}, {}): issuer decision {}, {} round trips with the card, now {state}",
+                got.token_ref, got.token_last4, got.profile, got.decision, got.batches
+            );
+            Ok(state == "active")
         }
         Command::Issuer { listen, export } => {
             let pans = issuer_sim::pans_from_export(&export).map_err(|e| e.to_string())?;

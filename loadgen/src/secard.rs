@@ -140,6 +140,32 @@ fn application(link: &mut dyn CardLink) -> Result<Vec<u8>, CardError> {
         .ok_or_else(|| err("PPSE entry without an AID"))
 }
 
+/// What the card says it is, as a terminal reads it (record 1 of SFI 1:
+/// `5A` application PAN, `5F24` expiry, `5F34` PSN): the token digits,
+/// expiry YYMM and PSN. How a terminal learns the number of a card
+/// provisioned through the API, which only the card holds in full.
+pub fn card_data(link: &mut dyn CardLink) -> Result<(String, [u8; 4], u8), CardError> {
+    let aid = application(link)?;
+    select(link, &aid)?;
+    let record = ok(link, "READ RECORD", &[0x00, 0xB2, 0x01, 0x0C, 0x00])?;
+    let bcd = |b: &[u8]| -> String {
+        b.iter()
+            .flat_map(|x| [x >> 4, x & 0x0F])
+            .take_while(|&n| n < 10)
+            .map(|n| char::from(b'0' + n))
+            .collect()
+    };
+    let pan = bcd(&tag_in(&record, 0x70, 0x5A)?);
+    let exp = bcd(&tag_in(&record, 0x70, 0x5F24)?);
+    let psn = bcd(&tag_in(&record, 0x70, 0x5F34)?);
+    let expiry: [u8; 4] = exp
+        .as_bytes()
+        .get(..4)
+        .and_then(|e| e.try_into().ok())
+        .ok_or_else(|| err("5F24 is not YYMMDD"))?;
+    Ok((pan, expiry, psn.parse().unwrap_or(0)))
+}
+
 /// The authorization request for `t`, with the card's own cryptogram.
 /// The card decides the ATC: the request carries the card's, which the
 /// caller compares with `t.atc` when it planned one.

@@ -253,10 +253,45 @@ pub fn pay(
     card_command: &[String],
 ) -> Result<bool, String> {
     let c = find_in_export(export, token)?;
-    let pk = profile_keys(config, keys, &c.profile)?;
     let mut card = ChildCard::spawn(card_command).map_err(|e| e.to_string())?;
+    pay_and_say(config, keys, &c, target, dialect, amount, &mut card)
+}
+
+/// Pay once with a card whose number, expiry and PSN the terminal reads
+/// from the card itself (a card provisioned through the API: only the
+/// card holds its token in full). `profile` names its card profile.
+pub fn pay_reading_card(
+    config: &Config,
+    keys: &KeyStore,
+    profile: &str,
+    target: SocketAddr,
+    dialect: Dialect,
+    amount: u64,
+    card_command: &[String],
+) -> Result<bool, String> {
+    let mut card = ChildCard::spawn(card_command).map_err(|e| e.to_string())?;
+    let (token, expiry, psn) = secard::card_data(&mut card).map_err(|e| e.to_string())?;
+    let c = ExportCard {
+        token,
+        expiry,
+        psn,
+        profile: profile.to_owned(),
+    };
+    pay_and_say(config, keys, &c, target, dialect, amount, &mut card)
+}
+
+fn pay_and_say(
+    config: &Config,
+    keys: &KeyStore,
+    c: &ExportCard,
+    target: SocketAddr,
+    dialect: Dialect,
+    amount: u64,
+    card: &mut ChildCard,
+) -> Result<bool, String> {
+    let pk = profile_keys(config, keys, &c.profile)?;
     let p = pay_card(
-        &mut card, &pk, &c.token, c.expiry, c.psn, target, dialect, amount,
+        card, &pk, &c.token, c.expiry, c.psn, target, dialect, amount,
     )?;
     println!(
         "token {} ATC {}: answer 0110 code {}",
