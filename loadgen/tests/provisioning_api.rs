@@ -707,3 +707,39 @@ fn plain_http_only_on_loopback() {
         "{e}"
     );
 }
+
+#[test]
+fn a_token_the_pipeline_locks_is_notified_once() {
+    let mut w = World::new();
+    let (device, mut card) = w.device(true);
+    let pan = pan("54130020", 16, 11);
+    let got = w
+        .wallet
+        .provision(&pan, EXPIRY, &device, &mut card)
+        .unwrap();
+    let (_, before) = w.wallet.get("/v1/events?after=0").unwrap();
+    let last = before["next"].as_u64().unwrap();
+    // As the pipeline does after max_auth_failures wrong cryptograms.
+    let token =
+        engine::vault::types::CardNumber::parse("token", &w.token_digits(&got.token_ref)).unwrap();
+    let vault = Arc::clone(w.running.as_ref().unwrap().vault());
+    vault
+        .set_state(token, engine::vault::types::TokenState::Locked)
+        .unwrap();
+    // The watcher finds it within a second or so: the long poll wakes.
+    let (_, ev) = w
+        .wallet
+        .get(&format!("/v1/events?after={last}&wait_ms=5000"))
+        .unwrap();
+    assert_eq!(ev["events"][0]["event"], "TOKEN_LOCKED", "{ev}");
+    assert_eq!(ev["events"][0]["token_ref"], got.token_ref.as_str());
+    assert_eq!(w.pay(&mut card, &got.token_ref).code, *b"88");
+    // Told once: nothing more after another look.
+    assert_eq!(w.service.notify_locks().unwrap(), 0);
+    // The operator resumes it; it pays again.
+    assert_eq!(
+        w.operator.lifecycle(&got.token_ref, "resume").unwrap(),
+        "active"
+    );
+    assert!(w.pay(&mut card, &got.token_ref).approved());
+}

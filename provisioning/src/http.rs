@@ -144,12 +144,14 @@ pub fn start(
         .enable_all()
         .build()?;
     let (stop, stopped) = tokio::sync::oneshot::channel();
+    let watcher = Arc::clone(&service);
     let router = router(service);
     let tls = acceptor.is_some();
     let thread = std::thread::Builder::new()
         .name("tessera-api".into())
         .spawn(move || {
             runtime.block_on(async move {
+                tokio::spawn(watch_locks(watcher));
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => accept_loop(l, acceptor, router, stopped, max_connections).await,
                     Err(e) => eprintln!("tessera-api: listener: {e}"),
@@ -163,6 +165,22 @@ pub fn start(
         stop: Some(stop),
         thread: Some(thread),
     })
+}
+
+/// How often tokens locked by the pipeline are looked for.
+const LOCK_WATCH: Duration = Duration::from_secs(1);
+
+/// `TOKEN_LOCKED` notifications: the pipeline locks tokens on its own, so
+/// the service looks for them.
+async fn watch_locks(service: Svc) {
+    let mut tick = tokio::time::interval(LOCK_WATCH);
+    loop {
+        tick.tick().await;
+        let s = Arc::clone(&service);
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.notify_locks()).await {
+            eprintln!("tessera-api: lock notifications: {e}");
+        }
+    }
 }
 
 async fn accept_loop(

@@ -155,6 +155,10 @@ pub struct TokenRecord {
     pub personalised: bool,
     /// Activated (at most once).
     pub activated: bool,
+    /// The requestor was told the token is locked (the pipeline locks a
+    /// token after too many failed authentications; told once per lock).
+    #[serde(default)]
+    pub lock_notified: bool,
 }
 
 impl TokenRecord {

@@ -449,6 +449,7 @@ impl Service {
             otp_failures: 0,
             personalised: false,
             activated: false,
+            lock_notified: false,
         };
         let last4 = record.last4().to_owned();
         inner.store.put_token(record).map_err(storage)?;
@@ -839,6 +840,34 @@ impl Service {
             }
         }
         Ok(json!({ "changed": changed, "unchanged": unchanged }))
+    }
+
+    /// Tell requestors about tokens the pipeline locked (too many failed
+    /// authentications) since the last look: `TOKEN_LOCKED`, once per
+    /// lock. Called every second by the API's runtime; the number told.
+    pub fn notify_locks(&self) -> Result<usize, ApiError> {
+        let mut inner = self.lock();
+        let mut changes = Vec::new();
+        for t in inner.store.tokens() {
+            let locked = CardNumber::parse_digits("token", &t.token)
+                .ok()
+                .and_then(|n| self.vault.lookup(n))
+                .is_some_and(|v| v.state == TokenState::Locked);
+            if locked != t.lock_notified {
+                changes.push((t.clone(), locked));
+            }
+        }
+        let mut told = 0;
+        for (mut t, locked) in changes {
+            t.lock_notified = locked;
+            let token_ref = t.token_ref.clone();
+            inner.store.put_token(t).map_err(storage)?;
+            if locked {
+                self.notify(&mut inner.store, &token_ref, EventKind::TokenLocked)?;
+                told += 1;
+            }
+        }
+        Ok(told)
     }
 
     /// A requestor's notifications after `after`.

@@ -117,6 +117,11 @@ impl Store {
         Ok(seq)
     }
 
+    /// Every token the API issued.
+    pub fn tokens(&self) -> impl Iterator<Item = &TokenRecord> {
+        self.tokens.values()
+    }
+
     /// A requestor's notifications after `after`, at most `limit`.
     pub fn events_after(&self, requestor: u64, after: u64, limit: usize) -> Vec<Event> {
         self.events.get(&requestor).map_or_else(Vec::new, |q| {
