@@ -127,6 +127,36 @@ impl Journal {
         Ok((Self { path, file }, records))
     }
 
+    /// Replace the whole journal with `records` (the live images): written
+    /// to a temporary file, fsynced, renamed over the journal, the
+    /// directory fsynced. A crash at any point leaves the old journal or
+    /// the new one, never a mix.
+    pub fn rewrite<R: Serialize>(&mut self, records: &[R]) -> Result<(), JournalError> {
+        let io = |source| JournalError::Io {
+            path: self.path.display().to_string(),
+            source,
+        };
+        let tmp = self.path.with_extension("log.tmp");
+        {
+            let mut f = File::create(&tmp).map_err(io)?;
+            let mut text = String::new();
+            for r in records {
+                text.push_str(&line_of(r));
+            }
+            f.write_all(text.as_bytes()).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        }
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(io)?;
+        Ok(())
+    }
+
     /// Append one record and make it durable.
     pub fn append<R: Serialize>(&mut self, record: &R) -> Result<(), JournalError> {
         let io = |source| JournalError::Io {

@@ -507,11 +507,13 @@ impl Service {
         let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
         let (path, file) = &mut *outbox;
         if file.is_none() {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&*path)
-                .map_err(|e| ApiError::internal(format!("ID&V outbox: {e}")))?;
+            // The codes are secrets until used: the outbox is 0600.
+            let f = std::os::unix::fs::OpenOptionsExt::mode(
+                std::fs::OpenOptions::new().create(true).append(true),
+                0o600,
+            )
+            .open(&*path)
+            .map_err(|e| ApiError::internal(format!("ID&V outbox: {e}")))?;
             *file = Some(f);
         }
         let line = Zeroizing::new(format!(

@@ -12,6 +12,10 @@ use crate::model::{Device, Event, EventKind, Record, TokenRecord};
 /// that falls this far behind resynchronises with `GET /v1/tokens/{ref}`).
 pub const MAX_EVENTS_PER_REQUESTOR: usize = 100_000;
 
+/// Past images tolerated beyond the live ones before the journal is
+/// rewritten on open.
+const COMPACT_SLACK: usize = 1000;
+
 /// Devices, tokens and notifications.
 #[derive(Debug)]
 pub struct Store {
@@ -36,10 +40,30 @@ impl Store {
             events: HashMap::new(),
             next_seq: HashMap::new(),
         };
+        let written = records.len();
         for r in records {
             s.apply(r);
         }
+        // Whole images: each change appends one, so the journal holds
+        // every past image too. Rewritten with only the live ones once
+        // they are under half of it, the journal stays within twice the
+        // live state.
+        let live = s.live_records();
+        if written > 2 * live.len() + COMPACT_SLACK {
+            s.journal.rewrite(&live)?;
+        }
         Ok(s)
+    }
+
+    /// What the store holds now, as records: devices, tokens, then the
+    /// notifications kept, in order.
+    fn live_records(&self) -> Vec<Record> {
+        let mut out: Vec<Record> = self.devices.values().cloned().map(Record::Device).collect();
+        out.extend(self.tokens.values().cloned().map(Record::Token));
+        let mut events: Vec<&Event> = self.events.values().flatten().collect();
+        events.sort_by_key(|e| (e.requestor, e.seq));
+        out.extend(events.into_iter().cloned().map(Record::Event));
+        out
     }
 
     fn apply(&mut self, r: Record) {
@@ -131,5 +155,56 @@ impl Store {
                 .cloned()
                 .collect()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DeviceState, Scp};
+
+    fn device(id: &str, state: DeviceState) -> Device {
+        Device {
+            device_id: id.into(),
+            se_serial: "00".into(),
+            scp: Scp::Scp02,
+            i: 0x55,
+            kvn: 0x20,
+            isd_keys: "sealed".into(),
+            state,
+            ssd: None,
+            sd_attempts: 0,
+        }
+    }
+
+    #[test]
+    fn the_journal_is_compacted_on_open_and_keeps_the_live_state() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = Store::open(dir.path()).unwrap();
+            for i in 0..3000 {
+                let state = if i % 2 == 0 {
+                    DeviceState::Available
+                } else {
+                    DeviceState::SdCreated
+                };
+                s.put_device(device("a", state)).unwrap();
+            }
+            s.put_device(device("b", DeviceState::Lost)).unwrap();
+        }
+        let lines = |d: &Path| {
+            std::fs::read_to_string(d.join(crate::journal::FILE_NAME))
+                .unwrap()
+                .lines()
+                .count()
+        };
+        assert_eq!(lines(dir.path()), 3001);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(lines(dir.path()), 2, "rewritten with the live images");
+        assert_eq!(s.device("a").unwrap().state, DeviceState::SdCreated);
+        assert_eq!(s.device("b").unwrap().state, DeviceState::Lost);
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.device_count(), 2);
     }
 }
