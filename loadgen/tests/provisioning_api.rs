@@ -560,6 +560,24 @@ fn altered_answers_replays_other_devices_and_second_activations_are_refused() {
         .unwrap();
     assert_eq!(r.0, 404);
 
+    // One device, two tokens: the second cannot start while the first's
+    // session is open.
+    let (device, _card) = w.device(false);
+    let (_, first) = approved_token(&w, "47610010", 34, &device);
+    let (_, second) = approved_token(&w, "47610010", 35, &device);
+    assert_eq!(
+        w.wallet
+            .post(&format!("/v1/tokens/{first}/provision"), &json!({}))
+            .unwrap()
+            .0,
+        201
+    );
+    let (s, b) = w
+        .wallet
+        .post(&format!("/v1/tokens/{second}/provision"), &json!({}))
+        .unwrap();
+    assert_eq!((s, b["error"].as_str()), (409, Some("DEVICE_BUSY")));
+
     // A receipt from another device: same ISD keys, another serial.
     let keys = random_keys();
     let (device, _card) = w.device_with(false, 900, keys);

@@ -640,6 +640,14 @@ impl Service {
             .retain(|_, s| now.duration_since(s.touched) < ttl);
         // One session per token: a new one replaces the old.
         inner.sessions.retain(|_, s| s.token_ref != token_ref);
+        // One per device: two scripts interleaved on one card would
+        // install two SSDs and fight over one payment instance.
+        if inner.sessions.values().any(|s| s.device_id == t.device_id) {
+            return Err(ApiError::conflict(
+                "DEVICE_BUSY",
+                "another token is being provisioned to this device",
+            ));
+        }
         if inner.sessions.len() >= self.api.max_sessions {
             return Err(ApiError::busy("too many provisioning sessions open"));
         }
