@@ -16,13 +16,10 @@ use std::process::{Child, Command, Stdio};
 
 use engine::config::Config;
 use engine::iso8583::{rc, Dialect};
-use hsm_sim::perso::runner::CardLink;
-use loadgen::api_phase::luhn_number;
+use loadgen::api_phase::{luhn_number, stock_card};
 use loadgen::terminal::pay_card;
-use loadgen::wallet::Wallet;
+use loadgen::wallet::{relay, Wallet};
 use serde_json::{json, Value};
-use tessera_se::secret::KeyBytes;
-use tessera_se::state::Scp;
 
 fn config_path() -> String {
     common::repo()
@@ -73,20 +70,6 @@ fn serve(data: &Path) -> (Child, SocketAddr, String) {
     (child, iso.unwrap(), api.unwrap())
 }
 
-fn relay(card: &mut tessera_se::Card, batch: &Value) -> Vec<String> {
-    batch["apdus"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            hex::encode(
-                card.transmit(&hex::decode(a.as_str().unwrap()).unwrap())
-                    .unwrap(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn sigkill_mid_provisioning_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
@@ -99,17 +82,9 @@ fn sigkill_mid_provisioning_loses_nothing_acknowledged() {
         String::from_utf8_lossy(&out.stderr)
     );
     let keys = [[0x11u8; 16], [0x22; 16], [0x33; 16]];
-    let serial = *b"CRASH00001";
+    let (mut card, line) = stock_card("phone-1", *b"CRASH00001", true, keys, 1).unwrap();
     let stock = dir.path().join("stock.jsonl");
-    std::fs::write(
-        &stock,
-        json!({
-            "device_id": "phone-1", "se_serial": hex::encode(serial), "scp": "03", "i": 0x70, "kvn": 0x20,
-            "isd_keys": { "enc": hex::encode(keys[0]), "mac": hex::encode(keys[1]), "dek": hex::encode(keys[2]) },
-        })
-        .to_string(),
-    )
-    .unwrap();
+    std::fs::write(&stock, line).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args([
             "--config",
@@ -130,15 +105,6 @@ fn sigkill_mid_provisioning_loses_nothing_acknowledged() {
     // The keys are sealed at rest: not in the store in clear.
     let log = std::fs::read_to_string(data.join("provisioning.log")).unwrap();
     assert!(!log.contains(&hex::encode(keys[0])) && !log.contains("1111111111"));
-    let mut card = tessera_se::Card::new(tessera_se::CardConfig {
-        scp: Scp::Scp03,
-        i_param: 0x70,
-        isd_keys: keys.map(|k| KeyBytes::new(&k)),
-        kvn: 0x20,
-        serial,
-        seed: 1,
-    })
-    .unwrap();
 
     let (mut child, _, api) = serve(&data);
     let wallet = Wallet::new(&api, "test-wallet-key", None).unwrap();
@@ -153,7 +119,7 @@ fn sigkill_mid_provisioning_loses_nothing_acknowledged() {
     // Three batches answered: the SSD is created (and recorded), the
     // personalisation's ISD channel is open.
     for _ in 0..3 {
-        let answers = relay(&mut card, &batch);
+        let answers = relay(&mut card, &batch).unwrap();
         let (s, next) = wallet
             .post(
                 &format!("/v1/provisioning/{session}"),
@@ -165,7 +131,7 @@ fn sigkill_mid_provisioning_loses_nothing_acknowledged() {
     }
     // The fourth batch installs the payment instance on the card; the
     // server dies before it hears back.
-    let _ = relay(&mut card, &batch);
+    let _ = relay(&mut card, &batch).unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
 

@@ -113,6 +113,38 @@ pub fn luhn_number(prefix: &str, len: usize, n: u64) -> String {
     body
 }
 
+/// A blank `tessera-se` card (KVN 20; i = 55 for SCP02, 70 for SCP03)
+/// and its card-stock line for `tessera devices import`, as
+/// `tessera-se init --card-stock-out` writes it.
+pub fn stock_card(
+    device_id: &str,
+    serial: [u8; 10],
+    scp03: bool,
+    keys: [[u8; 16]; 3],
+    seed: u64,
+) -> Result<(tessera_se::Card, String), String> {
+    let i = if scp03 { 0x70 } else { 0x55 };
+    let card = tessera_se::Card::new(tessera_se::CardConfig {
+        scp: if scp03 { Scp::Scp03 } else { Scp::Scp02 },
+        i_param: i,
+        isd_keys: keys.map(|k| KeyBytes::new(&k)),
+        kvn: 0x20,
+        serial,
+        seed,
+    })
+    .map_err(|e| e.to_string())?;
+    let line = json!({
+        "device_id": device_id,
+        "se_serial": hex::encode(serial),
+        "scp": if scp03 { "03" } else { "02" },
+        "i": i,
+        "kvn": 0x20,
+        "isd_keys": { "enc": hex::encode(keys[0]), "mac": hex::encode(keys[1]), "dek": hex::encode(keys[2]) },
+    });
+    Ok((card, line.to_string()))
+}
+
+/// A demo device: random ISD keys, serial `TD` + `n`.
 fn new_card(n: u64, scp03: bool) -> Result<(tessera_se::Card, String), String> {
     let mut keys = [[0u8; 16]; 3];
     for k in &mut keys {
@@ -121,25 +153,7 @@ fn new_card(n: u64, scp03: bool) -> Result<(tessera_se::Card, String), String> {
     let mut serial = [0u8; 10];
     serial[..2].copy_from_slice(b"TD");
     serial[2..].copy_from_slice(&n.to_be_bytes());
-    let i = if scp03 { 0x70 } else { 0x55 };
-    let card = tessera_se::Card::new(tessera_se::CardConfig {
-        scp: if scp03 { Scp::Scp03 } else { Scp::Scp02 },
-        i_param: i,
-        isd_keys: keys.map(|k| KeyBytes::new(&k)),
-        kvn: 0x20,
-        serial,
-        seed: n,
-    })
-    .map_err(|e| e.to_string())?;
-    let line = json!({
-        "device_id": format!("demo-device-{n}"),
-        "se_serial": hex::encode(serial),
-        "scp": if scp03 { "03" } else { "02" },
-        "i": i,
-        "kvn": 0x20,
-        "isd_keys": { "enc": hex::encode(keys[0]), "mac": hex::encode(keys[1]), "dek": hex::encode(keys[2]) },
-    });
-    Ok((card, line.to_string()))
+    stock_card(&format!("demo-device-{n}"), serial, scp03, keys, n)
 }
 
 /// Provision `n` devices through the API, `threads` wallets at a time.

@@ -234,14 +234,7 @@ impl Wallet {
             if v["done"] == true {
                 return Ok(batches);
             }
-            let apdus = v["apdus"]
-                .as_array()
-                .ok_or_else(|| other("the answer has no apdus"))?;
-            let mut responses = Vec::with_capacity(apdus.len());
-            for a in apdus {
-                let apdu = hex::decode(a.as_str().unwrap_or("")).map_err(other)?;
-                responses.push(hex::encode_upper(card.transmit(&apdu).map_err(other)?));
-            }
+            let responses = relay(card, &v)?;
             batches += 1;
             let r = self.post(
                 &format!("/v1/provisioning/{session}"),
@@ -293,4 +286,18 @@ impl Wallet {
         let r = self.get(&format!("/v1/tokens/{token_ref}"))?;
         self.expect("token", 200, r)
     }
+}
+
+/// Send a batch (`{"apdus": [hex, ...]}` as the API answers it) to the
+/// card; its responses, hex, in order.
+pub fn relay(card: &mut dyn CardLink, batch: &Value) -> Result<Vec<String>, WalletError> {
+    let apdus = batch["apdus"]
+        .as_array()
+        .ok_or_else(|| other("the answer has no apdus"))?;
+    let mut responses = Vec::with_capacity(apdus.len());
+    for a in apdus {
+        let apdu = hex::decode(a.as_str().unwrap_or("")).map_err(other)?;
+        responses.push(hex::encode_upper(card.transmit(&apdu).map_err(other)?));
+    }
+    Ok(responses)
 }

@@ -15,14 +15,13 @@ use engine::profile::keys::ProfileKeys;
 use engine::serve::{Running, ServeOptions};
 use hsm_sim::keyfile::KeyStore;
 use hsm_sim::perso::runner::{CardLink, LinkError};
+use loadgen::api_phase::{luhn_number, stock_card};
 use loadgen::terminal::{pay_card, Payment};
-use loadgen::wallet::Wallet;
+use loadgen::wallet::{relay, Wallet};
 use provisioning::{ApiServer, Service, ServiceOptions};
 use serde_json::json;
 use sha2::Digest;
-use tessera_se::secret::KeyBytes;
-use tessera_se::state::Scp;
-use tessera_se::{Card, CardConfig};
+use tessera_se::Card;
 
 const EXPIRY: &str = "3012";
 
@@ -118,26 +117,8 @@ impl World {
         serial[..2].copy_from_slice(b"TS");
         serial[2..].copy_from_slice(&n.to_be_bytes());
         let id = format!("device-{n}");
-        let i = if scp03 { 0x70 } else { 0x55 };
-        let card = Card::new(CardConfig {
-            scp: if scp03 { Scp::Scp03 } else { Scp::Scp02 },
-            i_param: i,
-            isd_keys: keys.map(|k| KeyBytes::new(&k)),
-            kvn: 0x20,
-            serial,
-            seed: n,
-        })
-        .unwrap();
-        let line = json!({
-            "device_id": id, "se_serial": hex::encode(serial), "scp": if scp03 { "03" } else { "02" },
-            "i": i, "kvn": 0x20,
-            "isd_keys": { "enc": hex::encode(keys[0]), "mac": hex::encode(keys[1]), "dek": hex::encode(keys[2]) },
-        });
-        // A second card with the same serial is only for the "another
-        // device" test, which imports it under its own id.
-        if self.service.device_state(&id).is_none() {
-            self.service.import_devices(&line.to_string()).unwrap();
-        }
+        let (card, line) = stock_card(&id, serial, scp03, keys, n).unwrap();
+        self.service.import_devices(&line).unwrap();
         (id, card)
     }
 
@@ -202,33 +183,6 @@ fn random_keys() -> [[u8; 16]; 3] {
     k
 }
 
-/// A Luhn-valid number of `len` digits starting with `prefix`.
-fn pan(prefix: &str, len: usize, n: u64) -> String {
-    let mut body = prefix.to_owned();
-    let fill = len - 1 - prefix.len();
-    body.push_str(&format!("{:0fill$}", n % 10u64.pow(fill as u32)));
-    let sum: u32 = body
-        .bytes()
-        .rev()
-        .enumerate()
-        .map(|(i, b)| {
-            let d = u32::from(b - b'0');
-            if i % 2 == 0 {
-                let x = d * 2;
-                if x > 9 {
-                    x - 9
-                } else {
-                    x
-                }
-            } else {
-                d
-            }
-        })
-        .sum();
-    body.push(char::from(b'0' + ((10 - sum % 10) % 10) as u8));
-    body
-}
-
 #[test]
 fn every_profile_and_every_idv_outcome_end_to_end() {
     let mut w = World::new();
@@ -238,7 +192,7 @@ fn every_profile_and_every_idv_outcome_end_to_end() {
     for (n, p) in policies.iter().enumerate() {
         let scp03 = n % 2 == 1;
         let (device, mut card) = w.device(scp03);
-        let pan = pan(&p.prefix, usize::from(p.length), 1000 + n as u64);
+        let pan = luhn_number(&p.prefix, usize::from(p.length), 1000 + n as u64);
         if p.idv == IdvPolicy::Decline {
             let e = w
                 .wallet
@@ -352,7 +306,7 @@ impl CardLink for Tamper<'_> {
 }
 
 fn approved_token(w: &World, prefix: &str, n: u64, device: &str) -> (String, String) {
-    let pan = pan(prefix, 16, n);
+    let pan = luhn_number(prefix, 16, n);
     let (token_ref, decision, _, _) = w.wallet.request_token(&pan, EXPIRY, device).unwrap();
     assert_eq!(decision, "approved");
     (pan, token_ref)
@@ -398,7 +352,7 @@ fn keys_and_requestors_are_checked() {
         .wallet
         .post(
             "/v1/cards/suspend",
-            &json!({ "pan": pan("47610010", 16, 7) }),
+            &json!({ "pan": luhn_number("47610010", 16, 7) }),
         )
         .unwrap();
     assert_eq!((status, body["error"].as_str()), (403, Some("FORBIDDEN")));
@@ -415,15 +369,15 @@ fn keys_and_requestors_are_checked() {
         (s, b["error"].as_str().unwrap_or("").to_owned())
     };
     assert_eq!(
-        e(&pan("5500", 16, 1), EXPIRY, &device),
+        e(&luhn_number("5500", 16, 1), EXPIRY, &device),
         (422, "PAN_NOT_ELIGIBLE".into())
     );
     assert_eq!(
-        e(&pan("47610010", 16, 2), "2001", &device),
+        e(&luhn_number("47610010", 16, 2), "2001", &device),
         (422, "CARD_EXPIRED".into())
     );
     assert_eq!(
-        e(&pan("47610010", 16, 3), EXPIRY, "no-such"),
+        e(&luhn_number("47610010", 16, 3), EXPIRY, "no-such"),
         (422, "DEVICE_NOT_ELIGIBLE".into())
     );
     let (s, b) = w
@@ -440,7 +394,7 @@ fn keys_and_requestors_are_checked() {
         .wallet
         .post(
             "/v1/tokens/eligibility",
-            &json!({ "pan": pan("47610010", 16, 4), "expiry": EXPIRY, "device_id": device }),
+            &json!({ "pan": luhn_number("47610010", 16, 4), "expiry": EXPIRY, "device_id": device }),
         )
         .unwrap();
     let (s, b) = w
@@ -510,17 +464,7 @@ fn altered_answers_replays_other_devices_and_second_activations_are_refused() {
         .unwrap();
     assert_eq!(r.0, 201);
     let session = r.1["session_id"].as_str().unwrap().to_owned();
-    let answers: Vec<String> = r.1["apdus"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            hex::encode(
-                card.transmit(&hex::decode(a.as_str().unwrap()).unwrap())
-                    .unwrap(),
-            )
-        })
-        .collect();
+    let answers = relay(&mut card, &r.1).unwrap();
     let first = w
         .wallet
         .post(
@@ -592,7 +536,7 @@ fn altered_answers_replays_other_devices_and_second_activations_are_refused() {
 fn step_up_three_wrong_codes_delete_the_token() {
     let mut w = World::new();
     let (device, mut card) = w.device(false);
-    let pan = pan("47610018", 16, 77);
+    let pan = luhn_number("47610018", 16, 77);
     let (token_ref, decision, _, _) = w.wallet.request_token(&pan, EXPIRY, &device).unwrap();
     assert_eq!(decision, "step_up");
     // Personalised first: not active until ID&V completes.
@@ -647,7 +591,7 @@ fn step_up_three_wrong_codes_delete_the_token() {
 fn the_store_survives_a_restart() {
     let mut w = World::new();
     let (device, mut card) = w.device(true);
-    let pan = pan("47610022", 16, 5);
+    let pan = luhn_number("47610022", 16, 5);
     let got = w
         .wallet
         .provision(&pan, EXPIRY, &device, &mut card)
@@ -730,7 +674,7 @@ fn plain_http_only_on_loopback() {
 fn a_token_the_pipeline_locks_is_notified_once() {
     let mut w = World::new();
     let (device, mut card) = w.device(true);
-    let pan = pan("54130020", 16, 11);
+    let pan = luhn_number("54130020", 16, 11);
     let got = w
         .wallet
         .provision(&pan, EXPIRY, &device, &mut card)

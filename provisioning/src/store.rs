@@ -148,12 +148,14 @@ impl Store {
 
     /// A requestor's notifications after `after`, at most `limit`.
     pub fn events_after(&self, requestor: u64, after: u64, limit: usize) -> Vec<Event> {
+        // A requestor's sequence numbers are consecutive in its queue, so
+        // the first one wanted is found by arithmetic, not by a scan: a
+        // poll costs what it returns, however long the history.
         self.events.get(&requestor).map_or_else(Vec::new, |q| {
-            q.iter()
-                .filter(|e| e.seq > after)
-                .take(limit)
-                .cloned()
-                .collect()
+            let first = q.front().map_or(0, |e| e.seq);
+            let skip = usize::try_from(after.saturating_add(1).saturating_sub(first))
+                .unwrap_or(usize::MAX);
+            q.range(skip.min(q.len())..).take(limit).cloned().collect()
         })
     }
 }
@@ -206,5 +208,42 @@ mod tests {
         drop(s);
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.device_count(), 2);
+    }
+
+    #[test]
+    fn events_after_starts_at_the_next_sequence_number() {
+        use crate::model::{Decision, Idv};
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        s.put_token(TokenRecord {
+            token_ref: "tr-1".into(),
+            token: "4895370000000001".into(),
+            requestor: 7,
+            device_id: "a".into(),
+            profile: "visa_cvn10".into(),
+            decision: Decision::Approved,
+            idv: Idv::NotRequired,
+            otp: None,
+            otp_sends: 0,
+            otp_failures: 0,
+            personalised: false,
+            activated: false,
+            lock_notified: false,
+        })
+        .unwrap();
+        for _ in 0..5 {
+            s.notify("tr-1", EventKind::TokenSuspended).unwrap();
+        }
+        let seqs = |after, limit| -> Vec<u64> {
+            s.events_after(7, after, limit)
+                .iter()
+                .map(|e| e.seq)
+                .collect()
+        };
+        assert_eq!(seqs(0, 100), [1, 2, 3, 4, 5]);
+        assert_eq!(seqs(3, 100), [4, 5]);
+        assert_eq!(seqs(1, 2), [2, 3]);
+        assert!(seqs(5, 100).is_empty() && seqs(u64::MAX, 100).is_empty());
+        assert!(s.events_after(8, 0, 100).is_empty());
     }
 }
