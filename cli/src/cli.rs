@@ -161,9 +161,28 @@ struct ServeArgs {
     /// Largest frame in bytes [config: listener.max_frame; default 8192].
     #[arg(long)]
     max_frame: Option<usize>,
-    /// Connections at once [config: listener.max_connections; default 1024].
+    /// Connections at once [config: listener.max_connections; default 16384].
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Connections at once from one IP address [config:
+    /// listener.max_connections_per_source; default 1024].
+    #[arg(long)]
+    max_connections_per_source: Option<usize>,
+    /// Mutual TLS: the listener's certificate chain, PEM [config:
+    /// listener.tls.cert]. Needs --tls-key and --tls-client-ca.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_client_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// Mutual TLS: the listener's private key, PEM [config: listener.tls.key].
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: the CA that signs acquirers' client certificates; a peer
+    /// without one is refused at the handshake [config: listener.tls.client_ca].
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Allow plain TCP on an address that is not loopback [config:
+    /// listener.insecure_plaintext].
+    #[arg(long)]
+    insecure_plaintext: bool,
     /// Forward approvable requests to this issuer (DE 2 = PAN, token in DE 48
     /// sub-element 01) [config: listener.issuer; default: none, stand-in].
     #[arg(long, value_name = "HOST:PORT")]
@@ -171,9 +190,13 @@ struct ServeArgs {
     /// Issuer answer timeout in ms; no answer in time → 91 [config: listener.issuer_timeout_ms; default 2000].
     #[arg(long)]
     issuer_timeout_ms: Option<u64>,
-    /// Pipeline worker threads; 0 = four per core [config: listener.workers].
+    /// Event-loop threads; 0 = one per core [config: listener.loops].
     #[arg(long)]
-    workers: Option<usize>,
+    loops: Option<usize>,
+    /// Threads that wait for the issuer (with --issuer); 0 = eight per core
+    /// [config: listener.blocking_workers].
+    #[arg(long)]
+    blocking_workers: Option<usize>,
     /// Serve Prometheus metrics (answers by code, latency histogram) on ADDR.
     /// Off by default.
     #[arg(long, value_name = "ADDR")]
@@ -449,7 +472,21 @@ fn serve(config: &Path, a: ServeArgs) -> Result<(), CliError> {
     l.max_connections = a.max_connections.unwrap_or(l.max_connections);
     l.issuer = a.issuer.or(l.issuer.take());
     l.issuer_timeout_ms = a.issuer_timeout_ms.unwrap_or(l.issuer_timeout_ms);
-    l.workers = a.workers.unwrap_or(l.workers);
+    l.max_connections_per_source = a
+        .max_connections_per_source
+        .unwrap_or(l.max_connections_per_source);
+    l.loops = a.loops.unwrap_or(l.loops);
+    l.blocking_workers = a.blocking_workers.unwrap_or(l.blocking_workers);
+    l.insecure_plaintext |= a.insecure_plaintext;
+    if let (Some(cert), Some(key), Some(client_ca)) = (a.tls_cert, a.tls_key, a.tls_client_ca) {
+        let acquirers = l.tls.take().map(|t| t.acquirers).unwrap_or_default();
+        l.tls = Some(engine::config::ListenerTlsConfig {
+            cert,
+            key,
+            client_ca,
+            acquirers,
+        });
+    }
     let l = cfg.listener.clone();
     let opts = ServeOptions {
         truncate_corrupt: a.dir.truncate_corrupt,

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::issuer::IssuerLink;
 use crate::pipeline::Pipeline;
 use crate::profile::keys;
-use crate::server::{Handler, Server, ServerConfig, ServerStats, ShutdownHandle};
+use crate::server::{Handler, ListenerTls, Server, ServerConfig, ServerStats, ShutdownHandle};
 use crate::vault::{OpenOptions, Vault, VaultError};
 
 /// How often the housekeeping thread asks the vault whether a snapshot is
@@ -46,6 +46,9 @@ pub struct ServeOptions {
     pub decline_log: bool,
     /// Serve Prometheus metrics on this address.
     pub metrics: Option<SocketAddr>,
+    /// Mutual TLS built by the caller (the demo makes its certificates in
+    /// memory); overrides `[listener.tls]`.
+    pub listener_tls: Option<Arc<ListenerTls>>,
 }
 
 impl ServeOptions {
@@ -59,6 +62,7 @@ impl ServeOptions {
             handle_signals: false,
             decline_log: true,
             metrics: None,
+            listener_tls: None,
         }
     }
 }
@@ -72,6 +76,12 @@ pub enum ServeError {
     /// A profile's keys are missing from the key file.
     #[error("{0}")]
     Keys(String),
+    /// `[listener.tls]` could not be loaded.
+    #[error("listener TLS: {0}")]
+    Tls(#[from] crate::server::TlsSetupError),
+    /// Plain TCP on an address other people can reach.
+    #[error("refusing plain TCP on {0}, which is not a loopback address: configure [listener.tls] (or --tls-cert/--tls-key/--tls-client-ca), or pass --insecure-plaintext")]
+    PlaintextNotLoopback(SocketAddr),
     /// `[listener] issuer` does not resolve.
     #[error("cannot resolve issuer address \"{0}\"")]
     IssuerAddress(String),
@@ -125,6 +135,18 @@ pub struct Stopped {
 /// `handle_signals`).
 pub fn start(config: &Config, keys: &KeyStore, opts: &ServeOptions) -> Result<Running, ServeError> {
     let l = &config.listener;
+    let tls = match (&opts.listener_tls, &l.tls) {
+        (Some(tls), _) => Some(Arc::clone(tls)),
+        (None, Some(t)) => Some(Arc::new(ListenerTls::from_files(
+            &t.cert,
+            &t.key,
+            &t.client_ca,
+        )?)),
+        (None, None) => None,
+    };
+    if tls.is_none() && !l.listen.ip().is_loopback() && !l.insecure_plaintext {
+        return Err(ServeError::PlaintextNotLoopback(l.listen));
+    }
     let profiles = keys::load(config, keys).map_err(ServeError::Keys)?;
     let open = OpenOptions {
         truncate_corrupt: opts.truncate_corrupt,
@@ -164,9 +186,14 @@ pub fn start(config: &Config, keys: &KeyStore, opts: &ServeOptions) -> Result<Ru
         framing: l.framing,
         max_frame: l.max_frame,
         max_connections: l.max_connections,
+        max_connections_per_source: l.max_connections_per_source,
+        max_in_flight_total: l.max_in_flight_total,
+        write_queue_bytes: l.write_queue_bytes,
         idle_timeout: Duration::from_secs(l.idle_timeout_secs),
         stalled_read_timeout: Duration::from_secs(l.stalled_read_timeout_secs),
-        workers: l.workers,
+        loops: l.loops,
+        blocking_workers: l.blocking_workers,
+        tls,
         handle_signals: opts.handle_signals,
         ..ServerConfig::default()
     })

@@ -5,19 +5,19 @@
 //! typo is a start-up error and not a declined transaction at 3 a.m.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use hsm_sim::emv::CvnProfile;
 use hsm_sim::keyfile::KeyStore;
 use serde::Deserialize;
 
-use crate::iso8583::{Dialect, Framing};
 
 mod api;
+mod listener;
 mod values;
 pub use api::{ApiConfig, IdvPolicy, IssuerPolicy, Operator, Requestor};
-use values::{invalid, parsed};
+pub use listener::{AcquirerAllow, ListenerConfig, ListenerTlsConfig};
+use values::invalid;
 pub use values::{ConfigError, Range};
 
 /// How durable an acknowledgement is.
@@ -145,57 +145,6 @@ struct ConfigFile {
     listener: ListenerConfig,
     profiles: BTreeMap<String, ProfileFile>,
     api: Option<api::ApiFile>,
-}
-
-/// `[listener]`: the ISO 8583 listener of `tessera serve`. Flags override.
-/// Every value is parsed when the config loads: a typo in a framing or
-/// dialect name is an error naming the accepted values.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ListenerConfig {
-    /// Address to listen on.
-    #[serde(deserialize_with = "parsed")]
-    pub listen: SocketAddr,
-    /// `len2` (2-byte length excluding itself), `len2-inclusive`,
-    /// `ascii4`, or `len2-tpdu`.
-    #[serde(deserialize_with = "parsed")]
-    pub framing: Framing,
-    /// `ascii` (pyiso8583 default_ascii / jPOS ISO87A) or `binary`.
-    #[serde(deserialize_with = "parsed")]
-    pub dialect: Dialect,
-    /// Largest frame accepted, bytes.
-    pub max_frame: usize,
-    /// Connections at once.
-    pub max_connections: usize,
-    /// Close a connection idle this long, seconds.
-    pub idle_timeout_secs: u64,
-    /// Close a connection whose frame stalls this long, seconds.
-    pub stalled_read_timeout_secs: u64,
-    /// The issuer to forward approvable requests to (HOST:PORT); none = the
-    /// engine answers on the issuer's behalf (stand-in).
-    pub issuer: Option<String>,
-    /// How long to wait for the issuer before answering 91, milliseconds.
-    pub issuer_timeout_ms: u64,
-    /// Pipeline worker threads; 0 = the server's default
-    /// ([`crate::server::default_workers`]: four per core).
-    pub workers: usize,
-}
-
-impl Default for ListenerConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8583)),
-            framing: Framing::Len2Exclusive,
-            dialect: Dialect::Ascii,
-            max_frame: 8192,
-            max_connections: 1024,
-            idle_timeout_secs: 300,
-            stalled_read_timeout_secs: 5,
-            issuer: None,
-            issuer_timeout_ms: 2000,
-            workers: 0,
-        }
-    }
 }
 
 impl Config {

@@ -43,7 +43,7 @@ use crate::iso8583::{self, rc, Dialect, IsoMessage};
 use crate::issuer::IssuerLink;
 use crate::metrics::Metrics;
 use crate::profile::keys::ProfileKeys;
-use crate::server::{Answers, ConnId, Handler};
+use crate::server::{Answers, Handler, Peer};
 use crate::vault::journal::Lsn;
 use crate::vault::Vault;
 use clock::Now;
@@ -125,16 +125,16 @@ impl Pipeline {
     /// answer, e.g. the message was itself a response). Waits until the
     /// batch's approvals are durable.
     pub fn answer_batch(&self, frames: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
-        self.decide_batch(frames).release()
+        self.decide_batch(frames, None).release()
     }
 
     /// Everything but the wait for the journal and the encoding.
-    fn decide_batch(&self, frames: &[&[u8]]) -> DecidedBatch {
+    fn decide_batch(&self, frames: &[&[u8]], acquirer: Option<&str>) -> DecidedBatch {
         let started = std::time::Instant::now();
         let now = Now::system();
         let mut slots: Vec<Slot> = frames
             .iter()
-            .map(|body| self.handle_one(body, now))
+            .map(|body| self.handle_one(body, now, acquirer))
             .collect();
         self.check_cryptograms(&mut slots, now);
         self.forward_to_issuer(&mut slots);
@@ -151,7 +151,7 @@ impl Pipeline {
                         if let Some(undo) = p.issuer_undo.take() {
                             issuer_undo.push((i, undo));
                         }
-                        self.finish(*p, now)
+                        self.finish(*p, now, acquirer)
                     }
                     Slot::Reversal(r) => {
                         let PendingReversal { resp, lsn, key, .. } = *r;
@@ -178,6 +178,7 @@ impl Pipeline {
             metrics: Arc::clone(&self.metrics),
             recent: Arc::clone(&self.recent),
             dialect: self.dialect,
+            durable: None,
         }
     }
 
@@ -231,6 +232,7 @@ impl Pipeline {
         &self,
         p: PendingAuth,
         now: Now,
+        acquirer: Option<&str>,
     ) -> (Option<IsoMessage>, Option<Lsn>, Option<RequestId>) {
         let PendingAuth {
             req,
@@ -243,7 +245,7 @@ impl Pipeline {
         if let Some(decline) = d.decline {
             resp.set(44, decline.text().as_bytes());
             if self.log_declines {
-                log_decline(&req, code, decline.text());
+                log_decline(&req, code, decline.text(), acquirer);
             }
         } else {
             if resp.get(38).is_none() {
@@ -264,7 +266,7 @@ impl Pipeline {
         self.metrics.response_counts()
     }
 
-    fn handle_one(&self, body: &[u8], now: Now) -> Slot {
+    fn handle_one(&self, body: &[u8], now: Now, acquirer: Option<&str>) -> Slot {
         let req = match self.dialect.decode(body) {
             Ok(m) => m,
             Err(e) => return Slot::Ready(format_error(&e), None),
@@ -298,7 +300,7 @@ impl Pipeline {
                         return Slot::Ready(Some(answer), c.lsn);
                     }
                 }
-                Some(_) => return Slot::Ready(Some(self.duplicate(&req, resp_mti)), None),
+                Some(_) => return Slot::Ready(Some(self.duplicate(&req, resp_mti, acquirer)), None),
                 None => {}
             }
         }
@@ -323,7 +325,7 @@ impl Pipeline {
                     })),
                 }
             }
-            b"040" | b"042" => self.reverse(req, resp, key),
+            b"040" | b"042" => self.reverse(req, resp, key, acquirer),
             b"080" => {
                 echo(&req, &mut resp, &[7, 11, 70]);
                 resp.set(39, rc::APPROVED);
@@ -342,13 +344,13 @@ impl Pipeline {
     /// Same keys as an earlier request, other content: 94, echoing this
     /// request's own fields (never the earlier one's), and not cached (the
     /// original's answer stays the one a true repeat gets).
-    fn duplicate(&self, req: &IsoMessage, resp_mti: [u8; 4]) -> IsoMessage {
+    fn duplicate(&self, req: &IsoMessage, resp_mti: [u8; 4], acquirer: Option<&str>) -> IsoMessage {
         let mut resp = IsoMessage::new(resp_mti);
         echo(req, &mut resp, &ECHO);
         resp.set(39, rc::DUPLICATE);
         resp.set(44, b"DUPLICATE_TRANSMISSION");
         if self.log_declines {
-            log_decline(req, rc::DUPLICATE, "DUPLICATE_TRANSMISSION");
+            log_decline(req, rc::DUPLICATE, "DUPLICATE_TRANSMISSION", acquirer);
         }
         resp
     }
@@ -356,7 +358,13 @@ impl Pipeline {
     /// An 0400/0420: if it matches its original, give the original's
     /// velocity count back (journaled) and forward it to the issuer; if not,
     /// 25 and nothing changes.
-    fn reverse(&self, req: IsoMessage, mut resp: IsoMessage, key: Option<RequestId>) -> Slot {
+    fn reverse(
+        &self,
+        req: IsoMessage,
+        mut resp: IsoMessage,
+        key: Option<RequestId>,
+        acquirer: Option<&str>,
+    ) -> Slot {
         echo(&req, &mut resp, &REVERSAL_ECHO);
         let original = match self.approvals.take_matching(&req) {
             Ok(o) => o,
@@ -364,7 +372,7 @@ impl Pipeline {
                 resp.set(39, rc::NO_ORIGINAL);
                 resp.set(44, why.text().as_bytes());
                 if self.log_declines {
-                    log_decline(&req, rc::NO_ORIGINAL, why.text());
+                    log_decline(&req, rc::NO_ORIGINAL, why.text(), acquirer);
                 }
                 return Slot::Ready(Some(resp), None);
             }
@@ -396,20 +404,26 @@ impl Pipeline {
 }
 
 impl Handler for Pipeline {
-    fn handle_batch(&self, _conn: ConnId, frames: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
-        self.answer_batch(frames)
+    fn handle_batch(&self, peer: &Peer, frames: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
+        self.decide_batch(frames, peer.identity.as_deref())
+            .release()
     }
 
-    /// The worker decides the batch; the wait for the journal and the
-    /// encoding run on the server's acknowledgement thread, so workers keep
-    /// deciding while the disk syncs.
-    fn handle_batch_deferred(&self, _conn: ConnId, frames: &[&[u8]]) -> Answers {
-        let batch = self.decide_batch(frames);
+    /// The event loop decides the batch; the server waits for the journal
+    /// off the loop (one group commit for every batch waiting), and the
+    /// loop then encodes, so loops keep deciding while the disk syncs.
+    fn handle_batch_deferred(&self, peer: &Peer, frames: &[&[u8]]) -> Answers {
+        let batch = self.decide_batch(frames, peer.identity.as_deref());
         if batch.ready() {
             Answers::Now(batch.release())
         } else {
-            Answers::Deferred(Box::new(move || batch.release()))
+            Answers::Later(Box::new(batch))
         }
+    }
+
+    /// With an issuer, deciding a batch waits for the issuer's answers.
+    fn may_block(&self) -> bool {
+        self.issuer.is_some()
     }
 
     fn shutdown(&self) {
@@ -440,8 +454,9 @@ fn format_error(e: &iso8583::DecodeError) -> Option<IsoMessage> {
     Some(resp)
 }
 
-/// One structured line per declined request: masked token, code, reason.
-fn log_decline(req: &IsoMessage, code: [u8; 2], reason: &str) {
+/// One structured line per declined request: masked token, code, reason,
+/// and the acquirer (its certificate's subject) over mutual TLS.
+fn log_decline(req: &IsoMessage, code: [u8; 2], reason: &str, acquirer: Option<&str>) {
     let token = req.get(2).map_or_else(
         || "-".to_owned(),
         |t| hsm_sim::types::mask_pan(&String::from_utf8_lossy(t)),
@@ -449,8 +464,9 @@ fn log_decline(req: &IsoMessage, code: [u8; 2], reason: &str) {
     let stan = req
         .get(11)
         .map_or_else(String::new, |s| String::from_utf8_lossy(s).into_owned());
+    let acquirer = acquirer.map_or_else(String::new, |a| format!(" acquirer=\"{a}\""));
     eprintln!(
-        "tessera: decline stan={stan} token={token} rc={} reason={}",
+        "tessera: decline stan={stan} token={token} rc={} reason={}{acquirer}",
         String::from_utf8_lossy(&code),
         reason
     );

@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::iso8583::{digits_value, rc, Dialect, IsoMessage};
 use crate::issuer::IssuerLink;
 use crate::metrics::Metrics;
+use crate::server::PendingAnswers;
 use crate::vault::journal::Lsn;
 use crate::vault::Vault;
 
@@ -32,6 +33,20 @@ pub(super) struct DecidedBatch {
     pub metrics: Arc<Metrics>,
     pub recent: Arc<Sharded<RecentAnswers>>,
     pub dialect: Dialect,
+    /// Whether `wait_for` became durable, once waited for.
+    pub durable: Option<bool>,
+}
+
+impl PendingAnswers for DecidedBatch {
+    fn wait(&mut self) {
+        if self.durable.is_none() {
+            self.durable = Some(self.ready() || self.vault.wait_durable(self.wait_for).is_ok());
+        }
+    }
+
+    fn release(self: Box<Self>) -> Vec<Option<Vec<u8>>> {
+        DecidedBatch::release(*self)
+    }
 }
 
 impl DecidedBatch {
@@ -40,11 +55,14 @@ impl DecidedBatch {
         self.wait_for == Lsn::default()
     }
 
-    /// Wait for the journal, then encode. In `sync` durability no approval
-    /// leaves before its ATC is on disk; if the journal failed, nothing in
-    /// the batch is approved.
+    /// Wait for the journal (if [`PendingAnswers::wait`] did not already),
+    /// then encode. In `sync` durability no approval leaves before its ATC
+    /// is on disk; if the journal failed, nothing in the batch is approved.
     pub(super) fn release(mut self) -> Vec<Option<Vec<u8>>> {
-        let durable = self.ready() || self.vault.wait_durable(self.wait_for).is_ok();
+        let durable = match self.durable {
+            Some(d) => d,
+            None => self.ready() || self.vault.wait_durable(self.wait_for).is_ok(),
+        };
         if !durable {
             self.take_back_issuer_approvals();
         }

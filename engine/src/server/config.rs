@@ -1,10 +1,13 @@
 //! The listener's settings.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use crate::iso8583::framing::Framing;
+
+use super::tls::ListenerTls;
 
 /// Default listen address of `tessera serve`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8583";
@@ -20,20 +23,37 @@ pub struct ServerConfig {
     pub max_frame: usize,
     /// Connections open at once; more are accepted and closed at once.
     pub max_connections: usize,
-    /// Frames dispatched but not yet answered, per connection, before the
-    /// reader stops reading (back-pressure).
+    /// Connections open at once from one source IP address; more from that
+    /// address are accepted and closed at once, so that one peer cannot
+    /// hold every slot.
+    pub max_connections_per_source: usize,
+    /// Frames read but not yet answered, per connection, before the loop
+    /// stops reading it (back-pressure). One read past the cap is still
+    /// dispatched (a read is never split).
     pub max_in_flight_per_conn: usize,
-    /// Close a connection that sent no byte for this long (with nothing in
-    /// flight).
+    /// Frames read but not yet answered, over all connections, before the
+    /// loops stop reading any socket (the global work bound).
+    pub max_in_flight_total: usize,
+    /// Answer bytes queued for one connection that does not read them
+    /// before that connection is closed (default 1 MiB).
+    pub write_queue_bytes: usize,
+    /// Close a connection that sent nothing for this long with nothing in
+    /// flight. Keep-alives count only after the first request.
     pub idle_timeout: Duration,
-    /// Close a connection whose frame was started but not completed within
-    /// this long.
+    /// Close a connection whose frame (or TLS handshake) was started but
+    /// not completed within this long.
     pub stalled_read_timeout: Duration,
-    /// Close a connection when writing its answers blocks this long (the
-    /// client does not read).
+    /// Close a connection whose queued answers made no progress for this
+    /// long (the client does not read).
     pub write_timeout: Duration,
-    /// Worker threads calling the handler; 0 = [`default_workers`].
-    pub workers: usize,
+    /// Event-loop threads, each owning its share of the connections;
+    /// 0 = [`default_loops`].
+    pub loops: usize,
+    /// Threads for handlers that block ([`super::Handler::may_block`]: the
+    /// issuer leg); 0 = [`default_blocking_workers`].
+    pub blocking_workers: usize,
+    /// Mutual TLS on every connection; `None` = plain TCP.
+    pub tls: Option<Arc<ListenerTls>>,
     /// Install SIGTERM/SIGINT handlers for `Server::run` (the binary: yes;
     /// tests: no, they use `Server::shutdown_handle`).
     pub handle_signals: bool,
@@ -45,21 +65,31 @@ impl Default for ServerConfig {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             framing: Framing::default(),
             max_frame: 8192,
-            max_connections: 1024,
+            max_connections: 16_384,
+            max_connections_per_source: 1024,
             max_in_flight_per_conn: 1024,
+            max_in_flight_total: 65_536,
+            write_queue_bytes: 1 << 20,
             idle_timeout: Duration::from_secs(300),
             stalled_read_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
-            workers: 0,
+            loops: 0,
+            blocking_workers: 0,
+            tls: None,
             handle_signals: true,
         }
     }
 }
 
-/// Worker threads when none are configured: four per core. Workers spend
-/// much of a batch waiting (the journal's fdatasync, the issuer's answer),
-/// so more workers than cores keep the cores busy and make group commits
-/// larger.
-pub fn default_workers() -> usize {
-    4 * thread::available_parallelism().map_or(1, |n| n.get())
+/// Event loops when none are configured: one per core. A loop runs its
+/// batches to completion, so more loops than cores only add switches.
+pub fn default_loops() -> usize {
+    thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Threads for blocking handlers when none are configured: eight per core.
+/// They spend their time waiting for the issuer's answers, and each holds
+/// one batch, so more of them means more batches in the air.
+pub fn default_blocking_workers() -> usize {
+    8 * thread::available_parallelism().map_or(1, |n| n.get())
 }

@@ -1,8 +1,12 @@
-//! A connection's read buffer as a state machine, with no I/O: bytes go
-//! in ([`ReadBuffer::space`], [`ReadBuffer::filled`]), complete frames come
-//! out ([`ReadBuffer::take_frames`]), and the idle and stalled-frame
-//! timers are kept from the times the socket loop passes in. The socket
-//! loop (`reader_loop`) only reads, dispatches and closes.
+//! A connection's read state as a state machine, with no I/O. The event
+//! loop reads into one scratch buffer shared by all its connections
+//! ([`ReadBuffer::load`] puts the connection's carried bytes in front),
+//! complete frames come out ([`ReadBuffer::split`]) and only what was not
+//! taken is carried to the next read: the start of an incomplete frame,
+//! or, when the connection reached its in-flight cap, the rest of that
+//! one read. An idle connection therefore holds no buffer at all, and a
+//! busy one at most one read (the scratch size). The idle and stalled-frame timers are kept from
+//! the times the loop passes in.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -11,7 +15,7 @@ use crate::iso8583::framing::{next_frame, Framing, FramingError};
 
 use super::config::ServerConfig;
 
-/// Read up to 64 KiB at a time (or one largest frame): everything a
+/// Read up to 64 KiB at a time (at least two largest frames): everything a
 /// pipelining client has sent becomes one batch, so the pipeline's
 /// bitsliced HSM path gets wide batches and the per-batch costs (the
 /// journal's fdatasync, the issuer round trip, the syscalls) are shared by
@@ -81,7 +85,7 @@ pub(super) fn split_frames(
     Ok(s)
 }
 
-/// Why the socket loop must close a quiet connection.
+/// Why the loop must close a quiet connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ReadTimeout {
     /// A frame was started and not completed within the stalled-read
@@ -90,90 +94,106 @@ pub(super) enum ReadTimeout {
         /// Bytes of the incomplete frame.
         pending: usize,
     },
-    /// Nothing arrived, and nothing was in flight, for the idle timeout.
+    /// No request arrived, and nothing was in flight, for the idle timeout.
     Idle,
 }
 
-/// The bytes read from one connection and not yet cut into frames.
+/// Size of an event loop's shared read buffer for `max_frame`.
+pub(super) fn scratch_size(max_frame: usize) -> usize {
+    max_frame
+        .saturating_add(PREFIX_ROOM)
+        .saturating_mul(2)
+        .max(READ_BUFFER)
+}
+
+/// What one connection carries between reads.
 #[derive(Debug)]
 pub(super) struct ReadBuffer {
-    buf: Vec<u8>,
-    /// `buf[start..end]` holds the unconsumed bytes.
-    start: usize,
-    end: usize,
+    /// Bytes not taken yet: the start of an incomplete frame, after
+    /// complete frames left by a limit (`backlog`).
+    partial: Vec<u8>,
+    /// `partial` starts with complete frames: take them before reading.
+    backlog: bool,
     framing: Framing,
     max_frame: usize,
     idle_timeout: Duration,
     stalled_read_timeout: Duration,
     last_activity: Instant,
-    /// When the incomplete frame at `buf[start..end]` started arriving.
+    /// When the incomplete frame in `partial` started arriving.
     partial_since: Option<Instant>,
+    /// A request frame has arrived: from then on keep-alives are activity
+    /// too (before it, a peer sending only keep-alives would hold its slot
+    /// for ever).
+    requested: bool,
 }
 
 impl ReadBuffer {
-    /// An empty buffer for a connection accepted at `now`.
+    /// Nothing carried, for a connection accepted at `now`.
     pub(super) fn new(cfg: &ServerConfig, now: Instant) -> Self {
-        let cap = cfg.max_frame.saturating_add(PREFIX_ROOM).max(READ_BUFFER);
         Self {
-            buf: vec![0; cap],
-            start: 0,
-            end: 0,
+            partial: Vec::new(),
+            backlog: false,
             framing: cfg.framing,
             max_frame: cfg.max_frame,
             idle_timeout: cfg.idle_timeout,
             stalled_read_timeout: cfg.stalled_read_timeout,
             last_activity: now,
             partial_since: None,
+            requested: false,
         }
     }
 
     /// Bytes received and not yet part of a complete frame.
     pub(super) fn pending(&self) -> usize {
-        self.end - self.start
+        self.partial.len()
     }
 
-    /// Cut up to `limit` complete frames off the front.
-    pub(super) fn take_frames(&mut self, limit: usize, now: Instant) -> Result<Split, SplitError> {
-        if self.start == self.end {
-            return Ok(Split::default());
+    /// Copy the carried bytes to the front of `scratch` (which must be at
+    /// least [`scratch_size`] long); how many. The next read goes after them.
+    pub(super) fn load(&self, scratch: &mut [u8]) -> usize {
+        let n = self.partial.len();
+        scratch[..n].copy_from_slice(&self.partial);
+        n
+    }
+
+    /// Complete frames are carried (a limit stopped the last split): take
+    /// them before reading more.
+    pub(super) fn has_backlog(&self) -> bool {
+        self.backlog
+    }
+
+    /// Cut up to `limit` complete frames off `bytes` (the carried bytes
+    /// from [`ReadBuffer::load`] followed by what was just read) and carry
+    /// the rest.
+    pub(super) fn split(
+        &mut self,
+        bytes: &[u8],
+        limit: usize,
+        now: Instant,
+    ) -> Result<Split, SplitError> {
+        let split = split_frames(self.framing, bytes, self.max_frame, limit)?;
+        self.backlog = split.spans.len() == limit && split.consumed < bytes.len();
+        if !split.spans.is_empty() {
+            self.requested = true;
         }
-        let split = split_frames(
-            self.framing,
-            &self.buf[self.start..self.end],
-            self.max_frame,
-            limit,
-        )?;
-        if split.consumed > 0 {
-            self.start += split.consumed;
-            if self.start == self.end {
-                (self.start, self.end) = (0, 0);
+        if !split.spans.is_empty() || (self.requested && split.keepalives > 0) {
+            self.last_activity = now;
+        }
+        let rest = &bytes[split.consumed..];
+        if split.consumed > 0 || self.partial_since.is_none() {
+            self.partial_since = (!rest.is_empty()).then_some(now);
+        }
+        self.partial.clear();
+        if rest.is_empty() {
+            // An emptied carry gives its memory back: idle connections
+            // hold nothing.
+            if self.partial.capacity() > 4096 {
+                self.partial = Vec::new();
             }
-            self.partial_since = (self.start < self.end).then_some(now);
-        } else if self.partial_since.is_none() {
-            self.partial_since = Some(now);
+        } else {
+            self.partial.extend_from_slice(rest);
         }
         Ok(split)
-    }
-
-    /// Where the next read goes: the free tail, after moving the pending
-    /// bytes to the front if the tail is full. `None` when a single frame
-    /// fills the whole buffer (a codec that enforces `max_frame` never
-    /// lets that happen).
-    pub(super) fn space(&mut self) -> Option<&mut [u8]> {
-        if self.end == self.buf.len() {
-            if self.start == 0 {
-                return None;
-            }
-            self.buf.copy_within(self.start..self.end, 0);
-            (self.start, self.end) = (0, self.end - self.start);
-        }
-        Some(&mut self.buf[self.end..])
-    }
-
-    /// `n` bytes were read into [`ReadBuffer::space`] at `now`.
-    pub(super) fn filled(&mut self, n: usize, now: Instant) {
-        self.end = (self.end + n).min(self.buf.len());
-        self.last_activity = now;
     }
 
     /// The loop did not read (back-pressure): neither timer may count that
@@ -185,8 +205,8 @@ impl ReadBuffer {
         }
     }
 
-    /// A read timed out with nothing new at `now`; `busy` when answers are
-    /// still owed (the connection is not idle then). Whether to close.
+    /// Whether to close the connection at `now`; `busy` when answers are
+    /// still owed (the connection is not idle then).
     pub(super) fn quiet(&mut self, busy: bool, now: Instant) -> Option<ReadTimeout> {
         if busy {
             self.last_activity = now;
@@ -219,10 +239,12 @@ mod tests {
         }
     }
 
-    fn put(rb: &mut ReadBuffer, bytes: &[u8], now: Instant) {
-        let space = rb.space().expect("room");
-        space[..bytes.len()].copy_from_slice(bytes);
-        rb.filled(bytes.len(), now);
+    /// One read of `bytes`, the way the loop does it.
+    fn put(rb: &mut ReadBuffer, bytes: &[u8], now: Instant) -> Split {
+        let mut scratch = vec![0; scratch_size(100)];
+        let k = rb.load(&mut scratch);
+        scratch[k..k + bytes.len()].copy_from_slice(bytes);
+        rb.split(&scratch[..k + bytes.len()], usize::MAX, now).unwrap()
     }
 
     fn frame(body: &[u8]) -> Vec<u8> {
@@ -236,12 +258,10 @@ mod tests {
         let t0 = Instant::now();
         let mut rb = ReadBuffer::new(&config(), t0);
         let f = frame(b"0800hello");
-        put(&mut rb, &f[..3], t0);
-        let s = rb.take_frames(10, t0).unwrap();
+        let s = put(&mut rb, &f[..3], t0);
         assert!(s.spans.is_empty());
         assert_eq!(rb.pending(), 3);
-        put(&mut rb, &f[3..], t0);
-        let s = rb.take_frames(10, t0).unwrap();
+        let s = put(&mut rb, &f[3..], t0);
         assert_eq!(s.spans, [(0, 9)]);
         assert_eq!(&s.data, b"0800hello");
         assert_eq!(rb.pending(), 0);
@@ -252,11 +272,12 @@ mod tests {
         let t0 = Instant::now();
         let mut rb = ReadBuffer::new(&config(), t0);
         put(&mut rb, &frame(b"0800hello")[..4], t0);
-        rb.take_frames(10, t0).unwrap();
+        // More bytes of the same frame do not restart its clock (slow loris).
+        put(&mut rb, &frame(b"0800hello")[4..5], t0 + Duration::from_secs(3));
         assert_eq!(rb.quiet(false, t0 + Duration::from_secs(4)), None);
         assert_eq!(
             rb.quiet(false, t0 + Duration::from_secs(5)),
-            Some(ReadTimeout::Stalled { pending: 4 })
+            Some(ReadTimeout::Stalled { pending: 5 })
         );
         // Back-pressure time is not the client's fault.
         rb.not_reading(t0 + Duration::from_secs(5));
@@ -273,33 +294,58 @@ mod tests {
     }
 
     #[test]
-    fn a_full_tail_is_compacted_and_a_bad_prefix_is_an_error() {
+    fn keepalives_count_as_activity_only_after_the_first_request() {
+        let t0 = Instant::now();
+        let later = |s| t0 + Duration::from_secs(s);
+        let mut rb = ReadBuffer::new(&config(), t0);
+        // Keep-alives alone do not hold the slot.
+        put(&mut rb, &frame(b""), later(20));
+        assert_eq!(rb.quiet(false, later(30)), Some(ReadTimeout::Idle));
+        // After a request they do.
+        let mut rb = ReadBuffer::new(&config(), t0);
+        put(&mut rb, &frame(b"0800"), later(1));
+        put(&mut rb, &frame(b""), later(20));
+        assert_eq!(rb.quiet(false, later(30)), None);
+        assert_eq!(rb.quiet(false, later(50)), Some(ReadTimeout::Idle));
+    }
+
+    #[test]
+    fn only_an_incomplete_frame_is_carried_and_a_bad_prefix_is_an_error() {
         let t0 = Instant::now();
         let mut rb = ReadBuffer::new(&config(), t0);
-        let cap = rb.buf.len();
-        // Fill the buffer to the last byte: whole frames, then the start
-        // of one more.
         let f = frame(&[b'0'; 98]);
-        let mut sent = 0;
-        while sent + f.len() <= cap {
-            put(&mut rb, &f, t0);
-            sent += f.len();
+        let mut bytes = Vec::new();
+        for _ in 0..10 {
+            bytes.extend_from_slice(&f);
         }
-        let head = cap - sent;
-        assert!(head > 0 && head < f.len());
-        put(&mut rb, &f[..head], t0);
-        let s = rb.take_frames(usize::MAX, t0).unwrap();
-        assert_eq!(s.spans.len(), sent / f.len());
-        assert_eq!(rb.pending(), head);
-        // The tail is full: space() moves the started frame to the front.
-        assert_eq!(rb.space().unwrap().len(), cap - head);
-        put(&mut rb, &f[head..], t0);
-        let s = rb.take_frames(10, t0).unwrap();
+        bytes.extend_from_slice(&f[..57]);
+        let s = put(&mut rb, &bytes, t0);
+        assert_eq!(s.spans.len(), 10);
+        assert_eq!(rb.pending(), 57);
+        let s = put(&mut rb, &f[57..], t0);
         assert_eq!(s.spans, [(0, 98)]);
         assert_eq!(rb.pending(), 0);
 
+        // A limit carries the complete frames it left, and says so.
+        let mut capped = ReadBuffer::new(&config(), t0);
+        let mut scratch = vec![0; scratch_size(100)];
+        scratch[..bytes.len()].copy_from_slice(&bytes);
+        let s = capped.split(&scratch[..bytes.len()], 4, t0).unwrap();
+        assert_eq!(s.spans.len(), 4);
+        assert!(capped.has_backlog());
+        let k = capped.load(&mut scratch);
+        let s = capped.split(&scratch[..k], 100, t0).unwrap();
+        assert_eq!(s.spans.len(), 6);
+        assert!(!capped.has_backlog());
+        assert_eq!(capped.pending(), 57);
+
         let mut bad = ReadBuffer::new(&config(), t0);
-        put(&mut bad, &frame(&[b'0'; 101]), t0);
-        assert!(bad.take_frames(10, t0).is_err(), "a frame over max_frame");
+        let mut scratch = vec![0; scratch_size(100)];
+        let f = frame(&[b'0'; 101]);
+        scratch[..f.len()].copy_from_slice(&f);
+        assert!(
+            bad.split(&scratch[..f.len()], 10, t0).is_err(),
+            "a frame over max_frame"
+        );
     }
 }

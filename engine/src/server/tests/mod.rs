@@ -4,21 +4,34 @@ use super::read_buffer::split_frames;
 use super::*;
 use crate::iso8583::framing::Framing;
 use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::AtomicUsize;
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+mod hostile;
+mod tls;
 
 /// Answers each frame with its bytes reversed; `None` for frames starting
-/// with `R`; panics on `PANIC`; sleeps `delay` per batch.
+/// with `R`; panics on `PANIC`; sleeps `delay` per batch (and then says it
+/// blocks, so batches run on the blocking pool).
 #[derive(Debug, Default)]
-struct TestHandler {
-    delay: Duration,
+pub(super) struct TestHandler {
+    pub(super) delay: Duration,
     batch_sizes: Mutex<Vec<usize>>,
     shutdown_calls: AtomicUsize,
     started: AtomicUsize,
+    identities: Mutex<Vec<String>>,
 }
 
 impl Handler for TestHandler {
-    fn handle_batch(&self, _conn: ConnId, frames: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
+    fn handle_batch(&self, peer: &Peer, frames: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
         self.started.fetch_add(1, Ordering::SeqCst);
+        if let Some(id) = &peer.identity {
+            self.identities.lock().unwrap().push(id.clone());
+        }
         self.batch_sizes.lock().unwrap().push(frames.len());
         if !self.delay.is_zero() {
             thread::sleep(self.delay);
@@ -38,12 +51,16 @@ impl Handler for TestHandler {
             .collect()
     }
 
+    fn may_block(&self) -> bool {
+        !self.delay.is_zero()
+    }
+
     fn shutdown(&self) {
         self.shutdown_calls.fetch_add(1, Ordering::SeqCst);
     }
 }
 
-struct Running {
+pub(super) struct Running {
     addr: SocketAddr,
     handle: ShutdownHandle,
     thread: Option<JoinHandle<io::Result<ServerStats>>>,
@@ -73,16 +90,17 @@ impl Drop for Running {
     }
 }
 
-fn test_config() -> ServerConfig {
+pub(super) fn test_config() -> ServerConfig {
     ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        workers: 2,
+        loops: 2,
+        blocking_workers: 4,
         handle_signals: false,
         ..ServerConfig::default()
     }
 }
 
-fn start_with(config: ServerConfig, handler: TestHandler) -> Running {
+pub(super) fn start_with(config: ServerConfig, handler: TestHandler) -> Running {
     let server = Server::bind(config).unwrap();
     let addr = server.local_addr().unwrap();
     let handle = server.shutdown_handle();
@@ -97,18 +115,18 @@ fn start_with(config: ServerConfig, handler: TestHandler) -> Running {
     }
 }
 
-fn start(config: ServerConfig) -> Running {
+pub(super) fn start(config: ServerConfig) -> Running {
     start_with(config, TestHandler::default())
 }
 
 /// Len2Exclusive frame.
-fn frame(body: &[u8]) -> Vec<u8> {
+pub(super) fn frame(body: &[u8]) -> Vec<u8> {
     let mut v = (body.len() as u16).to_be_bytes().to_vec();
     v.extend_from_slice(body);
     v
 }
 
-fn read_frame(s: &mut TcpStream) -> io::Result<Vec<u8>> {
+pub(super) fn read_frame(s: &mut TcpStream) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 2];
     s.read_exact(&mut len)?;
     let mut body = vec![0u8; u16::from_be_bytes(len) as usize];
@@ -116,12 +134,12 @@ fn read_frame(s: &mut TcpStream) -> io::Result<Vec<u8>> {
     Ok(body)
 }
 
-fn rev(b: &[u8]) -> Vec<u8> {
+pub(super) fn rev(b: &[u8]) -> Vec<u8> {
     b.iter().rev().copied().collect()
 }
 
 /// Reads until EOF or reset; true if the peer closed (no data arrived).
-fn closed_by_peer(s: &mut TcpStream) -> bool {
+pub(super) fn closed_by_peer(s: &mut TcpStream) -> bool {
     let mut b = [0u8; 64];
     match s.read(&mut b) {
         Ok(0) => true,
@@ -133,7 +151,7 @@ fn closed_by_peer(s: &mut TcpStream) -> bool {
     }
 }
 
-fn assert_serves(r: &Running) {
+pub(super) fn assert_serves(r: &Running) {
     let mut s = r.connect();
     s.write_all(&frame(b"hello")).unwrap();
     assert_eq!(read_frame(&mut s).unwrap(), b"olleh");
