@@ -558,3 +558,36 @@ fn an_issuer_approval_that_cannot_be_made_durable_is_reversed_at_the_issuer() {
     assert_eq!(rev.get_str(90), Some(de90.as_str()));
     assert_eq!(p.metrics().issuer_reversals_sent(), 1);
 }
+
+#[test]
+fn the_acquirer_allow_list_checks_de32_against_the_certificate_subject() {
+    use engine::server::{ConnId, Handler, Peer};
+    let s = setup();
+    let allow = [engine::config::AcquirerAllow {
+        subject: "CN=acquirer-1,O=Test".to_owned(),
+        institutions: vec!["99001".to_owned()],
+    }];
+    let p = s.pipeline.with_acquirer_allow_list(&allow);
+    let view = p.vault().views().next().unwrap();
+    let pk = &s.profiles[usize::from(view.profile)];
+    let peer = |identity: Option<&str>| Peer {
+        conn: ConnId(1),
+        addr: "127.0.0.1:1".parse().unwrap(),
+        identity: identity.map(str::to_owned),
+    };
+    let answer = |peer: &Peer, de32: &str, atc: u16| {
+        let mut req = authorization(pk, &txn(&view, atc)).unwrap();
+        req.set(32, de32.as_bytes());
+        let bytes = Dialect::Ascii.encode(&req).unwrap();
+        let out = p.handle_batch(peer, &[&bytes]);
+        let resp = Dialect::Ascii.decode(out[0].as_ref().unwrap()).unwrap();
+        resp.get_str(39).unwrap().to_owned()
+    };
+    let one = peer(Some("CN=acquirer-1,O=Test"));
+    assert_eq!(answer(&one, "99001", 11), "00", "its own institution");
+    assert_eq!(answer(&one, "99002", 12), "58", "another institution");
+    let stranger = peer(Some("CN=acquirer-9,O=Test"));
+    assert_eq!(answer(&stranger, "99001", 13), "58", "a subject not listed");
+    // Plain TCP (loopback development) carries no subject: not checked.
+    assert_eq!(answer(&peer(None), "99002", 14), "00");
+}

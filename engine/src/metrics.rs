@@ -2,13 +2,18 @@
 //! histogram, served in the Prometheus text format by `--metrics ADDR`.
 //!
 //! Counters are plain atomics (no locks on the hot path); the endpoint is a
-//! minimal HTTP responder on its own thread, off by default.
+//! minimal HTTP responder, off by default. Each scrape is served on its own
+//! short-lived thread (at most [`MAX_SCRAPES`] at once, each bounded by
+//! 2 s timeouts), so a slow or stalled client never delays another scrape.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Scrapes served at once; more are closed at once.
+pub const MAX_SCRAPES: usize = 8;
 
 /// Upper bounds of the latency buckets, in microseconds.
 const BUCKETS_US: [u64; 12] = [
@@ -29,6 +34,8 @@ pub struct Metrics {
     /// 0420s sent to take back issuer approvals that could not be made
     /// durable here.
     issuer_reversals: AtomicU64,
+    /// Network management answers (0810), apart from authorizations.
+    echoes: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -41,6 +48,7 @@ impl Default for Metrics {
             tokens_locked: AtomicU64::new(0),
             journal_failed: AtomicBool::new(false),
             issuer_reversals: AtomicU64::new(0),
+            echoes: AtomicU64::new(0),
         }
     }
 }
@@ -51,6 +59,17 @@ impl Metrics {
         if let Some(c) = self.responses.get(usize::from(code)) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Count one network management answer (0810): echoes are not
+    /// approvals, and are counted apart from them.
+    pub fn echo(&self) {
+        self.echoes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Network management answers so far.
+    pub fn echoes(&self) -> u64 {
+        self.echoes.load(Ordering::Relaxed)
     }
 
     /// Record `n` requests that took `d` each (a batch shares its time).
@@ -116,6 +135,8 @@ impl Metrics {
         for (code, n) in self.response_counts() {
             out.push_str(&format!("tessera_responses_total{{code=\"{code}\"}} {n}\n"));
         }
+        out.push_str("# HELP tessera_echoes_total Network management answers (0810), not counted as authorizations.\n# TYPE tessera_echoes_total counter\n");
+        out.push_str(&format!("tessera_echoes_total {}\n", self.echoes()));
         out.push_str("# HELP tessera_request_duration_seconds Time from batch read to answer, per request.\n");
         out.push_str("# TYPE tessera_request_duration_seconds histogram\n");
         let mut cumulative = 0;
@@ -160,23 +181,45 @@ impl Metrics {
 pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
+    let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new().name("metrics".into()).spawn(move || {
         for conn in listener.incoming() {
-            let Ok(mut s) = conn else { continue };
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
-            // Read (and ignore) the request head, bounded.
-            let mut buf = [0u8; 2048];
-            let _ = s.read(&mut buf);
-            let body = metrics.render();
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = s.write_all(head.as_bytes()).and_then(|()| s.write_all(body.as_bytes()));
+            let Ok(s) = conn else { continue };
+            if active.fetch_add(1, Ordering::SeqCst) >= MAX_SCRAPES {
+                active.fetch_sub(1, Ordering::SeqCst);
+                continue; // dropped: closed at once
+            }
+            let (for_scrape, done) = (Arc::clone(&metrics), Arc::clone(&active));
+            let spawned = std::thread::Builder::new()
+                .name("metrics-scrape".into())
+                .spawn(move || {
+                    scrape(s, &for_scrape);
+                    done.fetch_sub(1, Ordering::SeqCst);
+                });
+            if spawned.is_err() {
+                // The closure (and its count) is gone with the error.
+                active.fetch_sub(1, Ordering::SeqCst);
+            }
         }
     })?;
     Ok(local)
+}
+
+/// Answer one scrape: at most 2 s to send the request head, 2 s per write.
+fn scrape(mut s: std::net::TcpStream, metrics: &Metrics) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+    // Read (and ignore) the request head, bounded.
+    let mut buf = [0u8; 2048];
+    let _ = s.read(&mut buf);
+    let body = metrics.render();
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = s
+        .write_all(head.as_bytes())
+        .and_then(|()| s.write_all(body.as_bytes()));
 }
 
 #[cfg(test)]
@@ -197,5 +240,29 @@ mod tests {
         assert!(text.contains("tessera_request_duration_seconds_bucket{le=\"0.0005\"} 3"));
         assert!(text.contains("tessera_request_duration_seconds_bucket{le=\"+Inf\"} 3"));
         assert!(text.contains("tessera_request_duration_seconds_count 3"));
+        m.echo();
+        assert!(m.render().contains("tessera_echoes_total 1"));
+        assert!(!m.render().contains("code=\"00\"} 3"), "an echo is not an approval");
+    }
+
+    #[test]
+    fn a_stalled_scraper_does_not_delay_another() {
+        let m = Arc::new(Metrics::default());
+        m.response(0);
+        let addr = serve("127.0.0.1:0".parse().unwrap(), m).unwrap();
+        // Connects and never sends its request: it holds a scrape thread
+        // for up to 2 s, and only that one.
+        let stalled: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let t = std::time::Instant::now();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        assert!(text.contains("tessera_responses_total{code=\"00\"} 1"));
+        // A liveness bound, far below the stalled scrapes' 2 s timeout.
+        assert!(t.elapsed() < Duration::from_millis(1500), "{:?}", t.elapsed());
+        drop(stalled);
     }
 }

@@ -157,6 +157,9 @@ pub fn start(config: &Config, keys: &KeyStore, opts: &ServeOptions) -> Result<Ru
     let vault = Arc::new(vault);
     let mut pipeline =
         Pipeline::new(Arc::clone(&vault), profiles, l.dialect).with_decline_log(opts.decline_log);
+    if let Some(t) = &l.tls {
+        pipeline = pipeline.with_acquirer_allow_list(&t.acquirers);
+    }
     let mut issuer_addr = None;
     if let Some(issuer) = &l.issuer {
         let addr = issuer

@@ -14,6 +14,9 @@ pub const FORMAT_ERROR: [u8; 2] = *b"30";
 pub const EXPIRED: [u8; 2] = *b"54";
 /// Transaction not permitted to cardholder: domain controls.
 pub const NOT_PERMITTED: [u8; 2] = *b"57";
+/// Transaction not permitted to terminal: the acquirer's certificate does
+/// not allow the acquiring institution in DE 32.
+pub const NOT_PERMITTED_TO_ACQUIRER: [u8; 2] = *b"58";
 /// Restricted card: inactive or suspended token.
 pub const RESTRICTED: [u8; 2] = *b"62";
 /// Exceeds withdrawal frequency limit: velocity.

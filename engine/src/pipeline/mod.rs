@@ -36,6 +36,7 @@ mod retransmit;
 mod reversals;
 mod shards;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -80,6 +81,9 @@ pub struct Pipeline {
     /// Write one line per decline to stderr (`serve`: yes; the demo, whose
     /// report counts declines by reason, no).
     log_declines: bool,
+    /// Certificate subject → acquiring institutions (DE 32) it may send
+    /// for; empty = no check.
+    acquirers: HashMap<String, Vec<String>>,
 }
 
 impl Pipeline {
@@ -96,7 +100,31 @@ impl Pipeline {
             digester: ContentDigester::random(),
             issuer: None,
             log_declines: true,
+            acquirers: HashMap::new(),
         }
+    }
+
+    /// Check DE 32 of every authorization and reversal against what the
+    /// sender's certificate subject is allowed (`[[listener.tls.acquirers]]`).
+    /// A subject not in the list, or a DE 32 not in its entry, is answered
+    /// 58. Requests over plain TCP (no subject) are not checked.
+    pub fn with_acquirer_allow_list(mut self, list: &[crate::config::AcquirerAllow]) -> Self {
+        self.acquirers = list
+            .iter()
+            .map(|a| (a.subject.clone(), a.institutions.clone()))
+            .collect();
+        self
+    }
+
+    /// Whether `acquirer` may send `req` (its DE 32).
+    fn acquirer_allowed(&self, req: &IsoMessage, acquirer: Option<&str>) -> bool {
+        let (false, Some(subject)) = (self.acquirers.is_empty(), acquirer) else {
+            return true;
+        };
+        let institution = req.get(32).unwrap_or_default();
+        self.acquirers
+            .get(subject)
+            .is_some_and(|ids| ids.iter().any(|id| id.as_bytes() == institution))
     }
 
     /// Whether to write one line per decline to stderr.
@@ -278,6 +306,18 @@ impl Pipeline {
         let Some(resp_mti) = iso8583::response_mti(mti) else {
             return Slot::Ready(None, None);
         };
+        // Before the retransmission cache: a peer may not read another
+        // acquirer's cached answers either.
+        if &mti[..3] != b"080" && !self.acquirer_allowed(&req, acquirer) {
+            let mut resp = IsoMessage::new(resp_mti);
+            echo(&req, &mut resp, &ECHO);
+            resp.set(39, rc::NOT_PERMITTED_TO_ACQUIRER);
+            resp.set(44, b"ACQUIRER_NOT_ALLOWED");
+            if self.log_declines {
+                log_decline(&req, rc::NOT_PERMITTED_TO_ACQUIRER, "ACQUIRER_NOT_ALLOWED", acquirer);
+            }
+            return Slot::Ready(Some(resp), None);
+        }
         // A retransmission or a repeat (xxx1) is answered from the cache,
         // never processed twice; its answer still waits for the original's
         // journal position. Only if its content is the original's: the

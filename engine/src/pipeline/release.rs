@@ -78,7 +78,9 @@ impl DecidedBatch {
                     msg.remove(38);
                     msg.remove(55);
                 }
-                if let Some(code) = msg.get(39).and_then(digits_value) {
+                if msg.mti().starts_with(b"081") {
+                    self.metrics.echo();
+                } else if let Some(code) = msg.get(39).and_then(digits_value) {
                     self.metrics.response(code as u8);
                 }
                 self.dialect.encode(&msg).ok()
