@@ -98,6 +98,10 @@ enum Command {
         /// the API (0: none).
         #[arg(long, default_value_t = 256)]
         api_devices: usize,
+        /// Plain TCP to the engine instead of mutual TLS (the default,
+        /// with certificates made for the run).
+        #[arg(long)]
+        plaintext: bool,
     },
     /// Serve ISO 8583 authorizations over TCP for the vault in DIR.
     #[command(
@@ -105,7 +109,7 @@ enum Command {
 SIGTERM or SIGINT drains in-flight requests, flushes the journal and exits 0.\nA journal failure (a write or fdatasync error) is logged once, sets the metric\ntessera_journal_failed 1, drains and exits 1, so that a supervisor restarts the\nprocess ([vault] exit_on_journal_failure = false keeps answering, approvals as 96)."
     )]
     Serve(ServeArgs),
-    /// Certificates for the management API.
+    /// Certificates for the management API and the listener's mutual TLS.
     #[command(subcommand)]
     Certs(CertsCommand),
     /// The card stock: secure elements the provisioning service can reach.
@@ -115,11 +119,14 @@ SIGTERM or SIGINT drains in-flight requests, flushes the journal and exits 0.\nA
 
 #[derive(Debug, Subcommand)]
 enum CertsCommand {
-    /// Write a throwaway CA (ca.pem) and a server certificate it signs for
-    /// localhost, 127.0.0.1 and ::1 (server.pem, server.key 0600). For
-    /// tests and the demo only.
+    /// Write a throwaway CA (ca.pem) and certificates it signs: the API's
+    /// server certificate (server.pem, server.key) and the ISO 8583
+    /// listener's (listener.pem, listener.key) for localhost, 127.0.0.1 and
+    /// ::1, and client certificates for two acquirer links
+    /// (acquirer-1.pem/.key, acquirer-2.pem/.key; CN=acquirer-N,
+    /// O=Tessera dev acquirers). Keys 0600. For tests and the demo only.
     #[command(
-        after_help = "Example:\n  tessera certs dev --out /tmp/certs\n  # [api] tls_cert = \"/tmp/certs/server.pem\", tls_key = \"/tmp/certs/server.key\"\n  curl --cacert /tmp/certs/ca.pem https://127.0.0.1:8443/v1/events -H 'Authorization: Bearer test-wallet-key'"
+        after_help = "Example:\n  tessera certs dev --out /tmp/certs\n  # [api] tls_cert = \"/tmp/certs/server.pem\", tls_key = \"/tmp/certs/server.key\"\n  curl --cacert /tmp/certs/ca.pem https://127.0.0.1:8443/v1/events -H 'Authorization: Bearer test-wallet-key'\n  tessera serve --data-dir /tmp/vault --tls-cert /tmp/certs/listener.pem --tls-key /tmp/certs/listener.key --tls-client-ca /tmp/certs/ca.pem\n  tessera-loadgen run --target 127.0.0.1:8583 --export /tmp/tokens.jsonl --tls-ca /tmp/certs/ca.pem --tls-cert /tmp/certs/acquirer-1.pem --tls-key /tmp/certs/acquirer-1.key"
     )]
     Dev {
         /// Directory to write into (created).
@@ -403,6 +410,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             in_flight,
             se_cards,
             api_devices,
+            plaintext,
         } => {
             let spec = loadgen::demo::DemoSpec {
                 tokens,
@@ -413,6 +421,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 in_flight,
                 se_cards,
                 api_devices,
+                plaintext,
             };
             if loadgen::demo::run_demo(&cli.config, &spec).map_err(CliError::new)? {
                 println!("demo: every answer was the expected one");

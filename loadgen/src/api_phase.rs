@@ -30,7 +30,8 @@ use serde_json::json;
 use tessera_se::secret::KeyBytes;
 use tessera_se::state::Scp;
 
-use crate::terminal::pay_card;
+use crate::terminal::pay_card_with_tls;
+use crate::tls::ClientTls;
 use crate::wallet::Wallet;
 
 /// The expiry of every demo card.
@@ -284,11 +285,22 @@ impl LifecycleDriver {
         wallet: Wallet,
         operator: Wallet,
         engine: SocketAddr,
+        tls: Option<Arc<ClientTls>>,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread =
-            std::thread::spawn(move || drive(cards, &profiles, &wallet, &operator, engine, &flag));
+            std::thread::spawn(move || {
+                drive(
+                    cards,
+                    &profiles,
+                    &wallet,
+                    &operator,
+                    engine,
+                    tls.as_deref(),
+                    &flag,
+                )
+            });
         Self { stop, thread }
     }
 
@@ -308,6 +320,7 @@ fn drive(
     wallet: &Wallet,
     operator: &Wallet,
     engine: SocketAddr,
+    tls: Option<&ClientTls>,
     stop: &AtomicBool,
 ) -> LifecycleReport {
     let mut r = LifecycleReport::default();
@@ -328,7 +341,7 @@ fn drive(
             };
             let mut pay = |r: &mut LifecycleReport, want: [u8; 2], what: &str| {
                 r.payments += 1;
-                match pay_card(
+                match pay_card_with_tls(
                     &mut c.card,
                     pk,
                     &c.token,
@@ -337,6 +350,7 @@ fn drive(
                     engine,
                     Dialect::Ascii,
                     500,
+                    tls,
                 ) {
                     Ok(p) if p.code == want && (want != rc::APPROVED || p.approved()) => true,
                     Ok(p) => {

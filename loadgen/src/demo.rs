@@ -23,6 +23,7 @@ use crate::api_phase::{self, LifecycleDriver, LifecycleReport, ProvisionedCard};
 use crate::issuer_sim::{self, IssuerSim};
 use crate::run::{Mode, RunConfig};
 use crate::session::{default_faults, run_session, SessionSpec};
+use crate::tls::ClientTls;
 use crate::wallet::Wallet;
 
 /// What the demo does.
@@ -45,6 +46,9 @@ pub struct DemoSpec {
     /// Devices provisioned end to end through the management API before
     /// the load, then paying during it with lifecycle changes (0: none).
     pub api_devices: usize,
+    /// Plain TCP between the load generator and the engine instead of
+    /// mutual TLS (for comparing the two).
+    pub plaintext: bool,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -110,13 +114,29 @@ pub fn run_demo(config_path: &Path, spec: &DemoSpec) -> Result<bool, String> {
     cfg.listener.dialect = Dialect::Ascii;
     cfg.listener.issuer = Some(issuer_addr.to_string());
     cfg.listener.issuer_timeout_ms = 2000;
+    // Mutual TLS between the acquirers (the load generator, the API's
+    // cards) and the engine, with certificates made for this run.
+    let (listener_tls, client_tls) = if spec.plaintext {
+        (None, None)
+    } else {
+        let (server, client) = demo_tls()?;
+        (Some(server), Some(client))
+    };
     let opts = ServeOptions {
         decline_log: false,
+        listener_tls,
         ..ServeOptions::new(&data)
     };
     let engine = serve::start(&cfg, &keys, &opts).map_err(err)?;
     let engine_addr = engine.local_addr();
-    eprintln!("demo: engine on {engine_addr}, issuer simulator on {issuer_addr}");
+    eprintln!(
+        "demo: engine on {engine_addr} ({}), issuer simulator on {issuer_addr}",
+        if client_tls.is_some() {
+            "mutual TLS, certificates made for this run"
+        } else {
+            "plain TCP"
+        }
+    );
 
     let run_cfg = RunConfig {
         target: engine_addr,
@@ -148,11 +168,12 @@ pub fn run_demo(config_path: &Path, spec: &DemoSpec) -> Result<bool, String> {
     };
     let mut session = SessionSpec::new(run_cfg, export.clone(), default_faults(), 7, "demo");
     session.prepare.se_cards = spec.se_cards;
+    session.tls = client_tls.clone();
     // The API's cards pay while the load runs, their tokens suspended,
     // resumed and deleted through the API meanwhile.
     let driver = api
         .as_ref()
-        .map(|a| a.drive(&cfg, &keys, engine_addr))
+        .map(|a| a.drive(&cfg, &keys, engine_addr, client_tls.clone()))
         .transpose()?;
     let outcome = run_session(&session, &cfg, &keys).map_err(err)?;
     let lifecycle_clean = match (driver, api) {
@@ -185,6 +206,27 @@ pub fn run_demo(config_path: &Path, spec: &DemoSpec) -> Result<bool, String> {
     }
     let clean = outcome.all_expected() && issuer_stats.pan_mismatches == 0 && lifecycle_clean;
     Ok(clean)
+}
+
+/// A throwaway CA, the listener's certificate and an acquirer's client
+/// certificate, all in memory: the engine's mutual TLS and the load
+/// generator's side of it.
+fn demo_tls() -> Result<(Arc<engine::server::ListenerTls>, Arc<ClientTls>), String> {
+    let pki = provisioning::certs::generate_set(&provisioning::certs::DEV_HOSTS).map_err(err)?;
+    let server = engine::server::ListenerTls::from_pem(
+        pki.listener.cert_pem.as_bytes(),
+        pki.listener.key_pem.as_bytes(),
+        pki.ca_pem.as_bytes(),
+    )
+    .map_err(err)?;
+    let acquirer = &pki.acquirers[0];
+    let client = ClientTls::from_pem(
+        &pki.ca_pem,
+        Some(&acquirer.cert_pem),
+        Some(&acquirer.key_pem),
+    )
+    .map_err(err)?;
+    Ok((Arc::new(server), Arc::new(client)))
 }
 
 fn private_work_dir() -> Result<tempfile::TempDir, String> {
@@ -330,6 +372,7 @@ impl ApiPhase {
         cfg: &Config,
         keys: &hsm_sim::keyfile::KeyStore,
         engine: SocketAddr,
+        tls: Option<Arc<ClientTls>>,
     ) -> Result<LifecycleDriver, String> {
         let profiles = engine::profile::keys::load(cfg, keys)?;
         let cards = std::mem::take(&mut *self.cards.lock().unwrap_or_else(|p| p.into_inner()));
@@ -339,6 +382,7 @@ impl ApiPhase {
             self.wallet.clone(),
             self.operator.clone(),
             engine,
+            tls,
         ))
     }
 

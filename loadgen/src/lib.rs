@@ -21,6 +21,7 @@
 //! - [`session`]: prepare → warm-up → run → report, shared by
 //!   `tessera demo` and `tessera-loadgen run`.
 //! - [`demo`]: the whole system on one machine (`tessera demo`).
+//! - [`tls`]: (mutual) TLS on the links to the ISO 8583 listener.
 
 #![forbid(unsafe_code)]
 
@@ -38,4 +39,5 @@ pub mod run;
 pub mod secard;
 pub mod session;
 pub mod terminal;
+pub mod tls;
 pub mod wallet;

@@ -6,9 +6,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use engine::config::Config;
 use engine::iso8583::framing::Framing;
 use engine::iso8583::Dialect;
@@ -16,6 +17,7 @@ use loadgen::issuer_sim;
 use loadgen::model::Kind;
 use loadgen::run::{Mode, RunConfig};
 use loadgen::session::{default_faults, run_session, warmup_size, SessionSpec};
+use loadgen::tls::ClientTls;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -34,13 +36,51 @@ struct Cli {
     command: Command,
 }
 
+/// TLS to the ISO 8583 listener (plain TCP without --tls-ca).
+#[derive(Args)]
+struct TlsArgs {
+    /// Speak TLS to the listener, trusting the CA certificate(s) in FILE
+    /// (PEM; `tessera certs dev`: ca.pem) for its certificate.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Mutual TLS: present this client certificate (PEM; `tessera certs
+    /// dev`: acquirer-1.pem). Needs --tls-key and --tls-ca.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM; acquirer-1.key). Needs
+    /// --tls-cert.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_ca"])]
+    tls_key: Option<PathBuf>,
+    /// The name the listener's certificate must carry (a DNS name or an
+    /// IP address) [default: localhost].
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    tls_server_name: Option<String>,
+}
+
+impl TlsArgs {
+    /// The TLS configuration, or `None` for plain TCP.
+    fn load(&self) -> Result<Option<Arc<ClientTls>>, String> {
+        let Some(ca) = &self.tls_ca else {
+            return Ok(None);
+        };
+        let mut tls = ClientTls::from_files(ca, self.tls_cert.as_deref(), self.tls_key.as_deref())
+            .map_err(|e| e.to_string())?;
+        if let Some(name) = &self.tls_server_name {
+            tls = tls.with_server_name(name).map_err(|e| e.to_string())?;
+        }
+        Ok(Some(Arc::new(tls)))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Send prepared transactions and check every answer.
     #[command(
         after_help = "Examples:\n  tessera vault export --data-dir /tmp/vault --out /tmp/tokens.jsonl --with-pan\n  \
 tessera-loadgen run --target 127.0.0.1:8583 --export /tmp/tokens.jsonl --rate 20000 --duration 60 --report /tmp/report\n  \
-tessera-loadgen run --target 127.0.0.1:8583 --export /tmp/tokens.jsonl --in-flight 64 --connections 4 --duration 10\n\n\
+tessera-loadgen run --target 127.0.0.1:8583 --export /tmp/tokens.jsonl --in-flight 64 --connections 4 --duration 10\n  \
+tessera-loadgen run --target 127.0.0.1:8583 --export /tmp/tokens.jsonl --duration 10 \\\n    \
+--tls-ca /tmp/certs/ca.pem --tls-cert /tmp/certs/acquirer-1.pem --tls-key /tmp/certs/acquirer-1.key\n\n\
 --faults takes percentages: wrong_cryptogram, replayed_atc, unknown_token, suspended_token, expired_token,\n\
 domain_violation, amount_mismatch, malformed, reversal (default: the demo's rates; \"none\" for none).\n\
 --mix takes profile shares, e.g. mc_cvn16=3,visa_cvn10=1 (default: every profile equally)."
@@ -91,6 +131,8 @@ domain_violation, amount_mismatch, malformed, reversal (default: the demo's rate
         /// personalised through the scripts (0: none).
         #[arg(long, default_value_t = 0)]
         se_cards: usize,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// A secure-element card (`tessera-se`): personalise it for a token,
     /// or pay with it like a terminal.
@@ -174,7 +216,9 @@ tessera-loadgen card personalise --export tokens.jsonl --token 4895370000000001 
     /// and the ARPC of the 0110 back to the card. Exit 0 when approved and
     /// the card accepts the ARPC.
     #[command(
-        after_help = "Example:\n  tessera-loadgen card pay --target 127.0.0.1:8583 --export tokens.jsonl \\\n    --token 4895370000000001 -- tessera-se apdu --state card.json"
+        after_help = "Examples:\n  tessera-loadgen card pay --target 127.0.0.1:8583 --export tokens.jsonl \\\n    --token 4895370000000001 -- tessera-se apdu --state card.json\n  \
+tessera-loadgen card pay --target 127.0.0.1:8583 --export tokens.jsonl --token 4895370000000001 \\\n    \
+--tls-ca certs/ca.pem --tls-cert certs/acquirer-1.pem --tls-key certs/acquirer-1.key -- tessera-se apdu --state card.json"
     )]
     Pay {
         /// Engine address (len2 framing).
@@ -197,6 +241,8 @@ tessera-loadgen card personalise --export tokens.jsonl --token 4895370000000001 
         /// ascii or binary.
         #[arg(long, default_value = "ascii")]
         dialect: Dialect,
+        #[command(flatten)]
+        tls: TlsArgs,
         /// The card: program and arguments.
         #[arg(last = true, required = true)]
         card: Vec<String>,
@@ -252,15 +298,18 @@ fn run_cli(cli: Cli) -> Result<bool, String> {
             profile,
             amount,
             dialect,
+            tls,
             card,
         }) => {
+            let tls = tls.load()?;
+            let tls = tls.as_deref();
             let (cfg, keys) = Config::load(&cli.config).map_err(|e| e.to_string())?;
             match (export, token, profile) {
                 (Some(export), Some(token), _) => loadgen::terminal::pay(
-                    &cfg, &keys, &export, &token, target, dialect, amount, &card,
+                    &cfg, &keys, &export, &token, target, tls, dialect, amount, &card,
                 ),
                 (_, _, Some(profile)) => loadgen::terminal::pay_reading_card(
-                    &cfg, &keys, &profile, target, dialect, amount, &card,
+                    &cfg, &keys, &profile, target, tls, dialect, amount, &card,
                 ),
                 _ => Err("give --export and --token, or --profile".into()),
             }
@@ -330,7 +379,10 @@ fn run_cli(cli: Cli) -> Result<bool, String> {
             dialect,
             seed,
             se_cards,
+            tls,
         } => {
+            // Bad TLS files are found before minutes of preparation.
+            let tls = tls.load()?;
             let (cfg, keys) = Config::load(&cli.config).map_err(|e| e.to_string())?;
             let faults = match faults.as_deref() {
                 None => default_faults(),
@@ -366,6 +418,7 @@ fn run_cli(cli: Cli) -> Result<bool, String> {
                 drain_timeout: Duration::from_secs(5),
             };
             let mut session = SessionSpec::new(run_cfg, export, faults, seed, "tessera-loadgen");
+            session.tls = tls;
             session.prepare.mix = mix;
             session.prepare.se_cards = se_cards;
             if let Some(count) = pool {

@@ -6,6 +6,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use engine::config::Config;
@@ -15,7 +16,8 @@ use crate::ledger::Ledger;
 use crate::model::Kind;
 use crate::prepare::{prepare, PrepareError, PrepareSpec};
 use crate::report::Report;
-use crate::run::{run, run_warmup, Mode, RunConfig, RunResult};
+use crate::run::{run_warmup_with_tls, run_with_tls, Mode, RunConfig, RunResult};
+use crate::tls::ClientTls;
 
 /// The closed-loop rate a pool is sized for when no rate is given
 /// (~100,000/s in process on the 2-core reference machine).
@@ -67,6 +69,9 @@ pub struct SessionSpec {
     pub prepare: PrepareSpec,
     /// Who prints the progress lines ("demo", "tessera-loadgen").
     pub label: &'static str,
+    /// (Mutual) TLS on every connection to the listener; plain TCP when
+    /// `None` ([`SessionSpec::new`]'s default).
+    pub tls: Option<Arc<ClientTls>>,
 }
 
 impl SessionSpec {
@@ -93,6 +98,7 @@ impl SessionSpec {
             run,
             prepare,
             label,
+            tls: None,
         }
     }
 }
@@ -145,8 +151,9 @@ pub fn run_session(
         pool.tokens
     );
     let mut warmup = Ledger::new(spec.run.dialect);
-    run_warmup(&spec.run, &pool.warmup, &mut warmup).map_err(SessionError::Warmup)?;
-    let result = run(&spec.run, &pool.main).map_err(SessionError::Run)?;
+    let tls = spec.tls.as_deref();
+    run_warmup_with_tls(&spec.run, tls, &pool.warmup, &mut warmup).map_err(SessionError::Warmup)?;
+    let result = run_with_tls(&spec.run, tls, &pool.main).map_err(SessionError::Run)?;
     let mut report = Report::from_run(&spec.run, &result);
     report.secure_elements = Some(pool.secure_elements);
     println!("{}", report.print());

@@ -1,9 +1,9 @@
 //! `tessera-loadgen card`: personalise a `tessera-se` card for a token of
 //! a vault export, and pay with it against `tessera serve` like a
 //! terminal: the card computes the cryptogram, the engine answers, and the
-//! card checks the ARPC.
+//! card checks the ARPC. Over plain TCP, or (mutual) TLS with a
+//! [`ClientTls`].
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
@@ -18,6 +18,7 @@ use hsm_sim::types::mask_pan;
 
 use crate::cardsim::CardTxn;
 use crate::secard::{self, ChildCard};
+use crate::tls::{ClientTls, Transport};
 
 /// A token of the export, as the card and terminal need it.
 struct ExportCard {
@@ -162,6 +163,7 @@ impl Payment {
 
 /// Pay once with `card`: its cryptogram in a 0100 (len2 framing) to
 /// `target`, and for chip cards the answer's ARPC given back to the card.
+/// Plain TCP; [`pay_card_with_tls`] for TLS.
 #[allow(clippy::too_many_arguments)]
 pub fn pay_card(
     card: &mut dyn CardLink,
@@ -172,6 +174,23 @@ pub fn pay_card(
     target: SocketAddr,
     dialect: Dialect,
     amount: u64,
+) -> Result<Payment, String> {
+    pay_card_with_tls(card, pk, token, expiry, psn, target, dialect, amount, None)
+}
+
+/// [`pay_card`], over (mutual) TLS when `tls` is given: one connection,
+/// its handshake, the 0100, the 0110, `close_notify`.
+#[allow(clippy::too_many_arguments)]
+pub fn pay_card_with_tls(
+    card: &mut dyn CardLink,
+    pk: &ProfileKeys,
+    token: &str,
+    expiry: [u8; 4],
+    psn: u8,
+    target: SocketAddr,
+    dialect: Dialect,
+    amount: u64,
+    tls: Option<&ClientTls>,
 ) -> Result<Payment, String> {
     let r = random::<8>()?;
     let t = CardTxn {
@@ -195,10 +214,19 @@ pub fn pay_card(
     let mut frame = Vec::new();
     framing::write_frame(framing::Framing::Len2Exclusive, None, &body, &mut frame)
         .map_err(|e| e.to_string())?;
-    let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(5))
+    let s = TcpStream::connect_timeout(&target, Duration::from_secs(5))
         .map_err(|e| format!("{target}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
+    let s = match tls {
+        Some(tls) => {
+            s.set_write_timeout(Some(Duration::from_secs(10)))
+                .map_err(|e| e.to_string())?;
+            // The handshake's errors name the peer.
+            tls.connect(s).map_err(|e| e.to_string())?
+        }
+        None => Transport::plain(s),
+    };
     s.write_all(&frame).map_err(|e| format!("{target}: {e}"))?;
     let mut len = [0u8; 2];
     s.read_exact(&mut len)
@@ -212,6 +240,8 @@ pub fn pay_card(
     let mut answer = vec![0u8; len];
     s.read_exact(&mut answer)
         .map_err(|e| format!("{target}: {e}"))?;
+    // Over TLS, end the session cleanly (plain TCP: nothing).
+    let _ = s.close_notify();
     let answer = dialect
         .decode(&answer)
         .map_err(|e| format!("the answer does not decode: {e}"))?;
@@ -238,9 +268,10 @@ pub fn pay_card(
     })
 }
 
-/// Pay once: the card's cryptogram in a 0100 to `target`, the answer's
-/// code, and (chip) the ARPC given back to the card. True when approved
-/// and, for chip cards, the card accepted the ARPC.
+/// Pay once: the card's cryptogram in a 0100 to `target` (over TLS when
+/// `tls` is given), the answer's code, and (chip) the ARPC given back to
+/// the card. True when approved and, for chip cards, the card accepted
+/// the ARPC.
 #[allow(clippy::too_many_arguments)]
 pub fn pay(
     config: &Config,
@@ -248,23 +279,26 @@ pub fn pay(
     export: &Path,
     token: &str,
     target: SocketAddr,
+    tls: Option<&ClientTls>,
     dialect: Dialect,
     amount: u64,
     card_command: &[String],
 ) -> Result<bool, String> {
     let c = find_in_export(export, token)?;
     let mut card = ChildCard::spawn(card_command).map_err(|e| e.to_string())?;
-    pay_and_say(config, keys, &c, target, dialect, amount, &mut card)
+    pay_and_say(config, keys, &c, (target, tls), dialect, amount, &mut card)
 }
 
 /// Pay once with a card whose number, expiry and PSN the terminal reads
 /// from the card itself (a card provisioned through the API: only the
 /// card holds its token in full). `profile` names its card profile.
+#[allow(clippy::too_many_arguments)]
 pub fn pay_reading_card(
     config: &Config,
     keys: &KeyStore,
     profile: &str,
     target: SocketAddr,
+    tls: Option<&ClientTls>,
     dialect: Dialect,
     amount: u64,
     card_command: &[String],
@@ -277,21 +311,21 @@ pub fn pay_reading_card(
         psn,
         profile: profile.to_owned(),
     };
-    pay_and_say(config, keys, &c, target, dialect, amount, &mut card)
+    pay_and_say(config, keys, &c, (target, tls), dialect, amount, &mut card)
 }
 
 fn pay_and_say(
     config: &Config,
     keys: &KeyStore,
     c: &ExportCard,
-    target: SocketAddr,
+    (target, tls): (SocketAddr, Option<&ClientTls>),
     dialect: Dialect,
     amount: u64,
     card: &mut ChildCard,
 ) -> Result<bool, String> {
     let pk = profile_keys(config, keys, &c.profile)?;
-    let p = pay_card(
-        card, &pk, &c.token, c.expiry, c.psn, target, dialect, amount,
+    let p = pay_card_with_tls(
+        card, &pk, &c.token, c.expiry, c.psn, target, dialect, amount, tls,
     )?;
     println!(
         "token {} ATC {}: answer 0110 code {}",

@@ -81,6 +81,51 @@ impl Default for ServerConfig {
     }
 }
 
+/// Bytes of one connection's own state (the `Conn`, its `Peer`, its slab
+/// slot and the allocator's slack), measured: 1,000 idle connections grow
+/// the resident set by well under this each.
+pub(crate) const CONN_STATE_BYTES: usize = 1024;
+/// A TLS session's buffers at most: rustls' record deframer (one 16 KiB
+/// record plus header), received plaintext (one record) and its send
+/// buffer (64 KiB limit), with slack.
+pub(crate) const TLS_STATE_BYTES: usize = 112 * 1024;
+/// Bytes held per frame in flight besides its body: the decoded request,
+/// the decision and the answer being built.
+pub(crate) const IN_FLIGHT_STATE_BYTES: usize = 4096;
+
+impl ServerConfig {
+    /// The listener's worst-case memory with `connections` open, in bytes
+    /// (docs/listener.md derives it):
+    ///
+    /// ```text
+    /// C × (state + tls + S + W + P × F)  +  T × (F + in_flight_state)  +  L × S
+    /// ```
+    ///
+    /// with C connections, S the scratch size (what a connection at its
+    /// in-flight cap may carry: one read), W `write_queue_bytes`, P
+    /// `max_in_flight_per_conn` and F `max_frame` + 16 (the queue is
+    /// checked after a batch's answers are appended), T
+    /// `max_in_flight_total`, L the loops. The handler's own memory (the
+    /// vault) is not counted.
+    pub fn memory_bound(&self, connections: usize) -> usize {
+        let frame = self.max_frame.saturating_add(16);
+        let scratch = super::read_buffer::scratch_size(self.max_frame);
+        let tls = if self.tls.is_some() { TLS_STATE_BYTES } else { 0 };
+        let per_conn = CONN_STATE_BYTES
+            .saturating_add(tls)
+            .saturating_add(scratch)
+            .saturating_add(self.write_queue_bytes)
+            .saturating_add(self.max_in_flight_per_conn.saturating_mul(frame));
+        connections
+            .saturating_mul(per_conn)
+            .saturating_add(
+                self.max_in_flight_total
+                    .saturating_mul(frame.saturating_add(IN_FLIGHT_STATE_BYTES)),
+            )
+            .saturating_add(self.loops.max(1).saturating_mul(scratch))
+    }
+}
+
 /// Event loops when none are configured: one per core. A loop runs its
 /// batches to completion, so more loops than cores only add switches.
 pub fn default_loops() -> usize {

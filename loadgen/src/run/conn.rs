@@ -2,14 +2,15 @@
 //! what writers hand readers.
 
 use std::io;
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
 use crate::model::Prepared;
+use crate::tls::{ClientTls, Transport};
 use engine::iso8583::framing::Framing;
 use engine::iso8583::{write_frame, Dialect};
 
@@ -83,18 +84,28 @@ impl RunCore<'_> {
 
 /// One connection, shared by its writer and reader.
 pub(super) struct LoadConn {
-    pub(super) stream: TcpStream,
+    /// Plain TCP or TLS; read by the reader, written by the writer.
+    pub(super) transport: Transport,
     pub(super) dead: AtomicBool,
     /// Answers so far (progress line; written by the reader only).
     pub(super) answered: AtomicU64,
     /// Mismatches so far, unmatched answers included (same).
     pub(super) mismatches: AtomicU64,
+    /// Why the connection failed, first cause only (a refused TLS session
+    /// shows only on the first read).
+    pub(super) fault: OnceLock<String>,
 }
 
 impl LoadConn {
     pub(super) fn kill(&self) {
         self.dead.store(true, Ordering::Relaxed);
-        let _ = self.stream.shutdown(Shutdown::Both);
+        let _ = self.transport.shutdown();
+    }
+
+    /// Remember why the connection failed (the first cause) and close it.
+    pub(super) fn fail(&self, why: &io::Error) {
+        let _ = self.fault.set(why.to_string());
+        self.kill();
     }
 
     pub(super) fn is_dead(&self) -> bool {
@@ -125,17 +136,24 @@ pub(super) struct WriterOut {
 /// The latencies a reader published for the progress line.
 pub(super) type Snap = Mutex<Histogram<u64>>;
 
-pub(super) fn connect(cfg: &RunConfig) -> io::Result<LoadConn> {
+/// Open a connection to the target, over TLS when `tls` is given (the
+/// handshake done here, before any thread uses it).
+pub(super) fn connect(cfg: &RunConfig, tls: Option<&ClientTls>) -> io::Result<LoadConn> {
     let stream = TcpStream::connect(cfg.target)?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(READ_POLL))?;
     // A server that stops reading must not block a writer forever: the
     // write fails, the connection is closed, its requests count as closed.
     stream.set_write_timeout(Some(cfg.drain_timeout.max(Duration::from_secs(1))))?;
+    let transport = match tls {
+        Some(tls) => tls.connect(stream)?,
+        None => Transport::plain(stream),
+    };
     Ok(LoadConn {
-        stream,
+        transport,
         dead: AtomicBool::new(false),
         answered: AtomicU64::new(0),
         mismatches: AtomicU64::new(0),
+        fault: OnceLock::new(),
     })
 }

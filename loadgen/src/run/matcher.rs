@@ -2,7 +2,7 @@
 //! records latency and the ledger, and accounts for what never came back.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read};
+use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::PoisonError;
 use std::time::Instant;
@@ -205,8 +205,11 @@ pub(super) fn reader(
                 break End::TimedOut;
             }
         }
-        match (&conn.stream).read(&mut chunk) {
-            Ok(0) => break End::Closed,
+        match conn.transport.read(&mut chunk) {
+            Ok(0) => {
+                let _ = conn.fault.set("the server closed the connection".into());
+                break End::Closed;
+            }
             Ok(n) => {
                 let now = Instant::now();
                 buf.extend_from_slice(&chunk[..n]);
@@ -247,7 +250,10 @@ pub(super) fn reader(
                         | io::ErrorKind::TimedOut
                         | io::ErrorKind::Interrupted
                 ) => {}
-            Err(_) => break End::Closed,
+            Err(e) => {
+                conn.fail(&e);
+                break End::Closed;
+            }
         }
         if let Some(s) = snap {
             if last_publish.elapsed() >= SNAPSHOT_EVERY {

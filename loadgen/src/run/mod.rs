@@ -63,10 +63,19 @@
 //! passes, as [`Answer::TimedOut`]. So each request sent is recorded in
 //! the ledger exactly once: `sent == answered + closed + timed_out`.
 //!
+//! # TLS
+//!
+//! [`run_with_tls`] and [`run_warmup_with_tls`] open every connection over
+//! (mutual) TLS with a [`ClientTls`], handshake done before the clock
+//! starts; [`run`] and [`run_warmup`] speak plain TCP. At the end each
+//! TLS connection still open says `close_notify`.
+//!
 //! # Threads
 //!
 //! One writer and one reader thread per connection (blocking `TcpStream`,
-//! `TCP_NODELAY`), taking pool entries in order from one atomic counter
+//! `TCP_NODELAY`; over TLS, [`crate::tls::Transport`] shares one rustls
+//! connection between the two without either waiting on the other's
+//! socket I/O), taking pool entries in order from one atomic counter
 //! (round robin when the connections keep pace). Each reader has its own
 //! histogram and ledger, merged at the end, so no lock is taken per
 //! answer. For the progress line, readers keep per-connection atomic
@@ -86,6 +95,7 @@ use std::time::Instant;
 
 use crate::ledger::Ledger;
 use crate::model::Prepared;
+use crate::tls::ClientTls;
 
 mod config;
 mod conn;
@@ -113,6 +123,16 @@ use writer::writer;
 /// answer matched no warmup transaction; what was sent is in `ledger`
 /// even then.
 pub fn run_warmup(cfg: &RunConfig, warmup: &[Prepared], ledger: &mut Ledger) -> io::Result<()> {
+    run_warmup_with_tls(cfg, None, warmup, ledger)
+}
+
+/// [`run_warmup`], over TLS when `tls` is given.
+pub fn run_warmup_with_tls(
+    cfg: &RunConfig,
+    tls: Option<&ClientTls>,
+    warmup: &[Prepared],
+    ledger: &mut Ledger,
+) -> io::Result<()> {
     if warmup.is_empty() {
         return Ok(());
     }
@@ -120,8 +140,9 @@ pub fn run_warmup(cfg: &RunConfig, warmup: &[Prepared], ledger: &mut Ledger) -> 
         Mode::Closed { in_flight } => in_flight,
         Mode::Open { .. } => WARMUP_IN_FLIGHT,
     };
-    let r = execute(
+    let (r, fault) = execute(
         cfg,
+        tls,
         warmup,
         Plan::Closed {
             in_flight,
@@ -132,13 +153,18 @@ pub fn run_warmup(cfg: &RunConfig, warmup: &[Prepared], ledger: &mut Ledger) -> 
     ledger.merge(r.ledger);
     let unsent = warmup.len() as u64 - r.sent;
     if unsent > 0 {
+        let why = match fault {
+            Some(f) => format!("a connection failed: {f}"),
+            None => format!(
+                "no answer for {:?}, or the connections closed",
+                cfg.drain_timeout
+            ),
+        };
         return Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!(
-                "warmup: {unsent} of {} transactions not sent (no answer for {:?}, or \
-                 the connections closed)",
+                "warmup: {unsent} of {} transactions not sent ({why})",
                 warmup.len(),
-                cfg.drain_timeout
             ),
         ));
     }
@@ -154,6 +180,15 @@ pub fn run_warmup(cfg: &RunConfig, warmup: &[Prepared], ledger: &mut Ledger) -> 
 /// Run the pool against the target: send for `cfg.duration` (or until the
 /// pool is exhausted), drain, and return what was measured.
 pub fn run(cfg: &RunConfig, pool: &[Prepared]) -> io::Result<RunResult> {
+    run_with_tls(cfg, None, pool)
+}
+
+/// [`run`], over TLS when `tls` is given.
+pub fn run_with_tls(
+    cfg: &RunConfig,
+    tls: Option<&ClientTls>,
+    pool: &[Prepared],
+) -> io::Result<RunResult> {
     let plan = match cfg.mode {
         Mode::Open { rate_per_s } => {
             if !(rate_per_s.is_finite() && rate_per_s > 0.0) {
@@ -169,19 +204,25 @@ pub fn run(cfg: &RunConfig, pool: &[Prepared]) -> io::Result<RunResult> {
             duration: Some(cfg.duration),
         },
     };
-    execute(cfg, pool, plan, cfg.progress)
+    execute(cfg, tls, pool, plan, cfg.progress).map(|(r, _)| r)
 }
+
+/// The longest the `close_notify` at the end of a TLS run may block.
+const CLOSE_NOTIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
 
+/// Run `pool` as `plan` says; also the first reason a connection failed
+/// (with `progress`, each is printed to stderr).
 fn execute(
     cfg: &RunConfig,
+    tls: Option<&ClientTls>,
     pool: &[Prepared],
     plan: Plan,
     progress: bool,
-) -> io::Result<RunResult> {
+) -> io::Result<(RunResult, Option<String>)> {
     if cfg.connections == 0 {
         return Err(invalid("connections must be at least 1".into()));
     }
@@ -189,7 +230,7 @@ fn execute(
         return Err(invalid("in-flight must be at least 1".into()));
     }
     let conns = (0..cfg.connections)
-        .map(|_| connect(cfg))
+        .map(|_| connect(cfg, tls))
         .collect::<io::Result<Vec<_>>>()?;
     let sh = RunCore {
         pool,
@@ -236,6 +277,23 @@ fn execute(
         drop(stop_tx);
         (writers, readers)
     });
+    for c in conns
+        .iter()
+        .filter(|c| !c.is_dead() && c.transport.is_tls())
+    {
+        // Best effort, and never long: the measuring is over.
+        let _ = c.transport.set_write_timeout(Some(CLOSE_NOTIFY_TIMEOUT));
+        let _ = c.transport.close_notify();
+    }
+    let mut fault = None;
+    for (i, f) in conns.iter().enumerate() {
+        if let Some(f) = f.fault.get() {
+            if progress {
+                eprintln!("connection {}: {f}", i + 1);
+            }
+            fault.get_or_insert_with(|| f.clone());
+        }
+    }
 
     let mut sent = 0;
     let mut end = None::<Instant>;
@@ -258,7 +316,7 @@ fn execute(
             .add(&r.hist)
             .expect("auto-resizing histograms always add");
     }
-    Ok(RunResult {
+    let result = RunResult {
         sent,
         answered,
         elapsed: end.unwrap_or_else(Instant::now).duration_since(sh.start),
@@ -268,7 +326,8 @@ fn execute(
         unmatched,
         closed,
         timed_out,
-    })
+    };
+    Ok((result, fault))
 }
 
 #[cfg(test)]
@@ -283,7 +342,7 @@ pub(crate) mod tests {
     use engine::iso8583::IsoMessage;
     use engine::iso8583::{next_frame, write_frame, Dialect, Framing};
     use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpStream};
+    use std::net::SocketAddr;
     use std::time::Duration;
 
     /// What the in-test server does with each frame.
@@ -310,14 +369,21 @@ pub(crate) mod tests {
         thread::spawn(move || {
             for s in l.incoming() {
                 let Ok(s) = s else { return };
+                s.set_nodelay(true).unwrap();
                 thread::spawn(move || serve_conn(s, b));
             }
         });
         addr
     }
 
-    fn serve_conn(mut s: TcpStream, b: Behavior) {
-        s.set_nodelay(true).unwrap();
+    /// [`server`] over TLS: the dev listener certificate of `set`, and
+    /// the acquirers' certificates required.
+    pub(crate) fn tls_server(b: Behavior, set: &provisioning::certs::DevCertSet) -> SocketAddr {
+        use crate::tls::test_server::{config, listen};
+        listen(config(set, Some(&set.ca_pem)), move |s| serve_conn(s, b))
+    }
+
+    fn serve_conn<S: Read + Write>(mut s: S, b: Behavior) {
         let (mut buf, mut out, mut frames) = (Vec::new(), Vec::new(), 0usize);
         let mut chunk = [0u8; 16 * 1024];
         loop {
@@ -547,6 +613,14 @@ pub(crate) mod tests {
         assert!(r.ledger.mismatches() >= r.closed, "{}", r.ledger.table());
         assert!(!r.ledger.ok());
         assert!(t.elapsed() < Duration::from_secs(3));
+        // In a warmup, the failure says why.
+        let mut ledger = Ledger::new(Dialect::Ascii);
+        let e = run_warmup(&c, &self::pool(100, Kind::Valid), &mut ledger).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("a connection failed: the server closed the connection"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -604,8 +678,66 @@ pub(crate) mod tests {
         // Two go out, time out, and the rest is never sent.
         let e = run_warmup(&silent, &pool(5, Kind::Valid), &mut ledger).unwrap_err();
         assert!(e.to_string().contains("3 of 5"), "{e}");
+        assert!(e.to_string().contains("no answer for"), "{e}");
         assert_eq!(ledger.recorded(), 2, "{}", ledger.table());
         assert_eq!(ledger.mismatches(), 2, "{}", ledger.table());
+    }
+
+    fn acquirer_tls(set: &provisioning::certs::DevCertSet) -> ClientTls {
+        let a = &set.acquirers[0];
+        ClientTls::from_pem(&set.ca_pem, Some(&a.cert_pem), Some(&a.key_pem)).unwrap()
+    }
+
+    /// The closed loop over mutual TLS: every answer matched, as over TCP.
+    #[test]
+    fn closed_loop_over_mutual_tls() {
+        let set = crate::tls::test_server::certs();
+        let addr = tls_server(Behavior::Echo, &set);
+        let tls = acquirer_tls(&set);
+        let c = cfg(addr, Mode::Closed { in_flight: 16 }, 2, 30_000);
+        let mut ledger = Ledger::new(Dialect::Ascii);
+        run_warmup_with_tls(&c, Some(&tls), &pool(100, Kind::Valid), &mut ledger).unwrap();
+        assert!(ledger.ok(), "{}", ledger.table());
+        let r = run_with_tls(&c, Some(&tls), &pool(3000, Kind::Valid)).unwrap();
+        accounted(&r);
+        assert_eq!((r.sent, r.answered, r.unmatched), (3000, 3000, 0), "{r:?}");
+        assert_eq!(r.ledger.mismatches(), 0, "{}", r.ledger.table());
+        assert!(r.elapsed < Duration::from_secs(2), "{:?}", r.elapsed);
+    }
+
+    /// Open loop over TLS, and a server closing over TLS: the same
+    /// accounting as over TCP.
+    #[test]
+    fn open_loop_and_close_over_tls() {
+        let set = crate::tls::test_server::certs();
+        let tls = acquirer_tls(&set);
+        let addr = tls_server(Behavior::Echo, &set);
+        let c = cfg(addr, Mode::Open { rate_per_s: 2000.0 }, 2, 300);
+        let r = run_with_tls(&c, Some(&tls), &pool(5000, Kind::Valid)).unwrap();
+        accounted(&r);
+        assert_eq!((r.sent, r.answered, r.unmatched), (600, 600, 0), "{r:?}");
+        let addr = tls_server(Behavior::CloseAfter(20), &set);
+        let c = cfg(addr, Mode::Closed { in_flight: 4 }, 2, 5_000);
+        let t = Instant::now();
+        let r = run_with_tls(&c, Some(&tls), &pool(500, Kind::Valid)).unwrap();
+        accounted(&r);
+        assert!(r.closed > 0 && r.answered <= 40, "{r:?}");
+        assert!(t.elapsed() < Duration::from_secs(2));
+        // A listener that wants a client certificate: the warmup says so.
+        let anonymous = ClientTls::from_pem(&set.ca_pem, None, None).unwrap();
+        let mut ledger = Ledger::new(Dialect::Ascii);
+        let e = run_warmup_with_tls(&c, Some(&anonymous), &pool(50, Kind::Valid), &mut ledger)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("a connection failed: the server refused the TLS session")
+                && e.contains("CertificateRequired"),
+            "{e}"
+        );
+        // A listener whose certificate the CA did not sign: no run.
+        let other = crate::tls::test_server::certs();
+        let e = run_with_tls(&c, Some(&acquirer_tls(&other)), &pool(5, Kind::Valid)).unwrap_err();
+        assert!(e.to_string().contains("not trusted"), "{e}");
     }
 
     #[test]

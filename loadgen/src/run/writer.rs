@@ -1,7 +1,7 @@
 //! A connection's writer: open loop on schedule, closed loop on credits,
 //! requests coalesced into one write.
 
-use std::io::{self, Write};
+use std::io;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -51,12 +51,12 @@ pub(super) fn send_batch(
         return false;
     }
     out.sent += n;
-    let ok = (&conn.stream).write_all(batch).is_ok();
+    let r = conn.transport.write_all(batch);
     out.last_send = Some(Instant::now());
-    if !ok {
-        conn.kill();
+    if let Err(e) = &r {
+        conn.fail(e);
     }
-    ok
+    r.is_ok()
 }
 
 pub(super) fn open_writer(

@@ -44,10 +44,15 @@ fn non_reader(addr: SocketAddr, frames: usize) -> JoinHandle<()> {
 
 #[test]
 fn peers_that_never_read_are_closed_and_never_delay_another_client() {
-    let r = start(ServerConfig {
+    let config = ServerConfig {
         write_queue_bytes: 64 * 1024,
+        max_in_flight_per_conn: 64,
+        max_in_flight_total: 1024,
         ..test_config()
-    });
+    };
+    let r = start(config.clone());
+    assert_serves(&r);
+    let before = rss();
     let peers: Vec<_> = (0..16).map(|_| non_reader(r.addr, 200_000)).collect();
     // While their answers pile up, a client that reads is served.
     round_trips(&r, 300, Duration::from_secs(2));
@@ -57,6 +62,12 @@ fn peers_that_never_read_are_closed_and_never_delay_another_client() {
         thread::sleep(Duration::from_millis(20));
     }
     round_trips(&r, 10, Duration::from_secs(2));
+    // The worst case of docs/listener.md for these 17 connections, plus
+    // the 16 peer threads' stacks and buffers on the client side (this
+    // test's process holds both ends).
+    let grown = rss().saturating_sub(before);
+    let bound = config.memory_bound(17) + 16 * 2 * 1024 * 1024;
+    assert!(grown < bound, "RSS grew {grown} bytes, bound {bound}");
     let stats = r.stop();
     assert_eq!(stats.slow_readers, 16, "{stats:?}");
     assert_eq!(stats.handler_panics, 0);
