@@ -84,44 +84,25 @@ impl Returns {
             }
         }
     }
-
-    fn send_many(&self, many: Vec<Done>) {
-        let mut woken = vec![false; self.inboxes.len()];
-        for done in many {
-            let i = done.origin.event_loop;
-            if let Some((tx, _)) = self.inboxes.get(i) {
-                if tx.send(super::event_loop::LoopMsg::Done(done)).is_ok() {
-                    woken[i] = true;
-                }
-            }
-        }
-        for (i, w) in woken.into_iter().enumerate() {
-            if w {
-                let _ = self.inboxes[i].1.wake();
-            }
-        }
-    }
 }
 
-/// The durability waiter: waits for whatever is queued (in order, so the
-/// first wait usually covers the rest: one group commit), then sends
-/// every batch back to its loop to be encoded there.
+/// The durability waiter: takes the batches in the order they were
+/// decided (so their journal positions rise) and waits for each; one group
+/// commit usually covers several, whose waits then return at once. Each
+/// batch goes back to its loop as soon as it is durable, so a batch never
+/// waits for a later one's commit.
 pub(super) fn durability_waiter(rx: &Receiver<Waiting>, back: &Returns) {
-    while let Ok(first) = rx.recv() {
-        let mut ready = Vec::new();
-        for mut w in std::iter::once(first).chain(rx.try_iter()) {
-            let result = match catch_unwind(AssertUnwindSafe(|| w.pending.wait())) {
-                Ok(()) => Outcome::Release(w.pending),
-                Err(_) => Outcome::Panicked,
-            };
-            ready.push(Done {
-                origin: w.origin,
-                headers: w.headers,
-                frames: w.frames,
-                result,
-            });
-        }
-        back.send_many(ready);
+    for mut w in rx.iter() {
+        let result = match catch_unwind(AssertUnwindSafe(|| w.pending.wait())) {
+            Ok(()) => Outcome::Release(w.pending),
+            Err(_) => Outcome::Panicked,
+        };
+        back.send(Done {
+            origin: w.origin,
+            headers: w.headers,
+            frames: w.frames,
+            result,
+        });
     }
 }
 
