@@ -9,15 +9,18 @@
 # same run for comparison, e.g. a worktree of the commit before the change.
 # Separate processes, load generator on the same two cores, sync durability,
 # every fault kind at the default rates, every check on; a run with a ledger
-# mismatch makes the script fail. DUR (seconds per run, default 8) and RUNS
-# (closed-loop repetitions, default 3; the median is reported) can be set.
+# mismatch makes the script fail. DUR (seconds per run, default 6) and RUNS
+# (closed-loop repetitions, default 2) can be set. The tokio variant of the
+# listener (benches/src/bin/tokio-listener.rs, plain TCP) is measured on the
+# same loads when target/release/tokio-listener exists
+# (`cargo build --release -p tessera-benches --bin tokio-listener`).
 set -euo pipefail
 T=$(realpath "${1:-target/release}")
 BASE=${2:-}
 BASE_CONFIG=${3:-}
 CONFIG=$(realpath config/tessera.toml)
-DUR=${DUR:-8}
-RUNS=${RUNS:-3}
+DUR=${DUR:-6}
+RUNS=${RUNS:-2}
 HERE=$(dirname "$(realpath "$0")")
 D=$(mktemp -d)
 SERVER=
@@ -39,11 +42,16 @@ PORT=18583
 ISSUER_PORT=18600
 
 # serve BIN_DIR CONFIG [serve flags...]: a fresh copy of the vault.
+# BIN_DIR "tokio" runs the tokio variant instead.
 serve() {
     local bin=$1 cfg=$2
     shift 2
     rm -rf "$D/v" && cp -r "$D/vault" "$D/v"
-    "$bin/tessera" --config "$cfg" serve --data-dir "$D/v" --listen "127.0.0.1:$PORT" "$@" 2>>"$D/serve.log" &
+    if [ "$bin" = tokio ]; then
+        "$T/tokio-listener" "$cfg" "$D/v" "127.0.0.1:$PORT" 2 2>>"$D/serve.log" &
+    else
+        "$bin/tessera" --config "$cfg" serve --data-dir "$D/v" --listen "127.0.0.1:$PORT" "$@" 2>>"$D/serve.log" &
+    fi
     SERVER=$!
     for _ in $(seq 100); do
         (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0
@@ -65,6 +73,7 @@ load() {
     local bin=$1 cfg=$2 label=$3
     shift 3
     local out
+    [ "$bin" = tokio ] && bin=$T
     out=$("$bin/tessera-loadgen" run --config "$cfg" --target "127.0.0.1:$PORT" \
         --export "$D/tokens.jsonl" --connections 4 --duration "$DUR" "$@" 2>/dev/null) || {
         echo "$out" | tail -20 >&2
@@ -97,18 +106,26 @@ runs() {
 
 echo "| run | throughput | p50 | p99 | p99.9 |"
 echo "|---|---:|---:|---:|---:|"
-CLOSED=(--in-flight 256 --pool $((DUR * 300000 + 100000)))
-OPEN=(--rate 100000 --pool $((DUR * 150000 + 100000)))
+CLOSED=(--in-flight 256 --pool $((DUR * 180000 + 100000)))
+OPEN=(--rate 100000 --pool $((DUR * 110000 + 100000)))
+TOKIO=
+[ -x "$T/tokio-listener" ] && TOKIO=1
 if [ -n "$BASE" ]; then
     runs "$BASE" "$BASE_CONFIG" "before: closed loop 4 × 256, plain TCP" -- "${CLOSED[@]}"
 fi
 runs "$T" "$CONFIG" "closed loop 4 × 256, plain TCP" -- "${CLOSED[@]}"
 runs "$T" "$CONFIG" "closed loop 4 × 256, mutual TLS" "${TLS_SERVE[@]}" -- "${CLOSED[@]}" "${TLS_LOAD[@]}"
+if [ -n "$TOKIO" ]; then
+    runs tokio "$CONFIG" "tokio variant: closed loop 4 × 256, plain TCP" -- "${CLOSED[@]}"
+fi
 if [ -n "$BASE" ]; then
     RUNS=1 runs "$BASE" "$BASE_CONFIG" "before: open loop 100,000/s, plain TCP" -- "${OPEN[@]}"
 fi
 RUNS=1 runs "$T" "$CONFIG" "open loop 100,000/s, plain TCP" -- "${OPEN[@]}"
 RUNS=1 runs "$T" "$CONFIG" "open loop 100,000/s, mutual TLS" "${TLS_SERVE[@]}" -- "${OPEN[@]}" "${TLS_LOAD[@]}"
+if [ -n "$TOKIO" ]; then
+    RUNS=1 runs tokio "$CONFIG" "tokio variant: open loop 100,000/s, plain TCP" -- "${OPEN[@]}"
+fi
 
 # The issuer leg: the simulated issuer in its own process.
 "$T/tessera-loadgen" issuer --listen "127.0.0.1:$ISSUER_PORT" --export "$D/tokens.jsonl" 2>/dev/null &
@@ -122,6 +139,16 @@ kill "$ISSUER" 2>/dev/null || true
 
 # 64 peers that pipeline and never read, against a reading client's p99.
 OPEN20=(--rate 20000 --pool $((DUR * 30000 + 100000)))
+if [ -n "$BASE" ]; then
+    serve "$BASE" "$BASE_CONFIG"
+    load "$BASE" "$BASE_CONFIG" "before: open loop 20,000/s, alone" "${OPEN20[@]}"
+    stop
+fi
+if [ -n "$TOKIO" ]; then
+    serve tokio "$CONFIG"
+    load tokio "$CONFIG" "tokio variant: open loop 20,000/s, alone" "${OPEN20[@]}"
+    stop
+fi
 serve "$T" "$CONFIG"
 load "$T" "$CONFIG" "open loop 20,000/s, alone" "${OPEN20[@]}"
 stop

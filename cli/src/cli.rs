@@ -194,6 +194,17 @@ struct ServeArgs {
     /// sub-element 01) [config: listener.issuer; default: none, stand-in].
     #[arg(long, value_name = "HOST:PORT")]
     issuer: Option<String>,
+    /// TLS to the issuer: the CA its certificate must chain to [config:
+    /// listener.issuer_tls_ca; default: plain TCP].
+    #[arg(long, value_name = "FILE")]
+    issuer_tls_ca: Option<PathBuf>,
+    /// A client certificate to present to the issuer (optional) [config:
+    /// listener.issuer_tls_cert]. Needs --issuer-tls-key.
+    #[arg(long, value_name = "FILE", requires_all = ["issuer_tls_key", "issuer_tls_ca"])]
+    issuer_tls_cert: Option<PathBuf>,
+    /// The issuer client certificate's key [config: listener.issuer_tls_key].
+    #[arg(long, value_name = "FILE", requires = "issuer_tls_cert")]
+    issuer_tls_key: Option<PathBuf>,
     /// Issuer answer timeout in ms; no answer in time → 91 [config: listener.issuer_timeout_ms; default 2000].
     #[arg(long)]
     issuer_timeout_ms: Option<u64>,
@@ -481,6 +492,9 @@ fn serve(config: &Path, a: ServeArgs) -> Result<(), CliError> {
     l.max_connections = a.max_connections.unwrap_or(l.max_connections);
     l.issuer = a.issuer.or(l.issuer.take());
     l.issuer_timeout_ms = a.issuer_timeout_ms.unwrap_or(l.issuer_timeout_ms);
+    l.issuer_tls_ca = a.issuer_tls_ca.or(l.issuer_tls_ca.take());
+    l.issuer_tls_cert = a.issuer_tls_cert.or(l.issuer_tls_cert.take());
+    l.issuer_tls_key = a.issuer_tls_key.or(l.issuer_tls_key.take());
     l.max_connections_per_source = a
         .max_connections_per_source
         .unwrap_or(l.max_connections_per_source);

@@ -59,8 +59,8 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -73,6 +73,7 @@ use crate::iso8583::framing::TPDU_LEN;
 use crate::iso8583::{
     is_response, next_frame, response_mti, write_frame, Dialect, Framing, IsoMessage,
 };
+use crate::tls_client::{ClientTls, Transport};
 
 /// Default time to wait for the issuer's answers to a batch.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -118,8 +119,9 @@ struct Pending {
 enum LinkState {
     /// A connection attempt is in flight.
     Connecting,
-    /// Connected; the write half.
-    Up(TcpStream),
+    /// Connected: the connection, shared with the reader (which holds
+    /// another reference); plain TCP or TLS.
+    Up(Arc<Transport>),
     /// Not connected (failed attempt, lost connection, back-off, stopped).
     Down,
 }
@@ -139,6 +141,8 @@ struct LinkCore {
     dialect: Dialect,
     timeout: Duration,
     max_frame: usize,
+    /// TLS to the issuer; `None` = plain TCP.
+    tls: Option<Arc<ClientTls>>,
     max_pending: usize,
     link: Mutex<LinkState>,
     link_cv: Condvar,
@@ -187,12 +191,28 @@ impl IssuerLink {
         dialect: Dialect,
         timeout: Duration,
     ) -> IssuerLink {
+        Self::connect_with(addr, framing, dialect, timeout, None)
+    }
+
+    /// Like [`IssuerLink::connect`], over TLS when `tls` is given (the
+    /// issuer's certificate checked against its CA; a client certificate
+    /// presented if it holds one). A refused handshake is a failed
+    /// connection: forwards answer `None` (91) and the link retries with
+    /// back-off.
+    pub fn connect_with(
+        addr: SocketAddr,
+        framing: Framing,
+        dialect: Dialect,
+        timeout: Duration,
+        tls: Option<Arc<ClientTls>>,
+    ) -> IssuerLink {
         let shared = Arc::new(LinkCore {
             addr,
             framing,
             dialect,
             timeout,
             max_frame: DEFAULT_MAX_FRAME,
+            tls,
             max_pending: MAX_PENDING,
             link: Mutex::new(LinkState::Connecting),
             link_cv: Condvar::new(),
@@ -309,7 +329,7 @@ impl IssuerLink {
                 // Possibly a partial frame on the wire: the stream is
                 // unusable. The reader sees the shutdown, fails everything
                 // pending and reconnects.
-                let _ = stream.shutdown(Shutdown::Both);
+                let _ = stream.shutdown();
                 *link = LinkState::Down;
                 drop(link);
                 sh.link_cv.notify_all();
@@ -365,7 +385,7 @@ impl Drop for IssuerLink {
             let mut link = lock(&self.shared.link);
             self.shared.stop.store(true, Ordering::SeqCst);
             if let LinkState::Up(s) = &*link {
-                let _ = s.shutdown(Shutdown::Both);
+                let _ = s.shutdown();
             }
             *link = LinkState::Down;
         }
@@ -404,7 +424,7 @@ impl LinkCore {
         self.link_cv.notify_all();
     }
 
-    fn open(&self) -> std::io::Result<(TcpStream, TcpStream)> {
+    fn open(&self) -> std::io::Result<Arc<Transport>> {
         let ct = self
             .timeout
             .clamp(Duration::from_millis(1), CONNECT_TIMEOUT_MAX);
@@ -412,8 +432,11 @@ impl LinkCore {
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(POLL))?;
         s.set_write_timeout(Some(self.timeout.max(Duration::from_millis(1))))?;
-        let w = s.try_clone()?;
-        Ok((s, w))
+        Ok(Arc::new(match &self.tls {
+            // The handshake is bounded by the socket's timeouts.
+            Some(tls) => tls.connect(s)?,
+            None => Transport::plain(s),
+        }))
     }
 
     fn run_reader(&self) {
@@ -424,14 +447,14 @@ impl LinkCore {
         while !self.stopping() {
             self.set_link(LinkState::Connecting);
             match self.open() {
-                Ok((mut rd, wr)) => {
+                Ok(rd) => {
                     {
                         let mut link = lock(&self.link);
                         if self.stopping() {
                             *link = LinkState::Down;
                             break;
                         }
-                        *link = LinkState::Up(wr);
+                        *link = LinkState::Up(Arc::clone(&rd));
                     }
                     self.link_cv.notify_all();
                     if ever_connected {
@@ -439,8 +462,8 @@ impl LinkCore {
                     }
                     ever_connected = true;
                     backoff = BACKOFF_MIN;
-                    self.read_loop(&mut rd, &mut buf);
-                    let _ = rd.shutdown(Shutdown::Both);
+                    self.read_loop(&rd, &mut buf);
+                    let _ = rd.shutdown();
                     self.set_link(LinkState::Down);
                     // Dropping the senders wakes every waiter with None.
                     lock(&self.pending).clear();
@@ -458,7 +481,7 @@ impl LinkCore {
     }
 
     /// Read and route answers until EOF, an error, or shutdown.
-    fn read_loop(&self, s: &mut TcpStream, buf: &mut [u8]) {
+    fn read_loop(&self, s: &Transport, buf: &mut [u8]) {
         let mut filled = 0;
         loop {
             if self.stopping() || filled == buf.len() {
@@ -530,6 +553,7 @@ impl LinkCore {
 mod tests {
     use super::*;
     use crate::iso8583::de48::{put_token_in_de48, token_from_de48};
+    use std::io::{Read, Write};
     use std::net::TcpListener;
     use std::thread;
 

@@ -28,4 +28,5 @@ pub mod pipeline;
 pub mod profile;
 pub mod serve;
 pub mod server;
+pub mod tls_client;
 pub mod vault;

@@ -182,26 +182,28 @@ pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketA
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
     let active = Arc::new(AtomicUsize::new(0));
-    std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(s) = conn else { continue };
-            if active.fetch_add(1, Ordering::SeqCst) >= MAX_SCRAPES {
-                active.fetch_sub(1, Ordering::SeqCst);
-                continue; // dropped: closed at once
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(s) = conn else { continue };
+                if active.fetch_add(1, Ordering::SeqCst) >= MAX_SCRAPES {
+                    active.fetch_sub(1, Ordering::SeqCst);
+                    continue; // dropped: closed at once
+                }
+                let (for_scrape, done) = (Arc::clone(&metrics), Arc::clone(&active));
+                let spawned = std::thread::Builder::new()
+                    .name("metrics-scrape".into())
+                    .spawn(move || {
+                        scrape(s, &for_scrape);
+                        done.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if spawned.is_err() {
+                    // The closure (and its count) is gone with the error.
+                    active.fetch_sub(1, Ordering::SeqCst);
+                }
             }
-            let (for_scrape, done) = (Arc::clone(&metrics), Arc::clone(&active));
-            let spawned = std::thread::Builder::new()
-                .name("metrics-scrape".into())
-                .spawn(move || {
-                    scrape(s, &for_scrape);
-                    done.fetch_sub(1, Ordering::SeqCst);
-                });
-            if spawned.is_err() {
-                // The closure (and its count) is gone with the error.
-                active.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-    })?;
+        })?;
     Ok(local)
 }
 
@@ -242,7 +244,10 @@ mod tests {
         assert!(text.contains("tessera_request_duration_seconds_count 3"));
         m.echo();
         assert!(m.render().contains("tessera_echoes_total 1"));
-        assert!(!m.render().contains("code=\"00\"} 3"), "an echo is not an approval");
+        assert!(
+            !m.render().contains("code=\"00\"} 3"),
+            "an echo is not an approval"
+        );
     }
 
     #[test]
@@ -262,7 +267,11 @@ mod tests {
         s.read_to_string(&mut text).unwrap();
         assert!(text.contains("tessera_responses_total{code=\"00\"} 1"));
         // A liveness bound, far below the stalled scrapes' 2 s timeout.
-        assert!(t.elapsed() < Duration::from_millis(1500), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t.elapsed()
+        );
         drop(stalled);
     }
 }

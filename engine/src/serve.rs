@@ -20,6 +20,7 @@ use crate::issuer::IssuerLink;
 use crate::pipeline::Pipeline;
 use crate::profile::keys;
 use crate::server::{Handler, ListenerTls, Server, ServerConfig, ServerStats, ShutdownHandle};
+use crate::tls_client::ClientTls;
 use crate::vault::{OpenOptions, Vault, VaultError};
 
 /// How often the housekeeping thread asks the vault whether a snapshot is
@@ -82,6 +83,9 @@ pub enum ServeError {
     /// Plain TCP on an address other people can reach.
     #[error("refusing plain TCP on {0}, which is not a loopback address: configure [listener.tls] (or --tls-cert/--tls-key/--tls-client-ca), or pass --insecure-plaintext")]
     PlaintextNotLoopback(SocketAddr),
+    /// `[listener] issuer_tls_*` could not be loaded.
+    #[error("issuer TLS: {0}")]
+    IssuerTls(String),
     /// `[listener] issuer` does not resolve.
     #[error("cannot resolve issuer address \"{0}\"")]
     IssuerAddress(String),
@@ -125,8 +129,10 @@ pub struct Running {
 pub struct Stopped {
     /// The listener's counters.
     pub stats: ServerStats,
-    /// Answers by response code ("00" -> n).
+    /// Authorization answers by response code ("00" -> n).
     pub response_counts: Vec<(String, u64)>,
+    /// Network management answers (0810), counted apart.
+    pub echoes: u64,
 }
 
 /// Open the vault, build the pipeline and start listening, as
@@ -167,12 +173,31 @@ pub fn start(config: &Config, keys: &KeyStore, opts: &ServeOptions) -> Result<Ru
             .ok()
             .and_then(|mut a| a.next())
             .ok_or_else(|| ServeError::IssuerAddress(issuer.clone()))?;
+        let tls = match &l.issuer_tls_ca {
+            None => None,
+            Some(ca) => {
+                let tls = ClientTls::from_files(
+                    ca,
+                    l.issuer_tls_cert.as_deref(),
+                    l.issuer_tls_key.as_deref(),
+                )
+                .map_err(|e| ServeError::IssuerTls(e.to_string()))?;
+                let tls = match &l.issuer_tls_name {
+                    Some(name) => tls
+                        .with_server_name(name)
+                        .map_err(|e| ServeError::IssuerTls(e.to_string()))?,
+                    None => tls,
+                };
+                Some(Arc::new(tls))
+            }
+        };
         // The issuer link speaks the listener's framing and dialect.
-        let link = IssuerLink::connect(
+        let link = IssuerLink::connect_with(
             addr,
             l.framing,
             l.dialect,
             Duration::from_millis(l.issuer_timeout_ms),
+            tls,
         );
         pipeline = pipeline.with_issuer(link);
         issuer_addr = Some(addr);
@@ -299,6 +324,7 @@ impl Running {
         Ok(Stopped {
             stats,
             response_counts: self.pipeline.response_counts(),
+            echoes: self.pipeline.metrics().echoes(),
         })
     }
 

@@ -289,18 +289,17 @@ impl LifecycleDriver {
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
-        let thread =
-            std::thread::spawn(move || {
-                drive(
-                    cards,
-                    &profiles,
-                    &wallet,
-                    &operator,
-                    engine,
-                    tls.as_deref(),
-                    &flag,
-                )
-            });
+        let thread = std::thread::spawn(move || {
+            drive(
+                cards,
+                &profiles,
+                &wallet,
+                &operator,
+                engine,
+                tls.as_deref(),
+                &flag,
+            )
+        });
         Self { stop, thread }
     }
 

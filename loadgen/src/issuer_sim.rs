@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use engine::iso8583::de48::token_from_de48;
 use engine::iso8583::{response_mti, Dialect, Framing, IsoMessage};
-use engine::server::{Handler, Peer, Server, ServerConfig, ServerStats, ShutdownHandle};
+use engine::server::{
+    Handler, ListenerTls, Peer, Server, ServerConfig, ServerStats, ShutdownHandle,
+};
 use engine::vault::export::ExportLine;
 
 /// Fields an approval echoes.
@@ -127,7 +129,20 @@ impl IssuerSim {
         dialect: Dialect,
         framing: Framing,
     ) -> io::Result<IssuerSim> {
+        Self::start_with_tls(listen, pans, dialect, framing, None)
+    }
+
+    /// Like [`IssuerSim::start`], over TLS when `tls` is given (the
+    /// engine's issuer link with `--issuer-tls-ca`).
+    pub fn start_with_tls(
+        listen: SocketAddr,
+        pans: HashMap<String, String>,
+        dialect: Dialect,
+        framing: Framing,
+        tls: Option<Arc<ListenerTls>>,
+    ) -> io::Result<IssuerSim> {
         let server = Server::bind(ServerConfig {
+            tls,
             listen,
             framing,
             // The simulator answers at once: one loop, so it takes less

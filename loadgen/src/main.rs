@@ -150,6 +150,13 @@ domain_violation, amount_mismatch, malformed, reversal (default: the demo's rate
         /// Vault export with PANs.
         #[arg(long)]
         export: PathBuf,
+        /// Serve TLS with this certificate (PEM; `tessera certs dev`:
+        /// listener.pem), for an engine started with --issuer-tls-ca.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
 }
 
@@ -350,10 +357,34 @@ fn run_cli(cli: Cli) -> Result<bool, String> {
             );
             Ok(state == "active")
         }
-        Command::Issuer { listen, export } => {
+        Command::Issuer {
+            listen,
+            export,
+            tls_cert,
+            tls_key,
+        } => {
             let pans = issuer_sim::pans_from_export(&export).map_err(|e| e.to_string())?;
-            let sim = issuer_sim::start(listen, pans, Dialect::Ascii, Framing::Len2Exclusive)
-                .map_err(|e| e.to_string())?;
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => {
+                    let read =
+                        |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+                    let tls = engine::server::ListenerTls::server_only_from_pem(
+                        &read(&cert)?,
+                        &zeroize::Zeroizing::new(read(&key)?),
+                    )
+                    .map_err(|e| e.to_string())?;
+                    Some(std::sync::Arc::new(tls))
+                }
+                _ => None,
+            };
+            let sim = issuer_sim::IssuerSim::start_with_tls(
+                listen,
+                pans,
+                Dialect::Ascii,
+                Framing::Len2Exclusive,
+                tls,
+            )
+            .map_err(|e| e.to_string())?;
             eprintln!("tessera-loadgen: issuer simulator on {}", sim.local_addr());
             loop {
                 std::thread::sleep(Duration::from_secs(10));

@@ -45,6 +45,16 @@ pub struct ListenerConfig {
     pub issuer: Option<String>,
     /// How long to wait for the issuer before answering 91, milliseconds.
     pub issuer_timeout_ms: u64,
+    /// TLS to the issuer: the CA its certificate must chain to (PEM);
+    /// unset = plain TCP.
+    pub issuer_tls_ca: Option<PathBuf>,
+    /// A client certificate (and its key) to present to the issuer;
+    /// optional, both or neither.
+    pub issuer_tls_cert: Option<PathBuf>,
+    /// The client certificate's private key.
+    pub issuer_tls_key: Option<PathBuf>,
+    /// The name the issuer's certificate must carry (default `localhost`).
+    pub issuer_tls_name: Option<String>,
     /// Event-loop threads; 0 = one per core.
     pub loops: usize,
     /// Threads that wait for the issuer (only with `issuer`); 0 = eight per
@@ -100,6 +110,10 @@ impl Default for ListenerConfig {
             stalled_read_timeout_secs: 5,
             issuer: None,
             issuer_timeout_ms: 2000,
+            issuer_tls_ca: None,
+            issuer_tls_cert: None,
+            issuer_tls_key: None,
+            issuer_tls_name: None,
             loops: 0,
             blocking_workers: 0,
             insecure_plaintext: false,

@@ -11,7 +11,6 @@ use hsm_sim::emv::CvnProfile;
 use hsm_sim::keyfile::KeyStore;
 use serde::Deserialize;
 
-
 mod api;
 mod listener;
 mod values;

@@ -314,7 +314,12 @@ impl Pipeline {
             resp.set(39, rc::NOT_PERMITTED_TO_ACQUIRER);
             resp.set(44, b"ACQUIRER_NOT_ALLOWED");
             if self.log_declines {
-                log_decline(&req, rc::NOT_PERMITTED_TO_ACQUIRER, "ACQUIRER_NOT_ALLOWED", acquirer);
+                log_decline(
+                    &req,
+                    rc::NOT_PERMITTED_TO_ACQUIRER,
+                    "ACQUIRER_NOT_ALLOWED",
+                    acquirer,
+                );
             }
             return Slot::Ready(Some(resp), None);
         }
@@ -340,7 +345,9 @@ impl Pipeline {
                         return Slot::Ready(Some(answer), c.lsn);
                     }
                 }
-                Some(_) => return Slot::Ready(Some(self.duplicate(&req, resp_mti, acquirer)), None),
+                Some(_) => {
+                    return Slot::Ready(Some(self.duplicate(&req, resp_mti, acquirer)), None)
+                }
                 None => {}
             }
         }

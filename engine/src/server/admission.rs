@@ -41,7 +41,10 @@ impl Admission {
         if self.open.load(Ordering::SeqCst) >= self.max_total {
             return Err(Refusal::Global(self.max_total));
         }
-        let mut map = self.per_source.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self
+            .per_source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let n = map.entry(ip).or_insert(0);
         if *n >= self.max_per_source {
             return Err(Refusal::PerSource(self.max_per_source));
@@ -53,7 +56,10 @@ impl Admission {
 
     /// Give back the slot of a closed connection from `ip`.
     pub(super) fn release(&self, ip: IpAddr) {
-        let mut map = self.per_source.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self
+            .per_source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(n) = map.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {

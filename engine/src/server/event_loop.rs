@@ -26,10 +26,12 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::iso8583::framing::write_frame;
 
 use super::admission::Refusal;
-use super::offload::{Batch, Done, Origin, Outcome, Returns, Waiting};
-use super::read_buffer::{scratch_size, ReadBuffer, ReadTimeout};
+use super::config::{scratch_size, POLL_INTERVAL};
+use super::context::{bump, log, Ctx};
+use super::handler::{Answers, ConnId, Handler, Peer};
+use super::offload::{Batch, Done, LoopMsg, Origin, Outcome, Returns, Waiting};
+use super::read_buffer::{ReadBuffer, ReadTimeout};
 use super::transport::{ReadOutcome, Transport};
-use super::{bump, log, Answers, ConnId, Ctx, Handler, Peer, POLL_INTERVAL};
 
 pub(super) const WAKER: Token = Token(usize::MAX);
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -37,18 +39,6 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const EVENTS: usize = 1024;
 /// A write queue whose memory is bigger than this is given back once empty.
 const KEEP_OUT_CAPACITY: usize = 64 * 1024;
-
-/// What other threads send a loop.
-pub(super) enum LoopMsg {
-    /// An accepted connection for this loop to own.
-    NewConn {
-        sock: TcpStream,
-        addr: SocketAddr,
-        id: u64,
-    },
-    /// A batch's answers (or its release) coming back.
-    Done(Done),
-}
 
 /// What every loop shares.
 pub(super) struct Shared {
@@ -123,8 +113,7 @@ impl EventLoop {
     ) -> io::Result<Self> {
         let mut listener = listener;
         if let Some(l) = listener.as_mut() {
-            poll.registry()
-                .register(l, LISTENER, Interest::READABLE)?;
+            poll.registry().register(l, LISTENER, Interest::READABLE)?;
         }
         let scratch = vec![0; scratch_size(shared.ctx.config.max_frame)];
         Ok(EventLoop {
@@ -160,7 +149,10 @@ impl EventLoop {
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
-                    log(format_args!("event=poll_error loop={} error=\"{e}\"", self.index));
+                    log(format_args!(
+                        "event=poll_error loop={} error=\"{e}\"",
+                        self.index
+                    ));
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 continue;
@@ -233,7 +225,9 @@ impl EventLoop {
     fn accept_all(&mut self) {
         self.accept_retry = false;
         loop {
-            let Some(listener) = self.listener.as_ref() else { return };
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
             let (sock, addr) = match listener.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -293,7 +287,9 @@ impl EventLoop {
             Some(tls) => match tls.accept() {
                 Ok(session) => Transport::tls(sock, session),
                 Err(e) => {
-                    log(format_args!("event=tls_error conn={id} peer={addr} error=\"{e}\""));
+                    log(format_args!(
+                        "event=tls_error conn={id} peer={addr} error=\"{e}\""
+                    ));
                     ctx.admission.release(addr.ip());
                     return;
                 }
@@ -331,7 +327,9 @@ impl EventLoop {
             Token(slot),
             Interest::READABLE | Interest::WRITABLE,
         ) {
-            log(format_args!("event=register_error conn={id} peer={addr} error=\"{e}\""));
+            log(format_args!(
+                "event=register_error conn={id} peer={addr} error=\"{e}\""
+            ));
             ctx.admission.release(addr.ip());
             self.free.push(slot);
             return;
@@ -438,7 +436,10 @@ impl EventLoop {
                     return;
                 }
             };
-            let split = match conn.rb.split(&self.scratch[..carried + n], room, Instant::now()) {
+            let split = match conn
+                .rb
+                .split(&self.scratch[..carried + n], room, Instant::now())
+            {
                 Ok(s) => s,
                 Err(e) => {
                     self.close_for(
@@ -613,7 +614,10 @@ impl EventLoop {
                 i,
                 &ctx.counters.slow_readers,
                 "slow_reader",
-                format_args!("queued_bytes={queued} limit={}", ctx.config.write_queue_bytes),
+                format_args!(
+                    "queued_bytes={queued} limit={}",
+                    ctx.config.write_queue_bytes
+                ),
             );
             return;
         }
@@ -715,7 +719,9 @@ impl EventLoop {
         let ctx = Arc::clone(&self.shared.ctx);
         let cfg = &ctx.config;
         for i in 0..self.conns.len() {
-            let Some(c) = self.conns[i].as_mut() else { continue };
+            let Some(c) = self.conns[i].as_mut() else {
+                continue;
+            };
             if c.peer.is_none()
                 && now.saturating_duration_since(c.accepted) >= cfg.stalled_read_timeout
             {
@@ -727,8 +733,7 @@ impl EventLoop {
                 );
                 continue;
             }
-            if c
-                .write_stalled_since
+            if c.write_stalled_since
                 .is_some_and(|t| now.saturating_duration_since(t) >= cfg.write_timeout)
             {
                 let queued = c.queued();
@@ -752,12 +757,9 @@ impl EventLoop {
                     "stalled_read_timeout",
                     format_args!("pending_bytes={pending}"),
                 ),
-                Some(ReadTimeout::Idle) => self.close_for(
-                    i,
-                    &ctx.counters.timeouts,
-                    "idle_timeout",
-                    format_args!(""),
-                ),
+                Some(ReadTimeout::Idle) => {
+                    self.close_for(i, &ctx.counters.timeouts, "idle_timeout", format_args!(""))
+                }
             }
         }
     }

@@ -76,192 +76,37 @@
 //! [`Handler::shutdown`] runs (it flushes the vault journal) and
 //! [`Server::run`] returns `Ok` so the binary exits 0.
 
-use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
 
 mod admission;
 mod config;
+mod context;
 mod event_loop;
+mod handler;
 mod offload;
 mod read_buffer;
 pub mod tls;
 mod transport;
 
-pub use config::{default_blocking_workers, default_loops, ServerConfig, DEFAULT_LISTEN};
+pub use config::{
+    default_blocking_workers, default_loops, ServerConfig, DEFAULT_LISTEN, POLL_INTERVAL,
+};
+pub use context::ServerStats;
+pub use handler::{Answers, ConnId, Handler, Peer, PendingAnswers};
 pub use tls::{ListenerTls, TlsSetupError};
 
 use admission::Admission;
-use event_loop::{EventLoop, LoopMsg, Shared};
-use offload::Returns;
+use context::{log, Ctx, ListenerCounters};
+use event_loop::{EventLoop, Shared};
+use offload::{LoopMsg, Returns};
 
 #[cfg(test)]
 mod tests;
-
-/// How often loops check for shutdown and for timeouts.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Identifies one accepted connection for the lifetime of a [`Server`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(pub u64);
-
-impl fmt::Display for ConnId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-/// Who sent a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
-    /// The connection.
-    pub conn: ConnId,
-    /// Its remote address.
-    pub addr: SocketAddr,
-    /// The subject of the peer's TLS client certificate (`CN=…,O=…`), the
-    /// acquirer's identity; `None` over plain TCP.
-    pub identity: Option<String>,
-}
-
-/// What the server calls with the frames it reads.
-pub trait Handler: Send + Sync + 'static {
-    /// Handles the frame bodies read together from `peer` (never empty, no
-    /// keep-alives). Returns one slot per frame, in the same order:
-    /// `Some(answer)` is written back as one frame, `None` answers nothing
-    /// (e.g. the message was itself a response). Missing slots count as
-    /// `None`, extra ones are ignored. A panic closes the connection and
-    /// answers nothing for the batch.
-    fn handle_batch(&self, peer: &Peer, frames: &[&[u8]]) -> Vec<Option<Vec<u8>>>;
-
-    /// Like [`handle_batch`](Handler::handle_batch), but the answers may be
-    /// [`Answers::Later`]: ready once a condition holds (the batch's journal
-    /// records are durable). The server waits for it off the event loop.
-    /// The default answers at once.
-    fn handle_batch_deferred(&self, peer: &Peer, frames: &[&[u8]]) -> Answers {
-        Answers::Now(self.handle_batch(peer, frames))
-    }
-
-    /// Whether handling a batch may block for long (a network round trip):
-    /// then every batch runs on the blocking pool, never on an event loop.
-    fn may_block(&self) -> bool {
-        false
-    }
-
-    /// Called once on shutdown, after every dispatched batch is answered.
-    fn shutdown(&self) {}
-}
-
-/// The answers to a batch, now or once a condition holds.
-pub enum Answers {
-    /// Write these now.
-    Now(Vec<Option<Vec<u8>>>),
-    /// Wait (off the loop), then release on the loop.
-    Later(Box<dyn PendingAnswers>),
-}
-
-impl fmt::Debug for Answers {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Now(a) => write!(f, "Answers::Now({} slots)", a.len()),
-            Self::Later(_) => f.write_str("Answers::Later"),
-        }
-    }
-}
-
-/// Answers that wait for something (the journal's group commit).
-pub trait PendingAnswers: Send {
-    /// Block until the answers may leave. Runs on the durability waiter,
-    /// in the order the batches were handled.
-    fn wait(&mut self);
-    /// Encode the answers, one slot per frame. Runs after `wait` on the
-    /// connection's event loop; must not block.
-    fn release(self: Box<Self>) -> Vec<Option<Vec<u8>>>;
-}
-
-/// Counters returned by [`Server::run`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ServerStats {
-    /// Connections accepted and served.
-    pub connections_accepted: u64,
-    /// Connections accepted and closed at once (over a connection cap).
-    pub connections_rejected: u64,
-    /// Of those, over `max_connections_per_source`.
-    pub rejected_per_source: u64,
-    /// Request frames handed to the handler (keep-alives excluded).
-    pub frames: u64,
-    /// Zero-length keep-alive frames ignored.
-    pub keepalives: u64,
-    /// Batches handed to the handler.
-    pub batches: u64,
-    /// Answer frames queued for writing.
-    pub answers: u64,
-    /// Connections closed for a framing error (bad or oversized length, EOF
-    /// inside a frame).
-    pub framing_errors: u64,
-    /// Connections closed for the idle, stalled-read or handshake timeout.
-    pub timeouts: u64,
-    /// Handler panics caught.
-    pub handler_panics: u64,
-    /// Connections closed because writing failed.
-    pub write_errors: u64,
-    /// Connections closed because reading failed (after the handshake).
-    pub read_errors: u64,
-    /// Connections closed because they did not read their answers (write
-    /// queue over its limit, or no progress for `write_timeout`).
-    pub slow_readers: u64,
-    /// TLS handshakes refused (no certificate, unknown CA, expired, bad
-    /// records).
-    pub tls_refused: u64,
-}
-
-#[derive(Debug, Default)]
-struct ListenerCounters {
-    connections_accepted: AtomicU64,
-    connections_rejected: AtomicU64,
-    rejected_per_source: AtomicU64,
-    frames: AtomicU64,
-    keepalives: AtomicU64,
-    batches: AtomicU64,
-    answers: AtomicU64,
-    framing_errors: AtomicU64,
-    timeouts: AtomicU64,
-    handler_panics: AtomicU64,
-    write_errors: AtomicU64,
-    read_errors: AtomicU64,
-    slow_readers: AtomicU64,
-    tls_refused: AtomicU64,
-}
-
-fn bump(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
-}
-
-impl ListenerCounters {
-    fn snapshot(&self) -> ServerStats {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        ServerStats {
-            connections_accepted: g(&self.connections_accepted),
-            connections_rejected: g(&self.connections_rejected),
-            rejected_per_source: g(&self.rejected_per_source),
-            frames: g(&self.frames),
-            keepalives: g(&self.keepalives),
-            batches: g(&self.batches),
-            answers: g(&self.answers),
-            framing_errors: g(&self.framing_errors),
-            timeouts: g(&self.timeouts),
-            handler_panics: g(&self.handler_panics),
-            write_errors: g(&self.write_errors),
-            read_errors: g(&self.read_errors),
-            slow_readers: g(&self.slow_readers),
-            tls_refused: g(&self.tls_refused),
-        }
-    }
-}
 
 /// Asks a running [`Server`] to drain and stop. Cloneable, `Send`.
 #[derive(Debug, Clone)]
@@ -460,7 +305,11 @@ fn serve(
         log(format_args!(
             "event=listening addr={addr} framing={} transport={} loops={loops}{}",
             ctx.config.framing,
-            if ctx.config.tls.is_some() { "mtls" } else { "tcp" },
+            if ctx.config.tls.is_some() {
+                "mtls"
+            } else {
+                "tcp"
+            },
             if may_block {
                 format!(" blocking_workers={}", ctx.config.blocking_workers)
             } else {
@@ -495,43 +344,4 @@ fn install_signals(flag: &Arc<AtomicBool>) -> io::Result<Vec<signal_hook::SigId>
         ids.push(signal_hook::flag::register(sig, Arc::clone(flag))?);
     }
     Ok(ids)
-}
-
-fn log(args: fmt::Arguments<'_>) {
-    eprintln!("tessera-server: {args}");
-}
-
-/// State shared by all threads of one `run`.
-#[derive(Debug)]
-struct Ctx {
-    config: ServerConfig,
-    counters: ListenerCounters,
-    shutdown: Arc<AtomicBool>,
-    admission: Admission,
-    /// Frames read and not yet answered, over all connections.
-    in_flight: AtomicUsize,
-}
-
-impl Ctx {
-    fn stopping(&self) -> bool {
-        self.shutdown.load(Ordering::SeqCst)
-    }
-
-    /// Frames the loops may still read before the global cap.
-    fn in_flight_room(&self) -> usize {
-        self.config
-            .max_in_flight_total
-            .saturating_sub(self.in_flight.load(Ordering::Relaxed))
-    }
-
-    fn take_in_flight(&self, n: usize) {
-        self.in_flight.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Give `n` frames back; true when that reopened an exhausted budget.
-    fn give_back_in_flight(&self, n: usize) -> bool {
-        let before = self.in_flight.fetch_sub(n, Ordering::Relaxed);
-        before >= self.config.max_in_flight_total
-            && before - n < self.config.max_in_flight_total
-    }
 }

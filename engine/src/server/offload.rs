@@ -9,13 +9,27 @@
 //! loops' global in-flight budget (`max_in_flight_total` frames) allowed
 //! it to be read, so together they never hold more than that.
 
+use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
+use mio::net::TcpStream;
 use mio::Waker;
 
-use super::{Answers, Handler, PendingAnswers, Peer};
+use super::handler::{Answers, Handler, Peer, PendingAnswers};
+
+/// What other threads send a loop.
+pub(super) enum LoopMsg {
+    /// An accepted connection for this loop to own.
+    NewConn {
+        sock: TcpStream,
+        addr: SocketAddr,
+        id: u64,
+    },
+    /// A batch's answers (or its release) coming back.
+    Done(Done),
+}
 
 /// Where a batch came from, to route its answers back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +85,7 @@ pub(super) struct Waiting {
 /// The way back into each loop: its inbox and its waker.
 #[derive(Clone)]
 pub(super) struct Returns {
-    pub(super) inboxes: Arc<[(Sender<super::event_loop::LoopMsg>, Arc<Waker>)]>,
+    pub(super) inboxes: Arc<[(Sender<LoopMsg>, Arc<Waker>)]>,
 }
 
 impl Returns {
@@ -79,7 +93,7 @@ impl Returns {
         let i = done.origin.event_loop;
         if let Some((tx, waker)) = self.inboxes.get(i) {
             // A loop that is gone has nothing left to answer.
-            if tx.send(super::event_loop::LoopMsg::Done(done)).is_ok() {
+            if tx.send(LoopMsg::Done(done)).is_ok() {
                 let _ = waker.wake();
             }
         }

@@ -13,17 +13,9 @@ use std::time::{Duration, Instant};
 
 use crate::iso8583::framing::{next_frame, Framing, FramingError};
 
+#[cfg(test)]
+use super::config::scratch_size;
 use super::config::ServerConfig;
-
-/// Read up to 64 KiB at a time (at least two largest frames): everything a
-/// pipelining client has sent becomes one batch, so the pipeline's
-/// bitsliced HSM path gets wide batches and the per-batch costs (the
-/// journal's fdatasync, the issuer round trip, the syscalls) are shared by
-/// more requests. An 8 KiB buffer gave ~23 frames per batch.
-pub(super) const READ_BUFFER: usize = 64 * 1024;
-/// Room in the buffer beyond `max_frame` (which already counts a TPDU) for
-/// the length prefix (2 bytes binary or 4 ASCII digits), with slack.
-pub(super) const PREFIX_ROOM: usize = 16;
 
 /// Why a connection's buffer could not be split.
 #[derive(Debug)]
@@ -96,14 +88,6 @@ pub(super) enum ReadTimeout {
     },
     /// No request arrived, and nothing was in flight, for the idle timeout.
     Idle,
-}
-
-/// Size of an event loop's shared read buffer for `max_frame`.
-pub(super) fn scratch_size(max_frame: usize) -> usize {
-    max_frame
-        .saturating_add(PREFIX_ROOM)
-        .saturating_mul(2)
-        .max(READ_BUFFER)
 }
 
 /// What one connection carries between reads.
@@ -244,7 +228,8 @@ mod tests {
         let mut scratch = vec![0; scratch_size(100)];
         let k = rb.load(&mut scratch);
         scratch[k..k + bytes.len()].copy_from_slice(bytes);
-        rb.split(&scratch[..k + bytes.len()], usize::MAX, now).unwrap()
+        rb.split(&scratch[..k + bytes.len()], usize::MAX, now)
+            .unwrap()
     }
 
     fn frame(body: &[u8]) -> Vec<u8> {
@@ -273,7 +258,11 @@ mod tests {
         let mut rb = ReadBuffer::new(&config(), t0);
         put(&mut rb, &frame(b"0800hello")[..4], t0);
         // More bytes of the same frame do not restart its clock (slow loris).
-        put(&mut rb, &frame(b"0800hello")[4..5], t0 + Duration::from_secs(3));
+        put(
+            &mut rb,
+            &frame(b"0800hello")[4..5],
+            t0 + Duration::from_secs(3),
+        );
         assert_eq!(rb.quiet(false, t0 + Duration::from_secs(4)), None);
         assert_eq!(
             rb.quiet(false, t0 + Duration::from_secs(5)),

@@ -40,7 +40,7 @@ pub struct ListenerTls {
 
 impl fmt::Debug for ListenerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ListenerTls { mutual: true, .. }")
+        f.write_str("ListenerTls { .. }")
     }
 }
 
@@ -77,6 +77,18 @@ impl ListenerTls {
 
     /// The same from PEM bytes (the demo makes its certificates in memory).
     pub fn from_pem(cert: &[u8], key: &[u8], client_ca: &[u8]) -> Result<Self, TlsSetupError> {
+        Self::build(cert, key, Some(client_ca))
+    }
+
+    /// Server authentication only: any client may connect. Not for
+    /// acquirer links (the listener always asks for a client certificate);
+    /// for the issuer simulator, whose clients are engines that may not
+    /// present one.
+    pub fn server_only_from_pem(cert: &[u8], key: &[u8]) -> Result<Self, TlsSetupError> {
+        Self::build(cert, key, None)
+    }
+
+    fn build(cert: &[u8], key: &[u8], client_ca: Option<&[u8]>) -> Result<Self, TlsSetupError> {
         let inline = Path::new("(inline PEM)");
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert)
             .collect::<Result<_, _>>()
@@ -86,32 +98,34 @@ impl ListenerTls {
         }
         let key = PrivateKeyDer::from_pem_slice(key)
             .map_err(|e| file_error("key", inline, format!("no private key ({e})")))?;
-        let mut roots = RootCertStore::empty();
-        let mut any = false;
-        for ca in CertificateDer::pem_slice_iter(client_ca) {
-            let ca = ca.map_err(|e| file_error("client CA", inline, e))?;
-            roots
-                .add(ca)
-                .map_err(|e| file_error("client CA", inline, e))?;
-            any = true;
-        }
-        if !any {
-            return Err(file_error("client CA", inline, "no certificate in it"));
-        }
-        // ring, not aws-lc-rs (which needs cmake and minutes of C on two
-        // cores). rustls marks ring's provider deprecated only because it
-        // has no post-quantum key exchange; its classical suites are current.
-        #[allow(deprecated)]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        // Client authentication is mandatory: the builder's default.
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-                .build()
-                .map_err(|e| TlsSetupError::Config(e.to_string()))?;
-        let config = ServerConfig::builder_with_provider(provider)
+        let provider = crate::tls_client::ring_provider();
+        let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsSetupError::Config(e.to_string()))?
-            .with_client_cert_verifier(verifier)
+            .map_err(|e| TlsSetupError::Config(e.to_string()))?;
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(client_ca) => {
+                let mut roots = RootCertStore::empty();
+                let mut any = false;
+                for ca in CertificateDer::pem_slice_iter(client_ca) {
+                    let ca = ca.map_err(|e| file_error("client CA", inline, e))?;
+                    roots
+                        .add(ca)
+                        .map_err(|e| file_error("client CA", inline, e))?;
+                    any = true;
+                }
+                if !any {
+                    return Err(file_error("client CA", inline, "no certificate in it"));
+                }
+                // Client authentication is mandatory: the builder's default.
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .map_err(|e| TlsSetupError::Config(e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let config = builder
             .with_single_cert(chain, key)
             .map_err(|e| TlsSetupError::Config(e.to_string()))?;
         Ok(ListenerTls {
@@ -199,7 +213,9 @@ fn any_tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         if n == 0 || n > 4 || b.len() < n {
             return None;
         }
-        let len = b[..n].iter().fold(0usize, |a, &x| (a << 8) | usize::from(x));
+        let len = b[..n]
+            .iter()
+            .fold(0usize, |a, &x| (a << 8) | usize::from(x));
         b = &b[n..];
         len
     };

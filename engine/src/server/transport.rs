@@ -140,20 +140,39 @@ impl Transport {
 }
 
 impl TlsStream {
+    /// Fill `buf` with as much plaintext as the socket has now. rustls
+    /// takes a few KiB of records per `read_tls`, so one call here loops
+    /// until `buf` is full or the socket is empty: a pipelining peer's
+    /// requests then make batches as wide over TLS as over plain TCP.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<ReadOutcome> {
+        let mut filled = 0;
+        let mut eof = false;
         loop {
-            match self.tls.reader().read(buf) {
-                Ok(0) if !buf.is_empty() => return Ok(ReadOutcome::Eof),
-                Ok(n) => return Ok(ReadOutcome::Data(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // The peer closed without close_notify.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    return Ok(ReadOutcome::Eof)
+            while filled < buf.len() {
+                match self.tls.reader().read(&mut buf[filled..]) {
+                    // close_notify.
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    // The peer closed without close_notify.
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        eof = true;
+                        break;
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
+            }
+            if eof || filled == buf.len() {
+                break;
             }
             match self.tls.read_tls(&mut self.sock) {
-                Ok(0) => return Ok(ReadOutcome::Eof),
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
                 Ok(_) => {
                     if let Err(e) = self.tls.process_new_packets() {
                         // Send the alert that says why, then give up.
@@ -163,13 +182,19 @@ impl TlsStream {
                     // Handshake answers go out as soon as they exist.
                     self.flush_records()?;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok(ReadOutcome::WouldBlock)
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
+        Ok(if filled > 0 {
+            // An end seen after data is seen again on the next call.
+            ReadOutcome::Data(filled)
+        } else if eof {
+            ReadOutcome::Eof
+        } else {
+            ReadOutcome::WouldBlock
+        })
     }
 
     /// Write TLS records until none is left (true) or the socket is full.

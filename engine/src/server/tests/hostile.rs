@@ -19,7 +19,9 @@ fn round_trips(r: &Running, n: usize, limit: Duration) {
 /// A peer that pipelines `frames` requests and never reads an answer.
 fn non_reader(addr: SocketAddr, frames: usize) -> JoinHandle<()> {
     thread::spawn(move || {
-        let Ok(mut s) = TcpStream::connect(addr) else { return };
+        let Ok(mut s) = TcpStream::connect(addr) else {
+            return;
+        };
         let body = [b'x'; 200];
         let mut wire = Vec::new();
         for _ in 0..64 {
@@ -58,7 +60,10 @@ fn peers_that_never_read_are_closed_and_never_delay_another_client() {
     round_trips(&r, 300, Duration::from_secs(2));
     let deadline = Instant::now() + Duration::from_secs(20);
     while peers.iter().any(|p| !p.is_finished()) {
-        assert!(Instant::now() < deadline, "a non-reading peer was never closed");
+        assert!(
+            Instant::now() < deadline,
+            "a non-reading peer was never closed"
+        );
         thread::sleep(Duration::from_millis(20));
     }
     round_trips(&r, 10, Duration::from_secs(2));
@@ -151,7 +156,10 @@ fn keepalives_before_a_request_do_not_hold_a_slot() {
     holder
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    assert!(holder_closed || closed_by_peer(&mut holder), "keep-alives held the slot");
+    assert!(
+        holder_closed || closed_by_peer(&mut holder),
+        "keep-alives held the slot"
+    );
     // The client that made a request stays, kept alive by its keep-alives.
     client.write_all(&frame(b"still")).unwrap();
     assert_eq!(read_frame(&mut client).unwrap(), b"llits");
@@ -184,7 +192,10 @@ fn a_slow_loris_trickling_one_frame_is_closed_at_the_stall_timeout() {
     loris
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
-    assert!(closed || closed_by_peer(&mut loris), "the loris was never closed");
+    assert!(
+        closed || closed_by_peer(&mut loris),
+        "the loris was never closed"
+    );
     assert_eq!(r.stop().timeouts, 1);
 }
 

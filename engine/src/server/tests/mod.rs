@@ -9,7 +9,7 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 mod hostile;
 mod tls;

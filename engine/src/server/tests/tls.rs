@@ -36,7 +36,11 @@ fn leaf(
     client: bool,
     expired: bool,
 ) -> (String, String) {
-    let names = if client { vec![] } else { vec!["localhost".to_owned()] };
+    let names = if client {
+        vec![]
+    } else {
+        vec!["localhost".to_owned()]
+    };
     let mut p = CertificateParams::new(names).unwrap();
     p.distinguished_name.push(DnType::CommonName, cn);
     p.distinguished_name
@@ -125,7 +129,10 @@ fn tls_server(p: &Pki) -> Running {
 }
 
 /// 500 pipelined frames in one write; the set of answers.
-fn pipelined<S: Read + Write>(s: &mut S, read: impl Fn(&mut S) -> io::Result<Vec<u8>>) -> HashSet<Vec<u8>> {
+fn pipelined<S: Read + Write>(
+    s: &mut S,
+    read: impl Fn(&mut S) -> io::Result<Vec<u8>>,
+) -> HashSet<Vec<u8>> {
     let mut wire = Vec::new();
     for i in 0..500 {
         wire.extend_from_slice(&frame(format!("request-{i:04}").as_bytes()));
@@ -150,8 +157,7 @@ fn the_same_pipelined_traffic_over_plain_tcp_and_mutual_tls() {
     let ids = tls.handler.identities.lock().unwrap().clone();
     assert!(!ids.is_empty());
     assert!(
-        ids.iter()
-            .all(|s| s == "CN=acquirer-1,O=Test acquirers"),
+        ids.iter().all(|s| s == "CN=acquirer-1,O=Test acquirers"),
         "{ids:?}"
     );
     drop(t);
