@@ -111,3 +111,25 @@ fn start_refuses_a_missing_data_directory() {
     let err = serve::start(&cfg, &keys, &ServeOptions::new(dir.path().join("none"))).unwrap_err();
     assert!(matches!(err, serve::ServeError::Vault(_)), "{err}");
 }
+
+#[test]
+fn plain_tcp_on_a_reachable_address_needs_insecure_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, keys) = common::config("sync");
+    let mut cfg = (*cfg).clone();
+    cfg.listener.listen = "0.0.0.0:0".parse().unwrap();
+    let opts = ServeOptions {
+        create: true,
+        ..ServeOptions::new(dir.path())
+    };
+    let err = serve::start(&cfg, &keys, &opts).unwrap_err();
+    assert!(
+        matches!(err, serve::ServeError::PlaintextNotLoopback(_)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--insecure-plaintext"), "{err}");
+    // Said out loud, it starts.
+    cfg.listener.insecure_plaintext = true;
+    let running = serve::start(&cfg, &keys, &opts).unwrap();
+    running.stop().unwrap();
+}

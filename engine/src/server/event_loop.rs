@@ -13,7 +13,7 @@
 //! `write_timeout`; the others never notice.
 
 use std::io;
-use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::net::{Shutdown, SocketAddr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -576,7 +576,7 @@ impl EventLoop {
             return;
         };
         conn.in_flight = conn.in_flight.saturating_sub(frames);
-        let (id, addr) = (conn.id, conn.addr);
+        let id = conn.id;
         let answers = match result {
             Outcome::Answers(a) => a,
             Outcome::Release(p) => match catch_unwind(AssertUnwindSafe(|| p.release())) {
@@ -621,10 +621,8 @@ impl EventLoop {
             );
             return;
         }
-        let _ = addr;
-        if conn.read_paused && !self.paused.contains(&i) {
-            self.paused.push(i);
-        }
+        // A paused connection is already in `paused` (it was put there when
+        // it paused, and `resume_paused` keeps it while capped).
         self.mark_dirty(i);
     }
 
@@ -794,13 +792,9 @@ impl EventLoop {
         };
         let _ = self.poll.registry().deregister(c.transport.socket());
         let _ = c.transport.socket().shutdown(Shutdown::Both);
-        self.shared.ctx.admission.release(ip_of(c.addr));
+        self.shared.ctx.admission.release(c.addr.ip());
         self.free.push(i);
     }
-}
-
-fn ip_of(addr: SocketAddr) -> IpAddr {
-    addr.ip()
 }
 
 /// A waker for a loop's poll.
