@@ -793,6 +793,9 @@ impl EventLoop {
         let _ = self.poll.registry().deregister(c.transport.socket());
         let _ = c.transport.socket().shutdown(Shutdown::Both);
         self.shared.ctx.admission.release(c.addr.ip());
+        // The slot will be reused: a stale entry would follow the next
+        // connection in it (and could pile up, one per close while paused).
+        self.paused.retain(|&j| j != i);
         self.free.push(i);
     }
 }

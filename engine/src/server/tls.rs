@@ -188,8 +188,9 @@ pub(crate) fn subject_of(der: &[u8]) -> Option<String> {
 
 fn escape_rfc4514(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
+    let last = s.chars().count().saturating_sub(1);
     for (i, c) in s.chars().enumerate() {
-        let edge = (i == 0 && (c == ' ' || c == '#')) || (i + 1 == s.chars().count() && c == ' ');
+        let edge = (i == 0 && (c == ' ' || c == '#')) || (i == last && c == ' ');
         if edge || matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=') {
             out.push('\\');
         }
