@@ -1,0 +1,302 @@
+//! One audit entry: its canonical text and how it is read back.
+//!
+//! A line is a JSON object whose members come in a fixed order:
+//!
+//! ```text
+//! {"seq":7,"time":"2026-12-06T16:50:00.123Z","actor":"cli:alice","action":"vault.suspend",
+//!  "subject":"489537******1234","outcome":"ok","reason":"","mac":"<64 hex>"}
+//! ```
+//!
+//! and may carry more string members (`detail`) between `reason` and
+//! `mac`. The MAC covers the line's *bytes* up to `,"mac"` (the body),
+//! not a re-serialisation, so no JSON canonicalisation is needed to check
+//! it: the writer is the only place the text is made.
+
+use serde_json::{Map, Value};
+
+/// The suffix after the body: `,"mac":"` + 64 hex + `"}`.
+const MAC_SUFFIX_LEN: usize = 8 + 64 + 2;
+
+/// How the recorded action ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done.
+    Ok,
+    /// Refused by a rule (authentication, state, policy).
+    Refused,
+    /// Attempted and failed (I/O, a peer).
+    Failed,
+}
+
+impl Outcome {
+    /// The text in the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Refused => "refused",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// What happened, before the log gives it a sequence number and a time.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Who: an API key id, a certificate subject, `cli:<user>`, or
+    /// `engine` for what the engine does by itself.
+    pub actor: String,
+    /// What, as `area.verb` (`vault.suspend`, `api.auth`, `keys.load`).
+    pub action: String,
+    /// On what: a masked token, a device id, a key label.
+    pub subject: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// A reason code (`bad_credentials`, `locked`), empty when none.
+    pub reason: String,
+    /// More named values, in order.
+    pub detail: Vec<(String, String)>,
+}
+
+impl Event {
+    /// An event with outcome `ok`, no subject and no reason.
+    pub fn new(actor: impl Into<String>, action: impl Into<String>) -> Self {
+        Self {
+            actor: actor.into(),
+            action: action.into(),
+            subject: String::new(),
+            outcome: Outcome::Ok,
+            reason: String::new(),
+            detail: Vec::new(),
+        }
+    }
+
+    /// Set the subject.
+    pub fn subject(mut self, subject: impl Into<String>) -> Self {
+        self.subject = subject.into();
+        self
+    }
+
+    /// Set the outcome and the reason code.
+    pub fn outcome(mut self, outcome: Outcome, reason: impl Into<String>) -> Self {
+        self.outcome = outcome;
+        self.reason = reason.into();
+        self
+    }
+
+    /// Add a named value.
+    pub fn detail(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.detail.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// The body of an entry (everything but the MAC), as written. `own` is
+/// for the log's entries about itself (file, start, checkpoint), whose hex
+/// digests and signatures would be mangled by [`scrub`]; callers' values
+/// always go through it.
+pub(crate) fn render_body(seq: u64, time: &str, event: &Event, own: bool) -> String {
+    let mut out = String::with_capacity(192);
+    out.push_str(&format!("{{\"seq\":{seq},\"time\":{}", quote(time)));
+    for (name, value) in [
+        ("actor", event.actor.as_str()),
+        ("action", event.action.as_str()),
+        ("subject", event.subject.as_str()),
+        ("outcome", event.outcome.as_str()),
+        ("reason", event.reason.as_str()),
+    ] {
+        push_member(&mut out, name, value, own);
+    }
+    for (name, value) in &event.detail {
+        push_member(&mut out, name, value, own);
+    }
+    out
+}
+
+/// The full line (without the newline): body, MAC, closing brace.
+pub(crate) fn render_line(body: &str, mac: &[u8; 32]) -> String {
+    format!("{body},\"mac\":\"{}\"}}", hex::encode(mac))
+}
+
+fn push_member(out: &mut String, name: &str, value: &str, own: bool) {
+    out.push(',');
+    out.push_str(&quote(&scrub(name)));
+    out.push(':');
+    if own {
+        out.push_str(&quote(value));
+    } else {
+        out.push_str(&quote(&scrub(value)));
+    }
+}
+
+fn quote(s: &str) -> String {
+    // Serialising a &str cannot fail.
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
+}
+
+/// A safety net under the callers' masking: any run of 13 or more digits
+/// (the shortest PAN) is masked to its first 6 and last 4, so a PAN passed
+/// by mistake never reaches the log.
+pub fn scrub(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = String::with_capacity(value.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i].is_ascii_digit() {
+            let start = i;
+            while i < bytes.len() && bytes[i].is_ascii_digit() {
+                i += 1;
+            }
+            let run = &value[start..i];
+            if run.len() >= 13 {
+                out.push_str(&run[..6]);
+                out.extend(std::iter::repeat_n('*', run.len() - 10));
+                out.push_str(&run[run.len() - 4..]);
+            } else {
+                out.push_str(run);
+            }
+        } else {
+            let c = value[i..].chars().next().unwrap_or('?');
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    out
+}
+
+/// An entry read back from a line.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Sequence number, from 1, across files.
+    pub seq: u64,
+    /// UTC time, RFC 3339.
+    pub time: String,
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// On what.
+    pub subject: String,
+    /// `ok`, `refused` or `failed`.
+    pub outcome: String,
+    /// Reason code.
+    pub reason: String,
+    /// The other members (detail), in order.
+    pub detail: Vec<(String, String)>,
+    /// The MAC the line carries.
+    pub mac: [u8; 32],
+    /// Length of the body in the line (the bytes the MAC covers).
+    pub body_len: usize,
+}
+
+impl Entry {
+    /// A detail member by name.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.detail
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Parse one line (without its newline).
+    pub fn parse(line: &str) -> Result<Self, String> {
+        let body_len = line
+            .len()
+            .checked_sub(MAC_SUFFIX_LEN)
+            .ok_or("too short to be an entry")?;
+        let suffix = line.get(body_len..).ok_or("not an entry")?;
+        if !suffix.starts_with(",\"mac\":\"") || !suffix.ends_with("\"}") {
+            return Err("does not end with its \"mac\" member".into());
+        }
+        let mut mac = [0u8; 32];
+        hex::decode_to_slice(&suffix[8..72], &mut mac)
+            .map_err(|_| "\"mac\" is not 64 hex digits")?;
+        let value: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+        let Value::Object(map) = value else {
+            return Err("not a JSON object".into());
+        };
+        Self::from_map(map, mac, body_len)
+    }
+
+    fn from_map(map: Map<String, Value>, mac: [u8; 32], body_len: usize) -> Result<Self, String> {
+        let mut members = map.into_iter();
+        let mut next = |want: &str| -> Result<Value, String> {
+            match members.next() {
+                Some((name, value)) if name == want => Ok(value),
+                Some((name, _)) => Err(format!("member \"{name}\" where \"{want}\" belongs")),
+                None => Err(format!("no \"{want}\" member")),
+            }
+        };
+        let seq = next("seq")?.as_u64().ok_or("\"seq\" is not a number")?;
+        let mut text = |want: &str| -> Result<String, String> {
+            match next(want)? {
+                Value::String(s) => Ok(s),
+                _ => Err(format!("\"{want}\" is not a string")),
+            }
+        };
+        let time = text("time")?;
+        let actor = text("actor")?;
+        let action = text("action")?;
+        let subject = text("subject")?;
+        let outcome = text("outcome")?;
+        let reason = text("reason")?;
+        let mut detail = Vec::new();
+        for (name, value) in members {
+            if name == "mac" {
+                continue;
+            }
+            match value {
+                Value::String(s) => detail.push((name, s)),
+                _ => return Err(format!("\"{name}\" is not a string")),
+            }
+        }
+        Ok(Self {
+            seq,
+            time,
+            actor,
+            action,
+            subject,
+            outcome,
+            reason,
+            detail,
+            mac,
+            body_len,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rendered_line_parses_back() {
+        let ev = Event::new("cli:alice", "vault.suspend")
+            .subject("489537******1234")
+            .outcome(Outcome::Refused, "not_active")
+            .detail("device", "dev-1");
+        let body = render_body(7, "2026-12-06T16:50:00.123Z", &ev, false);
+        let line = render_line(&body, &[0xAB; 32]);
+        let e = Entry::parse(&line).unwrap();
+        assert_eq!(e.seq, 7);
+        assert_eq!(e.actor, "cli:alice");
+        assert_eq!(e.outcome, "refused");
+        assert_eq!(e.get("device"), Some("dev-1"));
+        assert_eq!(e.mac, [0xAB; 32]);
+        assert_eq!(&line[..e.body_len], body);
+    }
+
+    #[test]
+    fn pan_like_digit_runs_are_masked() {
+        assert_eq!(scrub("pan 4761739001010010 x"), "pan 476173******0010 x");
+        assert_eq!(scrub("seq 123456789012"), "seq 123456789012");
+        assert_eq!(scrub("4000123412341234123"), "400012*********4123");
+    }
+
+    #[test]
+    fn lines_without_their_mac_are_refused() {
+        assert!(Entry::parse("{\"seq\":1}").is_err());
+        assert!(Entry::parse("").is_err());
+        let ok = render_line(&render_body(1, "t", &Event::new("a", "b"), false), &[0; 32]);
+        assert!(Entry::parse(&ok.replacen("\"seq\":1", "\"seq\":\"1\"", 1)).is_err());
+    }
+}
