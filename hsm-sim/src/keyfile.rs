@@ -59,6 +59,10 @@ pub enum KeyAlgorithm {
     Aes192,
     /// AES-256.
     Aes256,
+    /// An HMAC-SHA-256 key (32 bytes): the audit trail's MAC key.
+    Hmac,
+    /// An Ed25519 private key seed (32 bytes): the audit trail's signing key.
+    Ed25519,
 }
 
 impl KeyAlgorithm {
@@ -66,7 +70,7 @@ impl KeyAlgorithm {
         match self {
             Self::Tdes2 | Self::Aes128 => 16,
             Self::Tdes3 | Self::Aes192 => 24,
-            Self::Aes256 => 32,
+            Self::Aes256 | Self::Hmac | Self::Ed25519 => 32,
         }
     }
 }
@@ -78,6 +82,26 @@ pub enum StoredKey {
     Tdes(Box<TdesKey>),
     /// An AES key.
     Aes(Box<AesKey>),
+    /// Key material no cipher here uses itself (HMAC, Ed25519), handed
+    /// to the crate that does.
+    Secret(Box<SecretKey>),
+}
+
+/// Bytes of an HMAC or Ed25519 key: zeroized on drop, redacted in `Debug`.
+#[derive(Clone)]
+pub struct SecretKey(zeroize::Zeroizing<Vec<u8>>);
+
+impl SecretKey {
+    /// Wrap key bytes.
+    pub fn new(bytes: &[u8]) -> Self {
+        Self(zeroize::Zeroizing::new(bytes.to_vec()))
+    }
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretKey({} bytes, redacted)", self.0.len())
+    }
 }
 
 impl StoredKey {
@@ -86,22 +110,86 @@ impl StoredKey {
         match self {
             Self::Tdes(k) => k.expose_bytes(),
             Self::Aes(k) => k.expose_bytes(),
+            Self::Secret(k) => &k.0,
         }
     }
 
-    /// The 3-byte KCV in the key file's convention.
+    /// The 3-byte KCV in the key file's convention. For HMAC and Ed25519
+    /// keys (32 bytes) Tessera uses the AES one, the bytes taken as an
+    /// AES-256 key: a check value only, never a use of the key.
     pub fn kcv(&self) -> Vec<u8> {
         match self {
             Self::Tdes(k) => des_kcv(k, 3),
             Self::Aes(k) => aes_kcv(k, AesKcvConvention::Cmac, 3),
+            Self::Secret(k) => match AesKey::new(&k.0) {
+                Ok(a) => aes_kcv(&a, AesKcvConvention::Cmac, 3),
+                Err(_) => vec![0; 3],
+            },
+        }
+    }
+
+    /// The TR-31 algorithm letter.
+    pub fn tr31_algorithm(&self) -> u8 {
+        match self {
+            Self::Tdes(_) => b'T',
+            Self::Aes(_) => b'A',
+            Self::Secret(_) => b'H',
         }
     }
 }
 
-/// The keys of a key file, by label.
+/// What a key may be used for and where it came from: the TR-31 header
+/// fields of a key block, or what a clear (test) key file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyMeta {
+    /// TR-31 key usage (`E0`, `D0`, ...); `None` for a clear test key
+    /// without one, which any use may take.
+    pub usage: Option<[u8; 2]>,
+    /// TR-31 mode of use (`X`, `B`, ...).
+    pub mode_of_use: u8,
+    /// TR-31 exportability (`E`, `N`, `S`).
+    pub exportability: u8,
+    /// TR-31 algorithm letter (`T`, `A`, `H`, `E`).
+    pub algorithm: u8,
+    /// Key version, 0 to 99; the newest of a label is used for new work.
+    pub version: u8,
+}
+
+impl KeyMeta {
+    /// The usage as text (`--` when unrestricted).
+    pub fn usage_str(&self) -> String {
+        self.usage.map_or_else(|| "--".to_owned(), |u| String::from_utf8_lossy(&u).into_owned())
+    }
+}
+
+/// A key used outside what its header allows.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyUseError {
+    /// No key with the label.
+    #[error("key \"{0}\" is not in the key store")]
+    Missing(String),
+    /// The header's usage is another.
+    #[error("key \"{label}\" is a {has} key ({has_text}) and cannot be used as {wanted} ({wanted_text})")]
+    Usage {
+        /// The label.
+        label: String,
+        /// Its usage.
+        has: String,
+        /// What it means.
+        has_text: &'static str,
+        /// The usage asked for.
+        wanted: String,
+        /// What that means.
+        wanted_text: &'static str,
+    },
+}
+
+/// The keys of a key file or key block store, by label, each label with
+/// one or more versions.
 #[derive(Debug, Default)]
 pub struct KeyStore {
-    keys: HashMap<String, StoredKey>,
+    /// Versions of each label, oldest first.
+    keys: HashMap<String, Vec<(KeyMeta, StoredKey)>>,
 }
 
 #[derive(Deserialize)]
@@ -119,6 +207,9 @@ struct EntryShape {
     algorithm: KeyAlgorithm,
     key: zeroize::Zeroizing<String>,
     kcv: String,
+    /// TR-31 key usage the key is restricted to (`E0`, `D0`, ...).
+    #[serde(default)]
+    usage: Option<String>,
     #[serde(rename = "_comment", default)]
     _comment: Option<serde_json::Value>,
 }
@@ -140,7 +231,7 @@ impl KeyStore {
         // never with the string, because EntryShape reads keys as strings.
         let shape: FileShape =
             serde_json::from_str(text).map_err(|e| KeyFileError::Format(e.to_string()))?;
-        let mut keys = HashMap::new();
+        let mut keys = Self::default();
         for entry in shape.keys {
             let label = entry.label.clone();
             let err = |reason: String| KeyFileError::Entry {
@@ -162,9 +253,31 @@ impl KeyStore {
                 KeyAlgorithm::Tdes2 | KeyAlgorithm::Tdes3 => StoredKey::Tdes(Box::new(
                     TdesKey::new(&bytes).map_err(|e| err(e.to_string()))?,
                 )),
+                KeyAlgorithm::Hmac | KeyAlgorithm::Ed25519 => {
+                    StoredKey::Secret(Box::new(SecretKey::new(&bytes)))
+                }
                 _ => StoredKey::Aes(Box::new(
                     AesKey::new(&bytes).map_err(|e| err(e.to_string()))?,
                 )),
+            };
+            let usage = match &entry.usage {
+                None => None,
+                Some(u) if u.len() == 2 && u.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+                    Some([u.as_bytes()[0], u.as_bytes()[1]])
+                }
+                Some(_) => return Err(err("usage must be a 2-character TR-31 key usage".to_owned())),
+            };
+            let algorithm = match entry.algorithm {
+                KeyAlgorithm::Hmac => b'H',
+                KeyAlgorithm::Ed25519 => b'E',
+                _ => key.tr31_algorithm(),
+            };
+            let meta = KeyMeta {
+                usage,
+                mode_of_use: b'N',
+                exportability: b'N',
+                algorithm,
+                version: 0,
             };
             let given = hex::decode(&entry.kcv)
                 .ok()
@@ -176,16 +289,73 @@ impl KeyStore {
                     entry.kcv.to_uppercase()
                 )));
             }
-            if keys.insert(entry.label, key).is_some() {
-                return Err(err("label appears twice".to_owned()));
-            }
+            keys.insert(&entry.label, meta, key).map_err(err)?;
         }
-        Ok(Self { keys })
+        Ok(keys)
     }
 
-    /// The key with this label.
+    /// Add a key; a label's versions must differ.
+    pub fn insert(&mut self, label: &str, meta: KeyMeta, key: StoredKey) -> Result<(), String> {
+        let versions = self.keys.entry(label.to_owned()).or_default();
+        if versions.iter().any(|(m, _)| m.version == meta.version) {
+            return Err(if meta.version == 0 {
+                "label appears twice".to_owned()
+            } else {
+                format!("version {} of the label appears twice", meta.version)
+            });
+        }
+        versions.push((meta, key));
+        versions.sort_by_key(|(m, _)| m.version);
+        Ok(())
+    }
+
+    /// The newest version of the key with this label.
     pub fn get(&self, label: &str) -> Option<&StoredKey> {
-        self.keys.get(label)
+        self.newest(label).map(|(_, k)| k)
+    }
+
+    /// The newest version with its header.
+    pub fn newest(&self, label: &str) -> Option<&(KeyMeta, StoredKey)> {
+        self.keys.get(label).and_then(|v| v.last())
+    }
+
+    /// A given version.
+    pub fn get_version(&self, label: &str, version: u8) -> Option<&StoredKey> {
+        self.keys
+            .get(label)?
+            .iter()
+            .find(|(m, _)| m.version == version)
+            .map(|(_, k)| k)
+    }
+
+    /// The newest key with this label, if its header allows `usage` (a
+    /// 2-character TR-31 key usage). A clear test key without a usage
+    /// allows any.
+    pub fn get_as(&self, label: &str, usage: &str) -> Result<&StoredKey, KeyUseError> {
+        let (meta, key) = self
+            .newest(label)
+            .ok_or_else(|| KeyUseError::Missing(label.to_owned()))?;
+        match meta.usage {
+            Some(u) if u != usage.as_bytes() => Err(KeyUseError::Usage {
+                label: label.to_owned(),
+                has: meta.usage_str(),
+                has_text: crate::key_usage::describe(&meta.usage_str()),
+                wanted: usage.to_owned(),
+                wanted_text: crate::key_usage::describe(usage),
+            }),
+            _ => Ok(key),
+        }
+    }
+
+    /// Every key, every version: (label, header, key), by label then version.
+    pub fn entries(&self) -> Vec<(&str, &KeyMeta, &StoredKey)> {
+        let mut v: Vec<_> = self
+            .keys
+            .iter()
+            .flat_map(|(l, vs)| vs.iter().map(move |(m, k)| (l.as_str(), m, k)))
+            .collect();
+        v.sort_by(|a, b| (a.0, a.1.version).cmp(&(b.0, b.1.version)));
+        v
     }
 
     /// All labels, sorted.

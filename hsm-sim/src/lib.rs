@@ -20,7 +20,11 @@
 //! - [`magstripe`]: CVV/CVV2/iCVV, Visa dCVV, Mastercard CVC3.
 //! - [`perso`]: EMV CPS key diversification, SCP02, SCP03.
 //! - [`tr31`]: TR-31 key blocks A, B, C and D.
-//! - [`keyfile`]: the JSON key file, checked against its KCVs on load.
+//! - [`keyfile`]: the key store in memory (labels, versions, TR-31
+//!   usages) and the clear JSON key file of tests, checked against its KCVs.
+//! - [`lmk`]: the local master key, from custodians' components or a
+//!   secrets manager, locked in memory; [`keyblocks`]: working keys as
+//!   TR-31 blocks under it; [`key_usage`]: what each usage means.
 //! - [`jsonl`]: the JSON Lines request/answer layer of `tessera-hsm batch`.
 //! - [`batch`]: the batch API (commands in, outcomes out, in order) that
 //!   runs every DES-family step of a batch through the bitsliced kernels,
@@ -38,7 +42,10 @@ pub mod bench;
 pub mod emv;
 mod error;
 pub mod jsonl;
+pub mod key_usage;
+pub mod keyblocks;
 pub mod keyfile;
+pub mod lmk;
 pub mod magstripe;
 pub mod perso;
 pub mod primitives;
