@@ -12,6 +12,9 @@ pub enum AuditError {
         /// The error.
         source: std::io::Error,
     },
+    /// Another process holds the log.
+    #[error("audit log {0} is in use by another process (a running engine?): one writer at a time, or the chain would fork")]
+    InUse(String),
     /// The last file does not continue the chain it claims to (changed,
     /// or written by another key): the engine does not append to a log it
     /// cannot vouch for.

@@ -38,3 +38,8 @@ pub use files::audit_dir;
 pub use show::{show, ShowFilter};
 pub use verify::{verify, Problem, ProblemKind, Report, VerifyKeys};
 pub use writer::{AuditLog, AuditOptions, PreviousEnd};
+
+/// Label of the audit MAC key in the key store (usage M7, HMAC).
+pub const MAC_KEY_LABEL: &str = "audit.mac_key";
+/// Label of the checkpoint signing key (usage S0, Ed25519).
+pub const SIGNING_KEY_LABEL: &str = "audit.signing_key";

@@ -45,6 +45,9 @@ pub struct AuditLog {
     keys: AuditKeys,
     opts: AuditOptions,
     state: Mutex<State>,
+    /// An exclusive lock on `LOCK` for the log's lifetime: two writers
+    /// would fork the chain.
+    _lock: File,
 }
 
 #[derive(Debug)]
@@ -92,6 +95,7 @@ impl AuditLog {
     /// checked first; a broken one is refused.
     pub fn open(dir: &Path, keys: AuditKeys, opts: AuditOptions) -> Result<Self, AuditError> {
         create_private_dir(dir)?;
+        let lock = lock_dir(dir)?;
         let existing = files::list(dir).map_err(|e| AuditError::io(dir, e))?;
         let (state, previous_end) = match existing.last() {
             None => (
@@ -105,6 +109,7 @@ impl AuditLog {
             keys,
             opts,
             state: Mutex::new(state),
+            _lock: lock,
         };
         {
             let start = Event::new(SELF_ACTOR, "audit.start")
@@ -168,6 +173,16 @@ fn create_private_dir(dir: &Path) -> Result<(), AuditError> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
     b.create(dir).map_err(|e| AuditError::io(dir, e))
+}
+
+fn lock_dir(dir: &Path) -> Result<File, AuditError> {
+    let path = dir.join("LOCK");
+    let file = open_append(&path)?;
+    file.try_lock().map_err(|e| match e {
+        std::fs::TryLockError::WouldBlock => AuditError::InUse(dir.display().to_string()),
+        std::fs::TryLockError::Error(e) => AuditError::io(&path, e),
+    })?;
+    Ok(file)
 }
 
 fn open_append(path: &Path) -> Result<File, AuditError> {

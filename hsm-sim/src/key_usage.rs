@@ -4,9 +4,21 @@
 /// (usage, meaning, default mode of use).
 const USAGES: &[(&str, &str, u8)] = &[
     ("E0", "EMV issuer master key: application cryptograms", b'X'),
-    ("E1", "EMV issuer master key: secure messaging for confidentiality", b'X'),
-    ("E2", "EMV issuer master key: secure messaging for integrity", b'X'),
-    ("E4", "EMV issuer master key: dynamic numbers (CVC3, dCVV)", b'X'),
+    (
+        "E1",
+        "EMV issuer master key: secure messaging for confidentiality",
+        b'X',
+    ),
+    (
+        "E2",
+        "EMV issuer master key: secure messaging for integrity",
+        b'X',
+    ),
+    (
+        "E4",
+        "EMV issuer master key: dynamic numbers (CVC3, dCVV)",
+        b'X',
+    ),
     ("E5", "EMV card personalisation key (KMC)", b'X'),
     ("C0", "card verification key", b'C'),
     ("D0", "symmetric data encryption", b'B'),
@@ -27,7 +39,10 @@ pub fn describe(usage: &str) -> &'static str {
 
 /// The mode of use a new key of this usage gets, if Tessera knows the usage.
 pub fn default_mode(usage: &str) -> Option<u8> {
-    USAGES.iter().find(|(u, _, _)| *u == usage).map(|(_, _, m)| *m)
+    USAGES
+        .iter()
+        .find(|(u, _, _)| *u == usage)
+        .map(|(_, _, m)| *m)
 }
 
 /// Every usage, for `--help` and error messages.

@@ -26,7 +26,8 @@ use crate::tr31::{self, Tr31Header, Tr31Version};
 use crate::{AesKey, TdesKey};
 
 /// First line of a new store.
-const HEADER: &str = "# Tessera key store: TR-31 key blocks (version D, AES) under the LMK, one per line.\n\
+const HEADER: &str =
+    "# Tessera key store: TR-31 key blocks (version D, AES) under the LMK, one per line.\n\
 # Written by `tessera-hsm keys`; only appended to. The LMK itself is never in this file.\n";
 
 /// A key to put in the store.
@@ -58,7 +59,8 @@ fn entry_err(label: impl Into<String>, reason: impl Into<String>) -> KeyFileErro
 /// Wrap a key under the LMK as a store line.
 pub fn wrap_for_store(lmk: &Lmk, k: &NewKey<'_>) -> Result<String, KeyFileError> {
     let header = store_header(Tr31Version::D, k)?;
-    tr31::wrap_random(lmk.expose_bytes(), &header, k.key, None).map_err(|e| entry_err(k.label, e.to_string()))
+    tr31::wrap_random(lmk.expose_bytes(), &header, k.key, None)
+        .map_err(|e| entry_err(k.label, e.to_string()))
 }
 
 fn store_header(version: Tr31Version, k: &NewKey<'_>) -> Result<Tr31Header, KeyFileError> {
@@ -74,7 +76,8 @@ fn store_header(version: Tr31Version, k: &NewKey<'_>) -> Result<Tr31Header, KeyF
         &char::from(k.exportability).to_string(),
     )
     .map_err(|e| entry_err(k.label, e.to_string()))?;
-    h.add_block("LB", k.label).map_err(|e| entry_err(k.label, e.to_string()))?;
+    h.add_block("LB", k.label)
+        .map_err(|e| entry_err(k.label, e.to_string()))?;
     Ok(h)
 }
 
@@ -118,10 +121,14 @@ pub fn parse(text: &str, lmk: &Lmk) -> Result<KeyStore, KeyFileError> {
             other => entry_err(at.clone(), format!("not a valid key block: {other}")),
         })?;
         let (label, meta, key) = from_block(&header, &key).map_err(|r| entry_err(at.clone(), r))?;
-        store.insert(&label, meta, key).map_err(|r| entry_err(label, r))?;
+        store
+            .insert(&label, meta, key)
+            .map_err(|r| entry_err(label, r))?;
     }
     if !seen_kcv && !store.labels().is_empty() {
-        return Err(KeyFileError::Format("the key store has no lmk-kcv line".into()));
+        return Err(KeyFileError::Format(
+            "the key store has no lmk-kcv line".into(),
+        ));
     }
     Ok(store)
 }
@@ -155,8 +162,18 @@ pub fn stored_key(alg: u8, key: &[u8]) -> Result<StoredKey, String> {
         b'T' => StoredKey::Tdes(Box::new(TdesKey::new(key).map_err(|e| e.to_string())?)),
         b'A' => StoredKey::Aes(Box::new(AesKey::new(key).map_err(|e| e.to_string())?)),
         b'H' | b'E' if key.len() == 32 => StoredKey::Secret(Box::new(SecretKey::new(key))),
-        b'H' | b'E' => return Err(format!("an HMAC or Ed25519 key here has 32 bytes, not {}", key.len())),
-        other => return Err(format!("algorithm '{}' is not one Tessera keeps", char::from(other))),
+        b'H' | b'E' => {
+            return Err(format!(
+                "an HMAC or Ed25519 key here has 32 bytes, not {}",
+                key.len()
+            ))
+        }
+        other => {
+            return Err(format!(
+                "algorithm '{}' is not one Tessera keeps",
+                char::from(other)
+            ))
+        }
     })
 }
 
@@ -185,15 +202,24 @@ pub fn append(path: &Path, lmk: &Lmk, line: &str) -> Result<(), KeyFileError> {
     }
     text.push_str(line);
     text.push('\n');
-    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(io)
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io)
 }
 
 /// A key as a TR-31 block under a key-exchange key, for another system:
 /// version D under an AES KEK, B under a TDES one; usage, mode, version,
 /// exportability and label kept. Refused for a key marked non-exportable.
-pub fn export(label: &str, meta: &KeyMeta, key: &StoredKey, kek: &StoredKey) -> Result<String, String> {
+pub fn export(
+    label: &str,
+    meta: &KeyMeta,
+    key: &StoredKey,
+    kek: &StoredKey,
+) -> Result<String, String> {
     if meta.exportability == b'N' {
-        return Err(format!("key \"{label}\" is marked non-exportable (N) in its header"));
+        return Err(format!(
+            "key \"{label}\" is marked non-exportable (N) in its header"
+        ));
     }
     let version = match kek {
         StoredKey::Aes(_) => Tr31Version::D,
@@ -212,7 +238,8 @@ pub fn export(label: &str, meta: &KeyMeta, key: &StoredKey, kek: &StoredKey) -> 
         key: key.expose_bytes(),
     };
     let header = store_header(version, &nk).map_err(|e| e.to_string())?;
-    tr31::wrap_random(kek.expose_bytes(), &header, key.expose_bytes(), None).map_err(|e| e.to_string())
+    tr31::wrap_random(kek.expose_bytes(), &header, key.expose_bytes(), None)
+        .map_err(|e| e.to_string())
 }
 
 /// Unwrap a block received under a transport key: (label if it has one,
@@ -231,15 +258,28 @@ mod tests {
     use super::*;
 
     fn lmk(b: u8) -> Lmk {
-        Lmk::from_components(&[Zeroizing::new(vec![b; 32]), Zeroizing::new(vec![0x5A; 32])]).unwrap()
+        Lmk::from_components(&[Zeroizing::new(vec![b; 32]), Zeroizing::new(vec![0x5A; 32])])
+            .unwrap()
     }
 
     fn store_text(l: &Lmk) -> String {
         let mut text = format!("{HEADER}lmk-kcv {}\n", l.kcv());
         for (label, usage, alg, key, version) in [
             ("vault.data_key", "D0", b'A', vec![0x11; 32], 1),
-            ("visa.imk_ac", "E0", b'T', hex::decode("0123456789ABCDEFFEDCBA9876543210").unwrap(), 1),
-            ("visa.imk_ac", "E0", b'T', hex::decode("1123456789ABCDEFFEDCBA9876543210").unwrap(), 2),
+            (
+                "visa.imk_ac",
+                "E0",
+                b'T',
+                hex::decode("0123456789ABCDEFFEDCBA9876543210").unwrap(),
+                1,
+            ),
+            (
+                "visa.imk_ac",
+                "E0",
+                b'T',
+                hex::decode("1123456789ABCDEFFEDCBA9876543210").unwrap(),
+                2,
+            ),
             ("audit.mac_key", "M7", b'H', vec![0x22; 32], 1),
         ] {
             let nk = NewKey {
@@ -261,10 +301,16 @@ mod tests {
     fn a_store_loads_with_usages_and_versions() {
         let l = lmk(1);
         let s = parse(&store_text(&l), &l).unwrap();
-        assert_eq!(s.labels(), vec!["audit.mac_key", "vault.data_key", "visa.imk_ac"]);
+        assert_eq!(
+            s.labels(),
+            vec!["audit.mac_key", "vault.data_key", "visa.imk_ac"]
+        );
         // The newest version is the one used.
         assert_eq!(s.get("visa.imk_ac").unwrap().expose_bytes()[0], 0x11);
-        assert_eq!(s.get_version("visa.imk_ac", 1).unwrap().expose_bytes()[0], 0x01);
+        assert_eq!(
+            s.get_version("visa.imk_ac", 1).unwrap().expose_bytes()[0],
+            0x01
+        );
         assert!(s.get_as("visa.imk_ac", "E0").is_ok());
     }
 
@@ -275,7 +321,10 @@ mod tests {
         let e = s.get_as("vault.data_key", "E0").unwrap_err().to_string();
         assert!(e.contains("\"vault.data_key\""), "{e}");
         assert!(e.contains("D0 key (symmetric data encryption)"), "{e}");
-        assert!(e.contains("as E0 (EMV issuer master key: application cryptograms)"), "{e}");
+        assert!(
+            e.contains("as E0 (EMV issuer master key: application cryptograms)"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -287,15 +336,26 @@ mod tests {
         let i = lines.iter().position(|x| x.starts_with('D')).unwrap() + 1;
         let mut bad: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
         let pos = bad[i].len() - 40;
-        let c = if &bad[i][pos..pos + 1] == "0" { "1" } else { "0" };
+        let c = if &bad[i][pos..pos + 1] == "0" {
+            "1"
+        } else {
+            "0"
+        };
         bad[i].replace_range(pos..pos + 1, c);
         let e = parse(&bad.join("\n"), &l).unwrap_err().to_string();
-        assert!(e.contains(&format!("line {}", i + 1)) && e.contains("MAC does not verify under the LMK"), "{e}");
+        assert!(
+            e.contains(&format!("line {}", i + 1))
+                && e.contains("MAC does not verify under the LMK"),
+            "{e}"
+        );
         // Changing the usage in the header (to pass a key off as another
         // kind) breaks the MAC too.
         let mut relabel: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
         relabel[i].replace_range(5..7, "D0");
-        assert!(parse(&relabel.join("\n"), &l).unwrap_err().to_string().contains("MAC does not verify"));
+        assert!(parse(&relabel.join("\n"), &l)
+            .unwrap_err()
+            .to_string()
+            .contains("MAC does not verify"));
     }
 
     #[test]
@@ -304,10 +364,22 @@ mod tests {
         let text = store_text(&l);
         let other = lmk(2);
         let e = parse(&text, &other).unwrap_err().to_string();
-        assert!(e.contains(&l.kcv()) && e.contains(&other.kcv()) && e.contains("wrong or mistyped components"), "{e}");
+        assert!(
+            e.contains(&l.kcv())
+                && e.contains(&other.kcv())
+                && e.contains("wrong or mistyped components"),
+            "{e}"
+        );
         // Without the KCV line, every block fails its MAC.
-        let no_kcv: String = text.lines().filter(|x| !x.starts_with("lmk-kcv")).map(|x| format!("{x}\n")).collect();
-        assert!(parse(&no_kcv, &other).unwrap_err().to_string().contains("MAC does not verify"));
+        let no_kcv: String = text
+            .lines()
+            .filter(|x| !x.starts_with("lmk-kcv"))
+            .map(|x| format!("{x}\n"))
+            .collect();
+        assert!(parse(&no_kcv, &other)
+            .unwrap_err()
+            .to_string()
+            .contains("MAC does not verify"));
     }
 
     #[test]
@@ -321,9 +393,13 @@ mod tests {
         assert_eq!(&clear[..], key.expose_bytes());
         assert_eq!(&h.key_usage, b"E0");
         let wrong = StoredKey::Aes(Box::new(AesKey::new(&[0x34; 32]).unwrap()));
-        assert!(import(&wrong, &block).unwrap_err().contains("MAC does not verify"));
+        assert!(import(&wrong, &block)
+            .unwrap_err()
+            .contains("MAC does not verify"));
         let mut locked = meta.clone();
         locked.exportability = b'N';
-        assert!(export("visa.imk_ac", &locked, key, &kek).unwrap_err().contains("non-exportable"));
+        assert!(export("visa.imk_ac", &locked, key, &kek)
+            .unwrap_err()
+            .contains("non-exportable"));
     }
 }

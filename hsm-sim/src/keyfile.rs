@@ -158,7 +158,10 @@ pub struct KeyMeta {
 impl KeyMeta {
     /// The usage as text (`--` when unrestricted).
     pub fn usage_str(&self) -> String {
-        self.usage.map_or_else(|| "--".to_owned(), |u| String::from_utf8_lossy(&u).into_owned())
+        self.usage.map_or_else(
+            || "--".to_owned(),
+            |u| String::from_utf8_lossy(&u).into_owned(),
+        )
     }
 }
 
@@ -265,7 +268,9 @@ impl KeyStore {
                 Some(u) if u.len() == 2 && u.bytes().all(|b| b.is_ascii_alphanumeric()) => {
                     Some([u.as_bytes()[0], u.as_bytes()[1]])
                 }
-                Some(_) => return Err(err("usage must be a 2-character TR-31 key usage".to_owned())),
+                Some(_) => {
+                    return Err(err("usage must be a 2-character TR-31 key usage".to_owned()))
+                }
             };
             let algorithm = match entry.algorithm {
                 KeyAlgorithm::Hmac => b'H',

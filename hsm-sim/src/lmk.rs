@@ -76,7 +76,10 @@ impl Lmk {
             if c.len() != LMK_LEN {
                 return Err(LmkError::Component {
                     index: i + 1,
-                    reason: format!("{} bytes; an AES-256 LMK component has 32 (64 hex digits)", c.len()),
+                    reason: format!(
+                        "{} bytes; an AES-256 LMK component has 32 (64 hex digits)",
+                        c.len()
+                    ),
                 });
             }
             for (j, d) in components.iter().enumerate().take(i) {
@@ -145,16 +148,25 @@ pub fn component_kcv(bytes: &[u8]) -> String {
 /// Parse a component: hex digits, spaces and dashes ignored (components
 /// are often printed in groups).
 pub fn parse_component(index: usize, text: &str) -> Result<Zeroizing<Vec<u8>>, LmkError> {
-    let digits: Zeroizing<String> =
-        Zeroizing::new(text.chars().filter(|c| !c.is_whitespace() && *c != '-').collect());
-    let bytes = Zeroizing::new(hex::decode(digits.as_bytes()).map_err(|_| LmkError::Component {
-        index,
-        reason: "not hex digits".into(),
-    })?);
+    let digits: Zeroizing<String> = Zeroizing::new(
+        text.chars()
+            .filter(|c| !c.is_whitespace() && *c != '-')
+            .collect(),
+    );
+    let bytes =
+        Zeroizing::new(
+            hex::decode(digits.as_bytes()).map_err(|_| LmkError::Component {
+                index,
+                reason: "not hex digits".into(),
+            })?,
+        );
     if bytes.len() != LMK_LEN {
         return Err(LmkError::Component {
             index,
-            reason: format!("{} bytes; an AES-256 LMK component has 32 (64 hex digits)", bytes.len()),
+            reason: format!(
+                "{} bytes; an AES-256 LMK component has 32 (64 hex digits)",
+                bytes.len()
+            ),
         });
     }
     Ok(bytes)
@@ -197,15 +209,22 @@ pub fn read_components(
             let _ = show.flush();
             let echo = os::EchoOff::new();
             let mut line = Zeroizing::new(String::new());
-            stdin.lock().read_line(&mut line).map_err(|e| LmkError::Source {
-                source_name: "the terminal".into(),
-                reason: e.to_string(),
-            })?;
+            stdin
+                .lock()
+                .read_line(&mut line)
+                .map_err(|e| LmkError::Source {
+                    source_name: "the terminal".into(),
+                    reason: e.to_string(),
+                })?;
             drop(echo);
             let _ = writeln!(show);
             parse_component(i, &line)?
         };
-        let _ = writeln!(show, "LMK component {i} of {count}: KCV {}", component_kcv(&c));
+        let _ = writeln!(
+            show,
+            "LMK component {i} of {count}: KCV {}",
+            component_kcv(&c)
+        );
         out.push(c);
     }
     Ok(out)
@@ -229,10 +248,12 @@ pub fn from_env(var: &str) -> Result<Option<Lmk>, LmkError> {
 /// secrets manager), by its `/dev/fd` path.
 pub fn from_fd(fd: u32) -> Result<Lmk, LmkError> {
     let path = format!("/dev/fd/{fd}");
-    let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| LmkError::Source {
-        source_name: format!("file descriptor {fd}"),
-        reason: e.to_string(),
-    })?);
+    let text = Zeroizing::new(
+        std::fs::read_to_string(&path).map_err(|e| LmkError::Source {
+            source_name: format!("file descriptor {fd}"),
+            reason: e.to_string(),
+        })?,
+    );
     Lmk::from_hex(&text)
 }
 
@@ -345,12 +366,65 @@ mod tests {
 
     #[test]
     fn identical_short_and_cancelling_components_are_refused() {
-        assert!(matches!(Lmk::from_components(&[comp(1), comp(1)]), Err(LmkError::Identical(1, 2))));
+        assert!(matches!(
+            Lmk::from_components(&[comp(1), comp(1)]),
+            Err(LmkError::Identical(1, 2))
+        ));
         assert!(Lmk::from_components(&[comp(1), comp(2), comp(3)]).is_err());
         assert!(Lmk::from_components(&[]).is_err());
         let e = parse_component(2, "00ff").unwrap_err().to_string();
-        assert!(e.contains("component 2") && e.contains("64 hex digits"), "{e}");
+        assert!(
+            e.contains("component 2") && e.contains("64 hex digits"),
+            "{e}"
+        );
         assert!(parse_component(1, &"zz".repeat(32)).is_err());
         assert!(parse_component(1, &format!("{} {}", "ab".repeat(16), "cd".repeat(16))).is_ok());
+    }
+}
+
+/// Where the LMK comes from, as the command line gave it.
+#[derive(Debug, Default, Clone)]
+pub struct LmkRequest {
+    /// `--lmk-components N`: N components, XORed.
+    pub components: Option<usize>,
+    /// `--lmk-component-file F` (repeated): the components, from files;
+    /// else they are typed at the terminal.
+    pub component_files: Vec<std::path::PathBuf>,
+    /// `--lmk-fd N`: the whole LMK in hex on a file descriptor.
+    pub fd: Option<u32>,
+}
+
+/// The environment variable a secrets manager can hand the LMK over in
+/// (hex); removed from the environment once read.
+pub const LMK_ENV: &str = "TESSERA_LMK";
+
+impl LmkRequest {
+    /// The LMK from the first source given: components, then the file
+    /// descriptor, then `TESSERA_LMK`. `None` when none was given.
+    pub fn resolve(&self, show: &mut dyn Write) -> Result<Option<Lmk>, LmkError> {
+        let lmk = if let Some(n) = self.components {
+            let parts = read_components(n, &self.component_files, show)?;
+            Some(Lmk::from_components(&parts)?)
+        } else if !self.component_files.is_empty() {
+            let parts = read_components(self.component_files.len(), &self.component_files, show)?;
+            Some(Lmk::from_components(&parts)?)
+        } else if let Some(fd) = self.fd {
+            Some(from_fd(fd)?)
+        } else {
+            from_env(LMK_ENV)?
+        };
+        if let Some(l) = &lmk {
+            let _ = writeln!(
+                show,
+                "LMK: KCV {}{}",
+                l.kcv(),
+                if l.is_locked_in_memory() {
+                    ""
+                } else {
+                    " (not locked in memory: mlock refused)"
+                }
+            );
+        }
+        Ok(lmk)
     }
 }
