@@ -39,6 +39,26 @@ pub use show::{show, ShowFilter};
 pub use verify::{verify, Problem, ProblemKind, Report, VerifyKeys};
 pub use writer::{AuditLog, AuditOptions, PreviousEnd};
 
+/// `cli:<user>`, the actor of a command typed by a person: the login name,
+/// else the numeric uid.
+pub fn cli_actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| uid_name());
+    format!("cli:{user}")
+}
+
+#[cfg(unix)]
+fn uid_name() -> String {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map_or_else(|_| "unknown".into(), |m| format!("uid{}", m.uid()))
+}
+
+#[cfg(not(unix))]
+fn uid_name() -> String {
+    "unknown".into()
+}
+
 /// Label of the audit MAC key in the key store (usage M7, HMAC).
 pub const MAC_KEY_LABEL: &str = "audit.mac_key";
 /// Label of the checkpoint signing key (usage S0, Ed25519).

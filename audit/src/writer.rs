@@ -45,9 +45,20 @@ pub struct AuditLog {
     keys: AuditKeys,
     opts: AuditOptions,
     state: Mutex<State>,
+    /// Set once the shutdown checkpoint is written (or the log abandoned).
+    closed: std::sync::atomic::AtomicBool,
     /// An exclusive lock on `LOCK` for the log's lifetime: two writers
     /// would fork the chain.
     _lock: File,
+}
+
+impl Drop for AuditLog {
+    /// A log dropped without [`AuditLog::close`] is closed here: a process
+    /// that ends normally seals its log; one that is killed does not, and
+    /// the next start records that.
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
 }
 
 #[derive(Debug)]
@@ -109,6 +120,7 @@ impl AuditLog {
             keys,
             opts,
             state: Mutex::new(state),
+            closed: std::sync::atomic::AtomicBool::new(false),
             _lock: lock,
         };
         {
@@ -141,6 +153,10 @@ impl AuditLog {
             *st = new_file(&self.dir, next, st.seq, st.prev_mac, st.digest, &self.keys)?;
         }
         let seq = append(&self.dir, &mut st, &self.keys, &event, false)?;
+        // An entry after a close re-opens the log: the next close (or
+        // drop) seals it again.
+        self.closed
+            .store(false, std::sync::atomic::Ordering::Release);
         st.since_checkpoint += 1;
         if st.since_checkpoint >= self.opts.checkpoint_every {
             self.checkpoint(&mut st, "periodic")?;
@@ -148,10 +164,21 @@ impl AuditLog {
         Ok(seq)
     }
 
-    /// Write the shutdown checkpoint. Call once, last.
+    /// Write the shutdown checkpoint (once; later calls do nothing).
     pub fn close(&self) -> Result<(), AuditError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if self.closed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return Ok(());
+        }
         self.checkpoint(&mut st, "shutdown")
+    }
+
+    /// Let go of the log as a crash would: no shutdown checkpoint. For
+    /// tests of what the next start and `verify` make of that.
+    #[doc(hidden)]
+    pub fn abandon(self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     fn checkpoint(&self, st: &mut State, kind: &str) -> Result<(), AuditError> {

@@ -3,7 +3,8 @@
 //! The library a program embeds to authorize token transactions: no command
 //! line, no simulator.
 //!
-//! - [`config`] loads and checks `config/tessera.toml`.
+//! - [`config`] loads and checks `config/tessera.toml` and the keys it names.
+//! - [`audit`]: the write-only audit trail beside the vault.
 //! - [`vault`] is the token vault (tokens, encrypted PANs, lifecycle, domain
 //!   controls, replay protection), durable through a journal and snapshots.
 //! - [`profile`]: each card profile's issuer keys and track 2 template.
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
+pub mod audit;
 pub mod config;
 pub mod iso8583;
 pub mod issuer;

@@ -125,23 +125,8 @@ pub enum KeysCommand {
     List,
 }
 
-/// `cli:<user>`: the login name, else the numeric uid.
-pub fn actor() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| {
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::MetadataExt;
-                std::fs::metadata("/proc/self")
-                    .map_or_else(|_| "unknown".into(), |m| format!("uid{}", m.uid()))
-            }
-            #[cfg(not(unix))]
-            {
-                "unknown".to_owned()
-            }
-        });
-    format!("cli:{user}")
+fn actor() -> String {
+    tessera_audit::cli_actor()
 }
 
 /// Run a keys command; returns what to print on stdout.
@@ -300,19 +285,20 @@ fn algorithm_for(usage: &str, given: Option<&str>, len: usize) -> Result<(u8, us
             _ => "tdes2",
         },
     };
-    let (alg, n) =
-        match name {
-            "tdes2" => (b'T', 16),
-            "tdes3" => (b'T', 24),
-            "aes128" => (b'A', 16),
-            "aes192" => (b'A', 24),
-            "aes256" => (b'A', 32),
-            "hmac" => (b'H', 32),
-            "ed25519" => (b'E', 32),
-            other => return Err(format!(
+    let (alg, n) = match name {
+        "tdes2" => (b'T', 16),
+        "tdes3" => (b'T', 24),
+        "aes128" => (b'A', 16),
+        "aes192" => (b'A', 24),
+        "aes256" => (b'A', 32),
+        "hmac" => (b'H', 32),
+        "ed25519" => (b'E', 32),
+        other => {
+            return Err(format!(
                 "--algorithm: unknown \"{other}\" (tdes2 tdes3 aes128 aes192 aes256 hmac ed25519)"
-            )),
-        };
+            ))
+        }
+    };
     if !key_usage::algorithm_fits(usage, alg) {
         return Err(format!(
             "a {name} key cannot have usage {usage} ({})",

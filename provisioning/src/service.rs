@@ -267,8 +267,8 @@ impl Service {
         opts: &ServiceOptions,
     ) -> Result<Self, String> {
         let profiles = engine::profile::keys::load(config, keys)?;
-        let data_key = match keys.get(&config.vault.data_key) {
-            Some(hsm_sim::keyfile::StoredKey::Aes(k)) => k,
+        let data_key = match keys.get_as(&config.vault.data_key, "D0") {
+            Ok(hsm_sim::keyfile::StoredKey::Aes(k)) => k,
             _ => {
                 return Err(format!(
                     "vault data key \"{}\" is not an AES key",

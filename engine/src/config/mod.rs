@@ -5,16 +5,18 @@
 //! typo is a start-up error and not a declined transaction at 3 a.m.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use hsm_sim::emv::CvnProfile;
 use hsm_sim::keyfile::KeyStore;
 use serde::Deserialize;
 
 mod api;
+mod keys;
 mod listener;
 mod values;
 pub use api::{ApiConfig, IdvPolicy, IssuerPolicy, Operator, Requestor};
+pub use keys::{KeyMode, KeysConfig};
 pub use listener::{AcquirerAllow, ListenerConfig, ListenerTlsConfig};
 use values::invalid;
 pub use values::{ConfigError, Range};
@@ -127,8 +129,11 @@ pub struct Config {
     pub vault: VaultConfig,
     /// `[listener]`.
     pub listener: ListenerConfig,
-    /// Key file path (relative paths are relative to the config file).
-    pub key_file: PathBuf,
+    /// `[keys]`: where the keys came from, and in which mode.
+    pub keys: KeysConfig,
+    /// SHA-256 of the configuration file's text, for the audit trail's
+    /// record of each start (a changed configuration shows as a new digest).
+    pub digest: String,
     /// Profiles, sorted by name.
     pub profiles: Vec<Profile>,
     /// `[api]` (empty when absent: no requestors, no operators).
@@ -138,7 +143,7 @@ pub struct Config {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
-    key_file: PathBuf,
+    keys: keys::KeysFile,
     vault: VaultConfig,
     #[serde(default)]
     listener: ListenerConfig,
@@ -149,12 +154,22 @@ struct ConfigFile {
 impl Config {
     /// Load and check a config file; returns it with the loaded key store.
     pub fn load(path: &Path) -> Result<(Config, KeyStore), ConfigError> {
+        Self::load_with_lmk(path, None)
+    }
+
+    /// [`Config::load`] with an LMK the command line assembled (custodians'
+    /// components, a file descriptor); without one, production mode takes
+    /// `$TESSERA_LMK`.
+    pub fn load_with_lmk(
+        path: &Path,
+        lmk: Option<&hsm_sim::lmk::Lmk>,
+    ) -> Result<(Config, KeyStore), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.display().to_string(),
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::from_toml(&text, &path.display().to_string(), base)
+        Self::from_toml_with_lmk(&text, &path.display().to_string(), base, lmk)
     }
 
     /// Parse and check config text. `base` resolves a relative key file.
@@ -163,29 +178,26 @@ impl Config {
         name: &str,
         base: &Path,
     ) -> Result<(Config, KeyStore), ConfigError> {
+        Self::from_toml_with_lmk(text, name, base, None)
+    }
+
+    fn from_toml_with_lmk(
+        text: &str,
+        name: &str,
+        base: &Path,
+        lmk: Option<&hsm_sim::lmk::Lmk>,
+    ) -> Result<(Config, KeyStore), ConfigError> {
         let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: name.to_owned(),
             message: e.message().to_owned(),
         })?;
-        let key_file = if file.key_file.is_absolute() {
-            file.key_file.clone()
-        } else {
-            base.join(&file.key_file)
-        };
-        let keys = KeyStore::load(&key_file).map_err(|e| invalid(e.to_string()))?;
+        let (keys_config, keys) = keys::load(&file.keys, base, lmk)?;
         check_ranges(&file.vault)?;
-        for label in [&file.vault.data_key, &file.vault.index_key] {
-            match keys.get(label) {
-                Some(hsm_sim::keyfile::StoredKey::Aes(_)) => {}
-                Some(_) => {
-                    return Err(invalid(format!("vault key \"{label}\" must be an AES key")))
-                }
-                None => {
-                    return Err(invalid(format!(
-                        "vault key \"{label}\" is not in {}",
-                        key_file.display()
-                    )))
-                }
+        for (label, usage) in [(&file.vault.data_key, "D0"), (&file.vault.index_key, "M6")] {
+            match keys.get_as(label, usage) {
+                Ok(hsm_sim::keyfile::StoredKey::Aes(_)) => {}
+                Ok(_) => return Err(invalid(format!("vault key \"{label}\" must be an AES key"))),
+                Err(e) => return Err(invalid(format!("vault: {e}"))),
             }
         }
         if file.vault.par_bci.len() != 4
@@ -222,12 +234,22 @@ impl Config {
             Config {
                 vault: file.vault,
                 listener: file.listener,
-                key_file,
+                keys: keys_config,
+                digest: sha256_hex(text),
                 profiles,
                 api,
             },
             keys,
         ))
+    }
+
+    /// In production mode, refuse a data directory group or others can
+    /// read, with the command that fixes it. Test mode lets it be.
+    pub fn check_data_dir(&self, dir: &Path) -> Result<(), ConfigError> {
+        if self.keys.mode == KeyMode::Production && dir.exists() {
+            keys::refuse_if_exposed(dir, "data directory")?;
+        }
+        Ok(())
     }
 
     /// The index of a profile by name.
@@ -299,18 +321,14 @@ fn check_profile(name: String, p: ProfileFile, keys: &KeyStore) -> Result<Profil
                 )))
             }
             (true, Some(label)) => {
-                match keys.get(label) {
-                    Some(hsm_sim::keyfile::StoredKey::Tdes(k)) if k.len() == 16 => {}
-                    Some(_) => {
+                match keys.get_as(label, purpose_usage(purpose)) {
+                    Ok(hsm_sim::keyfile::StoredKey::Tdes(k)) if k.len() == 16 => {}
+                    Ok(_) => {
                         return Err(invalid(format!(
                             "profile {name}: key \"{label}\" must be a tdes2 key"
                         )))
                     }
-                    None => {
-                        return Err(invalid(format!(
-                            "profile {name}: key \"{label}\" is not in the key file"
-                        )))
-                    }
+                    Err(e) => return Err(invalid(format!("profile {name}: {e}"))),
                 }
                 labels.insert(purpose, label.clone());
             }
@@ -368,4 +386,20 @@ fn check_template(name: &str, t: &str, scheme: Scheme) -> Result<(), ConfigError
         )));
     }
     Ok(())
+}
+
+/// The TR-31 key usage a profile key of this purpose must carry.
+pub fn purpose_usage(purpose: &str) -> &'static str {
+    match purpose {
+        "imk_ac" => "E0",
+        "imk_smc" => "E1",
+        "imk_smi" => "E2",
+        // CVC3 and dCVV are dynamic card verification numbers.
+        _ => "E4",
+    }
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }

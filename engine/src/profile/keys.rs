@@ -32,9 +32,10 @@ fn tdes(keys: &KeyStore, profile: &Profile, purpose: &str) -> Result<TdesKey, St
         .keys
         .get(purpose)
         .ok_or_else(|| format!("profile {} has no {purpose}", profile.name))?;
-    match keys.get(label) {
-        Some(StoredKey::Tdes(k)) => Ok((**k).clone()),
-        _ => Err(format!("key \"{label}\" is not a TDES key in the key file")),
+    match keys.get_as(label, crate::config::purpose_usage(purpose)) {
+        Ok(StoredKey::Tdes(k)) => Ok((**k).clone()),
+        Ok(_) => Err(format!("key \"{label}\" is not a TDES key")),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -152,14 +152,18 @@ pub struct Vault {
     /// Held for the vault's lifetime: an exclusive lock on `dir/LOCK`, so
     /// two processes never write one journal.
     _lock: std::fs::File,
+    /// The audit trail in `dir/audit` (`None` only in test mode without
+    /// audit keys).
+    audit: Option<Arc<crate::audit::AuditLog>>,
 }
 
-fn aes_key(keys: &KeyStore, label: &str) -> Result<hsm_sim::AesKey, VaultError> {
-    match keys.get(label) {
-        Some(StoredKey::Aes(k)) => Ok((**k).clone()),
-        _ => Err(VaultError::Invalid(format!(
-            "key \"{label}\" is not an AES key in the key file"
+fn aes_key(keys: &KeyStore, label: &str, usage: &str) -> Result<hsm_sim::AesKey, VaultError> {
+    match keys.get_as(label, usage) {
+        Ok(StoredKey::Aes(k)) => Ok((**k).clone()),
+        Ok(_) => Err(VaultError::Invalid(format!(
+            "key \"{label}\" is not an AES key"
         ))),
+        Err(e) => Err(VaultError::Invalid(e.to_string())),
     }
 }
 
@@ -182,15 +186,34 @@ impl Vault {
                     VaultError::Storage(format!("cannot create data dir {}: {e}", dir.display()))
                 })?;
         }
+        config
+            .check_data_dir(dir)
+            .map_err(|e| VaultError::Invalid(e.to_string()))?;
         let lock = lock_data_dir(dir)?;
-        let data_key = aes_key(keys, &config.vault.data_key)?;
+        let audit = crate::audit::open(dir, &config, keys).map_err(VaultError::Storage)?;
+        let data_key = aes_key(keys, &config.vault.data_key, "D0")?;
         let mac = RecordMac::derive(&data_key);
-        let cipher = PanCipher::new(data_key, aes_key(keys, &config.vault.index_key)?);
+        let cipher = PanCipher::new(data_key, aes_key(keys, &config.vault.index_key, "M6")?);
         let recover_opts = RecoverOptions {
             truncate_corrupt: opts.truncate_corrupt,
             quarantine: opts.quarantine_tampered,
         };
-        let recovery = recovery::recover(dir, &mac, recover_opts).map_err(storage)?;
+        let recovery = match recovery::recover(dir, &mac, recover_opts) {
+            Ok(r) => r,
+            Err(e) => {
+                // Tampered or corrupt records that stop the start are a
+                // security event; the refusal itself still stands if the
+                // trail cannot take it.
+                if let Some(log) = &audit {
+                    let _ = log.record(
+                        crate::audit::Event::new(crate::audit::ENGINE, "vault.recovery")
+                            .outcome(crate::audit::Outcome::Failed, "refused_to_start")
+                            .detail("error", e.to_string()),
+                    );
+                }
+                return Err(storage(e));
+            }
+        };
         let journal = Journal::open(
             dir,
             recovery.next_seq,
@@ -213,7 +236,9 @@ impl Vault {
             writer: Mutex::new(()),
             since_snapshot: AtomicU64::new(0),
             _lock: lock,
+            audit,
         };
+        vault.audit_start(keys)?;
         let mut replayed = 0u64;
         let mut tampered = Vec::new();
         recovery
@@ -244,9 +269,77 @@ impl Vault {
             if let Some(token) = snapshot::record_token(&t.record) {
                 vault.quarantined.insert(token.value());
             }
+            vault.audit(
+                crate::audit::Event::new(crate::audit::ENGINE, "security.tampered_record")
+                    .subject(t.token())
+                    .outcome(crate::audit::Outcome::Refused, "record_mac_mismatch")
+                    .detail("file", t.file.display().to_string())
+                    .detail("offset", t.offset.to_string()),
+            )?;
+        }
+        for w in &recovery_warnings {
+            vault.audit(
+                crate::audit::Event::new(crate::audit::ENGINE, "vault.recovery")
+                    .outcome(crate::audit::Outcome::Ok, "warning")
+                    .detail("warning", w.as_str()),
+            )?;
         }
         recovery_warnings.extend(permissions::exposure_warning(dir, "data directory"));
         Ok((vault, recovery_warnings))
+    }
+
+    /// Record an event in the audit trail and make it durable; the action
+    /// it records is acknowledged only after this returns `Ok`. Without a
+    /// trail (test mode without audit keys) it does nothing.
+    pub fn audit(&self, event: crate::audit::Event) -> Result<(), VaultError> {
+        match &self.audit {
+            Some(log) => log
+                .record(event)
+                .map(drop)
+                .map_err(|e| VaultError::Storage(format!("audit trail: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// The audit trail, for components that record on their own thread.
+    pub fn audit_log(&self) -> Option<&Arc<crate::audit::AuditLog>> {
+        self.audit.as_ref()
+    }
+
+    /// What every start records: the configuration's digest and the keys
+    /// loaded (labels, versions and KCVs hashed: a changed key shows as a
+    /// new digest without its KCV in the log).
+    fn audit_start(&self, keys: &KeyStore) -> Result<(), VaultError> {
+        use crate::audit::{Event, ENGINE};
+        let cfg = &self.config;
+        self.audit(
+            Event::new(ENGINE, "config.load")
+                .subject(self.dir.display().to_string())
+                .detail("config_sha256", cfg.digest.as_str())
+                .detail("keys_mode", format!("{:?}", cfg.keys.mode).to_lowercase()),
+        )?;
+        let mut inventory = String::new();
+        for (label, meta, key) in keys.entries() {
+            inventory.push_str(&format!(
+                "{label}/{}/{}/{};",
+                meta.version,
+                meta.usage_str(),
+                hex::encode(key.kcv())
+            ));
+        }
+        use sha2::Digest as _;
+        self.audit(
+            Event::new(ENGINE, "keys.load")
+                .detail("keys", keys.entries().len().to_string())
+                .detail(
+                    "lmk_kcv",
+                    cfg.keys.lmk_kcv.clone().unwrap_or_else(|| "-".into()),
+                )
+                .detail(
+                    "inventory_sha256",
+                    hex::encode(sha2::Sha256::digest(inventory.as_bytes())),
+                ),
+        )
     }
 
     /// Whether this token was quarantined at start-up (a record of it
@@ -440,11 +533,17 @@ impl Vault {
         {
             return Ok(None);
         }
-        self.journal_append(&JournalRecord::State {
+        let lsn = self.journal_append(&JournalRecord::State {
             token: view.token,
             state: TokenState::Locked,
-        })
-        .map(Some)
+        })?;
+        self.audit(
+            crate::audit::Event::new(crate::audit::ENGINE, "security.token_locked")
+                .subject(view.token.masked())
+                .outcome(crate::audit::Outcome::Refused, "max_auth_failures")
+                .detail("failures", limit.to_string()),
+        )?;
+        Ok(Some(lsn))
     }
 
     /// Failed authentications since the token's last approval.
