@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
-use engine::config::Config;
+use crate::lmk_args::load_config;
+use engine::audit::{cli_actor, Event, Outcome};
 use engine::iso8583::{Dialect, Framing};
 use engine::serve::{self, ServeOptions};
 use engine::vault::provision::{provision, ProvisionSpec};
@@ -32,6 +33,8 @@ pub struct Cli {
         value_name = "FILE"
     )]
     pub config: PathBuf,
+    #[command(flatten)]
+    lmk: crate::lmk_args::LmkArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -115,6 +118,9 @@ SIGTERM or SIGINT drains in-flight requests, flushes the journal and exits 0.\nA
     /// The card stock: secure elements the provisioning service can reach.
     #[command(subcommand)]
     Devices(DevicesCommand),
+    /// The write-only audit trail: verify it, read it.
+    #[command(subcommand)]
+    Audit(crate::audit_cmd::AuditCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -366,7 +372,7 @@ struct TokenizeArgs {
 pub struct CliError(String);
 
 impl CliError {
-    fn new(m: impl Into<String>) -> Self {
+    pub(crate) fn new(m: impl Into<String>) -> Self {
         Self(m.into())
     }
 }
@@ -385,7 +391,13 @@ from_err!(
 
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {
+    // Keys are about to be in this process's memory: no core dumps.
+    for w in hsm_sim::lmk::harden_process() {
+        eprintln!("tessera: warning: {w}");
+    }
+    cli.lmk.resolve().map_err(CliError::new)?;
     match cli.command {
+        Command::Audit(cmd) => crate::audit_cmd::run(&cli.config, cmd),
         Command::Vault(cmd) => vault_command(&cli.config, cmd),
         Command::Serve(args) => serve(&cli.config, args),
         Command::Certs(CertsCommand::Dev { out }) => {
@@ -395,20 +407,25 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Devices(DevicesCommand::Import { dir, file }) => {
-            let (cfg, keys) = Config::load(&cli.config)?;
+            let (cfg, keys) = load_config(&cli.config)?;
             let vault = Arc::new(open(&cli.config, &dir)?);
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| CliError::new(format!("{}: {e}", file.display())))?;
             let service = provisioning::Service::from_config(
                 &cfg,
                 &keys,
-                vault,
+                Arc::clone(&vault),
                 &provisioning::ServiceOptions::new(&dir.data_dir),
             )
             .map_err(CliError::new)?;
             let n = service
                 .import_devices(&text)
                 .map_err(|e| CliError::new(format!("{}: {e}", file.display())))?;
+            vault.audit(
+                Event::new(cli_actor(), "devices.import")
+                    .subject(file.display().to_string())
+                    .detail("devices", n.to_string()),
+            )?;
             println!("imported {n} devices");
             Ok(())
         }
@@ -450,7 +467,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             stan,
             dialect,
         } => {
-            let (cfg, keys) = Config::load(&cli.config)?;
+            let (cfg, keys) = load_config(&cli.config)?;
             let profiles = engine::profile::keys::load(&cfg, &keys).map_err(CliError::new)?;
             let vault = open(&cli.config, &dir)?;
             let t = token_arg(&token)?;
@@ -482,7 +499,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 fn serve(config: &Path, a: ServeArgs) -> Result<(), CliError> {
-    let (mut cfg, keys) = Config::load(config)?;
+    let (mut cfg, keys) = load_config(config)?;
     // Flags override the config file's [listener].
     let l = &mut cfg.listener;
     l.listen = a.listen.unwrap_or(l.listen);
@@ -581,7 +598,7 @@ fn open(config: &Path, dir: &DataDir) -> Result<Vault, CliError> {
 
 /// Open the vault; `create` makes the data directory if it is missing.
 fn open_with(config: &Path, dir: &DataDir, create: bool) -> Result<Vault, CliError> {
-    let (cfg, keys) = Config::load(config)?;
+    let (cfg, keys) = load_config(config)?;
     let opts = OpenOptions {
         truncate_corrupt: dir.truncate_corrupt,
         create,
@@ -633,6 +650,11 @@ fn vault_command(config: &Path, cmd: VaultCommand) -> Result<(), CliError> {
             };
             let started = std::time::Instant::now();
             let n = provision(&vault, &spec)?;
+            vault.audit(
+                Event::new(cli_actor(), "vault.provision")
+                    .detail("count", n.to_string())
+                    .detail("seed", seed.to_string()),
+            )?;
             println!(
                 "provisioned {n} tokens in {:.1} s ({} tokens in the vault at {})",
                 started.elapsed().as_secs_f64(),
@@ -648,6 +670,12 @@ fn vault_command(config: &Path, cmd: VaultCommand) -> Result<(), CliError> {
             let mut w = BufWriter::new(file);
             let n = engine::vault::export::write_jsonl(&vault, &mut w, with_pan)?;
             w.get_ref().sync_all()?;
+            vault.audit(
+                Event::new(cli_actor(), "vault.export")
+                    .subject(out.display().to_string())
+                    .detail("tokens", n.to_string())
+                    .detail("with_pan", with_pan.to_string()),
+            )?;
             eprintln!(
                 "exported {n} tokens to {}{}",
                 out.display(),
@@ -668,6 +696,7 @@ fn vault_command(config: &Path, cmd: VaultCommand) -> Result<(), CliError> {
                 .detokenize(&v)
                 .ok_or_else(|| CliError::new("the PAN failed to decrypt"))?;
             let c = vault.controls(&v);
+            vault.audit(Event::new(cli_actor(), "vault.show").subject(t.masked()))?;
             let out = serde_json::json!({
                 "token": v.token.digits(),
                 "pan": pan.0.masked(),
@@ -692,15 +721,28 @@ fn vault_command(config: &Path, cmd: VaultCommand) -> Result<(), CliError> {
             let vault = open_with(config, &a.dir, true)?;
             let (token, lsn) = vault.tokenize(&req)?;
             vault.wait_durable(lsn)?;
+            vault.audit(
+                Event::new(cli_actor(), "vault.tokenize")
+                    .subject(token.masked())
+                    .detail("profile", a.profile.as_str())
+                    .detail("activate", a.activate.to_string()),
+            )?;
             println!("{}", token.digits());
         }
-        VaultCommand::Activate(a) => change_state(config, a, TokenState::Active, false)?,
-        VaultCommand::Resume(a) => change_state(config, a, TokenState::Active, true)?,
-        VaultCommand::Suspend(a) => change_state(config, a, TokenState::Suspended, false)?,
-        VaultCommand::Delete(a) => change_state(config, a, TokenState::Deleted, false)?,
+        VaultCommand::Activate(a) => {
+            change_state(config, a, "activate", TokenState::Active, false)?
+        }
+        VaultCommand::Resume(a) => change_state(config, a, "resume", TokenState::Active, true)?,
+        VaultCommand::Suspend(a) => {
+            change_state(config, a, "suspend", TokenState::Suspended, false)?
+        }
+        VaultCommand::Delete(a) => change_state(config, a, "delete", TokenState::Deleted, false)?,
         VaultCommand::Snapshot { dir } => {
             let vault = open(config, &dir)?;
             vault.snapshot()?;
+            vault.audit(
+                Event::new(cli_actor(), "vault.snapshot").detail("tokens", vault.len().to_string()),
+            )?;
             println!("snapshot written ({} tokens)", vault.len());
         }
     }
@@ -712,26 +754,45 @@ fn vault_command(config: &Path, cmd: VaultCommand) -> Result<(), CliError> {
 fn change_state(
     config: &Path,
     a: StateArgs,
+    verb: &str,
     to: TokenState,
     lifts_lock: bool,
 ) -> Result<(), CliError> {
     let t = token_arg(&a.token)?;
     let vault = open(config, &a.dir)?;
-    // A lock is lifted by `resume` only, a deliberate act, never as a side
-    // effect of `activate`.
-    if to == TokenState::Active
-        && vault.lookup(t).map(|v| v.state) == Some(TokenState::Locked)
-        && !lifts_lock
-    {
-        return Err(CliError::new(format!(
-            "token {} is locked after failed authentications: `tessera vault resume` lifts the lock",
-            t.masked()
-        )));
+    let action = format!("vault.{verb}");
+    let result = (|| {
+        // A lock is lifted by `resume` only, a deliberate act, never as a
+        // side effect of `activate`.
+        if to == TokenState::Active
+            && vault.lookup(t).map(|v| v.state) == Some(TokenState::Locked)
+            && !lifts_lock
+        {
+            return Err(CliError::new(format!(
+                "token {} is locked after failed authentications: `tessera vault resume` lifts the lock",
+                t.masked()
+            )));
+        }
+        let lsn = vault.set_state(t, to)?;
+        vault.wait_durable(lsn)?;
+        Ok(())
+    })();
+    let event = Event::new(cli_actor(), action).subject(t.masked());
+    match result {
+        Ok(()) => {
+            vault.audit(event)?;
+            println!("{} {}", t.masked(), to.name());
+            Ok(())
+        }
+        Err(e) => {
+            vault.audit(
+                event
+                    .outcome(Outcome::Refused, "refused")
+                    .detail("error", e.to_string()),
+            )?;
+            Err(e)
+        }
     }
-    let lsn = vault.set_state(t, to)?;
-    vault.wait_durable(lsn)?;
-    println!("{} {}", t.masked(), to.name());
-    Ok(())
 }
 
 fn parse_states(s: &str) -> Result<Vec<(TokenState, u32)>, CliError> {

@@ -8,7 +8,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod audit_cmd;
 mod cli;
+mod lmk_args;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
