@@ -55,3 +55,48 @@ pub fn open(
     .map_err(|e| e.to_string())?;
     Ok(Some(Arc::new(log)))
 }
+
+/// Security events from threads that must never wait for a disk (the
+/// listener's event loops): a bounded queue to one thread that records
+/// them. When the queue is full (a flood of refused handshakes) events
+/// are counted, not queued, and the count goes into the next entry.
+#[derive(Debug, Clone)]
+pub struct SecuritySink {
+    tx: crossbeam_channel::Sender<Event>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Events waiting for the recording thread, at most.
+pub const SECURITY_QUEUE: usize = 1024;
+
+impl SecuritySink {
+    /// A sink and the thread that drains it into `log`; the thread ends
+    /// when every clone of the sink is dropped.
+    pub fn spawn(log: Arc<AuditLog>) -> std::io::Result<Self> {
+        let (tx, rx) = crossbeam_channel::bounded::<Event>(SECURITY_QUEUE);
+        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let lost = Arc::clone(&dropped);
+        std::thread::Builder::new()
+            .name("tessera-audit".into())
+            .spawn(move || {
+                for mut event in rx {
+                    let n = lost.swap(0, std::sync::atomic::Ordering::Relaxed);
+                    if n > 0 {
+                        event = event.detail("not_recorded_before", n.to_string());
+                    }
+                    if let Err(e) = log.record(event) {
+                        eprintln!("tessera: audit trail: {e}");
+                    }
+                }
+            })?;
+        Ok(Self { tx, dropped })
+    }
+
+    /// Queue an event; never blocks.
+    pub fn send(&self, event: Event) {
+        if self.tx.try_send(event).is_err() {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}

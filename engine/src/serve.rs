@@ -209,6 +209,7 @@ pub fn start(config: &Config, keys: &KeyStore, opts: &ServeOptions) -> Result<Ru
         }
         None => None,
     };
+    let tls_on = tls.is_some();
     let server = Server::bind(ServerConfig {
         listen: l.listen,
         framing: l.framing,
@@ -223,10 +224,24 @@ pub fn start(config: &Config, keys: &KeyStore, opts: &ServeOptions) -> Result<Ru
         blocking_workers: l.blocking_workers,
         tls,
         handle_signals: opts.handle_signals,
+        security_events: match vault.audit_log() {
+            Some(log) => Some(
+                crate::audit::SecuritySink::spawn(Arc::clone(log))
+                    .map_err(io_err("audit thread"))?,
+            ),
+            None => None,
+        },
         ..ServerConfig::default()
     })
     .map_err(io_err("listener"))?;
     let addr = server.local_addr().map_err(io_err("listener"))?;
+    vault
+        .audit(
+            crate::audit::Event::new(crate::audit::ENGINE, "serve.start")
+                .detail("listen", addr.to_string())
+                .detail("tls", if tls_on { "mutual" } else { "off" }),
+        )
+        .map_err(|e| ServeError::Vault(e))?;
     let stop = server.shutdown_handle();
     // Housekeeping: snapshots on schedule, so the journal stays short, and
     // the journal watched, so that its failure is said once and acted on.
@@ -238,6 +253,16 @@ pub fn start(config: &Config, keys: &KeyStore, opts: &ServeOptions) -> Result<Ru
                 std::thread::sleep(HOUSEKEEPING_POLL);
                 if let Some(why) = vault.journal_failure() {
                     if metrics.set_journal_failed() {
+                        // The trail is a separate file: it may still take
+                        // the entry when the journal's disk is full.
+                        let _ = vault.audit(
+                            crate::audit::Event::new(
+                                crate::audit::ENGINE,
+                                "security.journal_failed",
+                            )
+                            .outcome(crate::audit::Outcome::Failed, "journal_io")
+                            .detail("error", why.as_str()),
+                        );
                         eprintln!(
                             "tessera: event=journal_failed error=\"{why}\" action={}",
                             if exit_on_failure {
@@ -321,6 +346,14 @@ impl Running {
         }
         self.vault.flush()?;
         let stats = stats.map_err(io_err("listener"))?;
+        // Seal the trail: a clean stop ends in a signed checkpoint.
+        if let Some(log) = self.vault.audit_log() {
+            let _ = log.record(
+                crate::audit::Event::new(crate::audit::ENGINE, "serve.stop")
+                    .detail("connections", stats.connections_accepted.to_string()),
+            );
+            let _ = log.close();
+        }
         Ok(Stopped {
             stats,
             response_counts: self.pipeline.response_counts(),

@@ -145,6 +145,10 @@ pub fn start(
         .build()?;
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let watcher = Arc::clone(&service);
+    let security = match service.vault_ref().audit_log() {
+        Some(log) => Some(engine::audit::SecuritySink::spawn(Arc::clone(log))?),
+        None => None,
+    };
     let router = router(service);
     let tls = acceptor.is_some();
     let thread = std::thread::Builder::new()
@@ -153,7 +157,9 @@ pub fn start(
             runtime.block_on(async move {
                 tokio::spawn(watch_locks(watcher));
                 match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => accept_loop(l, acceptor, router, stopped, max_connections).await,
+                    Ok(l) => {
+                        accept_loop(l, acceptor, router, stopped, max_connections, security).await
+                    }
                     Err(e) => eprintln!("tessera-api: listener: {e}"),
                 }
             });
@@ -189,6 +195,7 @@ async fn accept_loop(
     router: Router,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
     max_connections: usize,
+    security: Option<engine::audit::SecuritySink>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
@@ -196,7 +203,7 @@ async fn accept_loop(
             _ = &mut stopped => return,
             a = listener.accept() => a,
         };
-        let Ok((stream, _)) = accepted else {
+        let Ok((stream, peer)) = accepted else {
             // Out of descriptors, say: do not spin.
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
@@ -205,18 +212,28 @@ async fn accept_loop(
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             continue;
         };
-        let (router, acceptor) = (router.clone(), acceptor.clone());
+        let (router, acceptor, security) = (router.clone(), acceptor.clone(), security.clone());
         tokio::spawn(async move {
             let _slot = slot;
             let _ = stream.set_nodelay(true);
             match acceptor {
-                Some(a) => {
-                    if let Ok(Ok(tls)) =
-                        tokio::time::timeout(HANDSHAKE_TIMEOUT, a.accept(stream)).await
-                    {
-                        serve_connection(tls, router).await;
+                Some(a) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, a.accept(stream)).await {
+                    Ok(Ok(tls)) => serve_connection(tls, router).await,
+                    refused => {
+                        let why = match refused {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "handshake timeout".to_owned(),
+                        };
+                        if let Some(sink) = security {
+                            sink.send(
+                                engine::audit::Event::new("api", "security.tls_refused")
+                                    .subject(peer.to_string())
+                                    .outcome(engine::audit::Outcome::Refused, "handshake")
+                                    .detail("error", why),
+                            );
+                        }
                     }
-                }
+                },
                 None => serve_connection(stream, router).await,
             }
         });
@@ -276,17 +293,36 @@ fn caller(svc: &Service, headers: &HeaderMap) -> Result<Caller, ApiError> {
     authenticate(svc.api_config(), h)
 }
 
-/// Authenticate, then run `f` on the blocking pool; answer `ok` with its
-/// JSON or the error.
-async fn call<F>(svc: Svc, headers: HeaderMap, ok: StatusCode, f: F) -> Response
+/// Authenticate, then run `f` on the blocking pool; record the call in
+/// the audit trail (durable before the answer goes out); answer `ok` with
+/// its JSON or the error. A refused key is a security event, recorded
+/// with a bound on how many per second ([`AUTH_FAILURE_AUDIT`]).
+async fn call<F>(
+    svc: Svc,
+    headers: HeaderMap,
+    ok: StatusCode,
+    action: &'static str,
+    subject: String,
+    f: F,
+) -> Response
 where
     F: FnOnce(&Service, &Caller) -> Result<Value, ApiError> + Send + 'static,
 {
     let who = match caller(&svc, &headers) {
         Ok(c) => c,
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            let s = Arc::clone(&svc);
+            let _ = tokio::task::spawn_blocking(move || s.audit_auth_failure(action)).await;
+            return e.into_response();
+        }
     };
-    match tokio::task::spawn_blocking(move || f(&svc, &who)).await {
+    let done = tokio::task::spawn_blocking(move || {
+        let result = f(&svc, &who);
+        svc.audit_call(&who, action, &subject, &result)?;
+        result
+    })
+    .await;
+    match done {
         Ok(Ok(v)) => (ok, Json(v)).into_response(),
         Ok(Err(e)) => e.into_response(),
         Err(_) => ApiError::internal("the call failed").into_response(),
@@ -294,16 +330,26 @@ where
 }
 
 async fn eligibility(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) -> Response {
-    call(svc, headers, StatusCode::OK, move |s, c| {
-        s.eligibility(c, parse(&body)?)
-    })
+    call(
+        svc,
+        headers,
+        StatusCode::OK,
+        "provisioning.eligibility",
+        String::new(),
+        move |s, c| s.eligibility(c, parse(&body)?),
+    )
     .await
 }
 
 async fn create_token(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) -> Response {
-    call(svc, headers, StatusCode::CREATED, move |s, c| {
-        s.create_token(c, parse(&body)?)
-    })
+    call(
+        svc,
+        headers,
+        StatusCode::CREATED,
+        "provisioning.decision",
+        String::new(),
+        move |s, c| s.create_token(c, parse(&body)?),
+    )
     .await
 }
 
@@ -312,9 +358,15 @@ async fn get_token(
     headers: HeaderMap,
     UrlPath(token_ref): UrlPath<String>,
 ) -> Response {
-    call(svc, headers, StatusCode::OK, move |s, c| {
-        s.get_token(c, &token_ref)
-    })
+    let subject = token_ref.clone();
+    call(
+        svc,
+        headers,
+        StatusCode::OK,
+        "token.get",
+        subject,
+        move |s, c| s.get_token(c, &token_ref),
+    )
     .await
 }
 
@@ -324,9 +376,15 @@ async fn send_otp(
     UrlPath(token_ref): UrlPath<String>,
     body: Bytes,
 ) -> Response {
-    call(svc, headers, StatusCode::ACCEPTED, move |s, c| {
-        s.send_otp(c, &token_ref, parse(&body)?)
-    })
+    let subject = token_ref.clone();
+    call(
+        svc,
+        headers,
+        StatusCode::ACCEPTED,
+        "provisioning.idv_otp",
+        subject,
+        move |s, c| s.send_otp(c, &token_ref, parse(&body)?),
+    )
     .await
 }
 
@@ -336,9 +394,15 @@ async fn verify_otp(
     UrlPath(token_ref): UrlPath<String>,
     body: Bytes,
 ) -> Response {
-    call(svc, headers, StatusCode::OK, move |s, c| {
-        s.verify_otp(c, &token_ref, parse(&body)?)
-    })
+    let subject = token_ref.clone();
+    call(
+        svc,
+        headers,
+        StatusCode::OK,
+        "provisioning.idv_verify",
+        subject,
+        move |s, c| s.verify_otp(c, &token_ref, parse(&body)?),
+    )
     .await
 }
 
@@ -347,9 +411,15 @@ async fn provision(
     headers: HeaderMap,
     UrlPath(token_ref): UrlPath<String>,
 ) -> Response {
-    call(svc, headers, StatusCode::CREATED, move |s, c| {
-        s.provision(c, &token_ref)
-    })
+    let subject = token_ref.clone();
+    call(
+        svc,
+        headers,
+        StatusCode::CREATED,
+        "provisioning.script_session",
+        subject,
+        move |s, c| s.provision(c, &token_ref),
+    )
     .await
 }
 
@@ -361,9 +431,15 @@ async fn token_action(
     let Some(action) = Action::from_name(&action) else {
         return ApiError::not_found("route").into_response();
     };
-    call(svc, headers, StatusCode::OK, move |s, c| {
-        s.token_lifecycle(c, &token_ref, action)
-    })
+    let subject = token_ref.clone();
+    call(
+        svc,
+        headers,
+        StatusCode::OK,
+        action.audit_action(),
+        subject,
+        move |s, c| s.token_lifecycle(c, &token_ref, action),
+    )
     .await
 }
 
@@ -373,9 +449,15 @@ async fn answer(
     UrlPath(session_id): UrlPath<String>,
     body: Bytes,
 ) -> Response {
-    call(svc, headers, StatusCode::OK, move |s, c| {
-        s.answer(c, &session_id, parse(&body)?)
-    })
+    let subject = format!("session:{session_id}");
+    call(
+        svc,
+        headers,
+        StatusCode::OK,
+        "provisioning.receipt",
+        subject,
+        move |s, c| s.answer(c, &session_id, parse(&body)?),
+    )
     .await
 }
 
@@ -388,9 +470,15 @@ async fn card_action(
     let Some(action) = Action::from_name(&action) else {
         return ApiError::not_found("route").into_response();
     };
-    call(svc, headers, StatusCode::OK, move |s, c| {
-        s.card_lifecycle(c, parse(&body)?, action)
-    })
+    // The subject (the masked PAN) is named by the service's own record.
+    call(
+        svc,
+        headers,
+        StatusCode::OK,
+        action.audit_card_action(),
+        String::new(),
+        move |s, c| s.card_lifecycle(c, parse(&body)?, action),
+    )
     .await
 }
 
@@ -413,7 +501,14 @@ fn events_query(q: Option<&str>) -> Result<(u64, u64), ApiError> {
 
 async fn events(State(svc): State<Svc>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
     let result = async {
-        let who = caller(&svc, &headers)?;
+        let who = match caller(&svc, &headers) {
+            Ok(c) => c,
+            Err(e) => {
+                let s = Arc::clone(&svc);
+                let _ = tokio::task::spawn_blocking(move || s.audit_auth_failure("events")).await;
+                return Err(e);
+            }
+        };
         who.requestor()?;
         let (after, wait_ms) = events_query(q.as_deref())?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);

@@ -13,11 +13,13 @@
 //! - [`session`]: a provisioning session's scripts.
 //! - [`store`], [`journal`], [`model`]: what is kept, durably.
 //! - [`devices`]: the card stock; [`seal`]: its keys at rest.
-//! - [`auth`]: who is calling; [`error`]: what goes wrong.
+//! - [`auth`]: who is calling; [`error`]: what goes wrong; [`audit`]:
+//!   what each call leaves in the audit trail.
 //! - [`http`]: routes, TLS, bounds; [`certs`]: throwaway certificates.
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod auth;
 pub mod certs;
 pub mod devices;

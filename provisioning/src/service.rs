@@ -138,6 +138,8 @@ pub struct Service {
     inner: Mutex<Inner>,
     notify: tokio::sync::Notify,
     stats: ServiceStats,
+    /// How many refused API keys are recorded per second.
+    auth_failures: crate::audit::AuthFailureBudget,
 }
 
 impl std::fmt::Debug for Service {
@@ -255,7 +257,17 @@ impl Service {
             }),
             notify: tokio::sync::Notify::new(),
             stats: ServiceStats::default(),
+            auth_failures: crate::audit::AuthFailureBudget::default(),
         })
+    }
+
+    /// The vault (its audit trail).
+    pub(crate) fn vault_ref(&self) -> &Vault {
+        &self.vault
+    }
+
+    pub(crate) fn auth_failures(&self) -> &crate::audit::AuthFailureBudget {
+        &self.auth_failures
     }
 
     /// The service for `config` over a live vault: the profiles' issuer
@@ -849,7 +861,7 @@ impl Service {
                 inner.sessions.remove(&k);
             }
         }
-        Ok(json!({ "changed": changed, "unchanged": unchanged }))
+        Ok(json!({ "card": pan.masked(), "changed": changed, "unchanged": unchanged }))
     }
 
     /// Tell requestors about tokens the pipeline locked (too many failed

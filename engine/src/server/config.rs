@@ -78,6 +78,8 @@ pub struct ServerConfig {
     /// Install SIGTERM/SIGINT handlers for `Server::run` (the binary: yes;
     /// tests: no, they use `Server::shutdown_handle`).
     pub handle_signals: bool,
+    /// Where refused TLS handshakes are reported for the audit trail.
+    pub security_events: Option<crate::audit::SecuritySink>,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +100,7 @@ impl Default for ServerConfig {
             blocking_workers: 0,
             tls: None,
             handle_signals: true,
+            security_events: None,
         }
     }
 }

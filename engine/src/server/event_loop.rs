@@ -419,6 +419,14 @@ impl EventLoop {
                 }
                 Err(e) => {
                     if conn.peer.is_none() {
+                        if let Some(sink) = &ctx.config.security_events {
+                            sink.send(
+                                crate::audit::Event::new("listener", "security.tls_refused")
+                                    .subject(conn.addr.to_string())
+                                    .outcome(crate::audit::Outcome::Refused, "handshake")
+                                    .detail("error", e.to_string()),
+                            );
+                        }
                         self.close_for(
                             i,
                             &ctx.counters.tls_refused,
