@@ -29,7 +29,8 @@ say() { printf 'api-e2e: %s\n' "$*"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # The shipped config with HTTPS turned on.
-cp config/test-keys.json "$work/"
+cp config/test-keys.json config/test-keys.tr31 "$work/"
+cp -r config/test-lmk "$work/"
 sed '/^\[api\]$/a tls_cert = "certs/server.pem"\ntls_key = "certs/server.key"' config/tessera.toml >"$work/tessera.toml"
 cfg=(--config "$work/tessera.toml")
 "$bin/tessera" certs dev --out "$work/certs" >/dev/null
@@ -110,3 +111,21 @@ if grep -q -e 4761001800001231 -e 5413001600001232 "$work/serve.log" "$work/vaul
   echo "api-e2e: a PAN leaked into a log, the store or a notification" >&2; exit 1
 fi
 say "wrong key → 401; every notification; no PAN in the log, the store or the notifications"
+
+# The audit trail of all of it: stop the server (a clean stop seals the
+# trail), verify it with the public key alone, and find the calls above
+# with their callers, the refused key and the operator's card deletion.
+"$bin/tessera" "${cfg[@]}" audit public-key >"$work/audit.pub"
+kill -TERM "$serve_pid"; wait "$serve_pid" 2>/dev/null || true; serve_pid=""
+"$bin/tessera" "${cfg[@]}" audit verify --data-dir "$work/vault" --public-key "$work/audit.pub" \
+  || { echo "api-e2e: the audit trail does not verify" >&2; exit 1; }
+trail=$("$bin/tessera" "${cfg[@]}" audit show --data-dir "$work/vault")
+for a in devices.import serve.start provisioning.idv_verify provisioning.activation token.suspend token.resume \
+  card.delete security.api_auth serve.stop; do
+  grep -q " $a " <<<"$trail" || { echo "api-e2e: no $a in the audit trail" >&2; echo "$trail" >&2; exit 1; }
+done
+grep -q "api:operator:" <<<"$trail" || { echo "api-e2e: the operator is not named in the trail" >&2; exit 1; }
+if grep -q -e 4761001800001231 -e 5413001600001232 "$work/vault/audit/"*.jsonl; then
+  echo "api-e2e: a PAN leaked into the audit trail" >&2; exit 1
+fi
+say "audit trail verified with the public key; every call above is in it with its caller; no PAN"

@@ -105,6 +105,12 @@ enum Command {
         /// with certificates made for the run).
         #[arg(long)]
         plaintext: bool,
+        /// Keep the engine's data directory (vault, provisioning store,
+        /// audit trail) in DIR, which must not exist, instead of a
+        /// temporary directory removed at the end. `tessera audit verify
+        /// --data-dir DIR` then checks the run's trail.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
     },
     /// Serve ISO 8583 authorizations over TCP for the vault in DIR.
     #[command(
@@ -439,6 +445,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             se_cards,
             api_devices,
             plaintext,
+            data_dir,
         } => {
             let spec = loadgen::demo::DemoSpec {
                 tokens,
@@ -450,6 +457,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 se_cards,
                 api_devices,
                 plaintext,
+                data_dir,
             };
             if loadgen::demo::run_demo(&cli.config, &spec).map_err(CliError::new)? {
                 println!("demo: every answer was the expected one");
@@ -535,6 +543,9 @@ fn serve(config: &Path, a: ServeArgs) -> Result<(), CliError> {
         metrics: a.metrics,
         ..ServeOptions::new(&a.dir.data_dir)
     };
+    for w in &cfg.keys.warnings {
+        eprintln!("tessera: warning: {w}");
+    }
     let running = serve::start(&cfg, &keys, &opts)?;
     for w in running.warnings() {
         eprintln!("tessera: warning: {w}");

@@ -241,7 +241,7 @@ pub fn start(config: &Config, keys: &KeyStore, opts: &ServeOptions) -> Result<Ru
                 .detail("listen", addr.to_string())
                 .detail("tls", if tls_on { "mutual" } else { "off" }),
         )
-        .map_err(|e| ServeError::Vault(e))?;
+        .map_err(ServeError::Vault)?;
     let stop = server.shutdown_handle();
     // Housekeeping: snapshots on schedule, so the journal stays short, and
     // the journal watched, so that its failure is said once and acted on.

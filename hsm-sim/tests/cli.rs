@@ -124,7 +124,13 @@ fn bad_lines_get_specific_errors_and_the_batch_goes_on() {
 fn keys_by_label_from_the_key_file() {
     let keys = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/test-keys.json");
     let store = hsm_sim::keyfile::KeyStore::load(&keys).expect("shipped test keys load");
-    let label = store.labels()[0].to_owned();
+    // The first TDES key (the file also holds AES, HMAC and Ed25519 keys).
+    let label = store
+        .labels()
+        .into_iter()
+        .find(|l| matches!(store.get(l), Some(hsm_sim::keyfile::StoredKey::Tdes(_))))
+        .expect("a TDES key")
+        .to_owned();
     let req = json!({"op":"kcv","input":{"algorithm":"TDES","key": format!("label:{label}")}})
         .to_string();
     let answers = batch(

@@ -49,6 +49,10 @@ pub struct DemoSpec {
     /// Plain TCP between the load generator and the engine instead of
     /// mutual TLS (for comparing the two).
     pub plaintext: bool,
+    /// Keep the engine's data directory (vault, provisioning store, audit
+    /// trail) here instead of in the temporary directory removed at the
+    /// end: for inspecting what the engine wrote. Must not exist yet.
+    pub data_dir: Option<PathBuf>,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -65,7 +69,19 @@ pub fn run_demo(config_path: &Path, spec: &DemoSpec) -> Result<bool, String> {
     let work_dir = private_work_dir()?;
     let work = work_dir.path().to_owned();
     remove_on_signal(&work);
-    let data = work.join("vault");
+    let data = match &spec.data_dir {
+        Some(d) if d.exists() => {
+            return Err(format!(
+                "--data-dir {} exists: the demo starts a vault of its own",
+                d.display()
+            ))
+        }
+        Some(d) => d.clone(),
+        None => work.join("vault"),
+    };
+    for w in &cfg.keys.warnings {
+        eprintln!("demo: warning: {w}");
+    }
     let cfg = Arc::new(cfg);
     eprintln!(
         "demo: provisioning {} tokens in {}",
@@ -94,7 +110,14 @@ pub fn run_demo(config_path: &Path, spec: &DemoSpec) -> Result<bool, String> {
         controls: DomainControls::default(),
         restricted_every: 10,
     };
-    provision(&vault, &pspec).map_err(err)?;
+    let n = provision(&vault, &pspec).map_err(err)?;
+    vault
+        .audit(
+            engine::audit::Event::new("demo", "vault.provision")
+                .detail("count", n.to_string())
+                .detail("seed", pspec.seed.to_string()),
+        )
+        .map_err(err)?;
     // The export (with PANs: test data) feeds the card and issuer simulators.
     let export = work.join("tokens.jsonl");
     write_export(&vault, &export)?;

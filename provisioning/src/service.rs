@@ -608,8 +608,16 @@ impl Service {
             .set_state(Self::token_number(&t)?, TokenState::Active)
             .map_err(vault_err)?;
         self.vault.wait_durable(lsn).map_err(storage)?;
+        let token = Self::token_number(&t)?;
         t.activated = true;
         store.put_token(t).map_err(storage)?;
+        self.vault
+            .audit(
+                engine::audit::Event::new(engine::audit::ENGINE, "provisioning.activation")
+                    .subject(token.masked())
+                    .detail("token_ref", token_ref),
+            )
+            .map_err(storage)?;
         self.stats.activated.fetch_add(1, Ordering::Relaxed);
         self.notify(store, token_ref, EventKind::TokenActivated)
     }

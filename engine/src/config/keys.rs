@@ -128,7 +128,7 @@ pub(super) fn load(
                         .map_err(|e| invalid(format!("keys.lmk_components: {e}")))?;
                     from_files = Lmk::from_components(&parts).map_err(|e| invalid(e.to_string()))?;
                     warnings.push(format!(
-                        "keys.mode = \"test\": the LMK is made from component files on disk ({} components, KCV {}); \
+                        "keys.mode = \"test\": the LMK is made from the configuration's component files ({} components, KCV {}); \
                          test keys protect nothing, never use them with real cards",
                         parts.len(),
                         from_files.kcv()
