@@ -91,12 +91,39 @@ fn short_demo_runs_clean_and_writes_its_report() {
     // what it printed.
     std::fs::write(dir.path().join("stdout.log"), &out.stdout).unwrap();
     std::fs::write(dir.path().join("stderr.log"), &out.stderr).unwrap();
+    // Every PAN the engine knows, from its own vault (exported outside
+    // the scanned directory): the provisioned ones and the API's.
+    let outside = tempfile::tempdir().unwrap();
+    let pans_file = outside.path().join("pans.jsonl");
+    let export = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args([
+            "--config",
+            &common::repo()
+                .join("config/tessera.toml")
+                .display()
+                .to_string(),
+        ])
+        .args(["vault", "export", "--with-pan", "--data-dir"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&pans_file)
+        .output()
+        .unwrap();
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let pans = leak_scan::Pans::from_export(&pans_file);
+    assert!(pans.len() > 5000, "{} PANs", pans.len());
+    // The scan finds them where they are.
+    assert!(pans.find_in(&std::fs::read(&pans_file).unwrap()).is_some());
     let secrets = leak_scan::secrets(&common::repo().join("config"));
     assert!(secrets.len() > 30, "{} secrets", secrets.len());
     let mut scanned = 0;
     for path in leak_scan::files(dir.path()) {
         let bytes = std::fs::read(&path).unwrap();
-        if let Some(pan) = leak_scan::find_pan(&bytes) {
+        if let Some(pan) = pans.find_in(&bytes) {
             panic!("{} holds a PAN: {pan}", path.display());
         }
         for (name, secret) in &secrets {
@@ -130,6 +157,7 @@ fn tessera(args: &[&str], dir: &std::path::Path) -> std::process::Output {
 /// issuer ranges (as ASCII digits or packed BCD) and the bytes of any
 /// test key or LMK component (raw, or in hex of either case).
 mod leak_scan {
+    use std::collections::HashSet;
     use std::path::{Path, PathBuf};
 
     pub fn files(dir: &Path) -> Vec<PathBuf> {
@@ -184,60 +212,77 @@ mod leak_scan {
         hay.windows(needle.len()).any(|w| w == needle)
     }
 
-    const RANGES: [(&str, usize); 3] = [("4761", 16), ("5413", 16), ("4000", 19)];
-
-    fn luhn(d: &[u8]) -> bool {
-        let sum: u32 = d
-            .iter()
-            .rev()
-            .enumerate()
-            .map(|(i, c)| {
-                let v = u32::from(*c);
-                if i % 2 == 1 {
-                    let x = v * 2;
-                    if x > 9 {
-                        x - 9
-                    } else {
-                        x
-                    }
-                } else {
-                    v
-                }
-            })
-            .sum();
-        sum % 10 == 0
+    /// The PANs to look for, in every form they could be written: ASCII
+    /// digits, packed BCD (F-padded to whole bytes) and the number as a
+    /// 64-bit integer either way round.
+    pub struct Pans {
+        ascii: HashSet<Vec<u8>>,
+        bcd: HashSet<Vec<u8>>,
+        ints: HashSet<[u8; 8]>,
     }
 
-    /// A PAN of the issuer ranges, as ASCII digits or packed BCD.
-    pub fn find_pan(bytes: &[u8]) -> Option<String> {
-        // ASCII digits.
-        for (prefix, len) in RANGES {
-            let p = prefix.as_bytes();
-            for (i, w) in bytes.windows(len).enumerate() {
-                if w.starts_with(p) && w.iter().all(u8::is_ascii_digit) {
-                    let digits: Vec<u8> = w.iter().map(|b| b - b'0').collect();
-                    let before = i.checked_sub(1).map(|j| bytes[j]);
-                    let after = bytes.get(i + len);
-                    let bounded = !before.is_some_and(|b| b.is_ascii_digit())
-                        && !after.is_some_and(u8::is_ascii_digit);
-                    if bounded && luhn(&digits) {
-                        return Some(String::from_utf8_lossy(w).into_owned());
+    impl Pans {
+        pub fn from_export(path: &Path) -> Self {
+            let mut p = Pans {
+                ascii: HashSet::new(),
+                bcd: HashSet::new(),
+                ints: HashSet::new(),
+            };
+            for line in std::fs::read_to_string(path).unwrap().lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                let pan = v["pan"].as_str().expect("export with PANs").to_owned();
+                let n: u64 = pan.parse().unwrap();
+                p.ints.insert(n.to_le_bytes());
+                p.ints.insert(n.to_be_bytes());
+                let mut hex_digits = pan.clone();
+                if hex_digits.len() % 2 == 1 {
+                    hex_digits.push('F');
+                }
+                p.bcd.insert(hex::decode(&hex_digits).unwrap());
+                p.ascii.insert(pan.into_bytes());
+            }
+            p
+        }
+
+        pub fn len(&self) -> usize {
+            self.ascii.len()
+        }
+
+        pub fn find_in(&self, bytes: &[u8]) -> Option<String> {
+            // ASCII: every maximal run of digits.
+            let mut i = 0;
+            while i < bytes.len() {
+                if bytes[i].is_ascii_digit() {
+                    let start = i;
+                    while i < bytes.len() && bytes[i].is_ascii_digit() {
+                        i += 1;
                     }
+                    let run = &bytes[start..i];
+                    for len in 13..=19.min(run.len()) {
+                        for w in run.windows(len) {
+                            if self.ascii.contains(w) {
+                                return Some(String::from_utf8_lossy(w).into_owned());
+                            }
+                        }
+                    }
+                } else {
+                    i += 1;
                 }
             }
-        }
-        // Packed BCD, 16-digit ranges.
-        for (prefix, _) in &RANGES[..2] {
-            let p = hex::decode(prefix).unwrap();
             for w in bytes.windows(8) {
-                if w.starts_with(&p) && w.iter().all(|b| b >> 4 <= 9 && b & 15 <= 9) {
-                    let digits: Vec<u8> = w.iter().flat_map(|b| [b >> 4, b & 15]).collect();
-                    if luhn(&digits) {
+                let k: [u8; 8] = w.try_into().unwrap();
+                if self.ints.contains(&k) || self.bcd.contains(w) {
+                    return Some(hex::encode(w));
+                }
+            }
+            for len in [7usize, 9, 10] {
+                for w in bytes.windows(len) {
+                    if self.bcd.contains(w) {
                         return Some(hex::encode(w));
                     }
                 }
             }
+            None
         }
-        None
     }
 }

@@ -100,3 +100,47 @@ impl SecuritySink {
         }
     }
 }
+
+/// A bound on how many events of one kind are recorded per second (a
+/// flood of refused keys must not become a flood of fsyncs); the ones
+/// over it are counted and the count goes with the next one recorded.
+#[derive(Debug, Default)]
+pub struct EventBudget {
+    /// (current second, recorded in it, not recorded since the last one).
+    state: std::sync::Mutex<(u64, u32, u64)>,
+}
+
+impl EventBudget {
+    /// `Some(not recorded before)` when this event may be recorded.
+    pub fn take(&self, per_sec: u32) -> Option<u64> {
+        let now = tessera_audit::time::now_ms() / 1000;
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.0 != now {
+            *st = (now, 0, st.2);
+        }
+        if st.1 >= per_sec {
+            st.2 += 1;
+            return None;
+        }
+        st.1 += 1;
+        Some(std::mem::take(&mut st.2))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EventBudget;
+
+    #[test]
+    fn a_budget_records_up_to_its_bound_and_counts_the_rest() {
+        let b = EventBudget::default();
+        assert_eq!(b.take(2), Some(0));
+        assert_eq!(b.take(2), Some(0));
+        assert_eq!(b.take(2), None);
+        assert_eq!(b.take(2), None);
+        // The next second: the two not recorded are reported with the first.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(b.take(2), Some(2));
+        assert_eq!(b.take(2), Some(0));
+    }
+}

@@ -5,8 +5,6 @@
 //! `idv`, `state`, ...): answers also carry APDU scripts and references
 //! that have no place in a log.
 
-use std::sync::Mutex;
-
 use engine::audit::{Event, Outcome};
 use serde_json::Value;
 
@@ -30,30 +28,6 @@ const RECORDED_FIELDS: &[&str] = &[
 /// counted and the count recorded with the next one. A flood of bad keys
 /// must not turn into a flood of fsyncs.
 pub const AUTH_FAILURE_AUDIT_PER_SEC: u32 = 20;
-
-/// The state of that bound.
-#[derive(Debug, Default)]
-pub(crate) struct AuthFailureBudget {
-    state: Mutex<(u64, u32, u64)>,
-}
-
-impl AuthFailureBudget {
-    /// `Some(suppressed so far)` when this failure may be recorded.
-    fn take(&self) -> Option<u64> {
-        let now = tessera_audit::time::now_ms() / 1000;
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.0 != now {
-            st.0 = now;
-            st.1 = 0;
-        }
-        if st.1 >= AUTH_FAILURE_AUDIT_PER_SEC {
-            st.2 += 1;
-            return None;
-        }
-        st.1 += 1;
-        Some(std::mem::take(&mut st.2))
-    }
-}
 
 /// The actor for a caller: `api:requestor:<id>` or `api:operator:<name>`.
 pub fn actor(c: &Caller) -> String {
@@ -136,7 +110,7 @@ impl Service {
 
     /// Record a refused API key (bounded per second).
     pub fn audit_auth_failure(&self, action: &str) {
-        let Some(suppressed) = self.auth_failures().take() else {
+        let Some(suppressed) = self.auth_failures().take(AUTH_FAILURE_AUDIT_PER_SEC) else {
             return;
         };
         let mut event = Event::new("api:unauthenticated", "security.api_auth")

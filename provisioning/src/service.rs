@@ -139,7 +139,7 @@ pub struct Service {
     notify: tokio::sync::Notify,
     stats: ServiceStats,
     /// How many refused API keys are recorded per second.
-    auth_failures: crate::audit::AuthFailureBudget,
+    auth_failures: engine::audit::EventBudget,
 }
 
 impl std::fmt::Debug for Service {
@@ -257,7 +257,7 @@ impl Service {
             }),
             notify: tokio::sync::Notify::new(),
             stats: ServiceStats::default(),
-            auth_failures: crate::audit::AuthFailureBudget::default(),
+            auth_failures: engine::audit::EventBudget::default(),
         })
     }
 
@@ -266,7 +266,7 @@ impl Service {
         &self.vault
     }
 
-    pub(crate) fn auth_failures(&self) -> &crate::audit::AuthFailureBudget {
+    pub(crate) fn auth_failures(&self) -> &engine::audit::EventBudget {
         &self.auth_failures
     }
 

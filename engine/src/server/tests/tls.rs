@@ -167,7 +167,18 @@ fn the_same_pipelined_traffic_over_plain_tcp_and_mutual_tls() {
 #[test]
 fn peers_without_a_good_certificate_are_refused_at_the_handshake() {
     let p = pki();
-    let r = tls_server(&p);
+    // Each refusal also goes to the audit trail.
+    let trail = tempfile::tempdir().unwrap();
+    let keys = tessera_audit::AuditKeys::new(&[0x11; 32], &[0x22; 32]).unwrap();
+    let log = Arc::new(
+        tessera_audit::AuditLog::open(trail.path(), keys, tessera_audit::AuditOptions::default())
+            .unwrap(),
+    );
+    let r = start(ServerConfig {
+        tls: Some(listener_tls(&p)),
+        security_events: Some(crate::audit::SecuritySink::spawn(Arc::clone(&log)).unwrap()),
+        ..test_config()
+    });
     let attempts = [
         ("no certificate", client_config(&p, None)),
         ("another CA", client_config(&p, Some(&p.stranger))),
@@ -193,6 +204,18 @@ fn peers_without_a_good_certificate_are_refused_at_the_handshake() {
     let stats = r.stop();
     assert_eq!(stats.tls_refused, 4, "{stats:?}");
     assert_eq!(stats.frames, 1, "{stats:?}");
+    // Recorded by the audit thread, a moment later.
+    let refusals = || {
+        std::fs::read_to_string(trail.path().join("audit-000001.jsonl"))
+            .unwrap()
+            .matches("\"action\":\"security.tls_refused\"")
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while refusals() < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(refusals(), 4);
 }
 
 #[test]
