@@ -95,20 +95,18 @@ fn short_demo_runs_clean_and_writes_its_report() {
     // the scanned directory): the provisioned ones and the API's.
     let outside = tempfile::tempdir().unwrap();
     let pans_file = outside.path().join("pans.jsonl");
-    let export = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args([
-            "--config",
-            &common::repo()
-                .join("config/tessera.toml")
-                .display()
-                .to_string(),
-        ])
-        .args(["vault", "export", "--with-pan", "--data-dir"])
-        .arg(&data)
-        .arg("--out")
-        .arg(&pans_file)
-        .output()
-        .unwrap();
+    let out_arg = pans_file.display().to_string();
+    let export = tessera(
+        &[
+            "vault",
+            "export",
+            "--with-pan",
+            "--out",
+            &out_arg,
+            "--data-dir",
+        ],
+        &data,
+    );
     assert!(
         export.status.success(),
         "{}",

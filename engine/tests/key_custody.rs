@@ -214,3 +214,27 @@ fn the_test_store_holds_exactly_the_test_keys() {
         assert_eq!(bmeta.usage, meta.usage, "{label}");
     }
 }
+
+#[test]
+fn a_second_version_of_a_vault_key_is_refused_until_the_vault_can_rotate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = production(dir.path());
+    let lmk = test_lmk();
+    let key = [0x42u8; 32];
+    let line = hsm_sim::keyblocks::wrap_for_store(
+        &lmk,
+        &hsm_sim::keyblocks::NewKey {
+            label: "vault.data_key",
+            usage: "D0",
+            algorithm: b'A',
+            mode_of_use: b'B',
+            exportability: b'N',
+            version: 2,
+            key: &key,
+        },
+    )
+    .unwrap();
+    hsm_sim::keyblocks::append(&dir.path().join("keys.tr31"), &lmk, &line).unwrap();
+    let e = load_err(&cfg, Some(&lmk));
+    assert!(e.contains("\"vault.data_key\" has 2 versions"), "{e}");
+}

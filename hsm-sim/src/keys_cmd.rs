@@ -17,13 +17,13 @@ use zeroize::Zeroizing;
 pub struct LmkArgs {
     /// Assemble the LMK from N components (XORed), each read from a
     /// --lmk-component-file or typed at the terminal; each one's KCV is shown.
-    #[arg(long, value_name = "N")]
+    #[arg(long, global = true, value_name = "N")]
     pub lmk_components: Option<usize>,
     /// A file holding one component (64 hex digits); repeat per component.
-    #[arg(long = "lmk-component-file", value_name = "FILE")]
+    #[arg(long = "lmk-component-file", global = true, value_name = "FILE")]
     pub lmk_component_files: Vec<PathBuf>,
     /// Read the whole LMK (64 hex digits) from this open file descriptor.
-    #[arg(long, value_name = "FD")]
+    #[arg(long, global = true, value_name = "FD")]
     pub lmk_fd: Option<u32>,
 }
 
@@ -282,6 +282,7 @@ fn algorithm_for(usage: &str, given: Option<&str>, len: usize) -> Result<(u8, us
             "S0" => "ed25519",
             "D0" | "M6" | "K1" => "aes256",
             _ if len == 32 => "aes256",
+            _ if len == 24 => "tdes3",
             _ => "tdes2",
         },
     };

@@ -194,6 +194,21 @@ impl Config {
         let (keys_config, keys) = keys::load(&file.keys, base, lmk)?;
         check_ranges(&file.vault)?;
         for (label, usage) in [(&file.vault.data_key, "D0"), (&file.vault.index_key, "M6")] {
+            // Vault records carry no key version yet: a second version
+            // would be taken for every record and leave the stored PANs
+            // unreadable. Rotation needs re-encryption (`vault rekey`),
+            // which is not built.
+            let versions = keys
+                .entries()
+                .iter()
+                .filter(|(l, _, _)| *l == label.as_str())
+                .count();
+            if versions > 1 {
+                return Err(invalid(format!(
+                    "vault key \"{label}\" has {versions} versions in the key store; the vault cannot rotate its keys \
+                     yet (its records name no key version), so it takes only one"
+                )));
+            }
             match keys.get_as(label, usage) {
                 Ok(hsm_sim::keyfile::StoredKey::Aes(_)) => {}
                 Ok(_) => return Err(invalid(format!("vault key \"{label}\" must be an AES key"))),
