@@ -207,6 +207,14 @@ impl Entry {
         if !suffix.starts_with(",\"mac\":\"") || !suffix.ends_with("\"}") {
             return Err("does not end with its \"mac\" member".into());
         }
+        // Lowercase only, as written: another spelling of the same bytes
+        // is still a changed line.
+        if !suffix[8..72]
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err("\"mac\" is not 64 lowercase hex digits".into());
+        }
         let mut mac = [0u8; 32];
         hex::decode_to_slice(&suffix[8..72], &mut mac)
             .map_err(|_| "\"mac\" is not 64 hex digits")?;

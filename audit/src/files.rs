@@ -40,3 +40,38 @@ pub fn list(dir: &Path) -> io::Result<Vec<(u32, PathBuf)>> {
     files.sort();
     Ok(files)
 }
+
+/// One line of a log file as read back: its text (invalid UTF-8 replaced)
+/// and whether it was valid UTF-8, which everything the writer writes is.
+#[derive(Debug, Clone)]
+pub struct RawLine {
+    /// The text, without its `\n`.
+    pub text: String,
+    /// False when the bytes were not UTF-8 (so not the writer's).
+    pub utf8: bool,
+}
+
+/// A file's lines, and whether the last one ended with `\n` (a file that
+/// does not was cut in the middle of a write, or after).
+pub fn read_lines(path: &Path) -> io::Result<(Vec<RawLine>, bool)> {
+    let bytes = std::fs::read(path)?;
+    let complete = bytes.is_empty() || bytes.ends_with(b"\n");
+    let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+    let lines = if bytes.is_empty() {
+        Vec::new()
+    } else {
+        body.split(|&b| b == b'\n')
+            .map(|l| match std::str::from_utf8(l) {
+                Ok(t) => RawLine {
+                    text: t.to_owned(),
+                    utf8: true,
+                },
+                Err(_) => RawLine {
+                    text: String::from_utf8_lossy(l).into_owned(),
+                    utf8: false,
+                },
+            })
+            .collect()
+    };
+    Ok((lines, complete))
+}

@@ -71,9 +71,14 @@ pub fn format_entry(e: &Entry) -> String {
 pub fn show(dir: &Path, filter: &ShowFilter, out: &mut impl Write) -> io::Result<u64> {
     let mut shown = 0;
     for (n, path) in files::list(dir)? {
-        let text = std::fs::read_to_string(&path)?;
-        for (i, line) in text.lines().enumerate() {
-            match Entry::parse(line) {
+        let (lines, _) = files::read_lines(&path)?;
+        for (i, line) in lines.iter().enumerate() {
+            let parsed = if line.utf8 {
+                Entry::parse(&line.text)
+            } else {
+                Err("not UTF-8".into())
+            };
+            match parsed {
                 Ok(e) if filter.keeps(&e) => {
                     writeln!(out, "{}", format_entry(&e))?;
                     shown += 1;

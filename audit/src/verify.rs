@@ -101,6 +101,7 @@ struct Line {
     number: usize,
     first_in_file: bool,
     text: String,
+    utf8: bool,
     complete: bool,
 }
 
@@ -127,15 +128,15 @@ pub fn verify(dir: &Path, keys: &VerifyKeys<'_>) -> std::io::Result<Report> {
             });
             return Ok(report);
         }
-        let text = std::fs::read_to_string(path)?;
-        let complete_end = text.is_empty() || text.ends_with('\n');
-        let count = text.lines().count();
-        for (j, l) in text.lines().enumerate() {
+        let (raw, complete_end) = files::read_lines(path)?;
+        let count = raw.len();
+        for (j, l) in raw.into_iter().enumerate() {
             lines.push(Line {
                 file: name.clone(),
                 number: j + 1,
                 first_in_file: j == 0,
-                text: l.to_owned(),
+                utf8: l.utf8,
+                text: l.text,
                 complete: complete_end || j + 1 < count,
             });
         }
@@ -172,6 +173,13 @@ fn walk(
                 ProblemKind::Truncated,
                 None,
                 "the last line is cut short".into(),
+            ));
+        }
+        if !line.utf8 {
+            return Some(at(
+                ProblemKind::Modified,
+                None,
+                "not UTF-8 text: not a line the writer wrote".into(),
             ));
         }
         let e = match &parsed[i] {

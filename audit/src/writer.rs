@@ -284,15 +284,24 @@ fn resume(
     path: &Path,
     keys: &AuditKeys,
 ) -> Result<(State, PreviousEnd), AuditError> {
-    let text = std::fs::read_to_string(path).map_err(|e| AuditError::io(path, e))?;
+    let (raw, complete) = files::read_lines(path).map_err(|e| AuditError::io(path, e))?;
+    let file_bytes = std::fs::metadata(path)
+        .map_err(|e| AuditError::io(path, e))?
+        .len();
     let name = files::file_name(n);
     let broken = |line: usize, reason: String| AuditError::Broken {
         file: name.clone(),
         line,
         reason,
     };
-    let torn = !text.is_empty() && !text.ends_with('\n');
-    let mut lines: Vec<&str> = text.lines().collect();
+    let torn = !complete;
+    let mut lines: Vec<&str> = Vec::with_capacity(raw.len());
+    for (i, l) in raw.iter().enumerate() {
+        if !l.utf8 && !(torn && i + 1 == raw.len()) {
+            return Err(broken(i + 1, "not UTF-8 text".into()));
+        }
+        lines.push(&l.text);
+    }
     if torn {
         lines.pop();
     }
@@ -356,7 +365,7 @@ fn resume(
     let state = State {
         file,
         file_no: n,
-        file_bytes: text.len() as u64,
+        file_bytes,
         seq,
         prev_mac,
         digest,

@@ -389,3 +389,63 @@ fn serde_seq(line: &str) -> u64 {
     let v: serde_json::Value = serde_json::from_str(line).unwrap();
     v["seq"].as_u64().unwrap()
 }
+
+#[test]
+fn a_line_that_is_not_utf8_is_reported() {
+    let (_t, dir) = written_log();
+    let (n, i) = find(&dir, 9);
+    let path = file(&dir, n);
+    let mut bytes = Vec::new();
+    for (k, l) in lines(&path).iter().enumerate() {
+        let mut b = l.clone().into_bytes();
+        if k == i {
+            b[30] = 0xFF;
+        }
+        bytes.extend_from_slice(&b);
+        bytes.push(b'\n');
+    }
+    fs::write(&path, bytes).unwrap();
+    assert_problem(check(&dir), ProblemKind::Modified, n, i + 1, None);
+}
+
+mod any_byte {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        /// Any one byte of any file changed to any other value is found,
+        /// with the HMAC key and with the public key alone.
+        #[test]
+        fn any_changed_byte_is_found(file_pick in 0usize..100, pos_pick in 0usize..1_000_000, value in any::<u8>()) {
+            let (_t, dir) = written_log();
+            let files: Vec<_> = (1..).map(|n| file(&dir, n)).take_while(|p| p.exists()).collect();
+            let path = &files[file_pick % files.len()];
+            let mut bytes = fs::read(path).unwrap();
+            let pos = pos_pick % bytes.len();
+            prop_assume!(bytes[pos] != value);
+            bytes[pos] = value;
+            fs::write(path, bytes).unwrap();
+            prop_assert!(check(&dir).is_some(), "byte {} of {} not detected", pos, path.display());
+            let public_only = VerifyKeys { mac_key: None, public_key: Some(keys().verifying_key()) };
+            prop_assert!(verify(&dir, &public_only).unwrap().problem.is_some());
+        }
+    }
+}
+
+#[test]
+fn the_last_mac_respelt_in_capitals_is_a_change() {
+    let (_t, dir) = written_log();
+    let last = (1..)
+        .take_while(|&n| file(&dir, n).exists())
+        .last()
+        .unwrap();
+    let path = file(&dir, last);
+    let mut l = lines(&path);
+    let k = l.len() - 1;
+    let cut = l[k].len() - 66;
+    let upper = l[k][cut..].to_uppercase();
+    l[k].replace_range(cut.., &upper);
+    write_lines(&path, &l);
+    assert_problem(check(&dir), ProblemKind::Modified, last, k + 1, None);
+}
