@@ -297,7 +297,10 @@ fn resume(
     let torn = !complete;
     let mut lines: Vec<&str> = Vec::with_capacity(raw.len());
     for (i, l) in raw.iter().enumerate() {
-        if !l.utf8 && !(torn && i + 1 == raw.len()) {
+        // A torn last line may be cut inside a character; any other line
+        // that is not UTF-8 was not written by the writer.
+        let torn_tail = torn && i + 1 == raw.len();
+        if !(l.utf8 || torn_tail) {
             return Err(broken(i + 1, "not UTF-8 text".into()));
         }
         lines.push(&l.text);

@@ -18,6 +18,8 @@ const TARGETS: &[(&str, Entry)] = &[
     ("iso8583_track2", engine::iso8583::fuzz_track2),
     ("hsm_batch_request", hsm_sim::jsonl::fuzz_request_line),
     ("hsm_key_file", hsm_sim::keyfile::fuzz_key_file),
+    ("hsm_key_store", hsm_sim::keyblocks::fuzz_store),
+    ("audit_entry", tessera_audit::entry::fuzz_entry),
     ("vault_record", engine::vault::codec::fuzz_record),
     ("vault_snapshot", engine::vault::snapshot::fuzz_snapshot),
 ];
@@ -107,4 +109,14 @@ fn vault_record() {
 #[test]
 fn vault_snapshot() {
     replay("vault_snapshot");
+}
+
+#[test]
+fn hsm_key_store() {
+    replay("hsm_key_store");
+}
+
+#[test]
+fn audit_entry() {
+    replay("audit_entry");
 }
