@@ -6,8 +6,9 @@
 //! previous entry's MAC and the entry's own bytes, so the first entry
 //! that was changed, removed, reordered or inserted is found exactly. An
 //! outside auditor holds only the public key: the running digest is
-//! public (plain SHA-256) and each checkpoint signs it, so anything
-//! changed before a checkpoint breaks that checkpoint's signature.
+//! public (plain SHA-256) and each checkpoint carries it and signs its own
+//! line (MAC included), so anything changed before a checkpoint, or in it,
+//! breaks that checkpoint's signature.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use hmac::{Hmac, Mac};
@@ -70,10 +71,10 @@ impl AuditKeys {
         hex::encode(self.verifying_key().as_bytes())
     }
 
-    pub(crate) fn sign_checkpoint(&self, seq: u64, digest: &[u8; 32]) -> [u8; 64] {
-        self.signing
-            .sign(&checkpoint_message(seq, digest))
-            .to_bytes()
+    /// Sign a checkpoint line up to its `,"sig"` member: every byte of it,
+    /// its MAC and the running digest it carries included.
+    pub(crate) fn sign_checkpoint(&self, signed: &[u8]) -> [u8; 64] {
+        self.signing.sign(&checkpoint_message(signed)).to_bytes()
     }
 }
 
@@ -111,23 +112,15 @@ pub fn next_digest(prev: &[u8; 32], line: &str) -> [u8; 32] {
     h.finalize().into()
 }
 
-fn checkpoint_message(seq: u64, digest: &[u8; 32]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(CHECKPOINT_CONTEXT.len() + 40);
+fn checkpoint_message(signed: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(CHECKPOINT_CONTEXT.len() + signed.len());
     m.extend_from_slice(CHECKPOINT_CONTEXT);
-    m.extend_from_slice(&seq.to_be_bytes());
-    m.extend_from_slice(digest);
+    m.extend_from_slice(signed);
     m
 }
 
-/// Check a checkpoint's signature.
-pub fn checkpoint_ok(key: &VerifyingKey, seq: u64, digest: &[u8; 32], sig_hex: &str) -> bool {
-    let mut sig = [0u8; 64];
-    if hex::decode_to_slice(sig_hex, &mut sig).is_err() {
-        return false;
-    }
-    key.verify(
-        &checkpoint_message(seq, digest),
-        &Signature::from_bytes(&sig),
-    )
-    .is_ok()
+/// Check a checkpoint's signature over its line up to `,"sig"`.
+pub fn checkpoint_ok(key: &VerifyingKey, signed: &[u8], sig: &[u8; 64]) -> bool {
+    key.verify(&checkpoint_message(signed), &Signature::from_bytes(sig))
+        .is_ok()
 }

@@ -16,6 +16,10 @@ use serde_json::{Map, Value};
 
 /// The suffix after the body: `,"mac":"` + 64 hex + `"}`.
 const MAC_SUFFIX_LEN: usize = 8 + 64 + 2;
+/// A checkpoint's MAC member: `,"mac":"` + 64 hex + `"`.
+const MAC_MEMBER_LEN: usize = 8 + 64 + 1;
+/// A checkpoint's last member: `,"sig":"` + 128 hex + `"}`.
+const SIG_SUFFIX_LEN: usize = 8 + 128 + 2;
 
 /// How the recorded action ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +121,18 @@ pub(crate) fn render_line(body: &str, mac: &[u8; 32]) -> String {
     format!("{body},\"mac\":\"{}\"}}", hex::encode(mac))
 }
 
+/// A checkpoint's line: body, MAC, then the signature of all of that.
+pub(crate) fn render_signed_line(
+    body: &str,
+    mac: &[u8; 32],
+    sign: impl FnOnce(&[u8]) -> [u8; 64],
+) -> String {
+    let mut line = format!("{body},\"mac\":\"{}\"", hex::encode(mac));
+    let sig = sign(line.as_bytes());
+    line.push_str(&format!(",\"sig\":\"{}\"}}", hex::encode(sig)));
+    line
+}
+
 fn push_member(out: &mut String, name: &str, value: &str, own: bool) {
     out.push(',');
     out.push_str(&quote(&scrub(name)));
@@ -186,6 +202,9 @@ pub struct Entry {
     pub mac: [u8; 32],
     /// Length of the body in the line (the bytes the MAC covers).
     pub body_len: usize,
+    /// A checkpoint's signature, and the length of the line it covers
+    /// (everything before `,"sig"`).
+    pub sig: Option<([u8; 64], usize)>,
 }
 
 impl Entry {
@@ -199,30 +218,31 @@ impl Entry {
 
     /// Parse one line (without its newline).
     pub fn parse(line: &str) -> Result<Self, String> {
-        let body_len = line
-            .len()
-            .checked_sub(MAC_SUFFIX_LEN)
+        let sig = signature_suffix(line)?;
+        let mac_end = match sig {
+            Some((_, signed_len)) => signed_len,
+            None => line
+                .len()
+                .checked_sub(1)
+                .ok_or("too short to be an entry")?,
+        };
+        let body_len = mac_end
+            .checked_sub(MAC_MEMBER_LEN)
             .ok_or("too short to be an entry")?;
-        let suffix = line.get(body_len..).ok_or("not an entry")?;
-        if !suffix.starts_with(",\"mac\":\"") || !suffix.ends_with("\"}") {
+        let member = line.get(body_len..mac_end).ok_or("not an entry")?;
+        let closes = sig.is_some() || line.ends_with('}');
+        if !member.starts_with(",\"mac\":\"") || !member.ends_with('"') || !closes {
             return Err("does not end with its \"mac\" member".into());
         }
-        // Lowercase only, as written: another spelling of the same bytes
-        // is still a changed line.
-        if !suffix[8..72]
-            .bytes()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
-            return Err("\"mac\" is not 64 lowercase hex digits".into());
-        }
-        let mut mac = [0u8; 32];
-        hex::decode_to_slice(&suffix[8..72], &mut mac)
-            .map_err(|_| "\"mac\" is not 64 hex digits")?;
+        let mac =
+            lower_hex::<32>(&member[8..72]).ok_or("\"mac\" is not 64 lowercase hex digits")?;
         let value: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
         let Value::Object(map) = value else {
             return Err("not a JSON object".into());
         };
-        Self::from_map(map, mac, body_len)
+        let mut e = Self::from_map(map, mac, body_len)?;
+        e.sig = sig;
+        Ok(e)
     }
 
     fn from_map(map: Map<String, Value>, mac: [u8; 32], body_len: usize) -> Result<Self, String> {
@@ -249,7 +269,7 @@ impl Entry {
         let reason = text("reason")?;
         let mut detail = Vec::new();
         for (name, value) in members {
-            if name == "mac" {
+            if name == "mac" || name == "sig" {
                 continue;
             }
             match value {
@@ -268,8 +288,39 @@ impl Entry {
             detail,
             mac,
             body_len,
+            sig: None,
         })
     }
+}
+
+/// `Some((signature, signed length))` when the line ends with a `sig`
+/// member; an error when it has one that is not 128 lowercase hex digits.
+fn signature_suffix(line: &str) -> Result<Option<([u8; 64], usize)>, String> {
+    let Some(start) = line.len().checked_sub(SIG_SUFFIX_LEN) else {
+        return Ok(None);
+    };
+    let Some(suffix) = line.get(start..) else {
+        return Ok(None);
+    };
+    if !suffix.starts_with(",\"sig\":\"") {
+        return Ok(None);
+    }
+    if !suffix.ends_with("\"}") {
+        return Err("does not end after its \"sig\" member".into());
+    }
+    let sig = lower_hex::<64>(&suffix[8..136]).ok_or("\"sig\" is not 128 lowercase hex digits")?;
+    Ok(Some((sig, start)))
+}
+
+/// Lowercase hex only, as written: another spelling of the same bytes is
+/// still a changed line.
+fn lower_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != 2 * N || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    hex::decode_to_slice(text, &mut out).ok()?;
+    Some(out)
 }
 
 /// Fuzz entry: any bytes (read as UTF-8, invalid sequences replaced) as
@@ -279,7 +330,11 @@ pub fn fuzz_entry(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let line = text.split('\n').next().unwrap_or_default();
     if let Ok(e) = Entry::parse(line) {
-        assert!(e.body_len + 74 == line.len());
+        let expected = match e.sig {
+            Some((_, signed)) => signed + SIG_SUFFIX_LEN,
+            None => e.body_len + MAC_SUFFIX_LEN,
+        };
+        assert_eq!(expected, line.len());
         assert!(line[e.body_len..].starts_with(",\"mac\":\""));
         let again = Entry::parse(line).expect("parses twice");
         assert_eq!((again.seq, again.mac), (e.seq, e.mac));

@@ -253,9 +253,20 @@ fn walk(
                 ));
             }
         }
+        if e.sig.is_some() != (e.action == "audit.checkpoint") {
+            let detail = if e.sig.is_some() {
+                "a signature on an entry that is not a checkpoint"
+            } else {
+                "a checkpoint without its signature"
+            };
+            return Some(at(ProblemKind::Modified, seq, detail.into()));
+        }
         if e.action == "audit.checkpoint" {
             if let Some(pk) = &keys.public_key {
-                if !checkpoint_ok(pk, e.seq, &digest, e.get("sig").unwrap_or("")) {
+                let signed = e.sig.is_some_and(|(sig, len)| {
+                    checkpoint_ok(pk, &line.text.as_bytes()[..len], &sig)
+                });
+                if !signed {
                     return Some(at(
                         ProblemKind::Modified,
                         seq,

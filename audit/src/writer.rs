@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::chain::{link_mac, link_ok, next_digest, AuditKeys, GENESIS};
-use crate::entry::{render_body, render_line, Entry, Event};
+use crate::entry::{render_body, render_line, render_signed_line, Entry, Event};
 use crate::error::AuditError;
 use crate::files;
 use crate::time::{format_utc, now_ms};
@@ -182,12 +182,9 @@ impl AuditLog {
     }
 
     fn checkpoint(&self, st: &mut State, kind: &str) -> Result<(), AuditError> {
-        let seq = st.seq + 1;
-        let sig = self.keys.sign_checkpoint(seq, &st.digest);
         let event = Event::new(SELF_ACTOR, "audit.checkpoint")
             .detail("kind", kind)
-            .detail("digest", hex::encode(st.digest))
-            .detail("sig", hex::encode(sig));
+            .detail("digest", hex::encode(st.digest));
         append(&self.dir, st, &self.keys, &event, true)?;
         st.since_checkpoint = 0;
         Ok(())
@@ -261,7 +258,12 @@ fn append(
     let seq = st.seq + 1;
     let body = render_body(seq, &format_utc(now_ms()), event, own);
     let mac = link_mac(keys.mac_key(), &st.prev_mac, body.as_bytes());
-    let mut line = render_line(&body, &mac);
+    // A checkpoint signs its own line, MAC and the digest it carries.
+    let mut line = if event.action == "audit.checkpoint" && own {
+        render_signed_line(&body, &mac, |signed| keys.sign_checkpoint(signed))
+    } else {
+        render_line(&body, &mac)
+    };
     let digest = next_digest(&st.digest, &line);
     line.push('\n');
     let path = || dir.join(files::file_name(st.file_no));

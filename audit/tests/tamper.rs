@@ -88,6 +88,17 @@ fn find(dir: &Path, seq: u64) -> (u32, usize) {
     unreachable!()
 }
 
+/// Change the file that holds entry `seq` with `f` (its lines, the
+/// entry's index); returns (file number, index).
+fn edit(dir: &Path, seq: u64, f: impl FnOnce(&mut Vec<String>, usize)) -> (u32, usize) {
+    let (n, i) = find(dir, seq);
+    let path = file(dir, n);
+    let mut l = lines(&path);
+    f(&mut l, i);
+    write_lines(&path, &l);
+    (n, i)
+}
+
 fn assert_problem(
     p: Option<Problem>,
     kind: ProblemKind,
@@ -133,25 +144,18 @@ fn an_untouched_log_verifies_with_either_key_and_spans_several_files() {
 #[test]
 fn an_edited_entry_is_reported_by_its_sequence_number() {
     let (_t, dir) = written_log();
-    let (n, i) = find(&dir, 12);
-    let path = file(&dir, n);
-    let mut l = lines(&path);
-    l[i] = l[i].replace("\"outcome\":\"ok\"", "\"outcome\":\"refused\"");
-    l[i] = l[i]
-        .replace("\"outcome\":\"refused\"", "\"outcome\":\"ok\"")
-        .replacen("api:key-", "api:kez-", 1);
-    write_lines(&path, &l);
+    let (n, i) = edit(&dir, 12, |l, i| {
+        l[i] = l[i].replacen("api:key-", "api:kez-", 1);
+    });
     assert_problem(check(&dir), ProblemKind::Modified, n, i + 1, Some(12));
 }
 
 #[test]
 fn an_edit_is_found_by_an_auditor_holding_only_the_public_key() {
     let (_t, dir) = written_log();
-    let (n, i) = find(&dir, 3);
-    let path = file(&dir, n);
-    let mut l = lines(&path);
-    l[i] = l[i].replacen("api:key-", "api:kez-", 1);
-    write_lines(&path, &l);
+    let (n, i) = edit(&dir, 3, |l, i| {
+        l[i] = l[i].replacen("api:key-", "api:kez-", 1);
+    });
     let public_only = VerifyKeys {
         mac_key: None,
         public_key: Some(keys().verifying_key()),
@@ -173,11 +177,9 @@ fn an_edit_is_found_by_an_auditor_holding_only_the_public_key() {
 #[test]
 fn a_deleted_entry_is_reported_where_the_gap_is() {
     let (_t, dir) = written_log();
-    let (n, i) = find(&dir, 15);
-    let path = file(&dir, n);
-    let mut l = lines(&path);
-    l.remove(i);
-    write_lines(&path, &l);
+    let (n, i) = edit(&dir, 15, |l, i| {
+        l.remove(i);
+    });
     let p = check(&dir);
     assert_problem(p.clone(), ProblemKind::Removed, n, i + 1, Some(16));
     assert!(p.unwrap().detail.contains("entries 15..15 are missing"));
@@ -186,12 +188,10 @@ fn a_deleted_entry_is_reported_where_the_gap_is() {
 #[test]
 fn two_reordered_entries_are_reported() {
     let (_t, dir) = written_log();
-    let (n, i) = find(&dir, 20);
-    let path = file(&dir, n);
-    let mut l = lines(&path);
-    assert!(l[i + 1].starts_with("{\"seq\":21,"));
-    l.swap(i, i + 1);
-    write_lines(&path, &l);
+    let (n, i) = edit(&dir, 20, |l, i| {
+        assert!(l[i + 1].starts_with("{\"seq\":21,"));
+        l.swap(i, i + 1);
+    });
     let p = check(&dir);
     assert_problem(p.clone(), ProblemKind::Reordered, n, i + 1, Some(21));
     assert!(p
@@ -203,25 +203,21 @@ fn two_reordered_entries_are_reported() {
 #[test]
 fn an_inserted_entry_is_reported() {
     let (_t, dir) = written_log();
-    let (n, i) = find(&dir, 25);
-    let path = file(&dir, n);
-    let mut l = lines(&path);
-    // A forged entry with the right number, written without the key.
-    let forged = l[i].replacen("vault.suspend", "vault.resume", 1);
-    l.insert(i, forged);
-    write_lines(&path, &l);
+    let (n, i) = edit(&dir, 25, |l, i| {
+        // A forged entry with the right number, written without the key.
+        let forged = l[i].replacen("vault.suspend", "vault.resume", 1);
+        l.insert(i, forged);
+    });
     assert_problem(check(&dir), ProblemKind::Inserted, n, i + 1, Some(25));
 }
 
 #[test]
 fn a_replayed_copy_of_an_entry_is_an_insertion() {
     let (_t, dir) = written_log();
-    let (n, i) = find(&dir, 30);
-    let path = file(&dir, n);
-    let mut l = lines(&path);
-    let copy = l[i].clone();
-    l.insert(i + 1, copy);
-    write_lines(&path, &l);
+    let (n, i) = edit(&dir, 30, |l, i| {
+        let copy = l[i].clone();
+        l.insert(i + 1, copy);
+    });
     assert_problem(check(&dir), ProblemKind::Inserted, n, i + 2, Some(30));
 }
 
