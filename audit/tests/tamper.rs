@@ -153,7 +153,7 @@ fn an_edited_entry_is_reported_by_its_sequence_number() {
 #[test]
 fn an_edit_is_found_by_an_auditor_holding_only_the_public_key() {
     let (_t, dir) = written_log();
-    let (n, i) = edit(&dir, 3, |l, i| {
+    edit(&dir, 3, |l, i| {
         l[i] = l[i].replacen("api:key-", "api:kez-", 1);
     });
     let public_only = VerifyKeys {
