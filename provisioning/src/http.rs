@@ -296,7 +296,8 @@ fn caller(svc: &Service, headers: &HeaderMap) -> Result<Caller, ApiError> {
 /// Authenticate, then run `f` on the blocking pool; record the call in
 /// the audit trail (durable before the answer goes out); answer `ok` with
 /// its JSON or the error. A refused key is a security event, recorded
-/// with a bound on how many per second ([`AUTH_FAILURE_AUDIT`]).
+/// with a bound on how many per second
+/// ([`crate::audit::AUTH_FAILURE_AUDIT_PER_SEC`]).
 async fn call<F>(
     svc: Svc,
     headers: HeaderMap,

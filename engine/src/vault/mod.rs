@@ -147,6 +147,12 @@ pub struct Vault {
     dir: PathBuf,
     /// Serializes writers (tokenize, snapshot); readers never take it.
     writer: Mutex<()>,
+    /// Held from a state change in memory to its journal append, so that
+    /// two changes of one token's state (suspend racing resume, a lock
+    /// racing an operator) reach the journal in the order they took effect
+    /// and a restart replays the state the vault last had. Taken only by
+    /// state changes, never by the authorization path's reads.
+    state_order: Mutex<()>,
     /// Journal records since the last snapshot.
     since_snapshot: AtomicU64,
     /// Held for the vault's lifetime: an exclusive lock on `dir/LOCK`, so
@@ -234,6 +240,7 @@ impl Vault {
             quarantined: HashSet::new(),
             dir: dir.to_owned(),
             writer: Mutex::new(()),
+            state_order: Mutex::new(()),
             since_snapshot: AtomicU64::new(0),
             _lock: lock,
             audit,
@@ -527,6 +534,7 @@ impl Vault {
             return Ok(None);
         }
         // Only the one that moves it from active locks it (and journals).
+        let order = self.state_order.lock().unwrap_or_else(|p| p.into_inner());
         if rec
             .swap_state(TokenState::Active, TokenState::Locked)
             .is_err()
@@ -537,6 +545,7 @@ impl Vault {
             token: view.token,
             state: TokenState::Locked,
         })?;
+        drop(order);
         self.audit(
             crate::audit::Event::new(crate::audit::ENGINE, "security.token_locked")
                 .subject(view.token.masked())
@@ -696,6 +705,7 @@ impl Vault {
         let rec = self
             .record_of(token)
             .ok_or_else(|| VaultError::UnknownToken(token.masked()))?;
+        let _order = self.state_order.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             let from = rec
                 .state()
