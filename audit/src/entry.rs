@@ -101,9 +101,16 @@ impl Event {
 pub(crate) fn render_body(seq: u64, time: &str, event: &Event, own: bool) -> String {
     let mut out = String::with_capacity(192);
     out.push_str(&format!("{{\"seq\":{seq},\"time\":{}", quote(time)));
+    // A caller cannot write the log's own entries, nor a member the log
+    // gives meaning to: those names are prefixed.
+    let action = if !own && event.action.starts_with("audit.") {
+        format!("caller.{}", event.action)
+    } else {
+        event.action.clone()
+    };
     for (name, value) in [
         ("actor", event.actor.as_str()),
-        ("action", event.action.as_str()),
+        ("action", action.as_str()),
         ("subject", event.subject.as_str()),
         ("outcome", event.outcome.as_str()),
         ("reason", event.reason.as_str()),
@@ -111,10 +118,32 @@ pub(crate) fn render_body(seq: u64, time: &str, event: &Event, own: bool) -> Str
         push_member(&mut out, name, value, own);
     }
     for (name, value) in &event.detail {
-        push_member(&mut out, name, value, own);
+        if !own && RESERVED.contains(&name.as_str()) {
+            push_member(&mut out, &format!("detail_{name}"), value, own);
+        } else {
+            push_member(&mut out, name, value, own);
+        }
     }
     out
 }
+
+/// Member names the log gives meaning to.
+const RESERVED: &[&str] = &[
+    "seq",
+    "time",
+    "actor",
+    "action",
+    "subject",
+    "outcome",
+    "reason",
+    "mac",
+    "sig",
+    "digest",
+    "file",
+    "kind",
+    "previous_end",
+    "public_key",
+];
 
 /// The full line (without the newline): body, MAC, closing brace.
 pub(crate) fn render_line(body: &str, mac: &[u8; 32]) -> String {
@@ -360,6 +389,21 @@ mod tests {
         assert_eq!(e.get("device"), Some("dev-1"));
         assert_eq!(e.mac, [0xAB; 32]);
         assert_eq!(&line[..e.body_len], body);
+    }
+
+    #[test]
+    fn a_caller_cannot_write_the_logs_own_members_or_entries() {
+        let ev = Event::new("api:x", "audit.checkpoint")
+            .detail("mac", "00")
+            .detail("digest", "11")
+            .detail("seq", "9");
+        let body = render_body(3, "t", &ev, false);
+        let e = Entry::parse(&render_line(&body, &[0; 32])).unwrap();
+        assert_eq!(e.seq, 3);
+        assert_eq!(e.action, "caller.audit.checkpoint");
+        assert_eq!(e.get("detail_mac"), Some("00"));
+        assert_eq!(e.get("detail_digest"), Some("11"));
+        assert_eq!(e.get("digest"), None);
     }
 
     #[test]

@@ -12,6 +12,10 @@ pub enum AuditError {
         /// The error.
         source: std::io::Error,
     },
+    /// An earlier write or sync failed: the log takes nothing more until
+    /// it is reopened.
+    #[error("the audit log failed earlier (a write or sync error) and takes no more entries until the process reopens it")]
+    Failed,
     /// Another process holds the log.
     #[error("audit log {0} is in use by another process (a running engine?): one writer at a time, or the chain would fork")]
     InUse(String),

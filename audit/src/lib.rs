@@ -39,23 +39,34 @@ pub use show::{show, ShowFilter};
 pub use verify::{verify, Problem, ProblemKind, Report, VerifyKeys};
 pub use writer::{AuditLog, AuditOptions, PreviousEnd};
 
-/// `cli:<user>`, the actor of a command typed by a person: the login name,
-/// else the numeric uid.
+/// `cli:<user>`, the actor of a command typed by a person: the account
+/// the process runs as (its uid, named from `/etc/passwd`), not `$USER`,
+/// which anyone can set.
 pub fn cli_actor() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| uid_name());
-    format!("cli:{user}")
+    format!("cli:{}", account_name())
 }
 
 #[cfg(unix)]
-fn uid_name() -> String {
+fn account_name() -> String {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map_or_else(|_| "unknown".into(), |m| format!("uid{}", m.uid()))
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return "unknown".into();
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let id: u32 = f.nth(1)?.parse().ok()?;
+            (id == uid && !name.is_empty()).then(|| name.to_owned())
+        })
+        .next()
+        .unwrap_or_else(|| format!("uid{uid}"))
 }
 
 #[cfg(not(unix))]
-fn uid_name() -> String {
+fn account_name() -> String {
     "unknown".into()
 }
 

@@ -74,6 +74,11 @@ struct State {
     digest: [u8; 32],
     /// Entries since the last checkpoint.
     since_checkpoint: u32,
+    /// Set by a failed write or sync: the file may end in part of a line,
+    /// or hold a line whose durability is unknown. Nothing more is
+    /// appended to it; the process must reopen the log (a restart), which
+    /// goes on in a new file after a torn line.
+    failed: bool,
 }
 
 /// How the previous run ended, as the log shows it.
@@ -167,10 +172,15 @@ impl AuditLog {
     /// Write the shutdown checkpoint (once; later calls do nothing).
     pub fn close(&self) -> Result<(), AuditError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if self.closed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(());
         }
-        self.checkpoint(&mut st, "shutdown")
+        self.checkpoint(&mut st, "shutdown")?;
+        // Only a written seal counts: a failed one is tried again by the
+        // next close (or the drop).
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     /// Let go of the log as a crash would: no shutdown checkpoint. For
@@ -240,6 +250,7 @@ fn new_file(
         prev_mac,
         digest,
         since_checkpoint: 0,
+        failed: false,
     };
     let event = Event::new(SELF_ACTOR, "audit.file")
         .detail("file", files::file_name(n))
@@ -255,6 +266,9 @@ fn append(
     event: &Event,
     own: bool,
 ) -> Result<u64, AuditError> {
+    if st.failed {
+        return Err(AuditError::Failed);
+    }
     let seq = st.seq + 1;
     let body = render_body(seq, &format_utc(now_ms()), event, own);
     let mac = link_mac(keys.mac_key(), &st.prev_mac, body.as_bytes());
@@ -268,10 +282,14 @@ fn append(
     line.push('\n');
     let path = || dir.join(files::file_name(st.file_no));
     // One write of the whole line: with O_APPEND it lands at the end.
-    st.file
+    if let Err(e) = st
+        .file
         .write_all(line.as_bytes())
         .and_then(|()| st.file.sync_data())
-        .map_err(|e| AuditError::io(&path(), e))?;
+    {
+        st.failed = true;
+        return Err(AuditError::io(&path(), e));
+    }
     st.file_bytes += line.len() as u64;
     st.seq = seq;
     st.prev_mac = mac;
@@ -287,6 +305,18 @@ fn resume(
     keys: &AuditKeys,
 ) -> Result<(State, PreviousEnd), AuditError> {
     let (raw, complete) = files::read_lines(path).map_err(|e| AuditError::io(path, e))?;
+    if raw.is_empty() || (raw.len() == 1 && !complete) {
+        // A crash between creating the file and its first line: nothing
+        // of it counts. Pick up the chain where the file before it ends,
+        // in a new file (this one stays, empty or torn, as it is).
+        if n == 1 {
+            let st = new_file(dir, 2, 0, GENESIS, GENESIS, keys)?;
+            return Ok((st, PreviousEnd::Torn));
+        }
+        let (before, _) = resume(dir, n - 1, &dir.join(files::file_name(n - 1)), keys)?;
+        let st = new_file(dir, n + 1, before.seq, before.prev_mac, before.digest, keys)?;
+        return Ok((st, PreviousEnd::Torn));
+    }
     let file_bytes = std::fs::metadata(path)
         .map_err(|e| AuditError::io(path, e))?
         .len();
@@ -322,7 +352,12 @@ fn resume(
     }
     let mut digest =
         parse_hex32(head.get("digest")).ok_or_else(|| broken(1, "no digest".into()))?;
-    let mut prev_mac = None::<[u8; 32]>;
+    // The first entry links to the last whole line of the file before.
+    let mut prev_mac = Some(if n == 1 {
+        GENESIS
+    } else {
+        last_mac(&dir.join(files::file_name(n - 1)))?
+    });
     let mut seq = head.seq - 1;
     let mut clean = false;
     let mut since_checkpoint = 0;
@@ -331,8 +366,6 @@ fn resume(
         if e.seq != seq + 1 {
             return Err(broken(i + 1, format!("seq {} follows seq {seq}", e.seq)));
         }
-        // The first entry links to the previous file's last MAC, which is
-        // `audit verify`'s to check; from there on every link is checked.
         if let Some(prev) = prev_mac {
             if !link_ok(
                 keys.mac_key(),
@@ -375,8 +408,34 @@ fn resume(
         prev_mac,
         digest,
         since_checkpoint,
+        failed: false,
     };
     Ok((state, prev_end))
+}
+
+/// The MAC of the last whole line of a file (a torn last line skipped).
+fn last_mac(path: &Path) -> Result<[u8; 32], AuditError> {
+    let (raw, complete) = files::read_lines(path).map_err(|e| AuditError::io(path, e))?;
+    let whole = if complete {
+        raw.len()
+    } else {
+        raw.len().saturating_sub(1)
+    };
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let line = raw[..whole].last().ok_or_else(|| AuditError::Broken {
+        file: name.clone(),
+        line: 1,
+        reason: "the file before the last one has no whole line".into(),
+    })?;
+    Entry::parse(&line.text)
+        .map(|e| e.mac)
+        .map_err(|reason| AuditError::Broken {
+            file: name,
+            line: whole,
+            reason,
+        })
 }
 
 pub(crate) fn parse_hex32(text: Option<&str>) -> Option<[u8; 32]> {

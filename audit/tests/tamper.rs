@@ -339,18 +339,7 @@ fn a_torn_last_line_stays_as_evidence_and_the_chain_goes_on_in_a_new_file() {
     let path = file(&dir, last);
     let before = fs::read_to_string(&path).unwrap();
     fs::write(&path, format!("{before}{{\"seq\":99,\"ti")).unwrap();
-    let opts = AuditOptions::default();
-    let log = AuditLog::open(&dir, keys(), opts).unwrap();
-    log.close().unwrap();
-    // Nothing was cut from the old file.
-    assert!(fs::read_to_string(&path)
-        .unwrap()
-        .ends_with("{\"seq\":99,\"ti"));
-    assert!(file(&dir, last + 1).exists());
-    assert!(fs::read_to_string(file(&dir, last + 1))
-        .unwrap()
-        .contains("\"previous_end\":\"torn\""));
-    // verify still points at the torn line.
+    // Alone at the end, the torn line is a cut tail.
     assert_problem(
         check(&dir),
         ProblemKind::Truncated,
@@ -358,6 +347,67 @@ fn a_torn_last_line_stays_as_evidence_and_the_chain_goes_on_in_a_new_file() {
         before.lines().count() + 1,
         None,
     );
+    let log = AuditLog::open(&dir, keys(), AuditOptions::default()).unwrap();
+    log.close().unwrap();
+    // Nothing was cut from the old file.
+    assert!(fs::read_to_string(&path)
+        .unwrap()
+        .ends_with("{\"seq\":99,\"ti"));
+    let next = fs::read_to_string(file(&dir, last + 1)).unwrap();
+    assert!(next.contains("\"previous_end\":\"torn\""));
+    // The chain goes on from the line before the torn one: whole again.
+    assert_eq!(check(&dir), None);
+}
+
+#[test]
+fn a_file_left_empty_by_a_crash_is_passed_over() {
+    let (_t, dir) = written_log();
+    let last = (1..)
+        .take_while(|&n| file(&dir, n).exists())
+        .last()
+        .unwrap();
+    fs::write(file(&dir, last + 1), "").unwrap();
+    let log = AuditLog::open(&dir, keys(), AuditOptions::default()).unwrap();
+    log.close().unwrap();
+    assert!(file(&dir, last + 2).exists());
+    assert_eq!(check(&dir), None);
+}
+
+#[test]
+fn an_emptied_trail_is_reported() {
+    let (_t, dir) = written_log();
+    for n in (1..)
+        .take_while(|&n| file(&dir, n).exists())
+        .collect::<Vec<_>>()
+    {
+        fs::write(file(&dir, n), "").unwrap();
+    }
+    let p = check(&dir).expect("not detected");
+    assert_eq!((p.kind, p.line), (ProblemKind::Removed, 0), "{p}");
+}
+
+#[test]
+fn a_first_line_forged_into_a_new_last_file_is_refused_at_start() {
+    let (_t, dir) = written_log();
+    let last = (1..)
+        .take_while(|&n| file(&dir, n).exists())
+        .last()
+        .unwrap();
+    // The next file, begun by someone without the key: its first entry
+    // names the file but cannot link to the file before.
+    let prev = lines(&file(&dir, last));
+    let seq = serde_seq(prev.last().unwrap()) + 1;
+    let forged = format!(
+        "{{\"seq\":{seq},\"time\":\"t\",\"actor\":\"engine\",\"action\":\"audit.file\",\"subject\":\"\",\"outcome\":\"ok\",\"reason\":\"\",\"file\":\"audit-{:06}.jsonl\",\"digest\":\"{}\",\"mac\":\"{}\"}}",
+        last + 1,
+        "0".repeat(64),
+        "1".repeat(64)
+    );
+    write_lines(&file(&dir, last + 1), &[forged]);
+    let err = AuditLog::open(&dir, keys(), AuditOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("MAC does not match"), "{err}");
 }
 
 #[test]

@@ -19,7 +19,9 @@ pub enum AuditCommand {
     #[command(
         after_help = "With --public-key only the signatures are checked (the auditor's check: no secret key\n\
 needed); an edit is then placed between two checkpoints rather than at its entry.\n\
-Verify a stopped engine's trail (or a copy): a running engine's trail ends unsealed.\n\n\
+Verify a stopped engine's trail (or a copy): a running engine's trail ends unsealed.\n\
+A trail cut back to an earlier clean stop verifies on its own: keep the last seq you saw\n\
+somewhere else and give it as --expect-at-least.\n\n\
 Example:\n  tessera audit public-key --data-dir /var/lib/tessera > audit.pub\n  tessera audit verify --data-dir /var/lib/tessera --public-key audit.pub\n  ok: 1843 entries in 1 files, 2 checkpoints verified, sealed at seq 1843"
     )]
     Verify {
@@ -29,6 +31,12 @@ Example:\n  tessera audit public-key --data-dir /var/lib/tessera > audit.pub\n  
         /// Check signatures with this public key (64 hex digits) alone.
         #[arg(long, value_name = "FILE")]
         public_key: Option<PathBuf>,
+        /// The trail must reach at least this sequence number: the last
+        /// one the auditor saw (and kept elsewhere). A trail cut back to an
+        /// earlier clean stop, or replaced by an older copy, verifies on
+        /// its own; this is what catches it.
+        #[arg(long, value_name = "SEQ")]
+        expect_at_least: Option<u64>,
     },
     /// Print entries, oldest first, for people.
     #[command(
@@ -59,7 +67,8 @@ pub fn run(config: &Path, cmd: AuditCommand) -> Result<(), CliError> {
         AuditCommand::Verify {
             data_dir,
             public_key,
-        } => verify(config, &data_dir, public_key.as_deref()),
+            expect_at_least,
+        } => verify(config, &data_dir, public_key.as_deref(), expect_at_least),
         AuditCommand::Show {
             data_dir,
             since,
@@ -96,7 +105,12 @@ pub fn run(config: &Path, cmd: AuditCommand) -> Result<(), CliError> {
     }
 }
 
-fn verify(config: &Path, data_dir: &Path, public_key: Option<&Path>) -> Result<(), CliError> {
+fn verify(
+    config: &Path,
+    data_dir: &Path,
+    public_key: Option<&Path>,
+    expect_at_least: Option<u64>,
+) -> Result<(), CliError> {
     let dir = tessera_audit::audit_dir(data_dir);
     if !dir.exists() {
         return Err(CliError::new(format!(
@@ -130,6 +144,15 @@ fn verify(config: &Path, data_dir: &Path, public_key: Option<&Path>) -> Result<(
         }
     };
     let report = tessera_audit::verify(&dir, &keys)?;
+    let sealed_at = report.last_checkpoint.unwrap_or(0);
+    if let (None, Some(want)) = (&report.problem, expect_at_least) {
+        if sealed_at < want {
+            return Err(CliError::new(format!(
+                "audit trail check FAILED: it ends at seq {sealed_at}, before seq {want} that was seen: \
+                 entries were cut, or the trail was replaced by an older copy"
+            )));
+        }
+    }
     match report.problem {
         None => {
             println!(

@@ -23,6 +23,18 @@ pub const ENGINE: &str = "engine";
 /// none (a clear test key file of an older layout); an error in
 /// production, where the trail is not optional.
 pub fn keys(config: &Config, store: &KeyStore) -> Result<Option<AuditKeys>, String> {
+    for label in [
+        tessera_audit::MAC_KEY_LABEL,
+        tessera_audit::SIGNING_KEY_LABEL,
+    ] {
+        if store.versions(label) > 1 {
+            return Err(format!(
+                "\"{label}\" has {} versions in the key store: the audit trail cannot change its keys yet (its \
+                 entries name no key version), so it takes only one",
+                store.versions(label)
+            ));
+        }
+    }
     let mac = store.get_as(tessera_audit::MAC_KEY_LABEL, "M7");
     let sign = store.get_as(tessera_audit::SIGNING_KEY_LABEL, "S0");
     match (mac, sign) {

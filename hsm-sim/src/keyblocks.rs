@@ -221,6 +221,13 @@ pub fn export(
             "key \"{label}\" is marked non-exportable (N) in its header"
         ));
     }
+    // A key leaves only under a key at least as strong: never an AES key
+    // under TDES.
+    if matches!(kek, StoredKey::Tdes(_)) && !matches!(key, StoredKey::Tdes(_)) {
+        return Err(format!(
+            "key \"{label}\" is stronger than a TDES key-exchange key: export it under an AES one"
+        ));
+    }
     let version = match kek {
         StoredKey::Aes(_) => Tr31Version::D,
         StoredKey::Tdes(_) => Tr31Version::B,

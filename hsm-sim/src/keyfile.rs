@@ -324,6 +324,11 @@ impl KeyStore {
         self.keys.get(label).and_then(|v| v.last())
     }
 
+    /// How many versions of a label the store holds.
+    pub fn versions(&self, label: &str) -> usize {
+        self.keys.get(label).map_or(0, Vec::len)
+    }
+
     /// A given version.
     pub fn get_version(&self, label: &str, version: u8) -> Option<&StoredKey> {
         self.keys

@@ -108,9 +108,15 @@ pub enum KeysCommand {
         /// turning config/test-keys.json into a store. Test set-up only.
         #[arg(long, value_name = "FILE")]
         from_key_file: Option<PathBuf>,
-        /// Allow export of the imported key.
+        /// Allow export of the imported key (a block keeps its own
+        /// restriction: a non-exportable block stays non-exportable).
         #[arg(long)]
         exportable: bool,
+        /// Add the key as a new version of a label that exists (without
+        /// it, an existing label is refused: an imported block must not
+        /// quietly replace a key).
+        #[arg(long)]
+        new_version: bool,
     },
     /// Print a key as a TR-31 block under a key-exchange key in the store.
     Export {
@@ -140,6 +146,18 @@ pub fn run(args: &KeysArgs) -> Result<String, String> {
     } else {
         KeyStore::default()
     };
+    // The trail is opened (and locked) before anything is done: a step
+    // that cannot be recorded is not taken. Only a store without audit
+    // keys yet may be worked on unrecorded, and only to create them.
+    let log = open_trail(args, &store)?;
+    if log.is_none() && !args.command.bootstraps() {
+        return Err(format!(
+            "the key store has no audit keys: create {} (--usage M7) and {} (--usage S0) first, so that this \
+             and every later command is recorded",
+            tessera_audit::MAC_KEY_LABEL,
+            tessera_audit::SIGNING_KEY_LABEL
+        ));
+    }
     let result = match &args.command {
         KeysCommand::Generate {
             usage,
@@ -165,6 +183,7 @@ pub fn run(args: &KeysArgs) -> Result<String, String> {
             kek_label,
             from_key_file,
             exportable,
+            new_version,
         } => (|| {
             if let Some(file) = from_key_file {
                 import_key_file(args, &lmk, &store, file, *exportable)
@@ -177,7 +196,7 @@ pub fn run(args: &KeysArgs) -> Result<String, String> {
                     block,
                     kek,
                     label.as_deref(),
-                    *exportable,
+                    (*exportable, *new_version),
                 )
             } else {
                 let label = label.as_deref().ok_or("import needs --label")?;
@@ -187,6 +206,7 @@ pub fn run(args: &KeysArgs) -> Result<String, String> {
                 let n = components.unwrap_or(component_files.len());
                 let clear = read_clear_components(n, component_files)?;
                 let alg = algorithm_for(usage, algorithm.as_deref(), clear.len())?;
+                refuse_existing(&store, label, *new_version)?;
                 put(
                     args,
                     &lmk,
@@ -194,7 +214,7 @@ pub fn run(args: &KeysArgs) -> Result<String, String> {
                     label,
                     usage,
                     alg,
-                    *exportable,
+                    (None, exportability(*exportable)),
                     &clear,
                     "keys.import",
                 )
@@ -206,24 +226,51 @@ pub fn run(args: &KeysArgs) -> Result<String, String> {
             Event::new(actor(), "keys.list").detail("keys", store.entries().len().to_string()),
         )),
     };
-    match result {
-        Ok((out, event)) => {
-            audit(args, &lmk, event)?;
-            Ok(out)
-        }
-        Err(msg) => {
-            // A refused ceremony step is a security event too.
-            let event = Event::new(actor(), args.command.action())
+    let (event, outcome) = match result {
+        Ok((out, event)) => (event, Ok(out)),
+        // A refused ceremony step is a security event too.
+        Err(msg) => (
+            Event::new(actor(), args.command.action())
                 .subject(args.command.label().unwrap_or_default())
                 .outcome(Outcome::Refused, "refused")
-                .detail("error", msg.as_str());
-            audit(args, &lmk, event)?;
-            Err(msg)
+                .detail("error", msg.as_str()),
+            Err(msg),
+        ),
+    };
+    // While bootstrapping, the trail exists once both audit keys do: the
+    // step that creates the second is its first entry.
+    let log = match log {
+        Some(l) => Some(l),
+        None => open_trail(
+            args,
+            &keyblocks::load(&args.store, &lmk).map_err(|e| e.to_string())?,
+        )?,
+    };
+    match log {
+        Some(log) => {
+            log.record(event).map_err(|e| e.to_string())?;
+            log.close().map_err(|e| e.to_string())?;
         }
+        None => eprintln!(
+            "tessera-hsm: warning: not recorded: the key store has no {} (M7) and {} (S0) yet",
+            tessera_audit::MAC_KEY_LABEL,
+            tessera_audit::SIGNING_KEY_LABEL
+        ),
     }
+    outcome
 }
 
 impl KeysCommand {
+    /// What may run before the audit keys exist: creating them, and
+    /// (test set-up) loading a whole clear key file that holds them.
+    fn bootstraps(&self) -> bool {
+        match self {
+            Self::Generate { usage, .. } => usage == "M7" || usage == "S0",
+            Self::Import { from_key_file, .. } => from_key_file.is_some(),
+            _ => false,
+        }
+    }
+
     fn action(&self) -> &'static str {
         match self {
             Self::Generate { .. } => "keys.generate",
@@ -242,36 +289,24 @@ impl KeysCommand {
     }
 }
 
-/// Record the command in the audit trail, with the audit keys of the
-/// store as it is now (so generating the second audit key is itself the
-/// first entry). Without them the command is done but says it was not
-/// audited.
-fn audit(args: &KeysArgs, lmk: &Lmk, event: Event) -> Result<(), String> {
-    let store = if args.store.exists() {
-        keyblocks::load(&args.store, lmk).map_err(|e| e.to_string())?
-    } else {
-        KeyStore::default()
-    };
+/// The audit trail in DATA_DIR/audit under the store's audit keys, or
+/// `None` while the store has none. A running engine holds the trail's
+/// lock: the ceremony waits for it to stop.
+fn open_trail(args: &KeysArgs, store: &KeyStore) -> Result<Option<AuditLog>, String> {
     let (Ok(mac), Ok(sign)) = (
         store.get_as(tessera_audit::MAC_KEY_LABEL, "M7"),
         store.get_as(tessera_audit::SIGNING_KEY_LABEL, "S0"),
     ) else {
-        eprintln!(
-            "tessera-hsm: warning: not audited: the key store has no {} (M7) and {} (S0) yet",
-            tessera_audit::MAC_KEY_LABEL,
-            tessera_audit::SIGNING_KEY_LABEL
-        );
-        return Ok(());
+        return Ok(None);
     };
     let keys = AuditKeys::new(mac.expose_bytes(), sign.expose_bytes())?;
-    let log = AuditLog::open(
+    AuditLog::open(
         &tessera_audit::audit_dir(&args.data_dir),
         keys,
         AuditOptions::default(),
     )
-    .map_err(|e| e.to_string())?;
-    log.record(event).map_err(|e| e.to_string())?;
-    log.close().map_err(|e| e.to_string())
+    .map(Some)
+    .map_err(|e| e.to_string())
 }
 
 fn algorithm_for(usage: &str, given: Option<&str>, len: usize) -> Result<(u8, usize), String> {
@@ -309,6 +344,24 @@ fn algorithm_for(usage: &str, given: Option<&str>, len: usize) -> Result<(u8, us
     Ok((alg, n))
 }
 
+fn exportability(exportable: bool) -> u8 {
+    if exportable {
+        b'E'
+    } else {
+        b'N'
+    }
+}
+
+fn refuse_existing(store: &KeyStore, label: &str, new_version: bool) -> Result<(), String> {
+    match store.versions(label) {
+        0 => Ok(()),
+        _ if new_version => Ok(()),
+        n => Err(format!(
+            "key \"{label}\" exists ({n} version(s)): give --new-version to add this one as its newest"
+        )),
+    }
+}
+
 fn check_usage(usage: &str) -> Result<u8, String> {
     key_usage::default_mode(usage).ok_or_else(|| {
         let known: Vec<String> = key_usage::all()
@@ -329,11 +382,30 @@ fn put(
     label: &str,
     usage: &str,
     (alg, len): (u8, usize),
-    exportable: bool,
+    (mode, exportability): (Option<u8>, u8),
     key: &[u8],
     action: &str,
 ) -> Result<(String, Event), String> {
-    let mode = check_usage(usage)?;
+    let default_mode = check_usage(usage)?;
+    let mode = mode.unwrap_or(default_mode);
+    if !key_usage::algorithm_fits(usage, alg) {
+        return Err(format!(
+            "a key of algorithm {} cannot have usage {usage} ({})",
+            char::from(alg),
+            key_usage::describe(usage)
+        ));
+    }
+    if [
+        tessera_audit::MAC_KEY_LABEL,
+        tessera_audit::SIGNING_KEY_LABEL,
+    ]
+    .contains(&label)
+        && store.versions(label) > 0
+    {
+        return Err(format!(
+            "\"{label}\" exists: the audit trail cannot change its keys yet (its entries name no key version)"
+        ));
+    }
     if key.len() != len {
         return Err(format!(
             "the key has {} bytes; the algorithm needs {len}",
@@ -346,7 +418,7 @@ fn put(
         usage,
         algorithm: alg,
         mode_of_use: mode,
-        exportability: if exportable { b'E' } else { b'N' },
+        exportability,
         version,
         key,
     };
@@ -387,7 +459,7 @@ fn generate(
         label,
         usage,
         (alg, len),
-        exportable,
+        (None, exportability(exportable)),
         &key,
         "keys.generate",
     )
@@ -398,19 +470,16 @@ fn read_clear_components(n: usize, files: &[PathBuf]) -> Result<Zeroizing<Vec<u8
         return Err("import needs --components N (or --component-file per component), --tr31 or --from-key-file".into());
     }
     let mut out: Option<Zeroizing<Vec<u8>>> = None;
-    let stdin = std::io::stdin();
     for i in 1..=n {
         let text = match files.get(i - 1) {
             Some(p) => Zeroizing::new(
                 std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
             ),
-            None => {
-                eprint!("key component {i} of {n} (hex): ");
-                let mut line = Zeroizing::new(String::new());
-                std::io::BufRead::read_line(&mut stdin.lock(), &mut line)
-                    .map_err(|e| e.to_string())?;
-                line
-            }
+            None => lmk::read_secret_line(
+                &format!("key component {i} of {n} (hex): "),
+                &mut std::io::stderr(),
+            )
+            .map_err(|e| e.to_string())?,
         };
         let digits: Zeroizing<String> =
             Zeroizing::new(text.chars().filter(|c| c.is_ascii_hexdigit()).collect());
@@ -445,7 +514,7 @@ fn import_block(
     block: &str,
     kek_label: &str,
     label: Option<&str>,
-    exportable: bool,
+    (exportable, new_version): (bool, bool),
 ) -> Result<(String, Event), String> {
     let kek = transport_key(store, kek_label)?;
     let (header, key) = keyblocks::import(kek, block)?;
@@ -459,7 +528,15 @@ fn import_block(
         .map(str::to_owned)
         .or(from_block)
         .ok_or("the block has no label: give --label")?;
+    refuse_existing(store, &label, new_version)?;
     let len = key.len();
+    // The sender's restrictions stay: its mode of use, and export only if
+    // the block allowed it and the ceremony asks for it.
+    let export = if header.exportability == b'E' && exportable {
+        b'E'
+    } else {
+        b'N'
+    };
     let (res, ev) = put(
         args,
         lmk,
@@ -467,7 +544,7 @@ fn import_block(
         &label,
         &usage,
         (header.algorithm, len),
-        exportable,
+        (Some(header.mode_of_use), export),
         &key,
         "keys.import",
     )?;
@@ -501,7 +578,7 @@ fn import_key_file(
             label,
             &usage,
             (meta.algorithm, key.expose_bytes().len()),
-            exportable,
+            (None, exportability(exportable)),
             key.expose_bytes(),
             "keys.import",
         )?;
@@ -529,6 +606,9 @@ fn transport_key<'a>(store: &'a KeyStore, label: &str) -> Result<&'a StoredKey, 
 }
 
 fn export(store: &KeyStore, label: &str, kek_label: &str) -> Result<(String, Event), String> {
+    if label == kek_label {
+        return Err(format!("key \"{label}\" cannot be exported under itself"));
+    }
     let kek = transport_key(store, kek_label)?;
     let (meta, key) = store
         .newest(label)

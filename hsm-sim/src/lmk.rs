@@ -200,24 +200,14 @@ pub fn read_components(
         });
     }
     let mut out = Vec::with_capacity(count);
-    let stdin = std::io::stdin();
     for i in 1..=count {
         let c = if let Some(path) = files.get(i - 1) {
             read_component_file(i, path)?
         } else {
-            let _ = write!(show, "LMK component {i} of {count} (64 hex digits): ");
-            let _ = show.flush();
-            let echo = os::EchoOff::new();
-            let mut line = Zeroizing::new(String::new());
-            stdin
-                .lock()
-                .read_line(&mut line)
-                .map_err(|e| LmkError::Source {
-                    source_name: "the terminal".into(),
-                    reason: e.to_string(),
-                })?;
-            drop(echo);
-            let _ = writeln!(show);
+            let line = read_secret_line(
+                &format!("LMK component {i} of {count} (64 hex digits): "),
+                show,
+            )?;
             parse_component(i, &line)?
         };
         let _ = writeln!(
@@ -230,17 +220,35 @@ pub fn read_components(
     Ok(out)
 }
 
+/// Prompt on `show` and read one line from standard input with terminal
+/// echo off (where stdin is a terminal): for typing key components.
+pub fn read_secret_line(prompt: &str, show: &mut dyn Write) -> Result<Zeroizing<String>, LmkError> {
+    let _ = write!(show, "{prompt}");
+    let _ = show.flush();
+    let echo = os::EchoOff::new();
+    let mut line = Zeroizing::new(String::new());
+    let read = std::io::stdin().lock().read_line(&mut line);
+    drop(echo);
+    let _ = writeln!(show);
+    read.map_err(|e| LmkError::Source {
+        source_name: "the terminal".into(),
+        reason: e.to_string(),
+    })?;
+    Ok(line)
+}
+
 /// Read a whole LMK (hex) from an environment variable, and remove the
 /// variable so child processes do not inherit it.
 pub fn from_env(var: &str) -> Result<Option<Lmk>, LmkError> {
     let Some(value) = std::env::var_os(var) else {
         return Ok(None);
     };
+    // Removed first, whatever it holds: children never inherit it.
+    std::env::remove_var(var);
     let text = Zeroizing::new(value.into_string().map_err(|_| LmkError::Source {
         source_name: format!("${var}"),
         reason: "not UTF-8".into(),
     })?);
-    std::env::remove_var(var);
     Lmk::from_hex(&text).map(Some)
 }
 

@@ -98,7 +98,7 @@ fn a_ceremony_generates_lists_exports_and_audits_each_step() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("LMK component 1 of 2: KCV") && stderr.contains("not audited"),
+        stderr.contains("LMK component 1 of 2: KCV") && stderr.contains("not recorded"),
         "{stderr}"
     );
     c.ok(&["generate", "--usage", "S0", "--label", "audit.signing_key"]);
@@ -206,6 +206,30 @@ fn a_ceremony_generates_lists_exports_and_audits_each_step() {
         "is a D0 key (symmetric data encryption) and cannot be used as a key-exchange key"
     ));
 
+    // A block does not quietly replace a key: an existing label needs
+    // --new-version. And no key leaves under itself.
+    let out = c.keys(&[
+        "import",
+        "--tr31",
+        block.trim(),
+        "--kek-label",
+        "zmk.acquirer",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exists (2 version(s)): give --new-version")
+    );
+    let out = c.keys(&[
+        "export",
+        "--label",
+        "zmk.acquirer",
+        "--kek-label",
+        "zmk.acquirer",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be exported under itself"));
+    // The audit trail's keys cannot be replaced under it.
+    let out = c.keys(&["generate", "--usage", "M7", "--label", "audit.mac_key"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot change its keys yet"));
+
     // Import the exported block back under another label.
     c.ok(&[
         "import",
@@ -221,6 +245,8 @@ fn a_ceremony_generates_lists_exports_and_audits_each_step() {
         store.get("copy.imk_ac").unwrap().kcv(),
         store.get("visa_cvn10.imk_ac").unwrap().kcv()
     );
+    // It keeps the sender's restriction: exported non-exportable, it stays so.
+    assert_eq!(store.newest("copy.imk_ac").unwrap().0.exportability, b'N');
 
     let trail = c.trail();
     for action in ["keys.generate", "keys.list", "keys.export", "keys.import"] {
@@ -229,7 +255,9 @@ fn a_ceremony_generates_lists_exports_and_audits_each_step() {
             "{action}: {trail}"
         );
     }
-    assert!(trail.contains("\"actor\":\"cli:alice\""));
+    // The account the command ran as, whatever $USER says.
+    assert!(trail.contains(&format!("\"actor\":\"{}\"", tessera_audit::cli_actor())));
+    assert!(!trail.contains("cli:alice"));
     assert!(trail.contains("\"outcome\":\"refused\""));
     // No key bytes in the trail, and it verifies.
     for (_, _, key) in store.entries() {
@@ -252,6 +280,11 @@ fn a_ceremony_generates_lists_exports_and_audits_each_step() {
 #[test]
 fn the_wrong_lmk_and_bad_usages_are_refused() {
     let c = Ceremony::new();
+    // Nothing but the audit keys before the audit keys.
+    let out = c.keys(&["generate", "--usage", "E0", "--label", "k"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the key store has no audit keys"));
+    c.ok(&["generate", "--usage", "M7", "--label", "audit.mac_key"]);
+    c.ok(&["generate", "--usage", "S0", "--label", "audit.signing_key"]);
     c.ok(&["generate", "--usage", "E0", "--label", "k"]);
     // One custodian brings the wrong component.
     std::fs::write(c.path("c2.hex"), "11".repeat(32)).unwrap();
