@@ -93,10 +93,15 @@ Exit status: 0 valid, 1 invalid, 2 bad input."
     #[command(
         after_help = "The LMK comes from --lmk-components N (custodians' components, from files or typed; each\n\
 KCV shown), --lmk-fd FD, or $TESSERA_LMK. It is never written anywhere.\n\n\
+The trail (DATA_DIR/audit) is opened before each step: a step that cannot be recorded is\n\
+not taken, and until the store holds the audit keys nothing else runs.\n\n\
 Example (two custodians, a new store):\n  \
-tessera-hsm keys --store keys.tr31 --data-dir data --lmk-components 2 generate --usage E0 --label visa_cvn10.imk_ac\n  \
+H=\"tessera-hsm keys --store keys.tr31 --data-dir data --lmk-components 2\"\n  \
+$H generate --usage M7 --label audit.mac_key\n  \
 LMK component 1 of 2 (64 hex digits): ...\n  \
-tessera-hsm keys --store keys.tr31 --data-dir data --lmk-components 2 list"
+$H generate --usage S0 --label audit.signing_key\n  \
+$H generate --usage E0 --label visa_cvn10.imk_ac --exportable\n  \
+$H list"
     )]
     Keys(keys_cmd::KeysArgs),
     /// Time the scalar and the batched (bitsliced) path on the same requests.
