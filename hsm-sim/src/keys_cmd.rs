@@ -241,6 +241,8 @@ pub fn run(args: &KeysArgs) -> Result<String, String> {
     // step that creates the second is its first entry.
     let log = match log {
         Some(l) => Some(l),
+        // A first step that failed may have left no store at all.
+        None if !args.store.exists() => None,
         None => open_trail(
             args,
             &keyblocks::load(&args.store, &lmk).map_err(|e| e.to_string())?,

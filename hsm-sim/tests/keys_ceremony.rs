@@ -280,6 +280,22 @@ fn a_ceremony_generates_lists_exports_and_audits_each_step() {
 #[test]
 fn the_wrong_lmk_and_bad_usages_are_refused() {
     let c = Ceremony::new();
+    // A first step refused leaves no store, and says why.
+    let out = c.keys(&[
+        "generate",
+        "--usage",
+        "M7",
+        "--label",
+        "audit.mac_key",
+        "--algorithm",
+        "aes256",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot have usage M7"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!c.path("keys.tr31").exists());
     // Nothing but the audit keys before the audit keys.
     let out = c.keys(&["generate", "--usage", "E0", "--label", "k"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("the key store has no audit keys"));
