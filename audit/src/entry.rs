@@ -343,7 +343,7 @@ fn signature_suffix(line: &str) -> Result<Option<([u8; 64], usize)>, String> {
 
 /// Lowercase hex only, as written: another spelling of the same bytes is
 /// still a changed line.
-fn lower_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+pub(crate) fn lower_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
     if text.len() != 2 * N || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }

@@ -7,9 +7,8 @@ use std::path::Path;
 use ed25519_dalek::VerifyingKey;
 
 use crate::chain::{checkpoint_ok, link_ok, next_digest, GENESIS};
-use crate::entry::Entry;
+use crate::entry::{lower_hex, Entry};
 use crate::files;
-use crate::writer::parse_hex32;
 
 /// What a verifier can check with.
 #[derive(Debug, Default)]
@@ -258,7 +257,7 @@ fn walk(
             return Some(at(ProblemKind::Modified, seq, detail));
         }
         if let Some(d) = e.get("digest") {
-            if parse_hex32(Some(d)) != Some(digest) {
+            if lower_hex::<32>(d) != Some(digest) {
                 let since = report.last_checkpoint.map_or(1, |c| c + 1);
                 return Some(at(
                     ProblemKind::Modified,

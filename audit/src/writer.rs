@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::chain::{link_mac, link_ok, next_digest, AuditKeys, GENESIS};
-use crate::entry::{render_body, render_line, render_signed_line, Entry, Event};
+use crate::entry::{lower_hex, render_body, render_line, render_signed_line, Entry, Event};
 use crate::error::AuditError;
 use crate::files;
 use crate::time::{format_utc, now_ms};
@@ -351,7 +351,7 @@ fn resume(
         ));
     }
     let mut digest =
-        parse_hex32(head.get("digest")).ok_or_else(|| broken(1, "no digest".into()))?;
+        lower_hex(head.get("digest").unwrap_or("")).ok_or_else(|| broken(1, "no digest".into()))?;
     // The first entry links to the last whole line of the file before.
     let mut prev_mac = Some(if n == 1 {
         GENESIS
@@ -436,10 +436,4 @@ fn last_mac(path: &Path) -> Result<[u8; 32], AuditError> {
             line: whole,
             reason,
         })
-}
-
-pub(crate) fn parse_hex32(text: Option<&str>) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(text?, &mut out).ok()?;
-    Some(out)
 }

@@ -55,6 +55,19 @@ fn check(dir: &Path) -> Option<Problem> {
     verify(dir, &keys).unwrap().problem
 }
 
+/// The number of the trail's last file.
+fn last_file(dir: &Path) -> u32 {
+    (1..).take_while(|&n| file(dir, n).exists()).last().unwrap()
+}
+
+/// What an auditor holds: the public key only.
+fn public_only() -> VerifyKeys<'static> {
+    VerifyKeys {
+        mac_key: None,
+        public_key: Some(keys().verifying_key()),
+    }
+}
+
 fn file(dir: &Path, n: u32) -> PathBuf {
     dir.join(format!("audit-{n:06}.jsonl"))
 }
@@ -134,10 +147,7 @@ fn an_untouched_log_verifies_with_either_key_and_spans_several_files() {
     assert!(report.files >= 3, "{} files", report.files);
     assert!(report.checkpoints_verified >= 5);
     // The auditor's check, with only the public key.
-    let public_only = VerifyKeys {
-        mac_key: None,
-        public_key: Some(keys().verifying_key()),
-    };
+    let public_only = public_only();
     assert_eq!(verify(&dir, &public_only).unwrap().problem, None);
 }
 
@@ -156,10 +166,7 @@ fn an_edit_is_found_by_an_auditor_holding_only_the_public_key() {
     edit(&dir, 3, |l, i| {
         l[i] = l[i].replacen("api:key-", "api:kez-", 1);
     });
-    let public_only = VerifyKeys {
-        mac_key: None,
-        public_key: Some(keys().verifying_key()),
-    };
+    let public_only = public_only();
     let p = verify(&dir, &public_only)
         .unwrap()
         .problem
@@ -224,10 +231,7 @@ fn a_replayed_copy_of_an_entry_is_an_insertion() {
 #[test]
 fn a_cut_tail_is_reported_at_the_last_entry_left() {
     let (_t, dir) = written_log();
-    let last = (1..)
-        .take_while(|&n| file(&dir, n).exists())
-        .last()
-        .unwrap();
+    let last = last_file(&dir);
     let path = file(&dir, last);
     let mut l = lines(&path);
     l.truncate(l.len() - 2);
@@ -247,10 +251,7 @@ fn a_cut_tail_is_reported_at_the_last_entry_left() {
 #[test]
 fn a_line_cut_in_the_middle_is_reported() {
     let (_t, dir) = written_log();
-    let last = (1..)
-        .take_while(|&n| file(&dir, n).exists())
-        .last()
-        .unwrap();
+    let last = last_file(&dir);
     let path = file(&dir, last);
     let text = fs::read_to_string(&path).unwrap();
     let count = text.lines().count();
@@ -332,10 +333,7 @@ fn a_restart_continues_the_chain_and_records_how_the_last_run_ended() {
 #[test]
 fn a_torn_last_line_stays_as_evidence_and_the_chain_goes_on_in_a_new_file() {
     let (_t, dir) = written_log();
-    let last = (1..)
-        .take_while(|&n| file(&dir, n).exists())
-        .last()
-        .unwrap();
+    let last = last_file(&dir);
     let path = file(&dir, last);
     let before = fs::read_to_string(&path).unwrap();
     fs::write(&path, format!("{before}{{\"seq\":99,\"ti")).unwrap();
@@ -362,10 +360,7 @@ fn a_torn_last_line_stays_as_evidence_and_the_chain_goes_on_in_a_new_file() {
 #[test]
 fn a_file_left_empty_by_a_crash_is_passed_over() {
     let (_t, dir) = written_log();
-    let last = (1..)
-        .take_while(|&n| file(&dir, n).exists())
-        .last()
-        .unwrap();
+    let last = last_file(&dir);
     fs::write(file(&dir, last + 1), "").unwrap();
     let log = AuditLog::open(&dir, keys(), AuditOptions::default()).unwrap();
     log.close().unwrap();
@@ -389,10 +384,7 @@ fn an_emptied_trail_is_reported() {
 #[test]
 fn a_first_line_forged_into_a_new_last_file_is_refused_at_start() {
     let (_t, dir) = written_log();
-    let last = (1..)
-        .take_while(|&n| file(&dir, n).exists())
-        .last()
-        .unwrap();
+    let last = last_file(&dir);
     // The next file, begun by someone without the key: its first entry
     // names the file but cannot link to the file before.
     let prev = lines(&file(&dir, last));
@@ -413,10 +405,7 @@ fn a_first_line_forged_into_a_new_last_file_is_refused_at_start() {
 #[test]
 fn a_log_changed_in_its_last_file_is_refused_at_start() {
     let (_t, dir) = written_log();
-    let last = (1..)
-        .take_while(|&n| file(&dir, n).exists())
-        .last()
-        .unwrap();
+    let last = last_file(&dir);
     let path = file(&dir, last);
     let mut l = lines(&path);
     let k = l.len() - 2;
@@ -473,7 +462,7 @@ mod any_byte {
             bytes[pos] = value;
             fs::write(path, bytes).unwrap();
             prop_assert!(check(&dir).is_some(), "byte {} of {} not detected", pos, path.display());
-            let public_only = VerifyKeys { mac_key: None, public_key: Some(keys().verifying_key()) };
+            let public_only = public_only();
             prop_assert!(verify(&dir, &public_only).unwrap().problem.is_some());
         }
     }
@@ -482,10 +471,7 @@ mod any_byte {
 #[test]
 fn the_last_mac_respelt_in_capitals_is_a_change() {
     let (_t, dir) = written_log();
-    let last = (1..)
-        .take_while(|&n| file(&dir, n).exists())
-        .last()
-        .unwrap();
+    let last = last_file(&dir);
     let path = file(&dir, last);
     let mut l = lines(&path);
     let k = l.len() - 1;

@@ -108,16 +108,21 @@ impl Service {
             .map_err(|e| ApiError::internal(format!("the audit trail refused the entry: {e}")))
     }
 
-    /// Record a refused API key (bounded per second).
-    pub fn audit_auth_failure(&self, action: &str) {
-        let Some(suppressed) = self.auth_failures().take(AUTH_FAILURE_AUDIT_PER_SEC) else {
-            return;
-        };
+    /// Whether a refused API key may be recorded now (bounded per second):
+    /// `Some(refusals not recorded since the last one)`. Cheap, so the
+    /// caller asks before handing the write to a blocking thread.
+    pub fn auth_failure_recordable(&self) -> Option<u64> {
+        self.auth_failures().take(AUTH_FAILURE_AUDIT_PER_SEC)
+    }
+
+    /// Record a refused API key that [`Service::auth_failure_recordable`]
+    /// let through.
+    pub fn audit_auth_failure(&self, action: &str, not_recorded_before: u64) {
         let mut event = Event::new("api:unauthenticated", "security.api_auth")
             .outcome(Outcome::Refused, "UNAUTHORIZED")
             .detail("call", action);
-        if suppressed > 0 {
-            event = event.detail("not_recorded_before", suppressed.to_string());
+        if not_recorded_before > 0 {
+            event = event.detail("not_recorded_before", not_recorded_before.to_string());
         }
         let _ = self.vault_ref().audit(event);
     }

@@ -293,6 +293,18 @@ fn caller(svc: &Service, headers: &HeaderMap) -> Result<Caller, ApiError> {
     authenticate(svc.api_config(), h)
 }
 
+/// A refused key: written (on the blocking pool: it waits for the disk)
+/// when the per-second bound allows, else only counted, with no task
+/// spawned for it.
+async fn record_refused_key(svc: &Svc, action: &'static str) {
+    let Some(not_recorded_before) = svc.auth_failure_recordable() else {
+        return;
+    };
+    let s = Arc::clone(svc);
+    let _ = tokio::task::spawn_blocking(move || s.audit_auth_failure(action, not_recorded_before))
+        .await;
+}
+
 /// Authenticate, then run `f` on the blocking pool; record the call in
 /// the audit trail (durable before the answer goes out); answer `ok` with
 /// its JSON or the error. A refused key is a security event, recorded
@@ -312,8 +324,7 @@ where
     let who = match caller(&svc, &headers) {
         Ok(c) => c,
         Err(e) => {
-            let s = Arc::clone(&svc);
-            let _ = tokio::task::spawn_blocking(move || s.audit_auth_failure(action)).await;
+            record_refused_key(&svc, action).await;
             return e.into_response();
         }
     };
@@ -505,8 +516,7 @@ async fn events(State(svc): State<Svc>, headers: HeaderMap, RawQuery(q): RawQuer
         let who = match caller(&svc, &headers) {
             Ok(c) => c,
             Err(e) => {
-                let s = Arc::clone(&svc);
-                let _ = tokio::task::spawn_blocking(move || s.audit_auth_failure("events")).await;
+                record_refused_key(&svc, "events").await;
                 return Err(e);
             }
         };

@@ -198,11 +198,7 @@ impl Config {
             // would be taken for every record and leave the stored PANs
             // unreadable. Rotation needs re-encryption (`vault rekey`),
             // which is not built.
-            let versions = keys
-                .entries()
-                .iter()
-                .filter(|(l, _, _)| *l == label.as_str())
-                .count();
+            let versions = keys.versions(label);
             if versions > 1 {
                 return Err(invalid(format!(
                     "vault key \"{label}\" has {versions} versions in the key store; the vault cannot rotate its keys \
