@@ -231,6 +231,11 @@ struct ServeArgs {
     /// Off by default.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Re-encrypt every PAN under the newest version of the vault data key
+    /// in the background while serving, then snapshot (as `tessera vault
+    /// rekey`, without stopping). Recorded in the audit trail.
+    #[arg(long)]
+    rekey: bool,
     /// Serve the management API (token provisioning and life cycle,
     /// docs/api.yaml) on ADDR: HTTPS with [api] tls_cert/tls_key, plain
     /// HTTP only on loopback [config: api.listen; default: off].
@@ -321,6 +326,18 @@ enum VaultCommand {
     Snapshot {
         #[command(flatten)]
         dir: DataDir,
+    },
+    /// Re-encrypt every PAN under the newest version of the vault data key,
+    /// then snapshot; afterwards older versions may leave the key store.
+    #[command(
+        after_help = "Rotating the data key:\n  tessera-hsm keys --store keys.tr31 --data-dir /var/lib/tessera generate --usage D0 --label vault.data_key\n  tessera vault rekey --data-dir /var/lib/tessera\n\nNew tokens take the newest version as soon as the vault opens with it; records under\nolder versions stay readable until rekeyed. A running server does the same with\n`tessera serve --rekey`. A start without a version some record still needs is refused."
+    )]
+    Rekey {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Records re-encrypted per hold of the writer lock.
+        #[arg(long, default_value_t = 1024)]
+        batch: u32,
     },
 }
 
@@ -541,6 +558,7 @@ fn serve(config: &Path, a: ServeArgs) -> Result<(), CliError> {
         quarantine_tampered: a.dir.quarantine_tampered,
         handle_signals: true,
         metrics: a.metrics,
+        rekey: a.rekey,
         ..ServeOptions::new(&a.dir.data_dir)
     };
     for w in &cfg.keys.warnings {
@@ -610,12 +628,22 @@ fn open(config: &Path, dir: &DataDir) -> Result<Vault, CliError> {
 /// Open the vault; `create` makes the data directory if it is missing.
 fn open_with(config: &Path, dir: &DataDir, create: bool) -> Result<Vault, CliError> {
     let (cfg, keys) = load_config(config)?;
+    open_loaded(cfg, &keys, dir, create)
+}
+
+/// Open the vault with a configuration and keys already loaded.
+fn open_loaded(
+    cfg: engine::config::Config,
+    keys: &hsm_sim::keyfile::KeyStore,
+    dir: &DataDir,
+    create: bool,
+) -> Result<Vault, CliError> {
     let opts = OpenOptions {
         truncate_corrupt: dir.truncate_corrupt,
         create,
         quarantine_tampered: dir.quarantine_tampered,
     };
-    let (vault, warnings) = Vault::open(&dir.data_dir, Arc::new(cfg), &keys, opts)?;
+    let (vault, warnings) = Vault::open(&dir.data_dir, Arc::new(cfg), keys, opts)?;
     for w in warnings {
         eprintln!("tessera: warning: {w}");
     }
@@ -756,8 +784,71 @@ fn vault_command(config: &Path, cmd: VaultCommand) -> Result<(), CliError> {
             )?;
             println!("snapshot written ({} tokens)", vault.len());
         }
+        VaultCommand::Rekey { dir, batch } => rekey(config, &dir, batch)?,
     }
     Ok(())
+}
+
+/// `tessera vault rekey`: every PAN under the newest data key version,
+/// made durable, then a snapshot so that no file the vault reads holds a
+/// PAN under an older one; and the provisioning store's device keys
+/// resealed under it.
+fn rekey(config: &Path, dir: &DataDir, batch: u32) -> Result<(), CliError> {
+    let (cfg, keys) = load_config(config)?;
+    let sealer = provisioning::service::sealer_for(&cfg, &keys).map_err(CliError::new)?;
+    let vault = open_loaded(cfg, &keys, dir, false)?;
+    let before = vault.tokens_per_key_version();
+    let event = Event::new(cli_actor(), "vault.rekey");
+    let result = vault
+        .rekey(batch, |_| true)
+        .map_err(CliError::from)
+        .and_then(|r| vault.snapshot().map(|()| r).map_err(CliError::from))
+        .and_then(|r| {
+            provisioning::service::reseal_store(&dir.data_dir, &sealer)
+                .map(|sealed| (r, sealed))
+                .map_err(CliError::new)
+        });
+    match result {
+        Ok((r, resealed)) => {
+            vault.audit(
+                event
+                    .detail("to_version", r.to_version.to_string())
+                    .detail("rekeyed", r.rekeyed.to_string())
+                    .detail("already_current", r.already_current.to_string())
+                    .detail("device_values_resealed", resealed.to_string()),
+            )?;
+            let older: Vec<String> = before
+                .keys()
+                .filter(|&&v| v != r.to_version)
+                .map(u8::to_string)
+                .collect();
+            println!(
+                "rekeyed {} token(s) to version {} of \"{}\" ({} already under it); snapshot written",
+                r.rekeyed,
+                r.to_version,
+                vault.config().vault.data_key,
+                r.already_current
+            );
+            if resealed > 0 {
+                println!("resealed {resealed} device key set(s) and one-time code(s) under it");
+            }
+            if !older.is_empty() {
+                println!(
+                    "no record needs version(s) {} any more: they may leave the key store",
+                    older.join(", ")
+                );
+            }
+            Ok(())
+        }
+        Err(e) => {
+            vault.audit(
+                event
+                    .outcome(Outcome::Failed, "rekey_failed")
+                    .detail("error", e.to_string()),
+            )?;
+            Err(e)
+        }
+    }
 }
 
 /// `lifts_lock`: whether this command may take a locked token back to

@@ -11,7 +11,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hsm_sim::keyfile::KeyStore;
 
@@ -50,6 +50,9 @@ pub struct ServeOptions {
     /// Mutual TLS built by the caller (the demo makes its certificates in
     /// memory); overrides `[listener.tls]`.
     pub listener_tls: Option<Arc<ListenerTls>>,
+    /// Re-encrypt PANs under the newest data key version in the background
+    /// while serving ([`Vault::rekey`]), then snapshot.
+    pub rekey: bool,
 }
 
 impl ServeOptions {
@@ -64,6 +67,7 @@ impl ServeOptions {
             decline_log: true,
             metrics: None,
             listener_tls: None,
+            rekey: false,
         }
     }
 }
@@ -122,6 +126,7 @@ pub struct Running {
     stop: ShutdownHandle,
     server: JoinHandle<io::Result<ServerStats>>,
     snapshots: JoinHandle<()>,
+    rekey: Option<JoinHandle<()>>,
 }
 
 /// What a stopped engine did.
@@ -283,6 +288,9 @@ pub fn start(config: &Config, keys: &KeyStore, opts: &ServeOptions) -> Result<Ru
             }
         })
     };
+    let rekey = opts
+        .rekey
+        .then(|| spawn_rekey(Arc::clone(&vault), stop.clone()));
     let handler: Arc<dyn Handler> = pipeline.clone();
     let server = std::thread::spawn(move || server.run(handler));
     Ok(Running {
@@ -295,7 +303,76 @@ pub fn start(config: &Config, keys: &KeyStore, opts: &ServeOptions) -> Result<Ru
         stop,
         server,
         snapshots,
+        rekey,
     })
+}
+
+/// Records re-encrypted per hold of the vault's writer lock: about a
+/// millisecond of AES and journal appends, so tokenizing waits at most that.
+const REKEY_BATCH: u32 = 1024;
+
+/// `serve --rekey`: move every PAN to the newest data key version while
+/// serving, then snapshot, so that no file the vault reads still holds a
+/// PAN under an older version. A shutdown stops it between batches; what it
+/// did is durable and the next `--rekey` goes on from there.
+fn spawn_rekey(vault: Arc<Vault>, stop: ShutdownHandle) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        use crate::audit::{Event, Outcome, ENGINE};
+        let started = Instant::now();
+        let mut next_note = started + Duration::from_secs(5);
+        let result = vault.rekey(REKEY_BATCH, |r| {
+            if Instant::now() >= next_note {
+                next_note += Duration::from_secs(5);
+                eprintln!(
+                    "tessera: event=rekey_progress rekeyed={} already_current={}",
+                    r.rekeyed, r.already_current
+                );
+            }
+            !stop.is_shutdown()
+        });
+        let event = Event::new(ENGINE, "vault.rekey");
+        let (event, line) = match result {
+            Ok(r) if r.complete => match vault.snapshot() {
+                Ok(()) => (
+                    counts(event, &r),
+                    format!(
+                        "event=rekey_done to_version={} rekeyed={} already_current={} secs={:.1}",
+                        r.to_version,
+                        r.rekeyed,
+                        r.already_current,
+                        started.elapsed().as_secs_f64()
+                    ),
+                ),
+                Err(e) => (
+                    counts(event, &r).outcome(Outcome::Failed, "snapshot_failed"),
+                    format!(
+                        "event=rekey_snapshot_failed rekeyed={} error=\"{e}\"",
+                        r.rekeyed
+                    ),
+                ),
+            },
+            Ok(r) => (
+                counts(event, &r).outcome(Outcome::Failed, "stopped"),
+                format!("event=rekey_stopped rekeyed={}", r.rekeyed),
+            ),
+            Err(e) => (
+                event
+                    .outcome(Outcome::Failed, "rekey_failed")
+                    .detail("error", e.to_string()),
+                format!("event=rekey_failed error=\"{e}\""),
+            ),
+        };
+        let _ = vault.audit(event);
+        eprintln!("tessera: {line}");
+    })
+}
+
+/// A rekey's counts as audit details.
+fn counts(event: crate::audit::Event, r: &crate::vault::rekey::RekeyReport) -> crate::audit::Event {
+    event
+        .detail("to_version", r.to_version.to_string())
+        .detail("rekeyed", r.rekeyed.to_string())
+        .detail("already_current", r.already_current.to_string())
 }
 
 impl Running {
@@ -341,6 +418,9 @@ impl Running {
         let stats = self.server.join().map_err(|_| ServeError::Panicked)?;
         self.stop.shutdown();
         let _ = self.snapshots.join();
+        if let Some(rekey) = self.rekey {
+            let _ = rekey.join();
+        }
         if let Some(why) = self.vault.journal_failure() {
             return Err(ServeError::JournalFailed(why));
         }

@@ -216,7 +216,9 @@ fn the_test_store_holds_exactly_the_test_keys() {
 }
 
 #[test]
-fn a_second_version_of_a_vault_key_is_refused_until_the_vault_can_rotate() {
+fn a_second_version_of_the_data_key_loads_for_rotation() {
+    // Both versions reach the vault: records under version 1 stay readable
+    // and new ones take version 2 (engine/tests/key_rotation.rs).
     let dir = tempfile::tempdir().unwrap();
     let cfg = production(dir.path());
     let lmk = test_lmk();
@@ -235,6 +237,32 @@ fn a_second_version_of_a_vault_key_is_refused_until_the_vault_can_rotate() {
     )
     .unwrap();
     hsm_sim::keyblocks::append(&dir.path().join("keys.tr31"), &lmk, &line).unwrap();
+    let (_, keys) = Config::load_with_lmk(&cfg, Some(&lmk)).unwrap();
+    let versions: Vec<u8> = keys
+        .all_versions_as("vault.data_key", "D0")
+        .unwrap()
+        .into_iter()
+        .map(|(v, _)| v)
+        .collect();
+    assert_eq!(versions, vec![1, 2]);
+    // A version under another usage is refused, naming the label.
+    let line = hsm_sim::keyblocks::wrap_for_store(
+        &lmk,
+        &hsm_sim::keyblocks::NewKey {
+            label: "vault.data_key",
+            usage: "M6",
+            algorithm: b'A',
+            mode_of_use: b'C',
+            exportability: b'N',
+            version: 3,
+            key: &key,
+        },
+    )
+    .unwrap();
+    hsm_sim::keyblocks::append(&dir.path().join("keys.tr31"), &lmk, &line).unwrap();
     let e = load_err(&cfg, Some(&lmk));
-    assert!(e.contains("\"vault.data_key\" has 2 versions"), "{e}");
+    assert!(
+        e.contains("key \"vault.data_key\" is a M6 key") && e.contains("D0"),
+        "{e}"
+    );
 }

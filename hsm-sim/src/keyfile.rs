@@ -187,6 +187,21 @@ pub enum KeyUseError {
     },
 }
 
+/// Whether a key's header allows `usage` (a clear test key without a usage
+/// allows any).
+fn check_usage(label: &str, meta: &KeyMeta, usage: &str) -> Result<(), KeyUseError> {
+    match meta.usage {
+        Some(u) if u != usage.as_bytes() => Err(KeyUseError::Usage {
+            label: label.to_owned(),
+            has: meta.usage_str(),
+            has_text: crate::key_usage::describe(&meta.usage_str()),
+            wanted: usage.to_owned(),
+            wanted_text: crate::key_usage::describe(usage),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The keys of a key file or key block store, by label, each label with
 /// one or more versions.
 #[derive(Debug, Default)]
@@ -345,16 +360,27 @@ impl KeyStore {
         let (meta, key) = self
             .newest(label)
             .ok_or_else(|| KeyUseError::Missing(label.to_owned()))?;
-        match meta.usage {
-            Some(u) if u != usage.as_bytes() => Err(KeyUseError::Usage {
-                label: label.to_owned(),
-                has: meta.usage_str(),
-                has_text: crate::key_usage::describe(&meta.usage_str()),
-                wanted: usage.to_owned(),
-                wanted_text: crate::key_usage::describe(usage),
-            }),
-            _ => Ok(key),
-        }
+        check_usage(label, meta, usage)?;
+        Ok(key)
+    }
+
+    /// Every version of a label, oldest first, if every one of them allows
+    /// `usage`: what a user of rotated keys (the vault's data key) needs to
+    /// read what older versions wrote.
+    pub fn all_versions_as(
+        &self,
+        label: &str,
+        usage: &str,
+    ) -> Result<Vec<(u8, &StoredKey)>, KeyUseError> {
+        let versions = self
+            .keys
+            .get(label)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| KeyUseError::Missing(label.to_owned()))?;
+        versions
+            .iter()
+            .map(|(meta, key)| check_usage(label, meta, usage).map(|()| (meta.version, key)))
+            .collect()
     }
 
     /// Every key, every version: (label, header, key), by label then version.

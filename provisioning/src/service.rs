@@ -233,6 +233,39 @@ impl Action {
     }
 }
 
+/// The sealer of device keys: every version of the vault's data key.
+pub fn sealer_for(
+    config: &engine::config::Config,
+    keys: &hsm_sim::keyfile::KeyStore,
+) -> Result<Sealer, String> {
+    let label = &config.vault.data_key;
+    let versions = keys
+        .all_versions_as(label, "D0")
+        .map_err(|e| e.to_string())?;
+    let mut aes = Vec::new();
+    for (version, key) in versions {
+        match key {
+            hsm_sim::keyfile::StoredKey::Aes(k) => aes.push((version, &**k)),
+            _ => {
+                return Err(format!(
+                    "vault data key \"{label}\" version {version} is not an AES key"
+                ))
+            }
+        }
+    }
+    Ok(Sealer::new(&aes))
+}
+
+/// `tessera vault rekey`'s part here: the provisioning store in `dir`, if
+/// there is one, resealed under the newest data key version. How many
+/// values moved.
+pub fn reseal_store(dir: &std::path::Path, sealer: &Sealer) -> Result<usize, String> {
+    if !dir.join(crate::journal::FILE_NAME).exists() {
+        return Ok(0);
+    }
+    Store::open(dir).map_err(|e| e.to_string())?.reseal(sealer)
+}
+
 impl Service {
     /// The service over a live vault. `profiles` are the profiles' issuer
     /// keys (personalisation derives the ICC keys from them).
@@ -240,15 +273,18 @@ impl Service {
         api: ApiConfig,
         vault: Arc<Vault>,
         profiles: Vec<ProfileKeys>,
-        data_key: &hsm_sim::AesKey,
+        sealer: Sealer,
         opts: &ServiceOptions,
     ) -> Result<Self, String> {
-        let store = Store::open(&opts.data_dir).map_err(|e| e.to_string())?;
+        let mut store = Store::open(&opts.data_dir).map_err(|e| e.to_string())?;
+        // After a data key rotation, device keys move to the newest version
+        // here, as the vault's PANs do with `vault rekey`.
+        store.reseal(&sealer)?;
         Ok(Self {
             api,
             vault,
             profiles,
-            sealer: Sealer::new(data_key),
+            sealer,
             outbox: Mutex::new((opts.idv_outbox.clone(), None)),
             inner: Mutex::new(Inner {
                 store,
@@ -279,16 +315,8 @@ impl Service {
         opts: &ServiceOptions,
     ) -> Result<Self, String> {
         let profiles = engine::profile::keys::load(config, keys)?;
-        let data_key = match keys.get_as(&config.vault.data_key, "D0") {
-            Ok(hsm_sim::keyfile::StoredKey::Aes(k)) => k,
-            _ => {
-                return Err(format!(
-                    "vault data key \"{}\" is not an AES key",
-                    config.vault.data_key
-                ))
-            }
-        };
-        Self::new(config.api.clone(), vault, profiles, data_key, opts)
+        let sealer = sealer_for(config, keys)?;
+        Self::new(config.api.clone(), vault, profiles, sealer, opts)
     }
 
     /// The API's configuration.

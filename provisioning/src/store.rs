@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::journal::{Journal, JournalError};
 use crate::model::{Device, Event, EventKind, Record, TokenRecord};
+use crate::seal::{SealedUnder, Sealer};
 
 /// Notifications kept per requestor: older ones are dropped (a wallet
 /// that falls this far behind resynchronises with `GET /v1/tokens/{ref}`).
@@ -146,6 +147,53 @@ impl Store {
         self.tokens.values()
     }
 
+    /// Move every sealed value (device key sets, one-time codes) to the
+    /// newest data key version (`seal`), then rewrite the journal with only
+    /// the live images, so that no line of it still needs an older version.
+    /// Returns how many values moved. Refused, naming the holder, if a value
+    /// names a version the sealer does not hold; a value that does not open
+    /// (altered) is left for its use to refuse.
+    pub fn reseal(&mut self, sealer: &Sealer) -> Result<usize, String> {
+        let mut moved = 0;
+        let mut devices = Vec::new();
+        for d in self.devices.values() {
+            let mut new = d.clone();
+            let id = d.device_id.as_str();
+            let mut n = reseal_value(sealer, id, &mut new.isd_keys, "ISD keys of device", id)?;
+            if let Some(ssd) = &mut new.ssd {
+                n += reseal_value(sealer, id, &mut ssd.keys, "SSD keys of device", id)?;
+            }
+            if n > 0 {
+                moved += n;
+                devices.push(new);
+            }
+        }
+        let mut tokens = Vec::new();
+        for t in self.tokens.values() {
+            let mut new = t.clone();
+            let r = t.token_ref.as_str();
+            if let Some(otp) = &mut new.otp {
+                let n = reseal_value(sealer, r, &mut otp.sealed, "one-time code of token", r)?;
+                if n > 0 {
+                    moved += n;
+                    tokens.push(new);
+                }
+            }
+        }
+        if moved == 0 {
+            return Ok(0);
+        }
+        for d in devices {
+            self.devices.insert(d.device_id.clone(), d);
+        }
+        for t in tokens {
+            self.tokens.insert(t.token_ref.clone(), t);
+        }
+        let live = self.live_records();
+        self.journal.rewrite(&live).map_err(|e| e.to_string())?;
+        Ok(moved)
+    }
+
     /// A requestor's notifications after `after`, at most `limit`.
     pub fn events_after(&self, requestor: u64, after: u64, limit: usize) -> Vec<Event> {
         // A requestor's sequence numbers are consecutive in its queue, so
@@ -157,6 +205,30 @@ impl Store {
                 .unwrap_or(usize::MAX);
             q.range(skip.min(q.len())..).take(limit).cloned().collect()
         })
+    }
+}
+
+/// One sealed value moved to the newest version: 1 if it moved.
+fn reseal_value(
+    sealer: &Sealer,
+    aad: &str,
+    value: &mut String,
+    what: &str,
+    holder: &str,
+) -> Result<usize, String> {
+    match sealer.sealed_under(value) {
+        SealedUnder::Current => Ok(0),
+        SealedUnder::Missing(v) => Err(format!(
+            "the {what} {holder} are sealed under version {v} of the vault data key, which the key \
+             store does not hold: import that version again (tessera-hsm keys import --new-version)"
+        )),
+        SealedUnder::Older(_) | SealedUnder::Unnamed => match sealer.reseal(aad, value) {
+            Ok(new) => {
+                *value = new;
+                Ok(1)
+            }
+            Err(_) => Ok(0),
+        },
     }
 }
 
@@ -245,5 +317,52 @@ mod tests {
         assert_eq!(seqs(1, 2), [2, 3]);
         assert!(seqs(5, 100).is_empty() && seqs(u64::MAX, 100).is_empty());
         assert!(s.events_after(8, 0, 100).is_empty());
+    }
+
+    #[test]
+    fn reseal_moves_device_keys_to_the_newest_version_and_names_a_missing_one() {
+        use crate::model::SsdRecord;
+        use hsm_sim::AesKey;
+        let (k1, k2) = (
+            AesKey::new(&[1; 32]).unwrap(),
+            AesKey::new(&[2; 32]).unwrap(),
+        );
+        let old = Sealer::new(&[(1, &k1)]);
+        let both = Sealer::new(&[(1, &k1), (2, &k2)]);
+        let new_only = Sealer::new(&[(2, &k2)]);
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = Store::open(dir.path()).unwrap();
+            let mut d = device("a", DeviceState::SdCreated);
+            d.isd_keys = old.seal("a", b"isd").unwrap();
+            d.ssd = Some(SsdRecord {
+                number: 1,
+                kvn: 0x30,
+                keys: old.seal("a", b"ssd").unwrap(),
+            });
+            s.put_device(d).unwrap();
+            // Under the newest already: left alone.
+            let mut d = device("b", DeviceState::Available);
+            d.isd_keys = both.seal("b", b"isd-b").unwrap();
+            s.put_device(d).unwrap();
+        }
+        let e = Store::open(dir.path())
+            .unwrap()
+            .reseal(&new_only)
+            .unwrap_err();
+        assert!(e.contains("of device a are sealed under version 1"), "{e}");
+        let mut s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.reseal(&both).unwrap(), 2);
+        assert_eq!(s.reseal(&both).unwrap(), 0, "nothing left to move");
+        drop(s);
+        let text = std::fs::read_to_string(dir.path().join(crate::journal::FILE_NAME)).unwrap();
+        assert!(!text.contains("\"v01."), "no line keeps the old sealing");
+        let s = Store::open(dir.path()).unwrap();
+        let a = s.device("a").unwrap();
+        assert_eq!(&new_only.open("a", &a.isd_keys).unwrap()[..], b"isd");
+        let ssd = &a.ssd.as_ref().unwrap().keys;
+        assert_eq!(&new_only.open("a", ssd).unwrap()[..], b"ssd");
+        let b = s.device("b").unwrap();
+        assert_eq!(&new_only.open("b", &b.isd_keys).unwrap()[..], b"isd-b");
     }
 }

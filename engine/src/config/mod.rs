@@ -193,21 +193,19 @@ impl Config {
         })?;
         let (keys_config, keys) = keys::load(&file.keys, base, lmk)?;
         check_ranges(&file.vault)?;
+        // Every version of both vault keys must be an AES key of its usage
+        // (the data key rotates; the vault refuses a second index key).
         for (label, usage) in [(&file.vault.data_key, "D0"), (&file.vault.index_key, "M6")] {
-            // Vault records carry no key version yet: a second version
-            // would be taken for every record and leave the stored PANs
-            // unreadable. Rotation needs re-encryption (`vault rekey`),
-            // which is not built.
-            let versions = keys.versions(label);
-            if versions > 1 {
-                return Err(invalid(format!(
-                    "vault key \"{label}\" has {versions} versions in the key store; the vault cannot rotate its keys \
-                     yet (its records name no key version), so it takes only one"
-                )));
-            }
-            match keys.get_as(label, usage) {
-                Ok(hsm_sim::keyfile::StoredKey::Aes(_)) => {}
-                Ok(_) => return Err(invalid(format!("vault key \"{label}\" must be an AES key"))),
+            match keys.all_versions_as(label, usage) {
+                Ok(versions) => {
+                    for (version, key) in versions {
+                        if !matches!(key, hsm_sim::keyfile::StoredKey::Aes(_)) {
+                            return Err(invalid(format!(
+                                "vault key \"{label}\" version {version} must be an AES key"
+                            )));
+                        }
+                    }
+                }
                 Err(e) => return Err(invalid(format!("vault: {e}"))),
             }
         }

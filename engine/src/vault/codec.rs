@@ -31,14 +31,16 @@
 //!                merchant_ids list<string <= 15 bytes>,
 //!                max_amount option<amount u64, currency u16>,
 //!                velocity option<count u32, window_secs u32>
-//! 0x02 Token:    token card, pan_ct u64, pan_len u8 (13..=19), pan_hash u64,
-//!                expiry_yymm u16,
+//! 0x02 Token:    token card, pan_ct u64, pan_len u8 (13..=19),
+//!                pan_key u8 (0..=99), pan_hash u64, expiry_yymm u16,
 //!                psn u8, profile string <= 64 bytes, requestor_id u64,
 //!                controls u32, state u8, atc_window u64, velocity u64
 //! 0x03 State:    token card, state u8
 //! 0x04 Atc:      token card, atc u16, at_secs u32
 //! 0x05 Velocity: token card, velocity u64 (the counter after a reversal
 //!                gave an approval's count back)
+//! 0x06 Rekey:    token card, pan_key u8 (0..=99), pan_ct u64 (the PAN
+//!                re-encrypted under that data key version)
 //! 0xFF           reserved: the snapshot trailer (see `vault::snapshot`);
 //!                never a journal record
 //! ```
@@ -75,6 +77,7 @@ const TAG_TOKEN: u8 = 0x02;
 const TAG_STATE: u8 = 0x03;
 const TAG_ATC: u8 = 0x04;
 const TAG_VELOCITY: u8 = 0x05;
+const TAG_REKEY: u8 = 0x06;
 /// Type byte of the snapshot trailer frame (`vault::snapshot`). Reserved
 /// here so that no journal record type ever takes it.
 pub(crate) const TAG_SNAPSHOT_TRAILER: u8 = 0xFF;
@@ -237,6 +240,7 @@ pub(crate) fn encode_payload(rec: &JournalRecord, out: &mut Vec<u8>) -> Result<(
                 return Err(CodecError::BadPanLength(t.pan_len));
             }
             out.push(t.pan_len);
+            out.push(in_range("PAN key version", t.pan_key, KEY_VERSION_OK)?);
             put_u64(out, t.pan_hash);
             put_u16(out, in_range("expiry", t.expiry_yymm, EXPIRY_OK)?);
             out.push(in_range("PSN", t.psn, PSN_OK)?);
@@ -272,6 +276,17 @@ pub(crate) fn encode_payload(rec: &JournalRecord, out: &mut Vec<u8>) -> Result<(
             out.push(TAG_VELOCITY);
             put_card(out, *token);
             put_u64(out, *velocity);
+            Ok(())
+        }
+        JournalRecord::Rekey {
+            token,
+            pan_key,
+            pan_ct,
+        } => {
+            out.push(TAG_REKEY);
+            put_card(out, *token);
+            out.push(in_range("PAN key version", *pan_key, KEY_VERSION_OK)?);
+            put_u64(out, *pan_ct);
             Ok(())
         }
     }
@@ -356,6 +371,7 @@ fn put_str(out: &mut Vec<u8>, what: &'static str, s: &str, max: usize) -> Result
 // profile), so both directions check.
 const EXPIRY_OK: fn(u16) -> bool = |e| e <= 9999 && (1..=12).contains(&(e % 100));
 const PSN_OK: fn(u8) -> bool = |p| p <= 99;
+const KEY_VERSION_OK: fn(u8) -> bool = |v| v <= super::pan_crypto::MAX_KEY_VERSION;
 const REQUESTOR_OK: fn(u64) -> bool = |t| t <= 99_999_999_999;
 const CONTROLS_OK: fn(u32) -> bool = |c| c <= MAX_CONTROLS;
 
@@ -412,6 +428,7 @@ pub(crate) fn decode_payload(payload: &[u8]) -> Result<JournalRecord, CodecError
                 n @ 13..=19 => n,
                 n => return Err(CodecError::BadPanLength(n)),
             },
+            pan_key: in_range("PAN key version", r.u8()?, KEY_VERSION_OK)?,
             pan_hash: r.u64()?,
             expiry_yymm: in_range("expiry", r.u16()?, EXPIRY_OK)?,
             psn: in_range("PSN", r.u8()?, PSN_OK)?,
@@ -434,6 +451,11 @@ pub(crate) fn decode_payload(payload: &[u8]) -> Result<JournalRecord, CodecError
         TAG_VELOCITY => JournalRecord::Velocity {
             token: r.card()?,
             velocity: r.u64()?,
+        },
+        TAG_REKEY => JournalRecord::Rekey {
+            token: r.card()?,
+            pan_key: in_range("PAN key version", r.u8()?, KEY_VERSION_OK)?,
+            pan_ct: r.u64()?,
         },
         t => return Err(CodecError::UnknownType(t)),
     };
@@ -888,6 +910,7 @@ pub(crate) mod tests {
             any::<u64>(),
             (0u16..100, 1u16..=12).prop_map(|(yy, mm)| yy * 100 + mm),
             0u8..=99,
+            0u8..=99,
         );
         let tail = (
             // Up to 21 characters of at most 3 bytes: <= 63 bytes.
@@ -902,6 +925,7 @@ pub(crate) mod tests {
             token: h.0,
             pan_ct: h.1,
             pan_len: h.2,
+            pan_key: h.6,
             pan_hash: h.3,
             expiry_yymm: h.4,
             psn: h.5,
@@ -929,6 +953,13 @@ pub(crate) mod tests {
             }),
             (card(), any::<u64>())
                 .prop_map(|(token, velocity)| JournalRecord::Velocity { token, velocity }),
+            (card(), 0u8..=99, any::<u64>()).prop_map(|(token, pan_key, pan_ct)| {
+                JournalRecord::Rekey {
+                    token,
+                    pan_key,
+                    pan_ct,
+                }
+            }),
         ]
     }
 
@@ -1048,6 +1079,7 @@ pub(crate) mod tests {
             token: CardNumber::parse_digits("token", "4895370000000008").unwrap(),
             pan_ct: 4_761_000_000_000_003,
             pan_len: 16,
+            pan_key: 1,
             pan_hash: 1,
             expiry_yymm: 2812,
             psn: 1,
@@ -1077,13 +1109,44 @@ pub(crate) mod tests {
         ));
         img.profile.pop();
         img.pan_len = 12;
-        let err =
-            encode_record(&JournalRecord::Token(img), &mut out, &mut test_chain()).unwrap_err();
+        let err = encode_record(
+            &JournalRecord::Token(img.clone()),
+            &mut out,
+            &mut test_chain(),
+        )
+        .unwrap_err();
         assert_eq!(err, CodecError::BadPanLength(12));
         // And on decoding: pan_len follows tag, token (9) and pan_ct (8).
         let mut p = f[FRAME_HEADER_LEN..].to_vec();
         p[18] = 20;
         assert_eq!(decode_payload(&p), Err(CodecError::BadPanLength(20)));
+        // The key version follows it: a TR-31 version has two digits.
+        let mut p = f[FRAME_HEADER_LEN..].to_vec();
+        p[19] = 100;
+        assert_eq!(
+            decode_payload(&p),
+            Err(CodecError::OutOfRange {
+                what: "PAN key version",
+                value: 100
+            })
+        );
+        img.pan_len = 16;
+        img.pan_key = 100;
+        let err =
+            encode_record(&JournalRecord::Token(img), &mut out, &mut test_chain()).unwrap_err();
+        assert!(matches!(
+            err,
+            CodecError::OutOfRange {
+                what: "PAN key version",
+                ..
+            }
+        ));
+        let rekey = JournalRecord::Rekey {
+            token: CardNumber::parse_digits("token", "4895370000000008").unwrap(),
+            pan_key: 100,
+            pan_ct: 1,
+        };
+        assert!(encode_record(&rekey, &mut out, &mut test_chain()).is_err());
     }
 
     #[test]

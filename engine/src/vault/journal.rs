@@ -11,7 +11,9 @@
 //!
 //! ```text
 //! offset  size  field
-//! 0       8     magic "TJRNL001"
+//! 0       8     magic "TJRNL002" (format 2: records name their data key
+//!               version; format 1 files, from before key rotation, are
+//!               refused by name)
 //! 8       8     seq u64 LE (equals the seq in the file name)
 //! 16      ...   frames, back to back, to the end of the file:
 //!               [payload_len u32 LE][crc32c(payload) u32 LE][payload]
@@ -63,7 +65,10 @@ use super::seal::{Chain, FileKind, RecordMac, Tag};
 use super::types::JournalRecord;
 
 /// First 8 bytes of every journal file.
-pub(crate) const JOURNAL_MAGIC: &[u8; 8] = b"TJRNL001";
+pub(crate) const JOURNAL_MAGIC: &[u8; 8] = b"TJRNL002";
+/// The magic of format 1 (records without a data key version, sealed under
+/// a key derived from the data key): recognised only to say so.
+pub(crate) const JOURNAL_MAGIC_V1: &[u8; 8] = b"TJRNL001";
 /// Magic plus seq.
 pub(crate) const JOURNAL_HEADER_LEN: u64 = 16;
 /// In async mode the writer flushes at least this often.
@@ -635,7 +640,7 @@ fn open_segment(dir: &Path, seq: u64) -> Result<Segment, JournalError> {
     if h != header(seq) {
         return Err(JournalError::BadHeader {
             path,
-            reason: format!("expected magic TJRNL001 and seq {seq}"),
+            reason: format!("expected magic TJRNL002 and seq {seq}"),
         });
     }
     // Appends go to the end regardless of the read position (O_APPEND).

@@ -10,6 +10,9 @@
 //! - Every change is appended to the journal ([`journal`]) and acknowledged
 //!   once durable ([`Vault::wait_durable`]); snapshots ([`snapshot`]) let
 //!   the journal be truncated. [`Vault::open`] replays snapshot + journal.
+//! - The data key rotates: records name the version their PAN is encrypted
+//!   under, and [`Vault::rekey`] ([`rekey`]) moves them to the newest while
+//!   the vault serves.
 
 pub mod codec;
 pub mod controls;
@@ -22,6 +25,7 @@ pub mod provision;
 pub mod ranges;
 pub mod records;
 pub(crate) mod recovery;
+pub mod rekey;
 pub mod replay;
 pub(crate) mod seal;
 pub mod snapshot;
@@ -39,7 +43,7 @@ use zeroize::Zeroizing;
 use crate::config::Config;
 use controls::{ControlViolation, ControlsTable, TxnContext};
 use journal::{Durability, Journal, Lsn};
-use pan_crypto::{CardNumberBox, PanCipher};
+use pan_crypto::{CardNumberBox, EncryptedPan, PanCipher};
 use records::{Arena, RecordId, RecordView, NONE};
 use recovery::RecoverOptions;
 use replay::AtcRejected;
@@ -153,6 +157,8 @@ pub struct Vault {
     /// and a restart replays the state the vault last had. Taken only by
     /// state changes, never by the authorization path's reads.
     state_order: Mutex<()>,
+    /// Held by the one [`Vault::rekey`] that may run at a time.
+    rekeying: Mutex<()>,
     /// Journal records since the last snapshot.
     since_snapshot: AtomicU64,
     /// Held for the vault's lifetime: an exclusive lock on `dir/LOCK`, so
@@ -161,6 +167,28 @@ pub struct Vault {
     /// The audit trail in `dir/audit` (`None` only in test mode without
     /// audit keys).
     audit: Option<Arc<crate::audit::AuditLog>>,
+}
+
+/// Every version of the data key, for a [`PanCipher`].
+fn data_keys(keys: &KeyStore, label: &str) -> Result<Vec<(u8, hsm_sim::AesKey)>, VaultError> {
+    let versions = keys
+        .all_versions_as(label, "D0")
+        .map_err(|e| VaultError::Invalid(e.to_string()))?;
+    versions
+        .into_iter()
+        .map(|(version, key)| match key {
+            StoredKey::Aes(k) if version <= pan_crypto::MAX_KEY_VERSION => {
+                Ok((version, (**k).clone()))
+            }
+            StoredKey::Aes(_) => Err(VaultError::Invalid(format!(
+                "key \"{label}\" version {version} is above {}",
+                pan_crypto::MAX_KEY_VERSION
+            ))),
+            _ => Err(VaultError::Invalid(format!(
+                "key \"{label}\" version {version} is not an AES key"
+            ))),
+        })
+        .collect()
 }
 
 fn aes_key(keys: &KeyStore, label: &str, usage: &str) -> Result<hsm_sim::AesKey, VaultError> {
@@ -197,9 +225,21 @@ impl Vault {
             .map_err(|e| VaultError::Invalid(e.to_string()))?;
         let lock = lock_data_dir(dir)?;
         let audit = crate::audit::open(dir, &config, keys).map_err(VaultError::Storage)?;
-        let data_key = aes_key(keys, &config.vault.data_key, "D0")?;
-        let mac = RecordMac::derive(&data_key);
-        let cipher = PanCipher::new(data_key, aes_key(keys, &config.vault.index_key, "M6")?);
+        // The data key rotates (records name their version; `rekey` moves
+        // them to the newest). The index key cannot: every token of a PAN
+        // keeps one keyed hash and one PAR for the PAN's life, and the
+        // record MACs are derived from it.
+        let index_versions = keys.versions(&config.vault.index_key);
+        if index_versions > 1 {
+            return Err(VaultError::Invalid(format!(
+                "vault index key \"{}\" has {index_versions} versions in the key store; it takes one: \
+                 PAN hashes, PARs and record MACs rest on it and do not rotate (the data key does)",
+                config.vault.index_key
+            )));
+        }
+        let index_key = aes_key(keys, &config.vault.index_key, "M6")?;
+        let mac = RecordMac::derive(&index_key);
+        let cipher = PanCipher::new(data_keys(keys, &config.vault.data_key)?, index_key);
         let recover_opts = RecoverOptions {
             truncate_corrupt: opts.truncate_corrupt,
             quarantine: opts.quarantine_tampered,
@@ -241,6 +281,7 @@ impl Vault {
             dir: dir.to_owned(),
             writer: Mutex::new(()),
             state_order: Mutex::new(()),
+            rekeying: Mutex::new(()),
             since_snapshot: AtomicU64::new(0),
             _lock: lock,
             audit,
@@ -264,6 +305,9 @@ impl Vault {
             replayed += 1;
         }
         vault.since_snapshot.store(replayed, Ordering::Relaxed);
+        // Every PAN must decrypt under a key the store holds, or the start
+        // is refused here rather than at the token's next authorization.
+        recovery_warnings.extend(vault.check_key_versions()?);
         tampered.extend(journal_tampered);
         for t in &tampered {
             recovery_warnings.push(format!(
@@ -387,6 +431,17 @@ impl Vault {
                     rec.velocity.store(velocity, Ordering::Release);
                 }
             }
+            JournalRecord::Rekey {
+                token,
+                pan_key,
+                pan_ct,
+            } => {
+                // Replaying a rekey the snapshot already holds stores the
+                // same pair again.
+                if let Some(rec) = self.record_of(token) {
+                    rec.rekey(pan_key, pan_ct);
+                }
+            }
             JournalRecord::Atc {
                 token,
                 atc,
@@ -447,7 +502,11 @@ impl Vault {
 
     /// The PAN behind a token. Transient: zeroized when dropped.
     pub fn detokenize(&self, view: &RecordView) -> Option<Zeroizing<CardNumberBox>> {
-        self.cipher.decrypt(view.token, view.pan_ct, view.pan_len)
+        let pan = EncryptedPan {
+            key_version: view.pan_key,
+            ct: view.pan_ct,
+        };
+        self.cipher.decrypt(view.token, pan, view.pan_len)
     }
 
     /// The PANs behind many tokens, decrypted together (the AES
@@ -455,7 +514,7 @@ impl Vault {
     pub fn detokenize_many(&self, views: &[RecordView]) -> Vec<Option<Zeroizing<CardNumberBox>>> {
         let items: Vec<_> = views
             .iter()
-            .map(|v| (v.token, v.pan_ct, v.pan_len))
+            .map(|v| (v.token, v.pan_key, v.pan_ct, v.pan_len))
             .collect();
         self.cipher.decrypt_many(&items)
     }
@@ -654,9 +713,11 @@ impl Vault {
             .intern(&req.controls)
             .ok_or(VaultError::Full("control sets"))?;
         let token = self.fresh_token(req.pan)?;
+        let encrypted = self.cipher.encrypt(token, req.pan);
         let img = TokenImage {
             token,
-            pan_ct: self.cipher.encrypt(token, req.pan),
+            pan_ct: encrypted.ct,
+            pan_key: encrypted.key_version,
             pan_len: req.pan.len(),
             pan_hash: self.cipher.pan_hash(req.pan),
             expiry_yymm: req.expiry_yymm,
@@ -780,6 +841,7 @@ impl Vault {
         TokenImage {
             token: view.token,
             pan_ct: view.pan_ct,
+            pan_key: view.pan_key,
             pan_len: view.pan_len,
             pan_hash: self
                 .detokenize(view)

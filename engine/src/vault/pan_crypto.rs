@@ -7,6 +7,15 @@
 //! keystream is ever used twice, and no per-record nonce needs storing.
 //! Plaintext PANs exist only in the transient values returned by
 //! [`PanCipher::decrypt`], which zeroize on drop.
+//!
+//! # Key versions
+//!
+//! The data key rotates: the key store may hold several versions of its
+//! label. Each record names the version its PAN is encrypted under
+//! (`pan_key`); new PANs take the newest, and `Vault::rekey` re-encrypts
+//! older records under it, after which the old version can leave the key
+//! store. The index key never rotates: every token of a PAN must keep one
+//! keyed hash and one PAR for the PAN's life.
 
 use hsm_sim::primitives::mac::aes_cmac;
 use hsm_sim::AesKey;
@@ -22,59 +31,128 @@ fn counter_block(token: CardNumber) -> [u8; 16] {
     block
 }
 
+/// Highest key version a record can name (TR-31 key versions are two
+/// digits).
+pub(crate) const MAX_KEY_VERSION: u8 = 99;
+
+/// A PAN encrypted under one version of the data key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EncryptedPan {
+    /// The data key version.
+    pub key_version: u8,
+    /// The PAN's value XOR the keystream.
+    pub ct: u64,
+}
+
 /// The vault's PAN keys (both AES, held as hsm-sim keys: zeroized on drop).
 #[derive(Debug, Clone)]
 pub(crate) struct PanCipher {
-    data_key: AesKey,
+    /// Every version of the data key, oldest first; new PANs take the last.
+    data_keys: Vec<(u8, AesKey)>,
     index_key: AesKey,
 }
 
 impl PanCipher {
-    /// From the data key (encryption) and index key (keyed hash).
-    pub(crate) fn new(data_key: AesKey, index_key: AesKey) -> Self {
+    /// From the versions of the data key (encryption; at least one, each
+    /// at most [`MAX_KEY_VERSION`]) and the index key (keyed hash).
+    pub(crate) fn new(mut data_keys: Vec<(u8, AesKey)>, index_key: AesKey) -> Self {
+        assert!(!data_keys.is_empty(), "a data key");
+        data_keys.sort_by_key(|(v, _)| *v);
         Self {
-            data_key,
+            data_keys,
             index_key,
         }
     }
 
-    fn keystream(&self, token: CardNumber) -> u64 {
-        let ks = self.data_key.encrypt_block(counter_block(token));
+    /// The version new PANs are encrypted under.
+    pub(crate) fn current_version(&self) -> u8 {
+        self.data_keys.last().expect("at least one data key").0
+    }
+
+    /// The versions held, oldest first.
+    pub(crate) fn versions(&self) -> impl Iterator<Item = u8> + '_ {
+        self.data_keys.iter().map(|(v, _)| *v)
+    }
+
+    fn key(&self, version: u8) -> Option<&AesKey> {
+        self.data_keys
+            .iter()
+            .find(|(v, _)| *v == version)
+            .map(|(_, k)| k)
+    }
+
+    fn keystream(key: &AesKey, token: CardNumber) -> u64 {
+        let ks = key.encrypt_block(counter_block(token));
         u64::from_be_bytes(ks[..8].try_into().expect("8 bytes"))
     }
 
     /// The PANs of many tokens at once: their keystream blocks go through
-    /// the AES crate's multi-block path (AES-NI, eight blocks in flight).
-    /// `items` are (token, encrypted PAN, PAN length).
+    /// the AES crate's multi-block path (AES-NI, eight blocks in flight),
+    /// one pass per data key version present (one, outside a rotation).
+    /// `items` are (token, PAN key version, encrypted PAN, PAN length);
+    /// `None` for a version this cipher does not hold.
     pub(crate) fn decrypt_many(
         &self,
-        items: &[(CardNumber, u64, u8)],
+        items: &[(CardNumber, u8, u64, u8)],
     ) -> Vec<Option<Zeroizing<CardNumberBox>>> {
-        let mut blocks: Vec<[u8; 16]> = items.iter().map(|(t, _, _)| counter_block(*t)).collect();
-        self.data_key.encrypt_blocks(&mut blocks);
+        let mut blocks: Vec<[u8; 16]> =
+            items.iter().map(|(t, _, _, _)| counter_block(*t)).collect();
+        let mut held = vec![false; items.len()];
+        for (version, key) in &self.data_keys {
+            let mut mine: Vec<usize> = Vec::new();
+            let mut batch: Vec<[u8; 16]> = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                if item.1 == *version {
+                    mine.push(i);
+                    batch.push(blocks[i]);
+                }
+            }
+            if mine.len() == items.len() {
+                // The common case: every item under one version.
+                key.encrypt_blocks(&mut blocks);
+                held.iter_mut().for_each(|h| *h = true);
+                break;
+            }
+            key.encrypt_blocks(&mut batch);
+            for (i, ks) in mine.into_iter().zip(batch) {
+                blocks[i] = ks;
+                held[i] = true;
+            }
+        }
         items
             .iter()
             .zip(&blocks)
-            .map(|(&(_, ct, len), ks)| {
+            .zip(held)
+            .map(|((&(_, _, ct, len), ks), held)| {
+                if !held {
+                    return None;
+                }
                 let ks = u64::from_be_bytes(ks[..8].try_into().expect("8 bytes"));
                 CardNumber::from_parts(ct ^ ks, len).map(|n| Zeroizing::new(CardNumberBox(n)))
             })
             .collect()
     }
 
-    /// The PAN's value encrypted for this token.
-    pub(crate) fn encrypt(&self, token: CardNumber, pan: CardNumber) -> u64 {
-        pan.value() ^ self.keystream(token)
+    /// The PAN's value encrypted for this token under the newest data key.
+    pub(crate) fn encrypt(&self, token: CardNumber, pan: CardNumber) -> EncryptedPan {
+        let (key_version, key) = self.data_keys.last().expect("at least one data key");
+        EncryptedPan {
+            key_version: *key_version,
+            ct: pan.value() ^ Self::keystream(key, token),
+        }
     }
 
-    /// The PAN back, given its length. Transient: zeroized on drop.
+    /// The PAN back, given its key version and length. Transient: zeroized
+    /// on drop. `None` if the version is not held or the value is not a
+    /// PAN of that length.
     pub(crate) fn decrypt(
         &self,
         token: CardNumber,
-        pan_ct: u64,
+        pan: EncryptedPan,
         pan_len: u8,
     ) -> Option<Zeroizing<CardNumberBox>> {
-        CardNumber::from_parts(pan_ct ^ self.keystream(token), pan_len)
+        let key = self.key(pan.key_version)?;
+        CardNumber::from_parts(pan.ct ^ Self::keystream(key, token), pan_len)
             .map(|n| Zeroizing::new(CardNumberBox(n)))
     }
 
@@ -122,7 +200,7 @@ mod tests {
 
     fn cipher() -> PanCipher {
         PanCipher::new(
-            AesKey::new(&[1; 32]).unwrap(),
+            vec![(1, AesKey::new(&[1; 32]).unwrap())],
             AesKey::new(&[2; 32]).unwrap(),
         )
     }
@@ -130,17 +208,22 @@ mod tests {
     #[test]
     fn many_at_once_equal_one_at_a_time() {
         let c = cipher();
-        let items: Vec<(CardNumber, u64, u8)> = (0..19u64)
+        let items: Vec<(CardNumber, u8, u64, u8)> = (0..19u64)
             .map(|i| {
                 let token = CardNumber::parse_digits("t", &format!("48953700000{:05}", i)).unwrap();
                 let pan =
                     CardNumber::parse_digits("p", &format!("41111100000{:05}", i * 7)).unwrap();
-                (token, c.encrypt(token, pan), pan.len())
+                let e = c.encrypt(token, pan);
+                (token, e.key_version, e.ct, pan.len())
             })
             .collect();
         let many = c.decrypt_many(&items);
-        for ((t, ct, len), m) in items.iter().zip(many) {
-            assert_eq!(m.map(|p| p.0), c.decrypt(*t, *ct, *len).map(|p| p.0));
+        for ((t, v, ct, len), m) in items.iter().zip(many) {
+            let e = EncryptedPan {
+                key_version: *v,
+                ct: *ct,
+            };
+            assert_eq!(m.map(|p| p.0), c.decrypt(*t, e, *len).map(|p| p.0));
         }
     }
 
@@ -150,7 +233,7 @@ mod tests {
         let token = CardNumber::parse_digits("token", "4895370000000005").unwrap();
         let pan = CardNumber::parse("PAN", "4111111111111111").unwrap();
         let ct = c.encrypt(token, pan);
-        assert_ne!(ct, pan.value());
+        assert_ne!(ct.ct, pan.value());
         assert_eq!(c.decrypt(token, ct, 16).unwrap().0, pan);
         let par = c.par("Q7T1", pan);
         assert_eq!(par.len(), 29);
@@ -159,5 +242,42 @@ mod tests {
         let other = CardNumber::parse("PAN", "4111111111111129").unwrap();
         assert_ne!(par, c.par("Q7T1", other));
         assert_ne!(c.pan_hash(pan), c.pan_hash(other));
+    }
+
+    /// Two versions: each record decrypts under its own, in batches that
+    /// mix them too; a version the cipher does not hold decrypts to
+    /// nothing, never to another key's guess.
+    #[test]
+    fn versions_side_by_side() {
+        let old = cipher();
+        let both = PanCipher::new(
+            vec![
+                (2, AesKey::new(&[7; 32]).unwrap()),
+                (1, AesKey::new(&[1; 32]).unwrap()),
+            ],
+            AesKey::new(&[2; 32]).unwrap(),
+        );
+        assert_eq!(both.current_version(), 2);
+        assert_eq!(both.versions().collect::<Vec<_>>(), vec![1, 2]);
+        let token = CardNumber::parse_digits("t", "4895370000000005").unwrap();
+        let pan = CardNumber::parse("PAN", "4111111111111111").unwrap();
+        let under_old = old.encrypt(token, pan);
+        let under_new = both.encrypt(token, pan);
+        assert_eq!((under_old.key_version, under_new.key_version), (1, 2));
+        assert_ne!(under_old.ct, under_new.ct);
+        assert_eq!(both.decrypt(token, under_old, 16).unwrap().0, pan);
+        assert_eq!(both.decrypt(token, under_new, 16).unwrap().0, pan);
+        assert!(old.decrypt(token, under_new, 16).is_none());
+        let mixed = [
+            (token, 1, under_old.ct, 16),
+            (token, 2, under_new.ct, 16),
+            (token, 9, under_new.ct, 16),
+        ];
+        let got: Vec<_> = both
+            .decrypt_many(&mixed)
+            .into_iter()
+            .map(|p| p.map(|p| p.0))
+            .collect();
+        assert_eq!(got, vec![Some(pan), Some(pan), None]);
     }
 }

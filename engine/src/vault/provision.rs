@@ -140,9 +140,11 @@ pub fn provision(vault: &Vault, spec: &ProvisionSpec) -> Result<u64, VaultError>
                     })
                     .map_or(TokenState::Active, |(s, _)| *s);
                 let cipher = vault.cipher();
+                let encrypted = cipher.encrypt(token, pan);
                 TokenImage {
                     token,
-                    pan_ct: cipher.encrypt(token, pan),
+                    pan_ct: encrypted.ct,
+                    pan_key: encrypted.key_version,
                     pan_len: pan.len(),
                     pan_hash: cipher.pan_hash(pan),
                     expiry_yymm: 2800 + ((i % 48) / 12) as u16 * 100 + (i % 12) as u16 + 1,

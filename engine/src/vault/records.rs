@@ -5,12 +5,14 @@
 //! atomic: the immutable ones are written once before the record's id is
 //! published (with release ordering through the token index and the
 //! `state` store), the mutable ones (state, replay window, velocity) are
-//! updated by compare-and-swap. On x86 a relaxed atomic load is a plain
+//! updated by compare-and-swap. The encrypted PAN and its key version
+//! change together only in a rekey; readers take the pair through a
+//! one-writer sequence lock ([`Record::rekey`], [`Record::view`]). On x86 a relaxed atomic load is a plain
 //! load, so the read path pays nothing for this.
 //!
 //! A record is 56 bytes; see the const assertion below.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 use super::types::{CardNumber, TokenImage, TokenState};
@@ -50,7 +52,13 @@ pub struct Record {
     /// Failed authentications since the last approval (`Vault::auth_failed`).
     /// Kept in memory only: the lock it leads to is journaled.
     pub(super) auth_failures: AtomicU8,
+    /// The data key version `pan_ct` is encrypted under; [`REKEYING`] while
+    /// a rekey replaces the pair.
+    pan_key: AtomicU8,
 }
+
+/// `pan_key` while [`Record::rekey`] is between its two stores.
+const REKEYING: u8 = u8::MAX;
 
 const _: () = assert!(std::mem::size_of::<Record>() == 56);
 
@@ -64,8 +72,10 @@ pub struct RecordView {
     pub id: RecordId,
     /// The token.
     pub token: CardNumber,
-    /// Encrypted PAN value and its length.
+    /// Encrypted PAN value.
     pub pan_ct: u64,
+    /// The data key version `pan_ct` is encrypted under.
+    pub pan_key: u8,
     /// PAN digit count.
     pub pan_len: u8,
     /// PSN.
@@ -93,6 +103,7 @@ impl Record {
             | u64::from(img.controls) << 39;
         self.token.store(img.token.value(), Ordering::Relaxed);
         self.pan_ct.store(img.pan_ct, Ordering::Relaxed);
+        self.pan_key.store(img.pan_key, Ordering::Relaxed);
         self.meta.store(meta, Ordering::Relaxed);
         self.requestor.store(img.requestor_id, Ordering::Relaxed);
         self.atc.store(img.atc_window, Ordering::Relaxed);
@@ -114,6 +125,36 @@ impl Record {
             .map_err(TokenState::from_u8)
     }
 
+    /// The encrypted PAN and its key version, as a consistent pair: the
+    /// reader side of a sequence lock whose only writer is [`Record::rekey`]
+    /// (versions only grow, so a pair read across a rekey shows as a
+    /// changed version and is read again). Outside a rekey this is two
+    /// plain loads and one comparison.
+    fn encrypted_pan(&self) -> (u8, u64) {
+        loop {
+            let before = self.pan_key.load(Ordering::Acquire);
+            if before == REKEYING {
+                std::hint::spin_loop();
+                continue;
+            }
+            let ct = self.pan_ct.load(Ordering::Relaxed);
+            fence(Ordering::Acquire);
+            if self.pan_key.load(Ordering::Relaxed) == before {
+                return (before, ct);
+            }
+        }
+    }
+
+    /// Replace the encrypted PAN and its key version. One writer at a time
+    /// (the vault's writer lock); readers never see a mixed pair.
+    pub fn rekey(&self, key_version: u8, pan_ct: u64) {
+        debug_assert_ne!(key_version, REKEYING);
+        self.pan_key.store(REKEYING, Ordering::Relaxed);
+        fence(Ordering::Release);
+        self.pan_ct.store(pan_ct, Ordering::Relaxed);
+        self.pan_key.store(key_version, Ordering::Release);
+    }
+
     /// Set the state (recovery only).
     pub fn set_state(&self, to: TokenState) {
         self.state.store(to as u8, Ordering::Release);
@@ -125,10 +166,12 @@ impl Record {
         let meta = self.meta.load(Ordering::Relaxed);
         let bits = |shift: u32, width: u32| (meta >> shift) & ((1 << width) - 1);
         let token = CardNumber::from_parts(self.token.load(Ordering::Relaxed), bits(0, 5) as u8)?;
+        let (pan_key, pan_ct) = self.encrypted_pan();
         Some(RecordView {
             id,
             token,
-            pan_ct: self.pan_ct.load(Ordering::Relaxed),
+            pan_ct,
+            pan_key,
             pan_len: bits(5, 5) as u8,
             psn: bits(10, 7) as u8,
             profile: bits(17, 8) as u8,

@@ -61,7 +61,7 @@ use super::files::{
     journal_file_name, parse_journal_name, parse_snapshot_name, parse_snapshot_tmp_name,
     snapshot_file_name, snapshot_tmp_name, sync_dir,
 };
-use super::journal::{header, JOURNAL_HEADER_LEN, JOURNAL_MAGIC};
+use super::journal::{header, JOURNAL_HEADER_LEN, JOURNAL_MAGIC, JOURNAL_MAGIC_V1};
 use super::seal::{FileKind, RecordMac, Tag};
 use super::snapshot::TamperedRecord;
 use super::snapshot::{self, SnapshotError};
@@ -523,8 +523,12 @@ fn scan_journal(
         }));
     }
     if h[..] != expected[..] {
-        let reason = if &h[..8] != JOURNAL_MAGIC {
-            "bad header: not a journal file (magic is not TJRNL001)".to_owned()
+        let reason = if &h[..8] == JOURNAL_MAGIC_V1 {
+            "journal format 1 (TJRNL001), written by a Tessera from before data key rotation: \
+             this version reads format 2 only; export the tokens with that version and provision them again"
+                .to_owned()
+        } else if &h[..8] != JOURNAL_MAGIC {
+            "bad header: not a journal file (magic is not TJRNL002)".to_owned()
         } else {
             let found = u64::from_le_bytes(h[8..16].try_into().unwrap_or_default());
             format!("bad header: seq {found} does not match the file name")

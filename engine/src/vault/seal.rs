@@ -1,5 +1,7 @@
 //! Record authentication: every record the journal and snapshots hold
-//! carries an AES-CMAC under a key derived from the vault data key, so
+//! carries an AES-CMAC under a key derived from the vault index key (a
+//! CMAC key, TR-31 usage M6, which never rotates: the data key does, and a
+//! record key derived from it would change under files already written), so
 //! that editing a file (and recomputing its CRC32C, which proves nothing
 //! against a deliberate edit) is detected when the vault loads.
 //!
@@ -62,14 +64,16 @@ impl std::fmt::Debug for RecordMac {
     }
 }
 
-/// The label of the key derivation: one data key, separate keys per use.
-const DERIVATION_LABEL: &[u8] = b"tessera/vault/record-mac/v1";
+/// The label of the key derivation: one index key, separate keys per use
+/// (its other uses hash PAN digits and `PAR:`-prefixed input, which this
+/// label can never equal).
+const DERIVATION_LABEL: &[u8] = b"tessera/vault/record-mac/v2";
 
 impl RecordMac {
-    /// The record key derived from the vault data key:
-    /// `AES-CMAC(data_key, label)` (NIST SP 800-108 style, one block).
-    pub(crate) fn derive(data_key: &AesKey) -> Self {
-        let k = zeroize::Zeroizing::new(aes_cmac(data_key, DERIVATION_LABEL));
+    /// The record key derived from the vault index key:
+    /// `AES-CMAC(index_key, label)` (NIST SP 800-108 style, one block).
+    pub(crate) fn derive(index_key: &AesKey) -> Self {
+        let k = zeroize::Zeroizing::new(aes_cmac(index_key, DERIVATION_LABEL));
         Self {
             base: <Cmac<Aes128> as Mac>::new_from_slice(&*k).expect("16-byte key"),
         }

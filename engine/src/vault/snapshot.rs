@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! offset  size  field
-//! 0       8     magic "TSNAP001"
+//! 0       8     magic "TSNAP002" (format 2, as the journal's)
 //! 8       8     seq u64 LE (equals the seq in the file name)
 //! 16      ...   one frame per record (`vault::codec`: [len u32 LE]
 //!               [crc32c u32 LE][record][tag 16]), `Controls` and `Token`
@@ -96,13 +96,16 @@ pub(crate) fn record_token(r: &JournalRecord) -> Option<super::types::CardNumber
         JournalRecord::Token(img) => Some(img.token),
         JournalRecord::State { token, .. }
         | JournalRecord::Atc { token, .. }
-        | JournalRecord::Velocity { token, .. } => Some(*token),
+        | JournalRecord::Velocity { token, .. }
+        | JournalRecord::Rekey { token, .. } => Some(*token),
         JournalRecord::Controls { .. } => None,
     }
 }
 
 /// First 8 bytes of every snapshot file.
-pub(crate) const SNAPSHOT_MAGIC: &[u8; 8] = b"TSNAP001";
+pub(crate) const SNAPSHOT_MAGIC: &[u8; 8] = b"TSNAP002";
+/// Format 1's magic, recognised only to say so.
+const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"TSNAP001";
 /// Magic plus seq.
 pub(crate) const SNAPSHOT_HEADER_LEN: u64 = 16;
 /// Payload length of the trailer frame: type byte and count.
@@ -325,6 +328,14 @@ fn open_checked(path: &Path) -> Result<(BufReader<File>, u64, u64), SnapshotErro
         offset,
         reason,
     };
+    if &header[..8] == SNAPSHOT_MAGIC_V1 {
+        return Err(corrupt(
+            0,
+            "snapshot format 1 (TSNAP001), written by a Tessera from before data key rotation: \
+             this version reads format 2 only; export the tokens with that version and provision them again"
+                .into(),
+        ));
+    }
     if &header[..8] != SNAPSHOT_MAGIC {
         return Err(corrupt(0, "not a snapshot file (bad magic)".into()));
     }

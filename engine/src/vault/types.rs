@@ -239,6 +239,8 @@ pub struct TokenImage {
     /// The PAN's value, encrypted under the vault data key (see
     /// `vault::pan_crypto`).
     pub pan_ct: u64,
+    /// The data key version `pan_ct` is encrypted under (0..=99).
+    pub pan_key: u8,
     /// The PAN's digit count (13..=19).
     pub pan_len: u8,
     /// Keyed hash of the PAN (reverse index; PAR derivation).
@@ -311,6 +313,16 @@ pub enum JournalRecord {
         token: CardNumber,
         /// The velocity counter (`vault::velocity`).
         velocity: u64,
+    },
+    /// A token's PAN re-encrypted under another data key version
+    /// (`Vault::rekey`).
+    Rekey {
+        /// The token.
+        token: CardNumber,
+        /// The data key version it is now encrypted under.
+        pan_key: u8,
+        /// The PAN's value encrypted under that version.
+        pan_ct: u64,
     },
 }
 
