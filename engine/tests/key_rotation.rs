@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use engine::serve::{self, ServeOptions};
 use engine::vault::types::{CardNumber, DomainControls, TokenState};
 use engine::vault::{OpenOptions, TokenizeRequest, Vault};
 use hsm_sim::keyfile::{KeyMeta, KeyStore, StoredKey};
@@ -311,6 +312,63 @@ fn a_stopped_rekey_keeps_what_it_did_and_the_next_one_goes_on() {
         (OLD_TOKENS - 500, 500, true)
     );
     assert_eq!(pans_of(&v), expected);
+}
+
+#[test]
+fn serve_rekey_moves_every_record_while_serving_then_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = vault_under_old_version(dir.path());
+    let (cfg, _) = common::config("sync");
+    let mut cfg = (*cfg).clone();
+    cfg.listener.listen = "127.0.0.1:0".parse().unwrap();
+    let keys = store_with(&[OLD, NEW]);
+    let opts = ServeOptions {
+        rekey: true,
+        ..ServeOptions::new(dir.path())
+    };
+    let running = serve::start(&cfg, &keys, &opts).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // Done when every record is under NEW and the snapshot after it exists.
+    let snapshots = |d: &Path| {
+        std::fs::read_dir(d)
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("snapshot-") && name.ends_with(".snap")
+            })
+            .count()
+    };
+    while running.vault().tokens_per_key_version() != BTreeMap::from([(NEW, OLD_TOKENS)])
+        || snapshots(dir.path()) == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "rekey did not finish");
+        // Serving meanwhile: every PAN reads as its own.
+        let v = running.vault();
+        for view in v.views().take(100) {
+            assert_eq!(
+                v.detokenize(&view).unwrap().0,
+                expected[&view.token.value()]
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    running.stop().unwrap();
+    // The old version may go now, and the trail says what happened.
+    let (v, _) = open(dir.path(), &store_with(&[NEW])).unwrap();
+    assert_eq!(pans_of(&v), expected);
+    drop(v);
+    let trail = std::fs::read_to_string(dir.path().join("audit/audit-000001.jsonl")).unwrap();
+    let line = trail
+        .lines()
+        .find(|l| l.contains("\"action\":\"vault.rekey\""))
+        .expect("a vault.rekey entry");
+    assert!(
+        line.contains("\"actor\":\"engine\"")
+            && line.contains("\"outcome\":\"ok\"")
+            && line.contains("\"rekeyed\":\"3000\""),
+        "{line}"
+    );
 }
 
 #[test]
