@@ -628,7 +628,7 @@ fn open(config: &Path, dir: &DataDir) -> Result<Vault, CliError> {
 /// Open the vault; `create` makes the data directory if it is missing.
 fn open_with(config: &Path, dir: &DataDir, create: bool) -> Result<Vault, CliError> {
     let (cfg, keys) = load_config(config)?;
-    open_loaded(cfg, &keys, dir, create)
+    Ok(open_loaded(cfg, &keys, dir, create)?)
 }
 
 /// Open the vault with a configuration and keys already loaded.
@@ -637,7 +637,7 @@ fn open_loaded(
     keys: &hsm_sim::keyfile::KeyStore,
     dir: &DataDir,
     create: bool,
-) -> Result<Vault, CliError> {
+) -> Result<Vault, engine::vault::VaultError> {
     let opts = OpenOptions {
         truncate_corrupt: dir.truncate_corrupt,
         create,
@@ -745,6 +745,7 @@ fn vault_command(config: &Path, cmd: VaultCommand) -> Result<(), CliError> {
                 "state": v.state.name(),
                 "token_requestor_id": format!("{:011}", v.requestor_id),
                 "par": vault.par(&v),
+                "data_key_version": v.pan_key,
                 "controls": {
                     "pos_entry_modes": c.pos_entry_modes.iter().map(|m| format!("{m:02}")).collect::<Vec<_>>(),
                     "mccs": c.mccs.iter().map(|m| format!("{m:04}")).collect::<Vec<_>>(),
@@ -796,7 +797,15 @@ fn vault_command(config: &Path, cmd: VaultCommand) -> Result<(), CliError> {
 fn rekey(config: &Path, dir: &DataDir, batch: u32) -> Result<(), CliError> {
     let (cfg, keys) = load_config(config)?;
     let sealer = provisioning::service::sealer_for(&cfg, &keys).map_err(CliError::new)?;
-    let vault = open_loaded(cfg, &keys, dir, false)?;
+    let vault = match open_loaded(cfg, &keys, dir, false) {
+        Err(e @ engine::vault::VaultError::InUse(_)) => {
+            return Err(CliError::new(format!(
+                "{e}: a serving engine rekeys itself: restart it with `tessera serve --rekey` \
+                 (it serves at once, new PANs under the newest version, and moves the rest in the background)"
+            )))
+        }
+        other => other?,
+    };
     let before = vault.tokens_per_key_version();
     let event = Event::new(cli_actor(), "vault.rekey");
     let result = vault

@@ -153,6 +153,18 @@ fn rekey_moves_every_pan_and_the_old_version_can_go() {
     std::fs::write(&store, without_data_key_version(&with_both, "01")).unwrap();
     let after = export(&config, &data, &tmp.path().join("after.jsonl"));
     assert_eq!(after, before);
+    let token = after[0]
+        .split("\"token\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let shown = tessera(&config, &["vault", "show", &token], &data);
+    assert!(
+        text(&shown).contains("\"data_key_version\": 2"),
+        "{}",
+        text(&shown)
+    );
     let again = tessera(&config, &["vault", "rekey"], &data);
     assert!(
         text(&again).contains(
@@ -161,6 +173,23 @@ fn rekey_moves_every_pan_and_the_old_version_can_go() {
         "{}",
         text(&again)
     );
+
+    // With an engine holding the data directory, rekey says how to do it
+    // while serving.
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(data.join("LOCK"))
+        .unwrap();
+    lock.lock().unwrap();
+    let busy = tessera(&config, &["vault", "rekey"], &data);
+    assert!(!busy.status.success());
+    assert!(
+        text(&busy).contains("in use by another process")
+            && text(&busy).contains("tessera serve --rekey"),
+        "{}",
+        text(&busy)
+    );
+    drop(lock);
 
     let verify = tessera(&config, &["audit", "verify"], &data);
     assert!(verify.status.success(), "{}", text(&verify));

@@ -76,6 +76,9 @@ pub enum VaultError {
     /// Journal or snapshot I/O, or recovery.
     #[error("{0}")]
     Storage(String),
+    /// Another process (a running engine) holds the data directory.
+    #[error("data directory {0} is in use by another process (a running engine?)")]
+    InUse(String),
 }
 
 fn storage(e: impl std::fmt::Display) -> VaultError {
@@ -1006,12 +1009,8 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, VaultError> {
         .write(true)
         .open(&path)
         .map_err(|e| VaultError::Storage(format!("cannot open {}: {e}", path.display())))?;
-    file.try_lock().map_err(|e| {
-        VaultError::Storage(format!(
-            "data directory {} is in use by another process ({e})",
-            dir.display()
-        ))
-    })?;
+    file.try_lock()
+        .map_err(|_| VaultError::InUse(dir.display().to_string()))?;
     Ok(file)
 }
 
