@@ -581,12 +581,29 @@ fn serve(config: &Path, a: ServeArgs) -> Result<(), CliError> {
                 &svc_opts,
             )
             .map_err(CliError::new)?;
+            for w in service.warnings() {
+                eprintln!("tessera: warning: {w}");
+            }
             let api = provisioning::start(Arc::new(service), addr, cfg.api.tls.as_ref())
                 .map_err(|e| CliError::new(e.to_string()))?;
             eprintln!("tessera: management API on {}/v1", api.base_url());
             Some(api)
         }
-        None => None,
+        None => {
+            if a.rekey {
+                // No API owns the provisioning store: its device keys move
+                // to the newest data key version here (the API does it at
+                // its own start).
+                let sealer =
+                    provisioning::service::sealer_for(&cfg, &keys).map_err(CliError::new)?;
+                let r = provisioning::service::reseal_store(&a.dir.data_dir, &sealer)
+                    .map_err(CliError::new)?;
+                for l in &r.left {
+                    eprintln!("tessera: warning: provisioning store: {l}");
+                }
+            }
+            None
+        }
     };
     if let Some(addr) = running.issuer_addr() {
         eprintln!(
@@ -791,9 +808,9 @@ fn vault_command(config: &Path, cmd: VaultCommand) -> Result<(), CliError> {
 }
 
 /// `tessera vault rekey`: every PAN under the newest data key version,
-/// made durable, then a snapshot so that no file the vault reads holds a
-/// PAN under an older one; and the provisioning store's device keys
-/// resealed under it.
+/// made durable, then snapshots past it so that no file in the data
+/// directory holds a PAN under an older one; and the provisioning store's
+/// device keys resealed under it.
 fn rekey(config: &Path, dir: &DataDir, batch: u32) -> Result<(), CliError> {
     let (cfg, keys) = load_config(config)?;
     let sealer = provisioning::service::sealer_for(&cfg, &keys).map_err(CliError::new)?;
@@ -811,7 +828,12 @@ fn rekey(config: &Path, dir: &DataDir, batch: u32) -> Result<(), CliError> {
     let result = vault
         .rekey(batch, |_| true)
         .map_err(CliError::from)
-        .and_then(|r| vault.snapshot().map(|()| r).map_err(CliError::from))
+        .and_then(|r| {
+            vault
+                .snapshot_past_rekey()
+                .map(|()| r)
+                .map_err(CliError::from)
+        })
         .and_then(|r| {
             provisioning::service::reseal_store(&dir.data_dir, &sealer)
                 .map(|sealed| (r, sealed))
@@ -824,7 +846,8 @@ fn rekey(config: &Path, dir: &DataDir, batch: u32) -> Result<(), CliError> {
                     .detail("to_version", r.to_version.to_string())
                     .detail("rekeyed", r.rekeyed.to_string())
                     .detail("already_current", r.already_current.to_string())
-                    .detail("device_values_resealed", resealed.to_string()),
+                    .detail("device_values_resealed", resealed.moved.to_string())
+                    .detail("device_values_left", resealed.left.len().to_string()),
             )?;
             let older: Vec<String> = before
                 .keys()
@@ -832,16 +855,22 @@ fn rekey(config: &Path, dir: &DataDir, batch: u32) -> Result<(), CliError> {
                 .map(u8::to_string)
                 .collect();
             println!(
-                "rekeyed {} token(s) to version {} of \"{}\" ({} already under it); snapshot written",
+                "rekeyed {} token(s) to version {} of \"{}\" ({} already under it); snapshotted past it, older files pruned",
                 r.rekeyed,
                 r.to_version,
                 vault.config().vault.data_key,
                 r.already_current
             );
-            if resealed > 0 {
-                println!("resealed {resealed} device key set(s) and one-time code(s) under it");
+            if resealed.moved > 0 {
+                println!(
+                    "resealed {} device key set(s) and one-time code(s) under it",
+                    resealed.moved
+                );
             }
-            if !older.is_empty() {
+            for l in &resealed.left {
+                println!("not moved: {l}");
+            }
+            if !older.is_empty() && resealed.left.is_empty() {
                 println!(
                     "no record needs version(s) {} any more: they may leave the key store",
                     older.join(", ")

@@ -312,8 +312,8 @@ pub fn start(config: &Config, keys: &KeyStore, opts: &ServeOptions) -> Result<Ru
 const REKEY_BATCH: u32 = 1024;
 
 /// `serve --rekey`: move every PAN to the newest data key version while
-/// serving, then snapshot, so that no file the vault reads still holds a
-/// PAN under an older version. A shutdown stops it between batches; what it
+/// serving, then snapshot past it, so that no file in the data directory
+/// still holds a PAN under an older version. A shutdown stops it between batches; what it
 /// did is durable and the next `--rekey` goes on from there.
 fn spawn_rekey(vault: Arc<Vault>, stop: ShutdownHandle) -> JoinHandle<()> {
     std::thread::spawn(move || {
@@ -332,7 +332,7 @@ fn spawn_rekey(vault: Arc<Vault>, stop: ShutdownHandle) -> JoinHandle<()> {
         });
         let event = Event::new(ENGINE, "vault.rekey");
         let (event, line) = match result {
-            Ok(r) if r.complete => match vault.snapshot() {
+            Ok(r) if r.complete => match vault.snapshot_past_rekey() {
                 Ok(()) => (
                     counts(event, &r),
                     format!(

@@ -217,6 +217,15 @@ fn rekey_while_serving_then_retire_the_old_version() {
                 .collect::<Vec<_>>()
         })
     };
+    // Ciphertexts under the old version, as they sit in the files.
+    let old_ciphertexts: Vec<[u8; 8]> = v
+        .views()
+        .take(50)
+        .map(|view| {
+            assert_eq!(view.pan_key, OLD);
+            view.pan_ct.to_le_bytes()
+        })
+        .collect();
     let mut batches = 0;
     let report = v
         .rekey(64, |_| {
@@ -256,9 +265,23 @@ fn rekey_while_serving_then_retire_the_old_version() {
         "{warnings:?}"
     );
     assert_eq!(pans_of(&v), expected);
-    // And after a snapshot (which drops the Token records under the old version
-    // from what is read).
-    v.snapshot().unwrap();
+    // And once snapshotted past the rekey, no file in the data directory
+    // still holds a ciphertext under the old version.
+    v.snapshot_past_rekey().unwrap();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            continue; // the audit trail: no ciphertexts
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        for ct in &old_ciphertexts {
+            assert!(
+                !bytes.windows(8).any(|w| w == ct),
+                "{} still holds a ciphertext under the old version",
+                path.display()
+            );
+        }
+    }
     drop(v);
     let (v, _) = open(dir.path(), &store_with(&[NEW])).unwrap();
     assert_eq!(pans_of(&v), expected);

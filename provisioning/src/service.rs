@@ -134,6 +134,8 @@ pub struct Service {
     vault: Arc<Vault>,
     profiles: Vec<ProfileKeys>,
     sealer: Sealer,
+    /// What the start found worth saying (values the reseal left).
+    warnings: Vec<String>,
     outbox: Mutex<(PathBuf, Option<File>)>,
     inner: Mutex<Inner>,
     notify: tokio::sync::Notify,
@@ -257,13 +259,17 @@ pub fn sealer_for(
 }
 
 /// `tessera vault rekey`'s part here: the provisioning store in `dir`, if
-/// there is one, resealed under the newest data key version. How many
-/// values moved.
-pub fn reseal_store(dir: &std::path::Path, sealer: &Sealer) -> Result<usize, String> {
+/// there is one, resealed under the newest data key version.
+pub fn reseal_store(
+    dir: &std::path::Path,
+    sealer: &Sealer,
+) -> Result<crate::store::ResealReport, String> {
     if !dir.join(crate::journal::FILE_NAME).exists() {
-        return Ok(0);
+        return Ok(crate::store::ResealReport::default());
     }
-    Store::open(dir).map_err(|e| e.to_string())?.reseal(sealer)
+    Store::open(dir)
+        .and_then(|mut s| s.reseal(sealer))
+        .map_err(|e| e.to_string())
 }
 
 impl Service {
@@ -278,13 +284,20 @@ impl Service {
     ) -> Result<Self, String> {
         let mut store = Store::open(&opts.data_dir).map_err(|e| e.to_string())?;
         // After a data key rotation, device keys move to the newest version
-        // here, as the vault's PANs do with `vault rekey`.
-        store.reseal(&sealer)?;
+        // here, as the vault's PANs do with `vault rekey`. A value that
+        // cannot move fails its own use, not the start.
+        let resealed = store.reseal(&sealer).map_err(|e| e.to_string())?;
+        let warnings = resealed
+            .left
+            .into_iter()
+            .map(|l| format!("provisioning store: {l}; that device or code will be refused"))
+            .collect();
         Ok(Self {
             api,
             vault,
             profiles,
             sealer,
+            warnings,
             outbox: Mutex::new((opts.idv_outbox.clone(), None)),
             inner: Mutex::new(Inner {
                 store,
@@ -317,6 +330,12 @@ impl Service {
         let profiles = engine::profile::keys::load(config, keys)?;
         let sealer = sealer_for(config, keys)?;
         Self::new(config.api.clone(), vault, profiles, sealer, opts)
+    }
+
+    /// What the start found worth saying: sealed values a data key
+    /// rotation could not move.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// The API's configuration.

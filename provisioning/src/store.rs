@@ -149,22 +149,25 @@ impl Store {
 
     /// Move every sealed value (device key sets, one-time codes) to the
     /// newest data key version (`seal`), then rewrite the journal with only
-    /// the live images, so that no line of it still needs an older version.
-    /// Returns how many values moved. Refused, naming the holder, if a value
-    /// names a version the sealer does not hold; a value that does not open
-    /// (altered) is left for its use to refuse.
-    pub fn reseal(&mut self, sealer: &Sealer) -> Result<usize, String> {
-        let mut moved = 0;
+    /// the live images, so that no line of it still holds an older sealing.
+    /// A value that names a version the sealer does not hold, or does not
+    /// open (altered), is left as it is and named in the report: it fails
+    /// its own use, never the others'.
+    pub fn reseal(&mut self, sealer: &Sealer) -> Result<ResealReport, JournalError> {
+        let mut report = ResealReport::default();
         let mut devices = Vec::new();
         for d in self.devices.values() {
             let mut new = d.clone();
             let id = d.device_id.as_str();
-            let mut n = reseal_value(sealer, id, &mut new.isd_keys, "ISD keys of device", id)?;
+            let mut n = reseal_value(sealer, id, &mut new.isd_keys, &mut report, || {
+                format!("ISD keys of device {id}")
+            });
             if let Some(ssd) = &mut new.ssd {
-                n += reseal_value(sealer, id, &mut ssd.keys, "SSD keys of device", id)?;
+                n |= reseal_value(sealer, id, &mut ssd.keys, &mut report, || {
+                    format!("SSD keys of device {id}")
+                });
             }
-            if n > 0 {
-                moved += n;
+            if n {
                 devices.push(new);
             }
         }
@@ -173,15 +176,15 @@ impl Store {
             let mut new = t.clone();
             let r = t.token_ref.as_str();
             if let Some(otp) = &mut new.otp {
-                let n = reseal_value(sealer, r, &mut otp.sealed, "one-time code of token", r)?;
-                if n > 0 {
-                    moved += n;
+                if reseal_value(sealer, r, &mut otp.sealed, &mut report, || {
+                    format!("one-time code of token {r}")
+                }) {
                     tokens.push(new);
                 }
             }
         }
-        if moved == 0 {
-            return Ok(0);
+        if report.moved == 0 {
+            return Ok(report);
         }
         for d in devices {
             self.devices.insert(d.device_id.clone(), d);
@@ -190,8 +193,8 @@ impl Store {
             self.tokens.insert(t.token_ref.clone(), t);
         }
         let live = self.live_records();
-        self.journal.rewrite(&live).map_err(|e| e.to_string())?;
-        Ok(moved)
+        self.journal.rewrite(&live)?;
+        Ok(report)
     }
 
     /// A requestor's notifications after `after`, at most `limit`.
@@ -208,26 +211,45 @@ impl Store {
     }
 }
 
-/// One sealed value moved to the newest version: 1 if it moved.
+/// What [`Store::reseal`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ResealReport {
+    /// Values now sealed under the newest version that were not before.
+    pub moved: usize,
+    /// Values left as they were, and why (one line each).
+    pub left: Vec<String>,
+}
+
+/// One sealed value moved to the newest version; whether it moved.
 fn reseal_value(
     sealer: &Sealer,
     aad: &str,
     value: &mut String,
-    what: &str,
-    holder: &str,
-) -> Result<usize, String> {
+    report: &mut ResealReport,
+    what: impl FnOnce() -> String,
+) -> bool {
     match sealer.sealed_under(value) {
-        SealedUnder::Current => Ok(0),
-        SealedUnder::Missing(v) => Err(format!(
-            "the {what} {holder} are sealed under version {v} of the vault data key, which the key \
-             store does not hold: import that version again (tessera-hsm keys import --new-version)"
-        )),
+        SealedUnder::Current => false,
+        SealedUnder::Missing(v) => {
+            report.left.push(format!(
+                "the {} are sealed under version {v} of the vault data key, which the key store does not hold",
+                what()
+            ));
+            false
+        }
         SealedUnder::Older(_) | SealedUnder::Unnamed => match sealer.reseal(aad, value) {
             Ok(new) => {
                 *value = new;
-                Ok(1)
+                report.moved += 1;
+                true
             }
-            Err(_) => Ok(0),
+            Err(_) => {
+                report.left.push(format!(
+                    "the {} do not open under any version of the vault data key the key store holds",
+                    what()
+                ));
+                false
+            }
         },
     }
 }
@@ -346,14 +368,22 @@ mod tests {
             d.isd_keys = both.seal("b", b"isd-b").unwrap();
             s.put_device(d).unwrap();
         }
-        let e = Store::open(dir.path())
-            .unwrap()
-            .reseal(&new_only)
-            .unwrap_err();
-        assert!(e.contains("of device a are sealed under version 1"), "{e}");
+        // Without version 1, device a's values stay as they are, named;
+        // device b's are untouched and nothing is rewritten.
+        let r = Store::open(dir.path()).unwrap().reseal(&new_only).unwrap();
+        assert_eq!(r.moved, 0);
+        assert_eq!(r.left.len(), 2, "{:?}", r.left);
+        assert!(
+            r.left
+                .iter()
+                .any(|l| l.contains("ISD keys of device a are sealed under version 1")),
+            "{:?}",
+            r.left
+        );
         let mut s = Store::open(dir.path()).unwrap();
-        assert_eq!(s.reseal(&both).unwrap(), 2);
-        assert_eq!(s.reseal(&both).unwrap(), 0, "nothing left to move");
+        let r = s.reseal(&both).unwrap();
+        assert_eq!((r.moved, r.left.len()), (2, 0));
+        assert_eq!(s.reseal(&both).unwrap().moved, 0, "nothing left to move");
         drop(s);
         let text = std::fs::read_to_string(dir.path().join(crate::journal::FILE_NAME)).unwrap();
         assert!(!text.contains("\"v01."), "no line keeps the old sealing");

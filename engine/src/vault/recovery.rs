@@ -140,6 +140,19 @@ impl Recovery {
 /// Recovery refused to start.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RecoveryError {
+    /// A file of an earlier on-disk format: refused whatever the options
+    /// (`--truncate-corrupt` must never take it for damage and cut it).
+    #[error(
+        "{} is {what} format 1, written by a Tessera from before data key rotation: this version \
+         reads format 2 only and does not migrate format 1 (a pre-release format); start from a new data directory",
+        file.display()
+    )]
+    OlderFormat {
+        /// The file.
+        file: PathBuf,
+        /// "journal" or "snapshot".
+        what: &'static str,
+    },
     /// The data directory does not exist.
     #[error("data directory {} does not exist", dir.display())]
     DataDirMissing {
@@ -522,12 +535,14 @@ fn scan_journal(
             reason: format!("header incomplete ({len} of 16 bytes)"),
         }));
     }
+    if &h[..8] == JOURNAL_MAGIC_V1 {
+        return Err(RecoveryError::OlderFormat {
+            file: path.to_owned(),
+            what: "journal",
+        });
+    }
     if h[..] != expected[..] {
-        let reason = if &h[..8] == JOURNAL_MAGIC_V1 {
-            "journal format 1 (TJRNL001), written by a Tessera from before data key rotation: \
-             this version reads format 2 only; export the tokens with that version and provision them again"
-                .to_owned()
-        } else if &h[..8] != JOURNAL_MAGIC {
+        let reason = if &h[..8] != JOURNAL_MAGIC {
             "bad header: not a journal file (magic is not TJRNL002)".to_owned()
         } else {
             let found = u64::from_le_bytes(h[8..16].try_into().unwrap_or_default());
@@ -861,6 +876,32 @@ mod tests {
             assert_eq!(r.journal, recs[..5]);
             assert_eq!(r.warnings.len(), 1);
         }
+    }
+
+    #[test]
+    fn a_format_1_journal_is_refused_even_with_truncate_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_journal(dir.path(), 1, &sample(3, 1));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[..8].copy_from_slice(b"TJRNL001");
+        std::fs::write(&path, &bytes).unwrap();
+        for e in [
+            recover_strict(dir.path()).unwrap_err(),
+            recover_truncating(dir.path()).unwrap_err(),
+        ] {
+            assert!(
+                matches!(
+                    e,
+                    RecoveryError::OlderFormat {
+                        what: "journal",
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            assert!(e.to_string().contains("format 1"), "{e}");
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing cut");
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Data key rotation: every record names the data key version its PAN is
 //! encrypted under, new PANs take the newest version the key store holds,
 //! and [`Vault::rekey`] re-encrypts the older ones under it while the vault
-//! serves. Once a rekey and a snapshot have run, no file the vault reads
-//! holds a PAN under the old version, and the old version can leave the
-//! key store; until then a start without it is refused
-//! ([`Vault::check_key_versions`]), naming the version and how many tokens
-//! need it.
+//! serves. Once a rekey is durable the old version can leave the key store
+//! (the journal's `Rekey` records carry every new pair); a start that still
+//! needs it is refused ([`Vault::check_key_versions`]), naming the version
+//! and how many tokens need it. [`Vault::snapshot_past_rekey`] then prunes
+//! every file written before the rekey, so that no ciphertext under the
+//! old version stays on disk beside the vault.
 //!
 //! A rekey takes the writer lock one batch at a time, so tokenizing and
 //! snapshots wait at most one batch, and authorizations never wait: a
@@ -109,6 +110,16 @@ impl Vault {
         Ok(report)
     }
 
+    /// After a complete rekey: two snapshots. A snapshot keeps the
+    /// generation before it for fallback, and that generation (snapshot
+    /// and journal files) predates the rekey and holds PANs under the old
+    /// version; after the second snapshot the one kept is the first, and
+    /// everything older is pruned.
+    pub fn snapshot_past_rekey(&self) -> Result<(), VaultError> {
+        self.snapshot()?;
+        self.snapshot()
+    }
+
     /// How many records are under each data key version.
     pub fn tokens_per_key_version(&self) -> BTreeMap<u8, u64> {
         let mut counts = BTreeMap::new();
@@ -129,9 +140,9 @@ impl Vault {
             if !held.contains(&version) {
                 return Err(VaultError::Invalid(format!(
                     "{count} token(s) have their PAN encrypted under version {version} of the vault data key \
-                     \"{label}\", which the key store does not hold (it holds {}): import that version \
-                     again (tessera-hsm keys import --new-version), then run `tessera vault rekey` and a \
-                     snapshot before retiring it",
+                     \"{label}\", which the key store does not hold (it holds {}): put that version's \
+                     block back into the key store (from the store's backup), run `tessera vault rekey`, \
+                     then retire it",
                     list(&held)
                 )));
             }

@@ -332,7 +332,8 @@ fn open_checked(path: &Path) -> Result<(BufReader<File>, u64, u64), SnapshotErro
         return Err(corrupt(
             0,
             "snapshot format 1 (TSNAP001), written by a Tessera from before data key rotation: \
-             this version reads format 2 only; export the tokens with that version and provision them again"
+             this version reads format 2 only and does not migrate format 1 (a pre-release format); \
+             start from a new data directory"
                 .into(),
         ));
     }
