@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use engine::serve::{self, ServeOptions};
-use engine::vault::types::{CardNumber, DomainControls, TokenState};
+use engine::vault::types::{luhn_check_digit, CardNumber, DomainControls, TokenState};
 use engine::vault::{OpenOptions, TokenizeRequest, Vault};
 use hsm_sim::keyfile::{KeyMeta, KeyStore, StoredKey};
 use hsm_sim::AesKey;
@@ -33,26 +33,8 @@ fn request(pan: CardNumber) -> TokenizeRequest {
 /// A Luhn-valid Visa PAN for `i`.
 fn pan(i: u64) -> CardNumber {
     let body = format!("411111{:09}", i);
-    let sum: u32 = body
-        .bytes()
-        .rev()
-        .enumerate()
-        .map(|(k, b)| {
-            let d = u32::from(b - b'0');
-            if k % 2 == 0 {
-                let x = d * 2;
-                if x > 9 {
-                    x - 9
-                } else {
-                    x
-                }
-            } else {
-                d
-            }
-        })
-        .sum();
-    let check = (10 - sum % 10) % 10;
-    CardNumber::parse("PAN", &format!("{body}{check}")).unwrap()
+    let check = luhn_check_digit(body.as_bytes());
+    CardNumber::parse("PAN", &format!("{body}{}", char::from(b'0' + check))).unwrap()
 }
 
 fn data_key_new() -> StoredKey {
