@@ -22,6 +22,7 @@ const TARGETS: &[(&str, Entry)] = &[
     ("audit_entry", tessera_audit::entry::fuzz_entry),
     ("vault_record", engine::vault::codec::fuzz_record),
     ("vault_snapshot", engine::vault::snapshot::fuzz_snapshot),
+    ("se_apdus", tessera_se::fuzz::fuzz_apdus),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -119,4 +120,9 @@ fn hsm_key_store() {
 #[test]
 fn audit_entry() {
     replay("audit_entry");
+}
+
+#[test]
+fn se_apdus() {
+    replay("se_apdus");
 }

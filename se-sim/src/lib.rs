@@ -22,10 +22,12 @@
 //! - [`payment`]: the payment application's data and commands.
 //! - [`state`], [`lifecycle`], [`secret`], [`ids`], [`tlv`]: what the
 //!   card keeps, its life cycles, key bytes, identifiers, TLV codec.
+//! - [`fuzz`]: the fuzz entry, APDU sequences into a card.
 
 pub mod apdu;
 pub mod card;
 mod channel;
+pub mod fuzz;
 mod gp;
 pub mod ids;
 pub mod lifecycle;
