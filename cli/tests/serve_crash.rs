@@ -1,5 +1,6 @@
 //! Crash rounds of the real binary (issue 17): `tessera serve` with sync
-//! durability, under authorization load over TCP from two connections,
+//! durability and the management API, under authorization load over TCP
+//! from two connections and suspend/resume calls from an operator,
 //! SIGKILLed at a random moment, 100 times on one data directory (with
 //! snapshots every few hundred records, so that crashes land around
 //! snapshots too). After every restart, through the ISO interface:
@@ -7,7 +8,10 @@
 //! - the vault opened without manual steps (the server answers);
 //! - every token's highest approved ATC, and an older approved one, are
 //!   refused as replays (DE 44 `ATC_REPLAY`): an approval is acknowledged
-//!   only once its ATC is on disk, so a crash never gives an ATC back.
+//!   only once its ATC is on disk, so a crash never gives an ATC back;
+//! - every acknowledged suspend or resume holds: the next authorization
+//!   of a suspended token is declined `TOKEN_NOT_ACTIVE`, of a resumed one
+//!   approved (a call the kill cut off may have landed either way).
 //!
 //! Then a clean stop, and the audit trail verifies across all the crashes.
 //!
@@ -33,6 +37,10 @@ use loadgen::cardsim::{self, CardTxn};
 
 const ROUNDS: u64 = 100;
 const TOKENS: u64 = 48;
+/// The first cards (by token) take lifecycle calls; the rest take load.
+const LIFECYCLE_CARDS: usize = 8;
+/// The operator's test key (`config/tessera.toml`, `[[api.operators]]`).
+const OPERATOR_KEY: &str = "test-issuer-key";
 
 /// A private copy of the shipped config with snapshots every 300 records.
 fn config_copy(to: &Path) -> PathBuf {
@@ -61,18 +69,37 @@ fn tessera(config: &Path) -> Command {
     c
 }
 
-/// One token as a card: its template and its ATCs.
+/// One token as a card: its template, its ATCs, and its state as far as
+/// acknowledged calls tell.
 struct Card {
     profile: usize,
+    pan: String,
     txn: CardTxn,
     next_atc: u16,
     approved: Vec<u16>,
+    /// Active, by the last acknowledged call (or the last check).
+    active: bool,
+    /// A call that never got its answer: it may have landed.
+    in_doubt: bool,
 }
 
-/// `tessera serve` on a free port; its address once it serves.
-fn serve(config: &Path, data: &Path) -> (Child, SocketAddr) {
+/// Where a started server listens.
+struct Addrs {
+    iso: SocketAddr,
+    api: SocketAddr,
+}
+
+/// `tessera serve` (and its API) on free ports, once it serves.
+fn serve(config: &Path, data: &Path) -> (Child, Addrs) {
     let mut child = tessera(config)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--api",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -83,15 +110,19 @@ fn serve(config: &Path, data: &Path) -> (Child, SocketAddr) {
     std::thread::spawn(move || {
         let mut tx = Some(tx);
         let mut lines = Vec::new();
+        let mut api = None;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line
-                .split(" tokens on ")
-                .nth(1)
-                .and_then(|rest| rest.split(' ').next())
-                .and_then(|a| a.parse::<SocketAddr>().ok())
-            {
+            let after = |marker: &str, end: char| {
+                line.split(marker)
+                    .nth(1)
+                    .and_then(|rest| rest.split(end).next())
+                    .and_then(|a| a.parse::<SocketAddr>().ok())
+            };
+            // "management API on http://ADDR/v1", then "serving N tokens on ADDR (...)".
+            api = api.or(after("management API on http://", '/'));
+            if let (Some(iso), Some(api)) = (after(" tokens on ", ' '), api) {
                 if let Some(tx) = tx.take() {
-                    let _ = tx.send(Ok(addr));
+                    let _ = tx.send(Ok(Addrs { iso, api }));
                 }
             }
             lines.push(line);
@@ -101,7 +132,7 @@ fn serve(config: &Path, data: &Path) -> (Child, SocketAddr) {
         }
     });
     match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(Ok(addr)) => (child, addr),
+        Ok(Ok(addrs)) => (child, addrs),
         Ok(Err(stderr)) => panic!("serve did not start:\n{stderr}"),
         Err(_) => panic!("serve did not start within 60 s"),
     }
@@ -135,6 +166,61 @@ fn request(keys: &[ProfileKeys], card: &Card, atc: u16, stan: u32) -> IsoMessage
     t.stan = stan;
     t.un = stan.wrapping_mul(2_654_435_761);
     cardsim::authorization(&keys[card.profile], &t).expect("card data")
+}
+
+/// `POST /v1/cards/{action}` for `pan` as the test operator: the status
+/// code and the body.
+fn card_call(api: SocketAddr, action: &str, pan: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(api)?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let body = format!("{{\"pan\":\"{pan}\"}}");
+    write!(
+        s,
+        "POST /v1/cards/{action} HTTP/1.1\r\nHost: {api}\r\nAuthorization: Bearer {OPERATOR_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no status line"))?;
+    let body = answer
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    Ok((status, body))
+}
+
+/// Suspend and resume the lifecycle cards in turn until the server dies;
+/// a call counts once its answer arrived.
+fn lifecycle(api: SocketAddr, mut cards: Vec<Card>, seed: u64) -> (Vec<Card>, usize) {
+    let mut acknowledged = 0;
+    for i in 0.. {
+        let k = (mix(seed, i) % cards.len() as u64) as usize;
+        let card = &mut cards[k];
+        let (action, to_active) = if card.active {
+            ("suspend", false)
+        } else {
+            ("resume", true)
+        };
+        card.in_doubt = true;
+        match card_call(api, action, &card.pan) {
+            Ok((200, _)) => {
+                // Changed, or already there (a call the last kill cut off
+                // had landed): either way the token is now `to_active`.
+                card.active = to_active;
+                card.in_doubt = false;
+                acknowledged += 1;
+            }
+            Ok((status, body)) => panic!("{action} answered {status}: {body}"),
+            Err(_) => break,
+        }
+    }
+    (cards, acknowledged)
 }
 
 fn field(m: &IsoMessage, n: u8) -> String {
@@ -175,7 +261,7 @@ fn load(addr: SocketAddr, keys: &[ProfileKeys], mut cards: Vec<Card>, seed: u64)
 }
 
 #[test]
-fn a_hundred_sigkills_under_load_never_give_an_approved_atc_back() {
+fn a_hundred_sigkills_under_load_lose_nothing_acknowledged() {
     let tmp = tempfile::tempdir().unwrap();
     let config = config_copy(&tmp.path().join("config"));
     let data = tmp.path().join("data");
@@ -197,7 +283,7 @@ fn a_hundred_sigkills_under_load_never_give_an_approved_atc_back() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let export = tmp.path().join("tokens.jsonl");
     let o = tessera(&config)
-        .args(["vault", "export", "--out"])
+        .args(["vault", "export", "--with-pan", "--out"])
         .arg(&export)
         .arg("--data-dir")
         .arg(&data)
@@ -219,6 +305,7 @@ fn a_hundred_sigkills_under_load_never_give_an_approved_atc_back() {
                 .unwrap();
             Card {
                 profile,
+                pan: s("pan"),
                 txn: CardTxn {
                     token: s("token"),
                     expiry: s("expiry").as_bytes().try_into().unwrap(),
@@ -231,22 +318,54 @@ fn a_hundred_sigkills_under_load_never_give_an_approved_atc_back() {
                 },
                 next_atc: 1,
                 approved: Vec::new(),
+                active: true,
+                in_doubt: false,
             }
         })
         .collect();
     assert_eq!(cards.len() as u64, TOKENS);
+    cards.sort_by(|a, b| a.txn.token.cmp(&b.txn.token));
 
     let keys = Arc::new(keys);
     let started = Instant::now();
     let mut approved_total = 0usize;
     let mut replays_checked = 0usize;
+    let mut lifecycle_checked = 0usize;
+    let mut lifecycle_calls = 0usize;
     for round in 0..=ROUNDS {
-        let (mut child, addr) = serve(&config, &data);
+        let (mut child, addrs) = serve(&config, &data);
+        let addr = addrs.iso;
         // Replays first: each token's newest approved ATC and one older
         // one, at most one per token and process (replays count towards
         // the token's failure limit, which a restart resets).
         let mut s = connect(addr);
-        for (k, card) in cards.iter().enumerate() {
+        // Lifecycle first: each card's state is what the acknowledged
+        // calls said (either way for one the kill cut off).
+        for (k, card) in cards.iter_mut().enumerate().take(LIFECYCLE_CARDS) {
+            let atc = card.next_atc;
+            card.next_atc += 1;
+            let answer = exchange(&mut s, &request(&keys, card, atc, 800_000 + k as u32)).unwrap();
+            let approved = field(&answer, 39) == "00";
+            if !card.in_doubt {
+                assert_eq!(
+                    approved,
+                    card.active,
+                    "round {round}: an acknowledged {} did not hold ({} {})",
+                    if card.active { "resume" } else { "suspend" },
+                    field(&answer, 39),
+                    field(&answer, 44)
+                );
+            }
+            if approved {
+                card.approved.push(atc);
+            } else {
+                assert_eq!(field(&answer, 44), "TOKEN_NOT_ACTIVE", "round {round}");
+            }
+            card.active = approved;
+            card.in_doubt = false;
+            lifecycle_checked += 1;
+        }
+        for (k, card) in cards.iter().enumerate().skip(LIFECYCLE_CARDS) {
             let Some(&newest) = card.approved.last() else {
                 continue;
             };
@@ -287,19 +406,14 @@ fn a_hundred_sigkills_under_load_never_give_an_approved_atc_back() {
             break;
         }
 
-        // Load from two connections over disjoint halves of the cards,
-        // then SIGKILL at a random moment.
+        // Load from two connections over disjoint halves of the load
+        // cards, lifecycle calls on the others, then SIGKILL at a random
+        // moment.
+        let mut rest = cards.split_off(LIFECYCLE_CARDS);
+        let ops = std::mem::take(&mut cards);
         let halves: Vec<Vec<Card>> = {
-            let mut a = Vec::new();
-            let mut b = Vec::new();
-            for (k, c) in cards.drain(..).enumerate() {
-                if k % 2 == 0 {
-                    a.push(c)
-                } else {
-                    b.push(c)
-                }
-            }
-            vec![a, b]
+            let b = rest.split_off(rest.len() / 2);
+            vec![rest, b]
         };
         let workers: Vec<_> = halves
             .into_iter()
@@ -309,9 +423,14 @@ fn a_hundred_sigkills_under_load_never_give_an_approved_atc_back() {
                 std::thread::spawn(move || load(addr, &keys, half, round * 2 + w as u64))
             })
             .collect();
+        let api = addrs.api;
+        let operator = std::thread::spawn(move || lifecycle(api, ops, round));
         std::thread::sleep(Duration::from_millis(20 + mix(99, round) % 180));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+        let (ops, acknowledged) = operator.join().unwrap();
+        cards.extend(ops);
+        lifecycle_calls += acknowledged;
         for w in workers {
             cards.extend(w.join().unwrap());
         }
@@ -323,10 +442,13 @@ fn a_hundred_sigkills_under_load_never_give_an_approved_atc_back() {
         "load reached the server: {approved_total}"
     );
     assert!(replays_checked > 1_000, "{replays_checked}");
+    assert_eq!(lifecycle_checked, (ROUNDS as usize + 1) * LIFECYCLE_CARDS);
     eprintln!(
-        "{ROUNDS} SIGKILL rounds: {approved_total} approvals, {replays_checked} replays refused, {:.1} s",
+        "{ROUNDS} SIGKILL rounds: {approved_total} approvals, {replays_checked} replays refused, \
+         {lifecycle_calls} suspend/resume acknowledged, {lifecycle_checked} states checked, {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    assert!(lifecycle_calls > 100, "{lifecycle_calls}");
 
     let o = tessera(&config)
         .args(["audit", "verify", "--data-dir"])
