@@ -55,6 +55,58 @@ pub(crate) fn parse_seq(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// `fdatasync` a journal file: what the vault counts on after a power
+/// loss. Under `test-hooks` the simulated power loss
+/// ([`super::power_loss`]) learns from here what is durable: only bytes a
+/// call of this (or [`sync_all`]) covered survive it, so a sync left out
+/// anywhere shows as lost data.
+pub(crate) fn sync_data(file: &File, path: &Path) -> io::Result<()> {
+    file.sync_data()?;
+    note_synced(file, path)
+}
+
+/// `fsync` a journal file (its length and header too).
+pub(crate) fn sync_all(file: &File, path: &Path) -> io::Result<()> {
+    file.sync_all()?;
+    note_synced(file, path)
+}
+
+#[cfg(any(test, feature = "test-hooks"))]
+fn note_synced(file: &File, path: &Path) -> io::Result<()> {
+    synced::note(path, file.metadata()?.len());
+    Ok(())
+}
+
+/// What syncs made durable, per journal file (feature `test-hooks`): read
+/// by the simulated power loss ([`super::power_loss`]).
+#[cfg(any(test, feature = "test-hooks"))]
+pub(crate) mod synced {
+    use std::collections::HashMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::{Mutex, OnceLock};
+
+    fn lengths() -> &'static Mutex<HashMap<PathBuf, u64>> {
+        static SYNCED: OnceLock<Mutex<HashMap<PathBuf, u64>>> = OnceLock::new();
+        SYNCED.get_or_init(Mutex::default)
+    }
+
+    /// A sync made the first `len` bytes of `path` durable.
+    pub(crate) fn note(path: &Path, len: u64) {
+        let mut m = lengths().lock().unwrap_or_else(|p| p.into_inner());
+        m.insert(path.to_owned(), len);
+    }
+
+    /// Every file's durable length so far.
+    pub(crate) fn all() -> HashMap<PathBuf, u64> {
+        lengths().lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[cfg(not(any(test, feature = "test-hooks")))]
+fn note_synced(_file: &File, _path: &Path) -> io::Result<()> {
+    Ok(())
+}
+
 /// fsync a directory, so that files created, renamed or removed in it
 /// survive a crash.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {

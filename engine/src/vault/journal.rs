@@ -204,6 +204,10 @@ struct WriterState {
     /// Seals each record as it is encoded: records are encoded in journal
     /// order under this state's lock, so the chain follows the file.
     chain: Chain,
+    /// Test hook: the writer thread leaves the buffer alone (see
+    /// [`Journal::set_manual`]).
+    #[cfg(any(test, feature = "test-hooks"))]
+    manual: bool,
 }
 
 struct Segment {
@@ -274,6 +278,8 @@ impl Journal {
                 failed: None,
                 flush_wanted: false,
                 shutdown: false,
+                #[cfg(any(test, feature = "test-hooks"))]
+                manual: false,
                 chain: match tip {
                     Some(t) => mac.chain(FileKind::Journal, seq).resume_after(t),
                     None => mac.chain(FileKind::Journal, seq),
@@ -426,6 +432,43 @@ impl Journal {
         Ok(next)
     }
 
+    /// Test hook: the writer thread leaves the buffer alone until this is
+    /// set back to `false` (it then writes and syncs it as always);
+    /// meanwhile [`Journal::write_unsynced`] may write it without a sync.
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub(crate) fn set_manual(&self, manual: bool) {
+        lock(&self.shared.state).manual = manual;
+        self.shared.work.notify_all();
+    }
+
+    /// Test hook (manual mode): write what is buffered without its
+    /// fdatasync, as a writer the power stopped between the two: the bytes
+    /// sit in the file unsynced and nothing is published durable.
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub(crate) fn write_unsynced(&self) -> Result<(), JournalError> {
+        let sh = &*self.shared;
+        let mut seg = lock(&sh.segment);
+        let batch = {
+            let mut st = lock(&sh.state);
+            if let Some(why) = &st.failed {
+                return Err(JournalError::Failed(why.clone()));
+            }
+            std::mem::take(&mut st.buf)
+        };
+        seg.file
+            .write_all(&batch)
+            .map_err(|e| sh.fail(format!("write to {} failed: {e}", seg.path.display())))
+    }
+
+    /// Test hook: the power goes off. The writer stops where it is: a
+    /// batch it is writing completes, nothing buffered after it is written,
+    /// and every waiter is told the journal failed (they were never
+    /// acknowledged).
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub(crate) fn power_off(&self) {
+        self.shared.fail("power off (simulated)".to_owned());
+    }
+
     /// Test hook: the next fdatasync fails.
     #[cfg(any(test, feature = "test-hooks"))]
     pub(crate) fn inject_sync_failure(&self) {
@@ -466,8 +509,7 @@ impl WriterCore {
                 seg.path.display()
             ));
         }
-        seg.file
-            .sync_data()
+        super::files::sync_data(&seg.file, &seg.path)
             .map_err(|e| format!("fdatasync of {} failed: {e}", seg.path.display()))
     }
 
@@ -516,6 +558,14 @@ fn writer_loop(sh: &WriterCore) {
                 }
                 // Async collects for up to the interval since the last flush.
                 let since = last_flush.map_or(ASYNC_FLUSH_INTERVAL, |t| t.elapsed());
+                #[cfg(any(test, feature = "test-hooks"))]
+                let manual = st.manual && !st.shutdown;
+                #[cfg(not(any(test, feature = "test-hooks")))]
+                let manual = false;
+                if manual {
+                    st = sh.work.wait(st).unwrap_or_else(PoisonError::into_inner);
+                    continue;
+                }
                 if !st.buf.is_empty()
                     && (sh.durability == Durability::Sync
                         || st.shutdown
@@ -604,7 +654,7 @@ fn init_segment(
 ) -> Result<Segment, JournalError> {
     file.write_all(&header(seq))
         .map_err(io_err("write header of", &path))?;
-    file.sync_all().map_err(io_err("fsync", &path))?;
+    super::files::sync_all(&file, &path).map_err(io_err("fsync", &path))?;
     sync_dir(dir).map_err(io_err("fsync directory", dir))?;
     Ok(Segment { file, seq, path })
 }

@@ -21,6 +21,8 @@ pub(crate) mod files;
 pub(crate) mod journal;
 pub(crate) mod pan_crypto;
 pub mod permissions;
+#[cfg(any(test, feature = "test-hooks"))]
+pub mod power_loss;
 pub mod provision;
 pub mod ranges;
 pub mod records;
@@ -682,6 +684,35 @@ impl Vault {
     #[doc(hidden)]
     pub fn inject_sync_failure(&self) {
         self.journal.inject_sync_failure();
+    }
+
+    /// Fault injection (feature `test-hooks`): the power goes off. Nothing
+    /// more reaches the journal file; what was written but not synced is
+    /// then at the mercy of [`power_loss::power_loss`]. The vault is gone,
+    /// as the process would be.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn power_off(self) {
+        self.journal.power_off();
+    }
+
+    /// Fault injection (feature `test-hooks`): hold the journal writer, so
+    /// that what is appended stays in memory until `false` releases it (it
+    /// is then written and synced as always) or
+    /// [`Vault::journal_write_unsynced`] writes it: a simulation decides
+    /// what is in the file, and what is synced, when the power goes.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn manual_journal(&self, manual: bool) {
+        self.journal.set_manual(manual);
+    }
+
+    /// Fault injection (feature `test-hooks`, held journal): write what is
+    /// buffered without its fdatasync.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn journal_write_unsynced(&self) -> Result<(), VaultError> {
+        self.journal.write_unsynced().map_err(storage)
     }
 
     /// Make everything appended so far durable (both modes).

@@ -380,7 +380,7 @@ pub(crate) fn recover(
             .open(path)
             .map_err(rio_err("open for truncation", path))?;
         f.set_len(*offset).map_err(rio_err("truncate", path))?;
-        f.sync_all().map_err(rio_err("fsync", path))?;
+        super::files::sync_all(&f, path).map_err(rio_err("fsync", path))?;
     }
     let mut kept = files.len();
     if let Some(first) = discard_from {
