@@ -11,6 +11,12 @@
 //!   landed or not);
 //! - every acknowledged approval's ATC is refused (never accepted twice).
 //!
+//! Disk faults come too: a write that stops halfway with ENOSPC, an
+//! fdatasync that fails with EIO. The journal then fails, nothing more is
+//! acknowledged, and the run restarts the vault as its process would.
+//! `TESSERA_SIM_BITROT=1` also flips a bit of synced data at each power
+//! loss: the start must refuse it, or it must change nothing acknowledged.
+//!
 //! Acknowledged operations go through the journal's own writer thread (write,
 //! fdatasync, publish: the production path); while operations are not
 //! waited for, the writer is held (`Vault::manual_journal`) and they stay in
@@ -26,7 +32,7 @@ mod common;
 
 use std::path::Path;
 
-use engine::vault::power_loss::{everything_on_disk_is_durable, power_loss};
+use engine::vault::power_loss::{everything_on_disk_is_durable, power_loss, FileLoss};
 use engine::vault::provision::mix;
 use engine::vault::types::{luhn_check_digit, CardNumber, DomainControls, TokenState};
 use engine::vault::{OpenOptions, TokenizeRequest, Vault};
@@ -157,17 +163,195 @@ fn reorder() -> bool {
     std::env::var_os("TESSERA_SIM_REORDER").is_some()
 }
 
+/// Whether a power loss also flips a bit of synced data (bit rot).
+fn bit_rot() -> bool {
+    std::env::var_os("TESSERA_SIM_BITROT").is_some()
+}
+
+/// Flip one seeded bit of a journal file's synced records (past its
+/// header; `losses` say where a file's synced part ends). Returns the
+/// file, the offset and the original byte.
+fn flip_a_synced_bit(
+    dir: &Path,
+    losses: &[FileLoss],
+    r: u64,
+) -> Option<(std::path::PathBuf, usize, u8)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("journal-") && n.ends_with(".log"))
+        })
+        .filter(|p| std::fs::metadata(p).unwrap().len() > 16)
+        .collect();
+    files.sort();
+    let path = files.get((r % files.len().max(1) as u64) as usize)?.clone();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let synced = losses
+        .iter()
+        .find(|l| l.path == path)
+        .map_or(bytes.len() as u64, |l| l.synced);
+    if synced <= 16 {
+        return None;
+    }
+    let at = 16 + (mix(r, 1) % (synced - 16)) as usize;
+    let was = bytes[at];
+    bytes[at] ^= 1 << (mix(r, 2) % 8);
+    std::fs::write(&path, &bytes).unwrap();
+    Some((path, at, was))
+}
+
 /// The power goes off and comes back: the vault reopened, the model
-/// checked against it.
+/// checked against it. With bit rot, a flipped bit must be refused at the
+/// start (then the byte is restored, as from a replica) or change nothing
+/// acknowledged.
 fn power_cycle(v: Vault, dir: &Path, w: &mut World, seed: u64, step: u64) -> Vault {
     v.power_off();
     let losses = power_loss(dir, mix(seed, step + 7_777), reorder()).unwrap();
     w.log(|| format!("{step}: power loss: {losses:?}"));
+    if bit_rot() {
+        if let Some((path, at, was)) = flip_a_synced_bit(dir, &losses, mix(seed, step + 5_555)) {
+            match open(dir) {
+                Err(e) => {
+                    w.log(|| format!("{step}: bit rot at {}:{at} refused: {e}", path.display()));
+                    let mut bytes = std::fs::read(&path).unwrap();
+                    bytes[at] = was;
+                    std::fs::write(&path, &bytes).unwrap();
+                }
+                Ok(v) => {
+                    w.log(|| format!("{step}: bit rot at {}:{at} not refused", path.display()));
+                    everything_on_disk_is_durable(dir).unwrap();
+                    check(&v, w, seed, step);
+                    return v;
+                }
+            }
+        }
+    }
     let v = open(dir)
         .unwrap_or_else(|e| panic!("seed {seed} step {step}: the vault did not open: {e}"));
     everything_on_disk_is_durable(dir).unwrap();
     check(&v, w, seed, step);
     v
+}
+
+/// One operation, acknowledged or not. `Err`: the journal failed (an
+/// injected EIO or ENOSPC): nothing more is acknowledged until a restart.
+fn operate(
+    v: &mut Vault,
+    w: &mut World,
+    seed: u64,
+    step: u64,
+    made: &mut usize,
+) -> Result<bool, String> {
+    let r = mix(seed, step);
+    let wait = !r.is_multiple_of(4);
+    let op = (r >> 8) % 16;
+    if op <= 12 {
+        // An operation that appends: the writer is held while not
+        // waiting, released (it takes what is buffered, earlier records
+        // first) before an acknowledged one. Only here: releasing it at a
+        // power loss would race the writer against the power.
+        v.manual_journal(!wait);
+    }
+    // Disk faults, now and then: the next write fails halfway (ENOSPC) or
+    // the next fdatasync fails (EIO).
+    match (r >> 48) % 48 {
+        0 => {
+            w.log(|| format!("{step}: the next journal write will fail (ENOSPC)"));
+            v.inject_write_failure();
+        }
+        1 => {
+            w.log(|| format!("{step}: the next fdatasync will fail (EIO)"));
+            v.inject_sync_failure();
+        }
+        _ => {}
+    }
+    let failed = |e: &dyn std::fmt::Display| e.to_string();
+    match op {
+        0..=3 => {
+            let p = pan(seed, *made);
+            *made += 1;
+            let (token, lsn) = v
+                .tokenize(&TokenizeRequest {
+                    pan: p,
+                    expiry_yymm: 2812,
+                    psn: 0,
+                    profile: "visa_cvn10".into(),
+                    requestor_id: 40_010_030_273,
+                    controls: DomainControls::default(),
+                    state: TokenState::Active,
+                })
+                .map_err(|e| failed(&e))?;
+            w.tokens.push(Token {
+                token,
+                pan: p,
+                durable: false,
+                active: true,
+                state_in_doubt: false,
+                approved: Vec::new(),
+                next_atc: 1,
+            });
+            w.pending.push(Pending::Token(w.tokens.len() - 1));
+            w.log(|| format!("{step}: tokenize {} wait={wait}", token.masked()));
+            if wait {
+                v.wait_durable(lsn).map_err(|e| failed(&e))?;
+                w.acknowledged();
+            }
+            Ok(wait)
+        }
+        4..=10 if !w.tokens.is_empty() => {
+            let i = (r >> 16) as usize % w.tokens.len();
+            let t = &mut w.tokens[i];
+            let view = v.lookup(t.token).expect("the model's tokens are in memory");
+            let atc = t.next_atc;
+            t.next_atc += 1;
+            match v.approve(&view, atc, 1_000) {
+                Ok(lsn) => {
+                    w.pending.push(Pending::Atc(i, atc));
+                    w.log(|| format!("{step}: approve token #{i} ATC {atc} wait={wait}"));
+                    if wait {
+                        v.wait_durable(lsn).map_err(|e| failed(&e))?;
+                        w.acknowledged();
+                    }
+                    Ok(wait)
+                }
+                Err(engine::vault::ApprovalRefused::Storage) => Err("journal failed".into()),
+                Err(e) => {
+                    w.log(|| format!("{step}: approve token #{i} ATC {atc}: {e}"));
+                    Ok(false)
+                }
+            }
+        }
+        11..=12 if !w.tokens.is_empty() => {
+            let i = (r >> 16) as usize % w.tokens.len();
+            let view = v.lookup(w.tokens[i].token).expect("in memory");
+            let to = if view.state == TokenState::Active {
+                TokenState::Suspended
+            } else {
+                TokenState::Active
+            };
+            // Memory changes before the journal append: in doubt from here.
+            w.tokens[i].state_in_doubt = true;
+            let lsn = v.set_state(w.tokens[i].token, to).map_err(|e| failed(&e))?;
+            w.pending.push(Pending::State(i, to == TokenState::Active));
+            w.log(|| format!("{step}: token #{i} -> {} wait={wait}", to.name()));
+            if wait {
+                v.wait_durable(lsn).map_err(|e| failed(&e))?;
+                w.acknowledged();
+            }
+            Ok(wait)
+        }
+        13 => {
+            v.snapshot().map_err(|e| failed(&e))?;
+            // A snapshot makes everything before it durable.
+            w.acknowledged();
+            w.log(|| format!("{step}: snapshot"));
+            Ok(false)
+        }
+        _ => Ok(false),
+    }
 }
 
 fn run(seed: u64, trace: bool) {
@@ -181,108 +365,32 @@ fn run(seed: u64, trace: bool) {
     let mut made = 0usize;
     for step in 0..STEPS {
         let r = mix(seed, step);
-        let wait = !r.is_multiple_of(4);
         let op = (r >> 8) % 16;
-        if op <= 12 {
-            // An operation that appends: the writer is held while not
-            // waiting, released (it takes what is buffered, earlier records
-            // first) before an acknowledged one. Only here: releasing it
-            // at a power loss would race the writer against the power.
-            v.manual_journal(!wait);
+        if op >= 14 {
+            // The writer may have written what is held, and the power went
+            // before its fdatasync.
+            if r.is_multiple_of(2) {
+                let _ = v.journal_write_unsynced();
+            }
+            v = power_cycle(v, dir.path(), &mut w, seed, step);
+            continue;
         }
-        let mut acknowledged = false;
-        match op {
-            0..=3 => {
-                let p = pan(seed, made);
-                made += 1;
-                let (token, lsn) = v
-                    .tokenize(&TokenizeRequest {
-                        pan: p,
-                        expiry_yymm: 2812,
-                        psn: 0,
-                        profile: "visa_cvn10".into(),
-                        requestor_id: 40_010_030_273,
-                        controls: DomainControls::default(),
-                        state: TokenState::Active,
-                    })
-                    .unwrap();
-                w.tokens.push(Token {
-                    token,
-                    pan: p,
-                    durable: false,
-                    active: true,
-                    state_in_doubt: false,
-                    approved: Vec::new(),
-                    next_atc: 1,
-                });
-                w.pending.push(Pending::Token(w.tokens.len() - 1));
-                w.log(|| format!("{step}: tokenize {} wait={wait}", token.masked()));
-                if wait {
-                    v.wait_durable(lsn).unwrap();
-                    w.acknowledged();
-                }
-                acknowledged = wait;
-            }
-            4..=10 if !w.tokens.is_empty() => {
-                let i = (r >> 16) as usize % w.tokens.len();
-                let t = &mut w.tokens[i];
-                let view = v.lookup(t.token).unwrap();
-                let atc = t.next_atc;
-                t.next_atc += 1;
-                match v.approve(&view, atc, 1_000) {
-                    Ok(lsn) => {
-                        w.pending.push(Pending::Atc(i, atc));
-                        w.log(|| format!("{step}: approve token #{i} ATC {atc} wait={wait}"));
-                        if wait {
-                            v.wait_durable(lsn).unwrap();
-                            w.acknowledged();
-                        }
-                        acknowledged = wait;
-                    }
-                    Err(e) => w.log(|| format!("{step}: approve token #{i} ATC {atc}: {e}")),
-                }
-            }
-            11..=12 if !w.tokens.is_empty() => {
-                let i = (r >> 16) as usize % w.tokens.len();
-                let view = v.lookup(w.tokens[i].token).unwrap();
-                let to = if view.state == TokenState::Active {
-                    TokenState::Suspended
-                } else {
-                    TokenState::Active
-                };
-                let lsn = v.set_state(w.tokens[i].token, to).unwrap();
-                w.tokens[i].state_in_doubt = true;
-                w.pending.push(Pending::State(i, to == TokenState::Active));
-                w.log(|| format!("{step}: token #{i} -> {} wait={wait}", to.name()));
-                if wait {
-                    v.wait_durable(lsn).unwrap();
-                    w.acknowledged();
-                }
-                acknowledged = wait;
-            }
-            13 => {
-                v.snapshot().unwrap();
-                // A snapshot makes everything before it durable.
-                w.acknowledged();
-                w.log(|| format!("{step}: snapshot"));
-            }
-            14..=15 => {
-                // The writer may have written what is held, and the power
-                // went before its fdatasync.
-                if r.is_multiple_of(2) {
-                    v.journal_write_unsynced().unwrap();
-                }
+        match operate(&mut v, &mut w, seed, step, &mut made) {
+            // Sometimes the power goes right as an acknowledgement leaves:
+            // what it acknowledged must already be on disk.
+            Ok(true) if (r >> 40).is_multiple_of(8) => {
                 v = power_cycle(v, dir.path(), &mut w, seed, step);
             }
-            _ => {}
-        }
-        // Sometimes the power goes right as an acknowledgement leaves: what
-        // it acknowledged must already be on disk.
-        if acknowledged && (r >> 40).is_multiple_of(8) {
-            v = power_cycle(v, dir.path(), &mut w, seed, step);
+            Ok(_) => {}
+            Err(e) => {
+                // The journal failed: the process stops, the machine may
+                // lose what was not synced, and it starts again.
+                w.log(|| format!("{step}: journal failed: {e}; restart"));
+                v = power_cycle(v, dir.path(), &mut w, seed, step);
+            }
         }
     }
-    v.journal_write_unsynced().unwrap();
+    let _ = v.journal_write_unsynced();
     power_cycle(v, dir.path(), &mut w, seed, STEPS);
 }
 

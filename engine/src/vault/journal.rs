@@ -186,6 +186,9 @@ struct WriterCore {
     /// Test hook: make the next fdatasync fail.
     #[cfg(any(test, feature = "test-hooks"))]
     fail_next_sync: std::sync::atomic::AtomicBool,
+    /// Test hook: make the next write stop halfway with ENOSPC.
+    #[cfg(any(test, feature = "test-hooks"))]
+    fail_next_write: std::sync::atomic::AtomicBool,
 }
 
 struct WriterState {
@@ -290,6 +293,8 @@ impl Journal {
             segment: Mutex::new(segment),
             #[cfg(any(test, feature = "test-hooks"))]
             fail_next_sync: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(any(test, feature = "test-hooks"))]
+            fail_next_write: std::sync::atomic::AtomicBool::new(false),
         });
         let for_writer = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
@@ -469,6 +474,14 @@ impl Journal {
         self.shared.fail("power off (simulated)".to_owned());
     }
 
+    /// Test hook: the next write stops halfway with ENOSPC.
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub(crate) fn inject_write_failure(&self) {
+        self.shared
+            .fail_next_write
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Test hook: the next fdatasync fails.
     #[cfg(any(test, feature = "test-hooks"))]
     pub(crate) fn inject_sync_failure(&self) {
@@ -495,6 +508,19 @@ impl WriterCore {
     fn write_and_sync(&self, seg: &mut Segment, data: &[u8]) -> Result<(), String> {
         if data.is_empty() {
             return Ok(());
+        }
+        #[cfg(any(test, feature = "test-hooks"))]
+        if self
+            .fail_next_write
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            // A full disk: part of the batch lands, then the write fails.
+            let _ = seg.file.write_all(&data[..data.len() / 2]);
+            return Err(format!(
+                "write to {} failed: injected: {}",
+                seg.path.display(),
+                io::Error::from_raw_os_error(28)
+            ));
         }
         seg.file
             .write_all(data)

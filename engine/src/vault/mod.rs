@@ -686,6 +686,14 @@ impl Vault {
         self.journal.inject_sync_failure();
     }
 
+    /// Fault injection (feature `test-hooks`): the journal's next write
+    /// stops halfway with ENOSPC, as on a full disk.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn inject_write_failure(&self) {
+        self.journal.inject_write_failure();
+    }
+
     /// Fault injection (feature `test-hooks`): the power goes off. Nothing
     /// more reaches the journal file; what was written but not synced is
     /// then at the mercy of [`power_loss::power_loss`]. The vault is gone,
