@@ -337,6 +337,12 @@ impl Journal {
         let sh = &*self.shared;
         let mut st = lock(&sh.state);
         while st.failed.is_none() && st.buf.len() >= MAX_PENDING {
+            // A held writer (test hook) would never catch up: say so.
+            #[cfg(any(test, feature = "test-hooks"))]
+            assert!(
+                !st.manual,
+                "back-pressure on a held journal writer would never end"
+            );
             // Back-pressure: let the writer catch up.
             sh.work.notify_one();
             st = sh.durable.wait(st).unwrap_or_else(PoisonError::into_inner);
@@ -397,6 +403,13 @@ impl Journal {
             if let Some(why) = &st.failed {
                 return Err(JournalError::Failed(why.clone()));
             }
+            // A held writer (test hook) writes nothing: a wait would never
+            // end. A test releases it before waiting.
+            #[cfg(any(test, feature = "test-hooks"))]
+            assert!(
+                !st.manual,
+                "waiting on a held journal writer would never end"
+            );
             if urgent && !st.flush_wanted {
                 st.flush_wanted = true;
                 sh.work.notify_one();
@@ -440,7 +453,7 @@ impl Journal {
     /// Test hook: the writer thread leaves the buffer alone until this is
     /// set back to `false` (it then writes and syncs it as always);
     /// meanwhile [`Journal::write_unsynced`] may write it without a sync.
-    #[cfg(any(test, feature = "test-hooks"))]
+    #[cfg(feature = "test-hooks")]
     pub(crate) fn set_manual(&self, manual: bool) {
         lock(&self.shared.state).manual = manual;
         self.shared.work.notify_all();
@@ -449,7 +462,7 @@ impl Journal {
     /// Test hook (manual mode): write what is buffered without its
     /// fdatasync, as a writer the power stopped between the two: the bytes
     /// sit in the file unsynced and nothing is published durable.
-    #[cfg(any(test, feature = "test-hooks"))]
+    #[cfg(feature = "test-hooks")]
     pub(crate) fn write_unsynced(&self) -> Result<(), JournalError> {
         let sh = &*self.shared;
         let mut seg = lock(&sh.segment);
@@ -469,13 +482,13 @@ impl Journal {
     /// batch it is writing completes, nothing buffered after it is written,
     /// and every waiter is told the journal failed (they were never
     /// acknowledged).
-    #[cfg(any(test, feature = "test-hooks"))]
+    #[cfg(feature = "test-hooks")]
     pub(crate) fn power_off(&self) {
         self.shared.fail("power off (simulated)".to_owned());
     }
 
     /// Test hook: the next write stops halfway with ENOSPC.
-    #[cfg(any(test, feature = "test-hooks"))]
+    #[cfg(feature = "test-hooks")]
     pub(crate) fn inject_write_failure(&self) {
         self.shared
             .fail_next_write

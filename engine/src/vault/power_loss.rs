@@ -13,9 +13,10 @@
 //! Modelled: the unsynced tail of journal files (torn at any byte,
 //! optionally with lost sectors). Not modelled: directory entries (file
 //! creations, renames and removals are synced with their directory before
-//! the vault relies on them), snapshot files (written under a temporary
+//! the vault relies on them) and snapshot files (written under a temporary
 //! name, synced, renamed, the directory synced; a leftover temporary file
-//! is deleted by recovery), and bit rot in synced data.
+//! is deleted by recovery). Bit rot in synced data is the test's own
+//! (`cli/tests/vault_power_loss.rs`, `TESSERA_SIM_BITROT`).
 
 use std::fs::OpenOptions;
 use std::io::{self, Seek, SeekFrom, Write};
