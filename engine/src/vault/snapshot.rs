@@ -844,4 +844,112 @@ mod tests {
         .unwrap();
         assert_eq!(n, 10_000_000);
     }
+
+    /// The `vault_snapshot` fuzz seeds (`fuzz/corpus/vault_snapshot/`): a
+    /// real snapshot of this format and damaged copies of it, one per way a
+    /// snapshot file goes wrong. `TESSERA_WRITE_FUZZ_SEEDS=1` writes them;
+    /// otherwise the committed `complete` seed must still verify as a whole
+    /// snapshot of this format (so the seeds keep up with the format).
+    #[test]
+    fn fuzz_seeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let records: Vec<JournalRecord> = sample(60)
+            .into_iter()
+            .filter(|r| matches!(r, JournalRecord::Controls { .. } | JournalRecord::Token(_)))
+            .take(8)
+            .collect();
+        assert!(records.len() >= 4, "{}", records.len());
+        let path = write_snapshot(dir.path(), 7, records, &mac()).unwrap();
+        let complete = fs::read(&path).unwrap();
+        let header = SNAPSHOT_HEADER_LEN as usize;
+        let trailer = codec::FRAME_HEADER_LEN + TRAILER_FRAME_PAYLOAD;
+        let first_len =
+            u32::from_le_bytes(complete[header..header + 4].try_into().unwrap()) as usize;
+        let first_frame = complete[header..header + 8 + first_len].to_vec();
+        let frame = |payload: &[u8]| {
+            let mut f = (payload.len() as u32).to_le_bytes().to_vec();
+            f.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+            f.extend_from_slice(payload);
+            f
+        };
+        let with = |edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = complete.clone();
+            edit(&mut b);
+            b
+        };
+        let empty_dir = tempfile::tempdir().unwrap();
+        let empty =
+            fs::read(write_snapshot(empty_dir.path(), 7, Vec::new(), &mac()).unwrap()).unwrap();
+        let mut undecodable = vec![0x09];
+        undecodable.extend_from_slice(&[0u8; TAG_LEN]);
+        let seeds: Vec<(&str, Vec<u8>)> = vec![
+            ("complete", complete.clone()),
+            ("empty-vault", empty.clone()),
+            ("bad-magic", with(&|b| b[0] ^= 0x20)),
+            (
+                "journal-magic",
+                with(&|b| b[..8].copy_from_slice(b"TJRNL002")),
+            ),
+            (
+                "format-1-magic",
+                with(&|b| b[..8].copy_from_slice(b"TSNAP001")),
+            ),
+            ("corrupt-first-frame", with(&|b| b[header + 10] ^= 1)),
+            ("cut-in-trailer", with(&|b| b.truncate(b.len() - 4))),
+            ("no-trailer", with(&|b| b.truncate(b.len() - trailer))),
+            ("bytes-after-trailer", with(&|b| b.push(0))),
+            (
+                "frame-after-trailer",
+                with(&|b| b.extend_from_slice(&first_frame)),
+            ),
+            (
+                "wrong-count",
+                with(&|b| {
+                    let at = b.len() - trailer + codec::FRAME_HEADER_LEN + 1;
+                    b[at] ^= 1;
+                    let payload = b[b.len() - TRAILER_FRAME_PAYLOAD..].to_vec();
+                    let crc = crc32c::crc32c(&payload).to_le_bytes();
+                    let at = b.len() - trailer + 4;
+                    b[at..at + 4].copy_from_slice(&crc);
+                }),
+            ),
+            ("header-only", complete[..header].to_vec()),
+            ("short-header", complete[..10].to_vec()),
+            (
+                "zero-filled",
+                with(&|b| {
+                    b.truncate(header);
+                    b.extend_from_slice(&[0u8; 40]);
+                }),
+            ),
+            ("trailer-wrong-length", {
+                let mut b = complete[..header].to_vec();
+                b.extend_from_slice(&frame(&[TAG_SNAPSHOT_TRAILER, 0, 0, 0, 0, 0, 0, 0, 0]));
+                b
+            }),
+            ("undecodable-record", {
+                let mut b = complete[..header].to_vec();
+                b.extend_from_slice(&frame(&undecodable));
+                b
+            }),
+        ];
+        let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/vault_snapshot");
+        if std::env::var_os("TESSERA_WRITE_FUZZ_SEEDS").is_some() {
+            for (name, bytes) in &seeds {
+                fs::write(corpus.join(name), bytes).unwrap();
+            }
+        }
+        for (_, bytes) in &seeds {
+            fuzz_snapshot(bytes);
+        }
+        // The committed seed reads as a whole snapshot of this format.
+        let committed = fs::read(corpus.join("complete")).unwrap();
+        let check = tempfile::tempdir().unwrap();
+        let at = check.path().join(snapshot_file_name(7));
+        fs::write(&at, &committed).unwrap();
+        let (seq, count) = verify_snapshot(&at, &mac())
+            .unwrap_or_else(|e| panic!("fuzz/corpus/vault_snapshot/complete: {e} (TESSERA_WRITE_FUZZ_SEEDS=1 re-records it)"));
+        assert_eq!(seq, 7);
+        assert!(count >= 4);
+    }
 }
