@@ -51,7 +51,7 @@ pub struct ServeOptions {
     /// memory); overrides `[listener.tls]`.
     pub listener_tls: Option<Arc<ListenerTls>>,
     /// Re-encrypt PANs under the newest data key version in the background
-    /// while serving ([`Vault::rekey`]), then snapshot.
+    /// while serving ([`Vault::rekey`]), then snapshot past it.
     pub rekey: bool,
 }
 
@@ -313,8 +313,9 @@ const REKEY_BATCH: u32 = 1024;
 
 /// `serve --rekey`: move every PAN to the newest data key version while
 /// serving, then snapshot past it, so that no file in the data directory
-/// still holds a PAN under an older version. A shutdown stops it between batches; what it
-/// did is durable and the next `--rekey` goes on from there.
+/// still holds a PAN under an older version. A shutdown stops it between
+/// batches; what it did is durable and the next `--rekey` goes on from
+/// there.
 fn spawn_rekey(vault: Arc<Vault>, stop: ShutdownHandle) -> JoinHandle<()> {
     std::thread::spawn(move || {
         use crate::audit::{Event, Outcome, ENGINE};
