@@ -97,40 +97,57 @@ impl PanCipher {
     ) -> Vec<Option<Zeroizing<CardNumberBox>>> {
         let mut blocks: Vec<[u8; 16]> =
             items.iter().map(|(t, _, _, _)| counter_block(*t)).collect();
-        let mut held = vec![false; items.len()];
-        for (version, key) in &self.data_keys {
-            let mut mine: Vec<usize> = Vec::new();
-            let mut batch: Vec<[u8; 16]> = Vec::new();
-            for (i, item) in items.iter().enumerate() {
-                if item.1 == *version {
-                    mine.push(i);
-                    batch.push(blocks[i]);
-                }
-            }
-            if mine.len() == items.len() {
-                // The common case: every item under one version.
+        // One version for the whole batch (always, outside a rotation):
+        // one pass over the blocks in place, nothing else allocated.
+        let one = items
+            .first()
+            .map(|i| i.1)
+            .filter(|v| items.iter().all(|i| i.1 == *v));
+        // `None`: every item got its keystream.
+        let held: Option<Vec<bool>> = match one {
+            Some(version) => {
+                let Some(key) = self.key(version) else {
+                    return items.iter().map(|_| None).collect();
+                };
                 key.encrypt_blocks(&mut blocks);
-                held.iter_mut().for_each(|h| *h = true);
-                break;
+                None
             }
-            key.encrypt_blocks(&mut batch);
-            for (i, ks) in mine.into_iter().zip(batch) {
-                blocks[i] = ks;
-                held[i] = true;
-            }
-        }
+            None => Some(self.keystreams_by_version(items, &mut blocks)),
+        };
         items
             .iter()
             .zip(&blocks)
-            .zip(held)
-            .map(|((&(_, _, ct, len), ks), held)| {
-                if !held {
+            .enumerate()
+            .map(|(i, (&(_, _, ct, len), ks))| {
+                if held.as_ref().is_some_and(|h| !h[i]) {
                     return None;
                 }
                 let ks = u64::from_be_bytes(ks[..8].try_into().expect("8 bytes"));
                 CardNumber::from_parts(ct ^ ks, len).map(|n| Zeroizing::new(CardNumberBox(n)))
             })
             .collect()
+    }
+
+    /// A batch mixing versions (during a rotation): one pass per version
+    /// held; which items got a keystream.
+    fn keystreams_by_version(
+        &self,
+        items: &[(CardNumber, u8, u64, u8)],
+        blocks: &mut [[u8; 16]],
+    ) -> Vec<bool> {
+        let mut held = vec![false; items.len()];
+        for (version, key) in &self.data_keys {
+            let mine: Vec<usize> = (0..items.len())
+                .filter(|&i| items[i].1 == *version)
+                .collect();
+            let mut batch: Vec<[u8; 16]> = mine.iter().map(|&i| blocks[i]).collect();
+            key.encrypt_blocks(&mut batch);
+            for (&i, ks) in mine.iter().zip(batch) {
+                blocks[i] = ks;
+                held[i] = true;
+            }
+        }
+        held
     }
 
     /// The PAN's value encrypted for this token under the newest data key.

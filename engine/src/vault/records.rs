@@ -5,10 +5,10 @@
 //! atomic: the immutable ones are written once before the record's id is
 //! published (with release ordering through the token index and the
 //! `state` store), the mutable ones (state, replay window, velocity) are
-//! updated by compare-and-swap. The encrypted PAN and its key version
-//! change together only in a rekey; readers take the pair through a
-//! one-writer sequence lock ([`Record::rekey`], [`Record::view`]). On x86 a relaxed atomic load is a plain
-//! load, so the read path pays nothing for this.
+//! updated by compare-and-swap. On x86 a relaxed atomic load is a plain
+//! load, so the read path pays nothing for this. The encrypted PAN and its
+//! key version change together only in a rekey; readers take the pair
+//! through a one-writer sequence lock (`Record::rekey`, [`Record::view`]).
 //!
 //! A record is 56 bytes; see the const assertion below.
 
