@@ -591,3 +591,92 @@ fn the_acquirer_allow_list_checks_de32_against_the_certificate_subject() {
     // Plain TCP (loopback development) carries no subject: not checked.
     assert_eq!(answer(&peer(None), "99002", 14), "00");
 }
+
+/// A retransmission in the same batch as its original (its answer not yet
+/// cached) is answered as the original, not processed again: found by the
+/// whole-path simulation (`tessera-sim`), where the copy got an
+/// `ATC_REPLAY` decline after the original's approval.
+#[test]
+fn a_copy_in_the_same_batch_gets_the_originals_answer() {
+    let s = setup();
+    let view = s.pipeline.vault().views().find(|x| x.profile == 0).unwrap();
+    let pk = &s.profiles[0];
+    let req = authorization(pk, &txn(&view, 1)).unwrap();
+    let mut repeat = req.clone();
+    repeat.set_mti(*b"0101");
+    let mut other = req.clone();
+    other.set(4, b"000000009999");
+    let bytes: Vec<Vec<u8>> = [&req, &req, &repeat, &other]
+        .iter()
+        .map(|m| Dialect::Ascii.encode(m).unwrap())
+        .collect();
+    let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+    let answers: Vec<IsoMessage> = s
+        .pipeline
+        .answer_batch(&refs)
+        .into_iter()
+        .map(|a| Dialect::Ascii.decode(&a.unwrap()).unwrap())
+        .collect();
+    assert_eq!(code(&answers[0]), "00");
+    for copy in &answers[1..3] {
+        assert_eq!((code(copy), copy.get(38)), ("00", answers[0].get(38)));
+        assert_eq!(copy.get(55), answers[0].get(55), "the same ARPC");
+    }
+    assert_eq!(answers[2].mti(), *b"0110");
+    // Same keys, other content (a raised DE 4): 94, with its own DE 4.
+    assert_eq!(code(&answers[3]), "94");
+    assert_eq!(answers[3].get(4), Some(&b"000000009999"[..]));
+    // Accepted once: the ATC is used, and one approval was counted.
+    assert!(s.pipeline.vault().atc_usable(&view, 1).is_err());
+    let approved: u64 = s
+        .pipeline
+        .response_counts()
+        .iter()
+        .filter(|(c, _)| c == "00")
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(approved, 3, "three answers 00, one approval");
+}
+
+/// When a batch cannot be made durable, only the approvals whose own
+/// journal record is not on disk become 96. A retransmitted approval given
+/// (durably) before the failure is answered 00 again: found by
+/// `tessera-sim`, where it was answered 96 for an ATC the vault had
+/// accepted.
+#[test]
+fn a_journal_failure_does_not_take_back_an_approval_already_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vault, cfg, keystore) = provisioned_vault(&dir, "sync");
+    let profiles = keys::load(&cfg, &keystore).unwrap();
+    let p = Pipeline::new(
+        Arc::new(vault),
+        keys::load(&cfg, &keystore).unwrap(),
+        Dialect::Ascii,
+    );
+    let view = p.vault().views().find(|x| x.profile == 0).unwrap();
+    let pk = &profiles[0];
+    let first = authorization(pk, &txn(&view, 1)).unwrap();
+    let approved = run(&p, &first);
+    assert_eq!(code(&approved), "00");
+
+    p.vault().inject_sync_failure();
+    let fresh = authorization(pk, &txn(&view, 2)).unwrap();
+    let bytes = [
+        Dialect::Ascii.encode(&first).unwrap(),
+        Dialect::Ascii.encode(&fresh).unwrap(),
+    ];
+    let answers: Vec<IsoMessage> = p
+        .answer_batch(&[&bytes[0], &bytes[1]])
+        .into_iter()
+        .map(|a| Dialect::Ascii.decode(&a.unwrap()).unwrap())
+        .collect();
+    assert!(p.vault().journal_failure().is_some());
+    assert_eq!(code(&answers[0]), "00", "the durable approval, again");
+    assert_eq!(answers[0].get(38), approved.get(38));
+    assert_eq!(
+        code(&answers[1]),
+        "96",
+        "the new one could not be made durable"
+    );
+    assert_eq!(answers[1].get(38), None);
+}

@@ -160,6 +160,21 @@ fn bump(c: &AtomicU64, n: usize) {
     c.fetch_add(n as u64, Ordering::Relaxed);
 }
 
+/// The issuer leg as the pipeline sees it: a batch of forwarded requests
+/// in, their answers out, in order, `None` for each that got none in time
+/// (answered 91). [`IssuerLink`] is the production one; a simulation
+/// (`tessera-sim`) plugs in an issuer that is slow, down or declines.
+pub trait Issuer: Send + Sync + fmt::Debug {
+    /// Forward `requests`; see [`IssuerLink::forward_batch`].
+    fn forward_batch(&self, requests: &[IsoMessage]) -> Vec<Option<IsoMessage>>;
+}
+
+impl Issuer for IssuerLink {
+    fn forward_batch(&self, requests: &[IsoMessage]) -> Vec<Option<IsoMessage>> {
+        IssuerLink::forward_batch(self, requests)
+    }
+}
+
 /// A persistent, multiplexed ISO 8583 connection to the issuer (see the
 /// [module docs](self)). Share it between worker threads by reference or
 /// `Arc`; dropping it stops the reader thread and closes the connection.

@@ -1,7 +1,27 @@
 //! Wall-clock values the pipeline needs: seconds (velocity windows) and
 //! the current YYMM (expiry). Converted without a date crate.
+//!
+//! The pipeline reads the time through [`Clock`], so that a simulation
+//! (`tessera-sim`) can run it on a clock of its own: one seed, one run,
+//! whatever the wall clock says.
 
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Where the pipeline gets "now" from, once per batch.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// The current time.
+    fn now(&self) -> Now;
+}
+
+/// The system's wall clock (production).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Now {
+        Now::system()
+    }
+}
 
 /// "Now" for one batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -52,6 +52,10 @@ pub(super) enum Slot {
     /// A reversal applied to the vault, to forward to the issuer (when one
     /// is configured) before it is answered.
     Reversal(Box<PendingReversal>),
+    /// A retransmission or repeat of the batch's request number `.0`
+    /// (same keys, same content): answered as that one, with this
+    /// request's response MTI.
+    CopyOf(usize, [u8; 4]),
 }
 
 /// A reversal that matched its original and was applied.

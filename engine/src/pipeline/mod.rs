@@ -41,20 +41,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::iso8583::{self, rc, Dialect, IsoMessage};
-use crate::issuer::IssuerLink;
+use crate::issuer::{Issuer, IssuerLink};
 use crate::metrics::Metrics;
 use crate::profile::keys::ProfileKeys;
 use crate::server::{Answers, Handler, Peer};
 use crate::vault::journal::Lsn;
 use crate::vault::Vault;
-use clock::Now;
+use clock::{Clock, Now, SystemClock};
 use crypto::CryptoCheck;
 use decision::{PendingAuth, PendingCrypto, PendingReversal, Slot};
 use release::DecidedBatch;
-use retransmit::{request_key, ContentDigester, RecentAnswers, RequestId};
+use retransmit::{
+    request_key, ContentDigest, ContentDigester, RecentAnswers, RequestId, RequestKey,
+};
 use reversals::Approvals;
 pub use reversals::REVERSAL_WINDOW;
-use shards::Sharded;
+use shards::{FastMap, Sharded};
+
+/// The requests of one batch by retransmission key: content digest and
+/// position in the batch.
+type InBatch = FastMap<RequestKey, (ContentDigest, usize)>;
 
 /// Fields an authorization answer echoes from the request.
 const ECHO: [u8; 12] = [2, 3, 4, 7, 11, 12, 13, 32, 37, 41, 42, 49];
@@ -77,7 +83,9 @@ pub struct Pipeline {
     /// Digests request content for the retransmission check.
     digester: ContentDigester,
     /// The issuer leg, when configured; otherwise the engine stands in.
-    issuer: Option<Arc<IssuerLink>>,
+    issuer: Option<Arc<dyn Issuer>>,
+    /// Where "now" comes from (the system clock but in a simulation).
+    clock: Arc<dyn Clock>,
     /// Write one line per decline to stderr (`serve`: yes; the demo, whose
     /// report counts declines by reason, no).
     log_declines: bool,
@@ -99,6 +107,7 @@ impl Pipeline {
             recent: Arc::new(Sharded::default()),
             digester: ContentDigester::random(),
             issuer: None,
+            clock: Arc::new(SystemClock),
             log_declines: true,
             acquirers: HashMap::new(),
         }
@@ -134,8 +143,20 @@ impl Pipeline {
     }
 
     /// Forward approvable requests to this issuer instead of standing in.
-    pub fn with_issuer(mut self, link: IssuerLink) -> Self {
-        self.issuer = Some(Arc::new(link));
+    pub fn with_issuer(self, link: IssuerLink) -> Self {
+        self.with_issuer_leg(Arc::new(link))
+    }
+
+    /// Forward approvable requests through any [`Issuer`] (a simulated
+    /// one, in `tessera-sim`).
+    pub fn with_issuer_leg(mut self, issuer: Arc<dyn Issuer>) -> Self {
+        self.issuer = Some(issuer);
+        self
+    }
+
+    /// Read the time from `clock` instead of the system's.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -159,43 +180,55 @@ impl Pipeline {
     /// Everything but the wait for the journal and the encoding.
     fn decide_batch(&self, frames: &[&[u8]], acquirer: Option<&str>) -> DecidedBatch {
         let started = std::time::Instant::now();
-        let now = Now::system();
-        let mut slots: Vec<Slot> = frames
-            .iter()
-            .map(|body| self.handle_one(body, now, acquirer))
-            .collect();
+        let now = self.clock.now();
+        // Requests of this batch by retransmission key: a copy of an
+        // earlier request in the same batch is answered as that one is
+        // (its answer is not in the cache yet), never processed twice.
+        let mut in_batch = InBatch::default();
+        let mut slots: Vec<Slot> = Vec::with_capacity(frames.len());
+        for body in frames {
+            let slot = self.handle_one(body, now, acquirer, &mut in_batch, slots.len());
+            slots.push(slot);
+        }
         self.check_cryptograms(&mut slots, now);
         self.forward_to_issuer(&mut slots);
         let mut wait_for = Lsn::default();
         let mut keys: Vec<Option<(RequestId, Option<Lsn>)>> = Vec::with_capacity(slots.len());
+        let mut lsns: Vec<Option<Lsn>> = Vec::with_capacity(slots.len());
         let mut issuer_undo = Vec::new();
-        let answers: Vec<Option<IsoMessage>> = slots
-            .into_iter()
-            .enumerate()
-            .map(|(i, slot)| {
-                let (answer, lsn, key) = match slot {
-                    Slot::Ready(a, lsn) => (a, lsn, None),
-                    Slot::Auth(mut p) => {
-                        if let Some(undo) = p.issuer_undo.take() {
-                            issuer_undo.push((i, undo));
-                        }
-                        self.finish(*p, now, acquirer)
-                    }
-                    Slot::Reversal(r) => {
-                        let PendingReversal { resp, lsn, key, .. } = *r;
-                        (Some(resp), lsn, key)
-                    }
-                    Slot::Crypto(_) => unreachable!("check_cryptograms concluded every check"),
-                };
-                if let Some(lsn) = lsn {
-                    wait_for = wait_for.max(lsn);
+        let mut answers: Vec<Option<IsoMessage>> = Vec::with_capacity(slots.len());
+        for (i, slot) in slots.into_iter().enumerate() {
+            let (answer, lsn, key) = match slot {
+                Slot::Ready(a, lsn) => (a, lsn, None),
+                Slot::CopyOf(j, resp_mti) => {
+                    let copy = answers[j].clone().map(|mut a: IsoMessage| {
+                        a.set_mti(resp_mti);
+                        a
+                    });
+                    (copy, lsns[j], None)
                 }
-                keys.push(key.map(|k| (k, lsn)));
-                answer
-            })
-            .collect();
+                Slot::Auth(mut p) => {
+                    if let Some(undo) = p.issuer_undo.take() {
+                        issuer_undo.push((i, undo));
+                    }
+                    self.finish(*p, now, acquirer)
+                }
+                Slot::Reversal(r) => {
+                    let PendingReversal { resp, lsn, key, .. } = *r;
+                    (Some(resp), lsn, key)
+                }
+                Slot::Crypto(_) => unreachable!("check_cryptograms concluded every check"),
+            };
+            if let Some(lsn) = lsn {
+                wait_for = wait_for.max(lsn);
+            }
+            lsns.push(lsn);
+            keys.push(key.map(|k| (k, lsn)));
+            answers.push(answer);
+        }
         DecidedBatch {
             answers,
+            lsns,
             keys,
             issuer_undo,
             issuer: self.issuer.clone(),
@@ -294,7 +327,15 @@ impl Pipeline {
         self.metrics.response_counts()
     }
 
-    fn handle_one(&self, body: &[u8], now: Now, acquirer: Option<&str>) -> Slot {
+    /// The slot of request number `index` of its batch.
+    fn handle_one(
+        &self,
+        body: &[u8],
+        now: Now,
+        acquirer: Option<&str>,
+        in_batch: &mut InBatch,
+        index: usize,
+    ) -> Slot {
         let req = match self.dialect.decode(body) {
             Ok(m) => m,
             Err(e) => return Slot::Ready(format_error(&e), None),
@@ -349,6 +390,16 @@ impl Pipeline {
                     return Slot::Ready(Some(self.duplicate(&req, resp_mti, acquirer)), None)
                 }
                 None => {}
+            }
+            // Not answered in an earlier batch: maybe earlier in this one.
+            match in_batch.get(k) {
+                Some((d, j)) if d == digest => return Slot::CopyOf(*j, resp_mti),
+                Some(_) => {
+                    return Slot::Ready(Some(self.duplicate(&req, resp_mti, acquirer)), None)
+                }
+                None => {
+                    in_batch.insert(k.clone(), (*digest, index));
+                }
             }
         }
         let mut resp = IsoMessage::new(resp_mti);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::iso8583::{digits_value, rc, Dialect, IsoMessage};
-use crate::issuer::IssuerLink;
+use crate::issuer::Issuer;
 use crate::metrics::Metrics;
 use crate::server::PendingAnswers;
 use crate::vault::journal::Lsn;
@@ -21,11 +21,14 @@ use super::shards::Sharded;
 /// approval in it is durable (one wait for the whole batch).
 pub(super) struct DecidedBatch {
     pub answers: Vec<Option<IsoMessage>>,
+    /// The journal position each answer waits for (an approval's ATC; a
+    /// retransmitted approval's original ATC).
+    pub lsns: Vec<Option<Lsn>>,
     pub keys: Vec<Option<(RequestId, Option<Lsn>)>>,
     /// (answer index, forwarded request) for every issuer approval in the
     /// batch: reversed with an 0420 if the batch cannot be made durable.
     pub issuer_undo: Vec<(usize, IsoMessage)>,
-    pub issuer: Option<Arc<IssuerLink>>,
+    pub issuer: Option<Arc<dyn Issuer>>,
     pub wait_for: Lsn,
     pub started: Instant,
     pub now: Now,
@@ -63,17 +66,38 @@ impl DecidedBatch {
             Some(d) => d,
             None => self.ready() || self.vault.wait_durable(self.wait_for).is_ok(),
         };
+        // The batch could not be made durable (the journal failed): an
+        // approval whose own record is not on disk leaves as a 96. One
+        // whose record already was (a retransmission of an approval given
+        // before the failure, or a record synced before the failing one)
+        // was durable and stays approved: the tessera-sim simulation found
+        // retransmitted approvals turned into 96s for an ATC the vault had
+        // durably accepted.
+        let demote: Vec<bool> = if durable {
+            vec![false; self.answers.len()]
+        } else {
+            let on_disk = self.vault.durable_lsn();
+            self.answers
+                .iter()
+                .zip(&self.lsns)
+                .map(|(a, lsn)| {
+                    let approved = a.as_ref().and_then(|m| m.get(39)) == Some(&rc::APPROVED[..]);
+                    approved && !lsn.is_some_and(|l| l <= on_disk)
+                })
+                .collect()
+        };
         if !durable {
-            self.take_back_issuer_approvals();
+            self.take_back_issuer_approvals(&demote);
         }
         let answered = self.answers.iter().filter(|a| a.is_some()).count() as u64;
         self.metrics.latency(self.started.elapsed(), answered);
         let encoded: Vec<Option<Vec<u8>>> = self
             .answers
             .into_iter()
-            .map(|a| {
+            .zip(demote)
+            .map(|(a, demote)| {
                 let mut msg = a?;
-                if !durable && msg.get(39) == Some(&rc::APPROVED[..]) {
+                if demote {
                     msg.set(39, rc::SYSTEM_ERROR);
                     msg.remove(38);
                     msg.remove(55);
@@ -101,19 +125,16 @@ impl DecidedBatch {
     }
 
     /// The issuer approved, but the approval could not be made durable
-    /// here (journal failure, shutdown), so the acquirer gets a 96: send
+    /// here (journal failure, shutdown), so the acquirer gets a 96
+    /// (`demoted`, by answer): send
     /// the issuer an 0420 for each, so that its ledger agrees. Their
     /// answers change nothing here; one that does not come is the issuer
     /// link's timeout (counted there).
-    fn take_back_issuer_approvals(&mut self) {
+    fn take_back_issuer_approvals(&mut self, demoted: &[bool]) {
         let Some(link) = &self.issuer else { return };
-        let answers = &self.answers;
         let undo: Vec<IsoMessage> = std::mem::take(&mut self.issuer_undo)
             .into_iter()
-            .filter(|(i, _)| {
-                let answer = answers.get(*i).and_then(Option::as_ref);
-                answer.and_then(|a| a.get(39)) == Some(&rc::APPROVED[..])
-            })
+            .filter(|(i, _)| demoted.get(*i).copied().unwrap_or(false))
             .map(|(_, forwarded)| issuer_reversal(forwarded))
             .collect();
         if !undo.is_empty() {

@@ -44,7 +44,9 @@ use zeroize::Zeroizing;
 
 use crate::config::Config;
 use controls::{ControlViolation, ControlsTable, TxnContext};
-use journal::{Durability, Journal, Lsn};
+/// A journal position: what `wait_durable` waits for.
+pub use journal::Lsn;
+use journal::{Durability, Journal};
 use pan_crypto::{CardNumberBox, EncryptedPan, PanCipher};
 use records::{Arena, RecordId, RecordView, NONE};
 use recovery::RecoverOptions;
@@ -164,6 +166,10 @@ pub struct Vault {
     state_order: Mutex<()>,
     /// Held by the one [`Vault::rekey`] that may run at a time.
     rekeying: Mutex<()>,
+    /// Simulation (feature `test-hooks`): token numbers drawn from this
+    /// seeded sequence instead of the OS, so that one seed replays one run.
+    #[cfg(feature = "test-hooks")]
+    token_draws: Mutex<Option<u64>>,
     /// Journal records since the last snapshot.
     since_snapshot: AtomicU64,
     /// Held for the vault's lifetime: an exclusive lock on `dir/LOCK`, so
@@ -287,6 +293,8 @@ impl Vault {
             writer: Mutex::new(()),
             state_order: Mutex::new(()),
             rekeying: Mutex::new(()),
+            #[cfg(feature = "test-hooks")]
+            token_draws: Mutex::new(None),
             since_snapshot: AtomicU64::new(0),
             _lock: lock,
             audit,
@@ -672,6 +680,13 @@ impl Vault {
         self.journal.wait_durable(lsn).map_err(storage)
     }
 
+    /// Every journal record up to this position is on disk. A record made
+    /// durable before the journal failed stays durable: an answer that
+    /// waited only for it may still leave as it was.
+    pub fn durable_lsn(&self) -> Lsn {
+        self.journal.durable_lsn()
+    }
+
     /// Why the journal failed, if it has: from then on nothing can be made
     /// durable, so nothing is approved until a restart.
     pub fn journal_failure(&self) -> Option<String> {
@@ -706,7 +721,8 @@ impl Vault {
 
     /// Fault injection (feature `test-hooks`): hold the journal writer, so
     /// that what is appended stays in memory until `false` releases it (it
-    /// is then written and synced as always) or
+    /// is then written and synced as always), a wait for durability
+    /// commits it on the waiting thread, or
     /// [`Vault::journal_write_unsynced`] writes it: a simulation decides
     /// what is in the file, and what is synced, when the power goes.
     #[cfg(feature = "test-hooks")]
@@ -792,15 +808,47 @@ impl Vault {
             .find(|r| r.prefix.as_bytes()[0] == first)
             .unwrap_or(&ranges[0]);
         for _ in 0..64 {
-            let mut seed = [0u8; 8];
-            getrandom::fill(&mut seed)
-                .map_err(|e| VaultError::Storage(format!("no randomness: {e}")))?;
-            let t = ranges::number_in_range(range, u64::from_le_bytes(seed));
+            let t = ranges::number_in_range(range, self.token_draw()?);
             if !self.by_token.contains(&t.value()) {
                 return Ok(t);
             }
         }
         Err(VaultError::Full("token range (64 random draws all taken)"))
+    }
+
+    /// 64 random bits for a token number: from the OS, or (feature
+    /// `test-hooks`) from the sequence [`Vault::seed_token_draws`] set.
+    fn token_draw(&self) -> Result<u64, VaultError> {
+        #[cfg(feature = "test-hooks")]
+        if let Some(state) = self
+            .token_draws
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_mut()
+        {
+            // SplitMix64: the state steps by the golden ratio, the output
+            // is its finaliser.
+            *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = *state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            return Ok(z ^ (z >> 31));
+        }
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed)
+            .map_err(|e| VaultError::Storage(format!("no randomness: {e}")))?;
+        Ok(u64::from_le_bytes(seed))
+    }
+
+    /// Simulation (feature `test-hooks`): draw token numbers from a
+    /// sequence seeded by `seed`, so that a simulated run replays exactly.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn seed_token_draws(&self, seed: u64) {
+        *self
+            .token_draws
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(seed);
     }
 
     /// Change a token's state if the lifecycle allows it.
