@@ -38,6 +38,9 @@ use engine::vault::Lsn;
 use engine::vault::{OpenOptions, TokenizeRequest, Vault};
 use hsm_sim::keyfile::KeyStore;
 use loadgen::cardsim::{self, CardTxn};
+use provisioning::auth::Caller;
+use provisioning::service::{Action, CardRequest};
+use provisioning::{Service, ServiceOptions};
 
 use crate::clock::SimClock;
 use crate::issuer::{issuer_declines, IssuerMode, SimIssuer};
@@ -142,6 +145,7 @@ enum Known {
 #[derive(Debug)]
 struct Card {
     token: CardNumber,
+    pan: CardNumber,
     profile: usize,
     chip: bool,
     txn: CardTxn,
@@ -269,10 +273,11 @@ struct World {
     issuer: Arc<SimIssuer>,
     vault: Option<Arc<Vault>>,
     pipeline: Option<Pipeline>,
+    /// The management API's service layer (what `POST /v1/cards/{action}`
+    /// calls), over the same vault.
+    service: Option<Service>,
     /// Engine lives: +1 at every restart (the caches start empty).
     life: u64,
-    /// The journal position every state change up to which is durable.
-    durable: Lsn,
     /// A disk fault armed since the last restart (it may fire any time).
     fault_armed: bool,
     conns: Vec<Connection>,
@@ -370,6 +375,7 @@ impl World {
             pans.insert(token.digits(), pan.digits());
             cards.push(Card {
                 token,
+                pan,
                 profile,
                 chip: matches!(profiles[profile].profile.scheme, Scheme::Emv(_)),
                 txn: CardTxn {
@@ -411,8 +417,8 @@ impl World {
             issuer,
             vault: Some(vault),
             pipeline: None,
+            service: None,
             life: 0,
-            durable: Lsn::default(),
             fault_armed: false,
             conns: (0..CLIENTS).map(|_| Connection::default()).collect(),
             cards,
@@ -423,7 +429,7 @@ impl World {
             next_stan: 1,
             report: RunReport::default(),
         };
-        w.pipeline = Some(w.new_pipeline()?);
+        w.start_engine()?;
         Ok(w)
     }
 
@@ -445,16 +451,24 @@ impl World {
             .expect("the vault is open between restarts")
     }
 
-    /// The engine's pipeline over the open vault, as `serve` builds it,
-    /// on the simulated clock and issuer.
-    fn new_pipeline(&self) -> Result<Pipeline, String> {
+    /// The engine over the open vault, as `serve` builds it: the pipeline
+    /// (on the simulated clock and issuer) and the management API's
+    /// service.
+    fn start_engine(&mut self) -> Result<(), String> {
         let profiles = profile_keys::load(&self.config, &self.keys)?;
-        Ok(
+        self.pipeline = Some(
             Pipeline::new(Arc::clone(self.vault()), profiles, Dialect::Ascii)
                 .with_decline_log(false)
                 .with_clock(self.clock.clone())
                 .with_issuer_leg(self.issuer.clone()),
-        )
+        );
+        self.service = Some(Service::from_config(
+            &self.config,
+            &self.keys,
+            Arc::clone(self.vault()),
+            &ServiceOptions::new(&self.dir),
+        )?);
+        Ok(())
     }
 
     fn run(&mut self, steps: u64) -> Result<(), String> {
@@ -469,8 +483,37 @@ impl World {
             self.one_step(false)?;
             self.step += 1;
         }
-        // A last power loss, and the invariants after it.
-        self.restart()
+        // A last power loss, the invariants after it, then a clean stop
+        // and the audit trail across every restart of the run.
+        self.restart()?;
+        self.verify_audit()
+    }
+
+    /// Stop cleanly, then verify the audit trail (hash chain and signed
+    /// checkpoints) over every start of the run.
+    fn verify_audit(&mut self) -> Result<(), String> {
+        self.pipeline = None;
+        self.service = None;
+        drop(self.vault.take());
+        let held = engine::audit::keys(&self.config, &self.keys)?
+            .ok_or("the simulation's key store has no audit keys")?;
+        let keys = tessera_audit::VerifyKeys {
+            mac_key: Some(held.mac_key()),
+            public_key: Some(held.verifying_key()),
+        };
+        let report = tessera_audit::verify(&tessera_audit::audit_dir(&self.dir), &keys)
+            .map_err(|e| format!("audit verify: {e}"))?;
+        match report.problem {
+            Some(p) => Err(format!(
+                "the audit trail does not verify after {} good entries: {p}",
+                report.entries
+            )),
+            None if report.entries < self.report.restarts => Err(format!(
+                "{} audit entries for {} starts",
+                report.entries, self.report.restarts
+            )),
+            None => Ok(()),
+        }
     }
 
     fn one_step(&mut self, faults: bool) -> Result<(), String> {
@@ -542,12 +585,14 @@ impl World {
         }
     }
 
-    /// The operator suspends or resumes a token; acknowledged (waited for)
-    /// three times in four.
+    /// The operator suspends or resumes a token through the management
+    /// API's service (which answers once the change is durable), three
+    /// times in four; otherwise the call is cut off between the change in
+    /// memory and its sync, as by a power loss.
     fn lifecycle(&mut self) -> Result<(), String> {
         let k = self.rng.below(CARDS as u64) as usize;
         let acknowledge = !self.rng.one_in(4);
-        let token = self.cards[k].token;
+        let (token, pan) = (self.cards[k].token, self.cards[k].pan);
         if self.cards[k].state == Known::InDoubt {
             // Either is right; the operator looks before acting.
             let now = self.vault().lookup(token).map(|v| v.state);
@@ -557,36 +602,45 @@ impl World {
                 Known::Suspended
             };
         }
-        let to = match self.cards[k].state {
-            Known::Active => TokenState::Suspended,
-            _ => TokenState::Active,
+        let (to, action, known) = match self.cards[k].state {
+            Known::Active => (TokenState::Suspended, Action::Suspend, Known::Suspended),
+            _ => (TokenState::Active, Action::Resume, Known::Active),
         };
-        let lsn = match self.vault().set_state(token, to) {
-            Ok(lsn) => lsn,
+        if acknowledge {
+            let operator = Caller::Operator {
+                name: "sim operator".into(),
+            };
+            let request = CardRequest {
+                pan: pan.digits().into(),
+            };
+            let service = self.service.as_ref().expect("serving");
+            match service.card_lifecycle(&operator, request, action) {
+                Ok(answer) if answer["changed"] == 1 => {
+                    self.cards[k].state = known;
+                    self.cards[k].unsynced_change = None;
+                    self.report.lifecycle_acks += 1;
+                    self.log(|| format!("card {k} -> {to:?}: acknowledged"));
+                }
+                Ok(answer) => return Err(format!("card {k} -> {to:?}: the API answered {answer}")),
+                Err(e) => {
+                    // The journal failed: the change may be in memory only.
+                    self.log(|| format!("card {k} -> {to:?} failed: {e:?}"));
+                    self.cards[k].state = Known::InDoubt;
+                }
+            }
+            return Ok(());
+        }
+        match self.vault().set_state(token, to) {
+            Ok(lsn) => {
+                self.cards[k].state = known;
+                self.cards[k].unsynced_change = Some(lsn);
+                self.log(|| format!("card {k} -> {to:?}: cut off before its sync"));
+            }
             Err(e) => {
-                // The journal failed: the change may be in memory only.
                 self.log(|| format!("card {k} -> {to:?} failed: {e}"));
                 self.cards[k].state = Known::InDoubt;
-                return Ok(());
-            }
-        };
-        let card = &mut self.cards[k];
-        card.state = if to == TokenState::Active {
-            Known::Active
-        } else {
-            Known::Suspended
-        };
-        card.unsynced_change = Some(lsn);
-        if acknowledge {
-            match self.vault().wait_durable(lsn) {
-                Ok(()) => {
-                    self.durable = self.durable.max(lsn);
-                    self.report.lifecycle_acks += 1;
-                }
-                Err(e) => self.log(|| format!("card {k} -> {to:?} not durable: {e}")),
             }
         }
-        self.log(|| format!("card {k} -> {to:?} acknowledged={acknowledge}"));
         Ok(())
     }
 
@@ -975,11 +1029,15 @@ impl World {
     /// acknowledged.
     fn restart(&mut self) -> Result<(), String> {
         self.pipeline = None;
+        self.service = None;
         let vault = self.vault.take().expect("open");
         if self.rng.one_in(2) {
             // The page cache had taken the last records, unsynced.
             let _ = vault.journal_write_unsynced();
         }
+        // What the journal reported durable: every change up to here must
+        // survive.
+        let durable = vault.durable_lsn();
         let vault =
             Arc::try_unwrap(vault).map_err(|_| "the vault is still shared at power loss")?;
         vault.power_off();
@@ -998,17 +1056,12 @@ impl World {
         self.life += 1;
         self.fault_armed = false;
         for card in &mut self.cards {
-            if card
-                .unsynced_change
-                .take()
-                .is_some_and(|l| l > self.durable)
-            {
+            if card.unsynced_change.take().is_some_and(|l| l > durable) {
                 card.state = Known::InDoubt;
             }
             // The failure count is not journaled: a restart clears it.
         }
-        self.durable = Lsn::default();
-        self.pipeline = Some(self.new_pipeline()?);
+        self.start_engine()?;
         self.check_after_restart()
     }
 
