@@ -14,8 +14,10 @@
 //! Disk faults come too: a write that stops halfway with ENOSPC, an
 //! fdatasync that fails with EIO. The journal then fails, nothing more is
 //! acknowledged, and the run restarts the vault as its process would.
-//! `TESSERA_SIM_BITROT=1` also flips a bit of synced data at each power
-//! loss: the start must refuse it, or it must change nothing acknowledged.
+//! A power loss also loses sectors of the unsynced tail out of order, and
+//! flips a bit of synced data (bit rot): the start must refuse the flip,
+//! or it must change nothing acknowledged (`TESSERA_SIM_REORDER=0` and
+//! `TESSERA_SIM_BITROT=0` turn them off).
 //!
 //! Acknowledged operations go through the journal's own writer thread (write,
 //! fdatasync, publish: the production path); while operations are not
@@ -162,14 +164,16 @@ fn check(v: &Vault, w: &mut World, seed: u64, step: u64) {
     w.tokens = kept;
 }
 
-/// Whether power losses also lose sectors out of order.
+/// Whether power losses also lose sectors out of order (on unless
+/// `TESSERA_SIM_REORDER=0`).
 fn reorder() -> bool {
-    std::env::var_os("TESSERA_SIM_REORDER").is_some()
+    std::env::var("TESSERA_SIM_REORDER").map_or(true, |v| v != "0")
 }
 
-/// Whether a power loss also flips a bit of synced data (bit rot).
+/// Whether a power loss also flips a bit of synced data (bit rot; on
+/// unless `TESSERA_SIM_BITROT=0`).
 fn bit_rot() -> bool {
-    std::env::var_os("TESSERA_SIM_BITROT").is_some()
+    std::env::var("TESSERA_SIM_BITROT").map_or(true, |v| v != "0")
 }
 
 /// Flip one seeded bit of a journal file's synced records (past its

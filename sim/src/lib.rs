@@ -13,12 +13,14 @@
 //!   the listener's frame cutter;
 //! - simulated: the clock ([`clock`]), the network ([`net`]) in place of
 //!   the listener's sockets and event loop, the issuer ([`issuer`]) in
-//!   place of the issuer link's TCP connection, and the disk's power loss
-//!   (`engine::vault::power_loss`: what was not synced is lost or torn).
+//!   place of the issuer link's TCP connection, and the disk: power loss
+//!   (`engine::vault::power_loss`: what was not synced is lost, torn, or
+//!   loses sectors out of order) and bit rot in synced data ([`disk`]).
 //!
 //! See `docs/simulation.md` for what it finds and what it does not cover.
 
 pub mod clock;
+pub mod disk;
 pub mod issuer;
 pub mod net;
 pub mod rng;

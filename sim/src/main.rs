@@ -85,13 +85,15 @@ fn add(t: &mut RunReport, r: &RunReport) {
     t.disk_faults += r.disk_faults;
     t.transient += r.transient;
     t.lifecycle_acks += r.lifecycle_acks;
+    t.rot_refused += r.rot_refused;
 }
 
 fn summary(r: &RunReport) -> String {
     format!(
         "{} answers checked, {} approvals, {} replays refused, {} restarts after power loss \
          ({} unsynced bytes lost), {} connections cut, {} duplicates, {} repeats, {} disk faults, \
-         {} answers 91/96, {} lifecycle changes acknowledged",
+         {} answers 91/96, {} lifecycle changes acknowledged, {} bit flips in synced data \
+         refused at start",
         r.answers,
         r.approvals,
         r.replays_refused,
@@ -102,6 +104,7 @@ fn summary(r: &RunReport) -> String {
         r.repeats,
         r.disk_faults,
         r.transient,
-        r.lifecycle_acks
+        r.lifecycle_acks,
+        r.rot_refused
     )
 }

@@ -43,9 +43,13 @@ use provisioning::service::{Action, CardRequest};
 use provisioning::{Service, ServiceOptions};
 
 use crate::clock::SimClock;
+use crate::disk::flip_a_synced_bit;
 use crate::issuer::{issuer_declines, IssuerMode, SimIssuer};
 use crate::net::Connection;
 use crate::rng::SimRng;
+
+/// The journal position of a state known in memory only.
+const NOT_DURABLE: Lsn = Lsn(u64::MAX);
 
 /// Tokens in a run (one per profile of the shipped config, and more).
 const CARDS: usize = 12;
@@ -113,6 +117,9 @@ pub struct RunReport {
     pub transient: u64,
     /// Acknowledged suspends and resumes.
     pub lifecycle_acks: u64,
+    /// Bits flipped in synced data that the next start refused (all must
+    /// be).
+    pub rot_refused: u64,
 }
 
 /// The first broken invariant of a run.
@@ -153,7 +160,9 @@ struct Card {
     /// ATCs answered `00` (acknowledged approvals).
     approved: Vec<u16>,
     state: Known,
-    /// The journal position of a state change not yet known durable.
+    /// The journal position of a state change not yet known durable
+    /// ([`NOT_DURABLE`] when it has none: a failed call, or a state learnt
+    /// from an answer, which tells memory, not the disk).
     unsynced_change: Option<Lsn>,
     /// Requests sent since the last acknowledged approval that may have
     /// counted as failed authentications (an upper bound on the vault's
@@ -626,6 +635,7 @@ impl World {
                     // The journal failed: the change may be in memory only.
                     self.log(|| format!("card {k} -> {to:?} failed: {e:?}"));
                     self.cards[k].state = Known::InDoubt;
+                    self.cards[k].unsynced_change = Some(NOT_DURABLE);
                 }
             }
             return Ok(());
@@ -639,6 +649,7 @@ impl World {
             Err(e) => {
                 self.log(|| format!("card {k} -> {to:?} failed: {e}"));
                 self.cards[k].state = Known::InDoubt;
+                self.cards[k].unsynced_change = Some(NOT_DURABLE);
             }
         }
         Ok(())
@@ -1041,7 +1052,9 @@ impl World {
         let vault =
             Arc::try_unwrap(vault).map_err(|_| "the vault is still shared at power loss")?;
         vault.power_off();
-        let losses = power_loss(&self.dir, self.rng.next_u64(), false)
+        // The unsynced tail torn at any byte, and its sectors lost out of
+        // order (as a disk that persists a later write first).
+        let losses = power_loss(&self.dir, self.rng.next_u64(), true)
             .map_err(|e| format!("power loss: {e}"))?;
         let lost: u64 = losses.iter().map(|l| l.before - l.after).sum();
         self.report.bytes_lost += lost;
@@ -1050,7 +1063,31 @@ impl World {
         for c in 0..CLIENTS {
             self.cut(c);
         }
-        let vault = open_vault(&self.dir, &self.config, &self.keys)?;
+        let flip = if self.rng.one_in(3) {
+            flip_a_synced_bit(&self.dir, &losses, &mut self.rng)
+                .map_err(|e| format!("bit rot: {e}"))?
+        } else {
+            None
+        };
+        let vault = match (open_vault(&self.dir, &self.config, &self.keys), flip) {
+            (Ok(v), None) => v,
+            (Err(e), None) => return Err(e),
+            (Ok(_), Some(f)) => {
+                // Every synced byte of the newest journal file is under a
+                // checksum: a flip there that starts is a flip not caught.
+                return Err(format!(
+                    "bit rot at byte {} of {} was not caught at the start",
+                    f.at,
+                    f.path.display()
+                ));
+            }
+            (Err(e), Some(f)) => {
+                self.report.rot_refused += 1;
+                self.log(|| format!("bit rot at byte {} refused: {e}", f.at));
+                f.repair().map_err(|e| format!("repair: {e}"))?;
+                open_vault(&self.dir, &self.config, &self.keys)?
+            }
+        };
         vault.manual_journal(true);
         self.vault = Some(Arc::new(vault));
         self.life += 1;

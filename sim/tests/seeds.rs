@@ -30,6 +30,7 @@ fn every_seed_keeps_every_invariant() {
         total.disk_faults += r.disk_faults;
         total.transient += r.transient;
         total.lifecycle_acks += r.lifecycle_acks;
+        total.rot_refused += r.rot_refused;
     }
     eprintln!("{total:?}");
     // A run set in which no fault struck would prove nothing.

@@ -81,6 +81,38 @@ const TAG_REKEY: u8 = 0x06;
 /// Type byte of the snapshot trailer frame (`vault::snapshot`). Reserved
 /// here so that no journal record type ever takes it.
 pub(crate) const TAG_SNAPSHOT_TRAILER: u8 = 0xFF;
+/// Type byte of the batch end frame that closes every write to a journal
+/// file (`vault::journal`, format 3): payload `[0xFE][length u32 LE]`, the
+/// length of the batch's frames before it. Not a record (no MAC): the
+/// journal's framing, which lets recovery tell a write that never
+/// completed from damage to one that did.
+pub(crate) const TAG_BATCH_END: u8 = 0xFE;
+/// Bytes of a batch end frame.
+pub(crate) const BATCH_END_FRAME_LEN: usize = FRAME_HEADER_LEN + 5;
+
+/// The frame that ends a batch of `batch_len` bytes of frames.
+pub(crate) fn batch_end_frame(batch_len: usize) -> [u8; BATCH_END_FRAME_LEN] {
+    let mut payload = [0u8; 5];
+    payload[0] = TAG_BATCH_END;
+    // A batch is at most the journal's pending bound (64 MiB) plus one
+    // record: far below u32::MAX.
+    payload[1..].copy_from_slice(&(batch_len.min(u32::MAX as usize) as u32).to_le_bytes());
+    let mut f = [0u8; BATCH_END_FRAME_LEN];
+    f[..4].copy_from_slice(&5u32.to_le_bytes());
+    f[4..8].copy_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    f[8..].copy_from_slice(&payload);
+    f
+}
+
+/// The batch length a batch end frame's payload declares, if it is one.
+pub(crate) fn parse_batch_end(payload: &[u8]) -> Option<u64> {
+    match payload {
+        [TAG_BATCH_END, len @ ..] if len.len() == 4 => Some(u64::from(u32::from_le_bytes(
+            len.try_into().unwrap_or_default(),
+        ))),
+        _ => None,
+    }
+}
 
 /// Why a record could not be encoded, or bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -11,17 +11,32 @@
 //!
 //! ```text
 //! offset  size  field
-//! 0       8     magic "TJRNL002" (format 2: records name their data key
-//!               version; format 1 files, from before key rotation, are
-//!               refused by name)
+//! 0       8     magic "TJRNL003" (format 3: every write ends with a
+//!               batch end frame; format 2, without them, and format 1,
+//!               from before key rotation, are refused by name)
 //! 8       8     seq u64 LE (equals the seq in the file name)
-//! 16      ...   frames, back to back, to the end of the file:
-//!               [payload_len u32 LE][crc32c(payload) u32 LE][payload]
+//! 16      ...   batches, back to back, to the end of the file
+//! ```
+//!
+//! A batch is what one group commit writes (one write, one fdatasync):
+//! frames, then a batch end frame.
+//!
+//! ```text
+//! frame      [payload_len u32 LE][crc32c(payload) u32 LE][payload]
+//! batch      frame... [5][crc32c][0xFE][batch_len u32 LE]
 //! ```
 //!
 //! `payload_len` is 1..=65536 and the payload is one record as described
-//! in `vault::codec`. There is no trailer: a journal file ends where its
-//! last frame ends.
+//! in `vault::codec`; `batch_len` is the length of the batch's frames
+//! before its end frame. A journal file ends where its last batch ends.
+//!
+//! Why batches are marked: a batch is acknowledged only after its
+//! fdatasync, and the next batch is written only after that, so only the
+//! last batch of the last file can be incomplete, torn or (on a disk that
+//! reorders writes) full of holes; any earlier one was durable. A batch
+//! end after damage proves that the write around the damage completed:
+//! recovery refuses that as corruption (bit rot in acknowledged data)
+//! instead of cutting it off as a torn tail. See `vault::recovery`.
 //!
 //! Other files in the directory: `snapshot-{seq:016}.snap` (complete
 //! snapshots), `snapshot-{seq:016}.snap.tmp` (a snapshot being written;
@@ -65,10 +80,11 @@ use super::seal::{Chain, FileKind, RecordMac, Tag};
 use super::types::JournalRecord;
 
 /// First 8 bytes of every journal file.
-pub(crate) const JOURNAL_MAGIC: &[u8; 8] = b"TJRNL002";
-/// The magic of format 1 (records without a data key version, sealed under
-/// a key derived from the data key): recognised only to say so.
-pub(crate) const JOURNAL_MAGIC_V1: &[u8; 8] = b"TJRNL001";
+pub(crate) const JOURNAL_MAGIC: &[u8; 8] = b"TJRNL003";
+/// The magics of older formats, recognised only to say so: format 1
+/// (records without a data key version, sealed under a key derived from
+/// the data key) and format 2 (no batch end frames).
+pub(crate) const OLDER_JOURNAL_MAGICS: [&[u8; 8]; 2] = [b"TJRNL001", b"TJRNL002"];
 /// Magic plus seq.
 pub(crate) const JOURNAL_HEADER_LEN: u64 = 16;
 /// In async mode the writer flushes at least this often.
@@ -432,7 +448,7 @@ impl Journal {
         // Holding `segment` keeps the writer out; it will find the buffer
         // taken and the new file in place.
         let mut seg = lock(&sh.segment);
-        let (pending, lsn) = {
+        let (mut pending, lsn) = {
             let mut st = lock(&sh.state);
             if let Some(why) = &st.failed {
                 return Err(JournalError::Failed(why.clone()));
@@ -441,7 +457,7 @@ impl Journal {
             st.chain = sh.mac.chain(FileKind::Journal, seg.seq + 1);
             (std::mem::take(&mut st.buf), st.appended)
         };
-        if let Err(why) = sh.write_and_sync(&mut seg, &pending) {
+        if let Err(why) = sh.write_and_sync(&mut seg, &mut pending) {
             return Err(sh.fail(why));
         }
         sh.publish(lsn);
@@ -471,7 +487,7 @@ impl Journal {
     fn commit_inline(&self) {
         let sh = &*self.shared;
         let mut seg = lock(&sh.segment);
-        let (batch, lsn) = {
+        let (mut batch, lsn) = {
             let mut st = lock(&sh.state);
             if st.failed.is_some() {
                 return;
@@ -483,7 +499,7 @@ impl Journal {
             super::files::sync_data(&seg.file, &seg.path)
                 .map_err(|e| format!("fdatasync of {} failed: {e}", seg.path.display()))
         } else {
-            sh.write_and_sync(&mut seg, &batch)
+            sh.write_and_sync(&mut seg, &mut batch)
         };
         match result {
             Ok(()) => sh.publish(lsn),
@@ -500,16 +516,17 @@ impl Journal {
     pub(crate) fn write_unsynced(&self) -> Result<(), JournalError> {
         let sh = &*self.shared;
         let mut seg = lock(&sh.segment);
-        let batch = {
+        let mut batch = {
             let mut st = lock(&sh.state);
             if let Some(why) = &st.failed {
                 return Err(JournalError::Failed(why.clone()));
             }
             std::mem::take(&mut st.buf)
         };
-        seg.file
-            .write_all(&batch)
-            .map_err(|e| sh.fail(format!("write to {} failed: {e}", seg.path.display())))
+        if batch.is_empty() {
+            return Ok(());
+        }
+        write_batch(&mut seg, &mut batch).map_err(|why| sh.fail(why))
     }
 
     /// Test hook: the power goes off. The writer stops where it is: a
@@ -552,7 +569,9 @@ impl Drop for Journal {
 }
 
 impl WriterCore {
-    fn write_and_sync(&self, seg: &mut Segment, data: &[u8]) -> Result<(), String> {
+    /// Write `data` (frames) as one batch, then fdatasync. `data` is
+    /// left holding the batch as written (its end frame appended).
+    fn write_and_sync(&self, seg: &mut Segment, data: &mut Vec<u8>) -> Result<(), String> {
         if data.is_empty() {
             return Ok(());
         }
@@ -569,9 +588,7 @@ impl WriterCore {
                 io::Error::from_raw_os_error(28)
             ));
         }
-        seg.file
-            .write_all(data)
-            .map_err(|e| format!("write to {} failed: {e}", seg.path.display()))?;
+        write_batch(seg, data)?;
         #[cfg(any(test, feature = "test-hooks"))]
         if self
             .fail_next_sync
@@ -675,7 +692,7 @@ fn writer_loop(sh: &WriterCore) {
             // `rotate` took it in the meantime.
             continue;
         }
-        let result = sh.write_and_sync(&mut seg, &batch);
+        let result = sh.write_and_sync(&mut seg, &mut batch);
         // Publish (or fail) before releasing the file: otherwise `rotate`
         // could sync later records after a failed write and report them,
         // and those of the failed batch, durable.
@@ -699,6 +716,16 @@ fn writer_loop(sh: &WriterCore) {
             batch = Vec::new();
         }
     }
+}
+
+/// Write one batch: its frames, then its batch end frame (see the module
+/// docs), in one write. The end frame is appended to `frames` in place.
+fn write_batch(seg: &mut Segment, frames: &mut Vec<u8>) -> Result<(), String> {
+    let end = codec::batch_end_frame(frames.len());
+    frames.extend_from_slice(&end);
+    seg.file
+        .write_all(frames)
+        .map_err(|e| format!("write to {} failed: {e}", seg.path.display()))
 }
 
 /// Create journal file `seq`: header, fsync, directory fsync. Fails if it
@@ -763,7 +790,7 @@ fn open_segment(dir: &Path, seq: u64) -> Result<Segment, JournalError> {
     if h != header(seq) {
         return Err(JournalError::BadHeader {
             path,
-            reason: format!("expected magic TJRNL002 and seq {seq}"),
+            reason: format!("expected magic TJRNL003 and seq {seq}"),
         });
     }
     // Appends go to the end regardless of the read position (O_APPEND).

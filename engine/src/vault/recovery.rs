@@ -4,36 +4,44 @@
 //!
 //! # Recovery: torn tail versus corruption
 //!
-//! A crash in the middle of a write can leave the end of the last journal
-//! file torn: a frame cut short, the end of the file zero-filled (the
-//! filesystem extended the file but the data never landed), or the last
-//! frame's bytes only partly written. None of that was acknowledged (in
-//! `sync` mode an acknowledgement waits for the fsync that covers the
-//! whole batch), so [`recover`] truncates it and reports a warning naming
-//! the file and offset. A frame is a torn tail when it is in the last
-//! journal file and
+//! Every write to a journal file is one batch ending in a batch end frame
+//! (`vault::journal`). A batch is acknowledged only after its fdatasync,
+//! and the next is written only after that, so only the last batch of the
+//! last file can be unfinished: cut short, zero-filled (the filesystem
+//! extended the file but the data never landed), or with holes (a disk
+//! that persists sectors out of order). None of it was acknowledged, so
+//! [`recover`] cuts the file where that batch starts and reports a warning
+//! naming the file and offsets. Records are applied a batch at a time: a
+//! batch's whole frames are not applied without its end. Damage at some
+//! frame of the last file is a torn tail when
 //!
-//! 1. it runs past the end of the file, or
-//! 2. every byte from its start to the end of the file is zero, or
-//! 3. it is the last frame (its length field is valid and it ends exactly
-//!    at the end of the file) and its checksum does not match,
+//! 1. no intact batch end frame follows it anywhere in the file (the write
+//!    did not complete), or
+//! 2. the only one that follows is its own batch's, nothing follows that,
+//!    and a 512-byte sector's part from the damage on (64 bytes at least)
+//!    is zeros: the last write completed but was not synced, and some of
+//!    its sectors never landed. Bit rot flips bits; it does not zero 64
+//!    bytes.
 //!
-//! **and** no intact frame (valid length and checksum) starts anywhere
-//! after its first byte. That last condition keeps a damaged length field
-//! in the middle of the file from swallowing the acknowledged records
-//! after it as if they were a torn tail.
+//! A batch end after damage otherwise proves that the write around it
+//! completed, and a completed write may have been acknowledged: that is
+//! corruption (bit rot in synced data), as is any other bad frame followed
+//! by another batch, a frame with a correct checksum whose payload does
+//! not decode, a batch end whose length is wrong, a bad header (corrupt at
+//! offset 0), or any damage in a journal file that is not the last one
+//! (rotation makes a file durable before the next one exists). Recovery
+//! then stops start-up with [`RecoveryError::Corrupt`], naming the file and
+//! the byte offset of the damage. The operator may restart with
+//! `--truncate-corrupt` (`truncate_corrupt = true`): the file is cut where
+//! the damaged batch starts and every later journal file is moved aside
+//! (renamed to `*.discarded`, not applied): records after a gap would be
+//! applied out of context. A warning lists what was lost.
 //!
-//! Anything else is corruption of data that may have been acknowledged: a
-//! bad frame followed by more data, a frame with a correct checksum whose
-//! payload does not decode, a bad header (corrupt at offset 0), or any bad
-//! frame in a journal file that is not the last one (rotation makes a file
-//! durable before the next one exists, so only the last can be torn).
-//! Recovery then stops start-up with [`RecoveryError::Corrupt`], naming
-//! the file and the byte offset. The operator may restart with
-//! `--truncate-corrupt` (`truncate_corrupt = true`): the file is truncated
-//! there and every later journal file is moved aside (renamed to
-//! `*.discarded`, not applied): records after a gap would be applied out of
-//! context. A warning lists what was lost.
+//! A batch end itself can rot too: whole frames, then 13 bytes that
+//! differ from the batch's expected end frame in one byte, is corruption
+//! as well (a write cut short leaves fewer bytes, or zeros). A
+//! flipped length bit that makes a record run past the end of the file is
+//! caught by the batch end it swallows.
 //!
 //! A last journal file shorter than its 16-byte header whose bytes are a
 //! prefix of the header (or zeros) was cut off right after creation: it is
@@ -56,12 +64,12 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::codec::{self, FrameReader, NextFrame, RawFrame, FRAME_HEADER_LEN, MAX_RECORD};
+use super::codec::{self, FrameReader, NextFrame, RawFrame};
 use super::files::{
     journal_file_name, parse_journal_name, parse_snapshot_name, parse_snapshot_tmp_name,
     snapshot_file_name, snapshot_tmp_name, sync_dir,
 };
-use super::journal::{header, JOURNAL_HEADER_LEN, JOURNAL_MAGIC, JOURNAL_MAGIC_V1};
+use super::journal::{header, JOURNAL_HEADER_LEN, JOURNAL_MAGIC, OLDER_JOURNAL_MAGICS};
 use super::seal::{FileKind, RecordMac, Tag};
 use super::snapshot::TamperedRecord;
 use super::snapshot::{self, SnapshotError};
@@ -143,8 +151,8 @@ pub(crate) enum RecoveryError {
     /// A file of an earlier on-disk format: refused whatever the options
     /// (`--truncate-corrupt` must never take it for damage and cut it).
     #[error(
-        "{} is {what} format 1, written by a Tessera from before data key rotation: this version \
-         reads format 2 only and does not migrate format 1 (a pre-release format); start from a new data directory",
+        "{} is {what} format {format}, written by a Tessera from {why}: this version does not migrate \
+         it (a pre-release format); start from a new data directory",
         file.display()
     )]
     OlderFormat {
@@ -152,6 +160,10 @@ pub(crate) enum RecoveryError {
         file: PathBuf,
         /// "journal" or "snapshot".
         what: &'static str,
+        /// Its format number.
+        format: u8,
+        /// What that format predates.
+        why: &'static str,
     },
     /// The data directory does not exist.
     #[error("data directory {} does not exist", dir.display())]
@@ -341,13 +353,14 @@ pub(crate) fn recover(
         };
         if bad.torn && last {
             warnings.push(format!(
-                "journal file {}: torn tail at byte offset {} ({}); truncated there \
-                 (an interrupted write, never acknowledged in sync mode)",
+                "journal file {}: torn tail at byte offset {} ({}); truncated at byte offset {}, \
+                 where that write starts (an interrupted write, never acknowledged in sync mode)",
                 path.display(),
                 bad.offset,
-                bad.reason
+                bad.reason,
+                bad.cut
             ));
-            truncate = Some((path, bad.offset));
+            truncate = Some((path, bad.cut));
             break;
         }
         let reason = if bad.torn {
@@ -363,12 +376,13 @@ pub(crate) fn recover(
             });
         }
         warnings.push(format!(
-            "--truncate-corrupt: journal file {} is corrupt at byte offset {} ({reason}); truncated there, \
-             the records from there on are lost",
+            "--truncate-corrupt: journal file {} is corrupt at byte offset {} ({reason}); truncated at \
+             byte offset {}, where that write starts: the records from there on are lost",
             path.display(),
-            bad.offset
+            bad.offset,
+            bad.cut
         ));
-        truncate = Some((path, bad.offset));
+        truncate = Some((path, bad.cut));
         discard_from = Some(i + 1);
         break;
     }
@@ -484,7 +498,11 @@ fn discard_name(path: &Path) -> PathBuf {
 
 /// The first bad frame of a journal file.
 struct BadFrame {
+    /// Where the damage is (for the operator).
     offset: u64,
+    /// Where to cut the file if it is cut: the start of the batch that
+    /// holds the damage (none of whose records was applied).
+    cut: u64,
     /// Torn by the rules in the module docs (which only apply to the last
     /// file; the caller decides).
     torn: bool,
@@ -531,19 +549,22 @@ fn scan_journal(
         let torn = header_write_cut;
         return Ok(Some(BadFrame {
             offset: 0,
+            cut: 0,
             torn,
             reason: format!("header incomplete ({len} of 16 bytes)"),
         }));
     }
-    if &h[..8] == JOURNAL_MAGIC_V1 {
+    if let Some(i) = OLDER_JOURNAL_MAGICS.iter().position(|m| h[..8] == m[..]) {
         return Err(RecoveryError::OlderFormat {
             file: path.to_owned(),
             what: "journal",
+            format: i as u8 + 1,
+            why: ["before data key rotation", "before batch end frames"][i],
         });
     }
     if h[..] != expected[..] {
         let reason = if &h[..8] != JOURNAL_MAGIC {
-            "bad header: not a journal file (magic is not TJRNL002)".to_owned()
+            "bad header: not a journal file (magic is not TJRNL003)".to_owned()
         } else {
             let found = u64::from_le_bytes(h[8..16].try_into().unwrap_or_default());
             format!("bad header: seq {found} does not match the file name")
@@ -551,76 +572,236 @@ fn scan_journal(
         let torn = header_write_cut && zeros_to_end(path, JOURNAL_HEADER_LEN)?;
         return Ok(Some(BadFrame {
             offset: 0,
+            cut: 0,
             torn,
             reason,
         }));
     }
 
     let mut frames = FrameReader::new(r, JOURNAL_HEADER_LEN, len);
+    // Records are applied a batch at a time, once its end frame is read: a
+    // batch that never completed was never acknowledged (nor was anything
+    // in it), and cutting the file at a batch boundary keeps the next
+    // writer's batch ends true.
+    let mut batch_start = JOURNAL_HEADER_LEN;
+    let mut batch: Vec<JournalRecord> = Vec::new();
+    let mut tip_at_batch_start: Option<Tag> = None;
     loop {
         let at = frames.position();
         let next = frames.next_frame().map_err(rio_err("read", path))?;
-        // (torn candidate, why, whether anything but zeros follows)
-        let (torn, reason, data_follows) = match next {
-            NextFrame::End => return Ok(None),
-            NextFrame::Frame(p) => match codec::decode_sealed(p) {
-                Ok((rec, bytes, tag)) => {
-                    let authentic = chain.verify(bytes, &tag);
-                    *scan.tip = Some(chain.tip());
-                    if authentic {
-                        out.push(rec);
+        let damage = match next {
+            NextFrame::End if at == batch_start => return Ok(None),
+            NextFrame::End => Damage::Unended,
+            NextFrame::Frame(p) => {
+                if let Some(declared) = codec::parse_batch_end(p) {
+                    if declared == at - batch_start && at > batch_start {
+                        out.append(&mut batch);
+                        batch_start = frames.position();
+                        tip_at_batch_start = *scan.tip;
                         continue;
                     }
-                    let t = TamperedRecord {
-                        file: path.to_owned(),
-                        offset: at,
-                        record: rec,
-                    };
-                    match t.set_aside(scan.quarantine.as_deref_mut()) {
-                        None => continue,
-                        Some(t) => {
-                            return Err(RecoveryError::Tampered {
-                                token: t.token(),
-                                file: t.file,
-                                offset: t.offset,
-                            })
+                    Damage::Data(format!(
+                        "a batch end frame declares {declared} bytes of frames, but {} precede it",
+                        at - batch_start
+                    ))
+                } else {
+                    match codec::decode_sealed(p) {
+                        Ok((rec, bytes, tag)) => {
+                            let authentic = chain.verify(bytes, &tag);
+                            *scan.tip = Some(chain.tip());
+                            if authentic {
+                                batch.push(rec);
+                                continue;
+                            }
+                            let t = TamperedRecord {
+                                file: path.to_owned(),
+                                offset: at,
+                                record: rec,
+                            };
+                            match t.set_aside(scan.quarantine.as_deref_mut()) {
+                                None => continue,
+                                Some(t) => {
+                                    return Err(RecoveryError::Tampered {
+                                        token: t.token(),
+                                        file: t.file,
+                                        offset: t.offset,
+                                    })
+                                }
+                            }
                         }
+                        // Written whole (the checksum matches) but not a
+                        // record we know: never a torn write. Possibly a
+                        // newer version's.
+                        Err(e) => Damage::Data(format!(
+                            "record does not decode although its checksum matches: {e}"
+                        )),
                     }
                 }
-                // Written whole (the checksum matches) but not a record we
-                // know: never a torn write. Possibly a newer version's.
-                Err(e) => (
-                    false,
-                    format!("record does not decode although its checksum matches: {e}"),
+            }
+            NextFrame::Incomplete => {
+                Damage::Frame("record runs past the end of the file".to_owned())
+            }
+            NextFrame::Corrupt { reason, .. } => Damage::Frame(reason.to_string()),
+        };
+        *scan.tip = tip_at_batch_start;
+        let (torn, reason) = match damage {
+            Damage::Unended => (
+                true,
+                format!(
+                    "the last write did not complete: {} record(s) without their batch end",
+                    batch.len()
+                ),
+            ),
+            Damage::Data(reason) => (false, reason),
+            Damage::Frame(reason) => match last_write(path, at, batch_start, len)? {
+                LastWrite::Incomplete => {
+                    (true, format!("{reason}, in a write that did not complete"))
+                }
+                LastWrite::LostSectors => (
                     true,
+                    format!("{reason}: sectors of the last write, never synced, did not land"),
+                ),
+                LastWrite::Completed => (
+                    false,
+                    format!("{reason}, inside a write that completed (a batch end follows)"),
                 ),
             },
-            NextFrame::Incomplete => (
-                true,
-                "record runs past the end of the file".to_owned(),
-                true,
-            ),
-            NextFrame::Corrupt {
-                reason,
-                declared_end,
-            } => {
-                if declared_end == Some(len) {
-                    (true, format!("last record damaged: {reason}"), true)
-                } else if zeros_to_end(path, at)? {
-                    (true, "zero-filled to the end of the file".to_owned(), false)
-                } else {
-                    (false, reason.to_string(), true)
-                }
-            }
         };
-        // A torn candidate with an intact frame after it is not a tail.
-        let torn = torn && !(data_follows && intact_frame_after(path, at, len)?);
         return Ok(Some(BadFrame {
             offset: at,
+            cut: batch_start,
             torn,
             reason,
         }));
     }
+}
+
+/// What stopped a journal scan.
+enum Damage {
+    /// The file ends after complete frames but before their batch end.
+    Unended,
+    /// A frame that is cut short or fails its checksum.
+    Frame(String),
+    /// Intact bytes that are wrong: whatever happened, it was not a write
+    /// cut short.
+    Data(String),
+}
+
+/// What the bytes after damage say about the write that held it.
+enum LastWrite {
+    /// No batch end follows: the last write, cut short (a torn tail).
+    Incomplete,
+    /// The batch's own end follows, nothing after it, and the damage
+    /// includes whole zeroed sectors: the last write completed but was not
+    /// synced, and the disk persisted its sectors out of order.
+    LostSectors,
+    /// A batch end follows that proves the write completed (another
+    /// batch's, or its own over damage that is not lost sectors): damage
+    /// to data that may have been acknowledged.
+    Completed,
+}
+
+/// Classify damage at `at` in the batch that starts at `batch_start`.
+fn last_write(
+    path: &Path,
+    at: u64,
+    batch_start: u64,
+    len: u64,
+) -> Result<LastWrite, RecoveryError> {
+    if at > batch_start && len - at >= codec::BATCH_END_FRAME_LEN as u64 {
+        // A batch end's worth of bytes after whole frames. If they are
+        // this batch's end frame but for one byte, the write completed and
+        // that byte rotted; a write cut short or lost leaves fewer bytes,
+        // or zeros.
+        let expected = codec::batch_end_frame((at - batch_start) as usize);
+        let mut found = [0u8; codec::BATCH_END_FRAME_LEN];
+        let mut f = File::open(path).map_err(rio_err("open", path))?;
+        f.seek(SeekFrom::Start(at)).map_err(rio_err("seek", path))?;
+        f.read_exact(&mut found).map_err(rio_err("read", path))?;
+        if found
+            .iter()
+            .zip(expected)
+            .filter(|(a, b)| **a != *b)
+            .count()
+            == 1
+        {
+            return Ok(LastWrite::Completed);
+        }
+    }
+    let Some((pos, declared, end)) = batch_end_after(path, at, len)? else {
+        return Ok(LastWrite::Incomplete);
+    };
+    let own = pos.checked_sub(declared) == Some(batch_start);
+    if !own || batch_end_after(path, end - 1, len)?.is_some() {
+        // A batch that a later write follows was synced before it.
+        return Ok(LastWrite::Completed);
+    }
+    Ok(if zeroed_sector_in(path, at, pos)? {
+        LastWrite::LostSectors
+    } else {
+        LastWrite::Completed
+    })
+}
+
+/// Whether the part from `from` on of some 512-byte aligned sector (the
+/// last part may end at `end`) is all zeros and at least 64 bytes: the
+/// mark of a write that did not land (the old contents of a file's new
+/// end are zeros). Bit rot flips bits; it does not zero 64 bytes, and no
+/// frame holds 64 zero bytes in a row.
+fn zeroed_sector_in(path: &Path, from: u64, end: u64) -> Result<bool, RecoveryError> {
+    const SECTOR: u64 = 512;
+    const MIN_RUN: u64 = 64;
+    let mut f = File::open(path).map_err(rio_err("open", path))?;
+    let mut k = from / SECTOR * SECTOR;
+    let mut buf = vec![0u8; SECTOR as usize];
+    while k < end {
+        let (s, e) = (k.max(from), (k + SECTOR).min(end));
+        if e - s >= MIN_RUN {
+            let n = (e - s) as usize;
+            f.seek(SeekFrom::Start(s)).map_err(rio_err("seek", path))?;
+            f.read_exact(&mut buf[..n]).map_err(rio_err("read", path))?;
+            if buf[..n].iter().all(|&b| b == 0) {
+                return Ok(true);
+            }
+        }
+        k += SECTOR;
+    }
+    Ok(false)
+}
+
+/// The first intact batch end frame that starts after `offset`: its
+/// offset, the batch length it declares, and the offset after it. Only
+/// called on damage, and stops at the first one found: within the damaged
+/// batch, or the next (a batch is at most the journal's pending bound).
+fn batch_end_after(
+    path: &Path,
+    offset: u64,
+    len: u64,
+) -> Result<Option<(u64, u64, u64)>, RecoveryError> {
+    const WINDOW: u64 = 1 << 20;
+    let frame = codec::BATCH_END_FRAME_LEN as u64;
+    let mut f = File::open(path).map_err(rio_err("open", path))?;
+    let mut start = offset + 1;
+    while start + frame <= len {
+        // A window, overlapping the next by one frame less a byte, so no
+        // frame straddles two windows unseen.
+        let end = len.min(start + WINDOW + frame);
+        f.seek(SeekFrom::Start(start))
+            .map_err(rio_err("seek", path))?;
+        let mut buf = vec![0; (end - start) as usize];
+        f.read_exact(&mut buf).map_err(rio_err("read", path))?;
+        let last = buf.len().saturating_sub(frame as usize - 1);
+        for p in 0..last {
+            if let RawFrame::Complete(payload, next) = codec::read_raw_frame(&buf, p) {
+                if let Some(declared) = codec::parse_batch_end(payload) {
+                    let at = start + p as u64;
+                    return Ok(Some((at, declared, start + next as u64)));
+                }
+            }
+        }
+        start += last as u64;
+    }
+    Ok(None)
 }
 
 /// Whether every byte of `path` from `offset` to the end is zero.
@@ -640,39 +821,6 @@ fn zeros_to_end(path: &Path, offset: u64) -> Result<bool, RecoveryError> {
             return Ok(false);
         }
     }
-}
-
-/// Whether an intact frame (valid length, matching checksum) starts at any
-/// offset after `offset`. Only called for torn candidates, whose tail is
-/// short: a frame past the end, or the last frame (<= 8 + 64 KiB).
-fn intact_frame_after(path: &Path, offset: u64, len: u64) -> Result<bool, RecoveryError> {
-    const WINDOW: u64 = (FRAME_HEADER_LEN + MAX_RECORD) as u64;
-    let mut f = File::open(path).map_err(rio_err("open", path))?;
-    let mut start = offset + 1;
-    while start + (FRAME_HEADER_LEN as u64) < len {
-        // Read a window holding any frame that starts in its first half.
-        let end = len.min(start + 2 * WINDOW);
-        f.seek(SeekFrom::Start(start))
-            .map_err(rio_err("seek", path))?;
-        let mut buf = vec![0; (end - start) as usize];
-        f.read_exact(&mut buf).map_err(rio_err("read", path))?;
-        if buf.iter().all(|&b| b == 0) {
-            // No frame starts where its length field is zero; only the
-            // last 3 positions have length bytes beyond the window.
-            start = if end == len { len } else { end - 3 };
-            continue;
-        }
-        let scan = if end == len {
-            buf.len()
-        } else {
-            WINDOW as usize
-        };
-        if (0..scan).any(|p| matches!(codec::read_raw_frame(&buf, p), RawFrame::Complete(..))) {
-            return Ok(true);
-        }
-        start += scan as u64;
-    }
-    Ok(false)
 }
 
 #[cfg(test)]
@@ -750,16 +898,25 @@ mod tests {
     }
 
     /// Write `recs` into journal `seq` of `dir` and close it.
+    /// A journal file of `recs`, each record in a batch of its own (each
+    /// waited for before the next is appended).
     fn write_journal(dir: &Path, seq: u64, recs: &[JournalRecord]) -> PathBuf {
         let j = open_sync(dir, seq).unwrap();
-        let lsn = j.append_batch(recs).unwrap();
-        j.wait_durable(lsn).unwrap();
+        for r in recs {
+            let lsn = j.append(r).unwrap();
+            j.wait_durable(lsn).unwrap();
+        }
         dir.join(journal_file_name(seq))
     }
 
-    /// Byte offset of record `i` in a journal file of `recs`.
+    /// Byte offset of record `i` in a journal file of `recs` written by
+    /// [`write_journal`] (each record followed by its batch end).
     fn offset_of(recs: &[JournalRecord], i: usize) -> u64 {
-        JOURNAL_HEADER_LEN + recs[..i].iter().map(|r| frame_len(r) as u64).sum::<u64>()
+        JOURNAL_HEADER_LEN
+            + recs[..i]
+                .iter()
+                .map(|r| (frame_len(r) + codec::BATCH_END_FRAME_LEN) as u64)
+                .sum::<u64>()
     }
 
     #[test]
@@ -841,7 +998,8 @@ mod tests {
         let path = write_journal(dir.path(), 1, &recs);
         let full = fs::read(&path).unwrap();
         let last_at = offset_of(&recs, 5) as usize;
-        assert_eq!(full.len(), last_at + frame_len(&recs[5]));
+        let end_at = last_at + frame_len(&recs[5]);
+        assert_eq!(full.len(), end_at + codec::BATCH_END_FRAME_LEN);
         for cut in last_at..full.len() {
             fs::write(&path, &full[..cut]).unwrap();
             let r = recover_strict(dir.path()).unwrap();
@@ -867,41 +1025,70 @@ mod tests {
         write_journal(dir.path(), 1, &recs[5..]);
         assert_eq!(recover_strict(dir.path()).unwrap().journal, recs);
 
-        // The last record's bytes partly wrong (checksum fails, ends at EOF).
-        for i in [last_at + 8, full.len() - 1] {
+        // The last record's bytes partly wrong under its intact batch end:
+        // the write completed, so this is damage to acknowledged data
+        // (bit rot), not a torn write. Format 2, without batch ends, cut
+        // it off without a word.
+        let mut bad = full.clone();
+        bad[last_at + 8] ^= 0x55;
+        fs::write(&path, &bad).unwrap();
+        let err = recover_strict(dir.path()).unwrap_err();
+        assert!(
+            matches!(err, RecoveryError::Corrupt { offset, .. } if offset == last_at as u64),
+            "{err}"
+        );
+        assert!(err.to_string().contains("a batch end follows"), "{err}");
+        // The batch end itself rotted (one byte; all of it there): the
+        // write completed, so corruption too, at the end frame.
+        for i in [end_at, end_at + 5, full.len() - 1] {
             let mut bad = full.clone();
-            bad[i] ^= 0x55;
+            bad[i] ^= 0x04;
             fs::write(&path, &bad).unwrap();
-            let r = recover_strict(dir.path()).unwrap();
-            assert_eq!(r.journal, recs[..5]);
-            assert_eq!(r.warnings.len(), 1);
+            let err = recover_strict(dir.path()).unwrap_err();
+            assert!(
+                matches!(err, RecoveryError::Corrupt { offset, .. } if offset == end_at as u64),
+                "byte {i}: {err}"
+            );
         }
+        // Zeros where the end frame should be: it never landed (torn).
+        let mut bad = full.clone();
+        bad[end_at..].fill(0);
+        fs::write(&path, &bad).unwrap();
+        let r = recover_strict(dir.path()).unwrap();
+        assert_eq!(r.journal, recs[..5]);
+        assert_eq!(fs::metadata(&path).unwrap().len(), last_at as u64);
     }
 
     #[test]
-    fn a_format_1_journal_is_refused_even_with_truncate_corrupt() {
+    fn older_journal_formats_are_refused_even_with_truncate_corrupt() {
         let dir = tempfile::tempdir().unwrap();
         let path = write_journal(dir.path(), 1, &sample(3, 1));
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[..8].copy_from_slice(b"TJRNL001");
-        std::fs::write(&path, &bytes).unwrap();
-        for e in [
-            recover_strict(dir.path()).unwrap_err(),
-            recover_truncating(dir.path()).unwrap_err(),
+        for (magic, format, why) in [
+            (b"TJRNL001", 1, "data key rotation"),
+            (b"TJRNL002", 2, "batch end frames"),
         ] {
-            assert!(
-                matches!(
-                    e,
-                    RecoveryError::OlderFormat {
-                        what: "journal",
-                        ..
-                    }
-                ),
-                "{e}"
-            );
-            assert!(e.to_string().contains("format 1"), "{e}");
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[..8].copy_from_slice(magic);
+            std::fs::write(&path, &bytes).unwrap();
+            for e in [
+                recover_strict(dir.path()).unwrap_err(),
+                recover_truncating(dir.path()).unwrap_err(),
+            ] {
+                assert!(
+                    matches!(
+                        e,
+                        RecoveryError::OlderFormat { what: "journal", format: f, .. } if f == format
+                    ),
+                    "{e}"
+                );
+                let text = e.to_string();
+                assert!(
+                    text.contains(&format!("format {format}")) && text.contains(why),
+                    "{e}"
+                );
+            }
+            assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing cut");
         }
-        assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing cut");
     }
 
     #[test]
@@ -949,7 +1136,11 @@ mod tests {
         fs::write(&path, &zeroed).unwrap();
         let r = recover_strict(dir.path()).unwrap();
         assert_eq!(r.journal, recs);
-        assert!(r.warnings[0].contains("zero-filled"), "{:?}", r.warnings);
+        assert!(
+            r.warnings[0].contains("did not complete"),
+            "{:?}",
+            r.warnings
+        );
         assert_eq!(fs::read(&path).unwrap(), full);
 
         // The last two records' bytes never landed (zeros in their place).
@@ -960,6 +1151,78 @@ mod tests {
         let r = recover_strict(dir.path()).unwrap();
         assert_eq!(r.journal, recs[..2]);
         assert_eq!(fs::metadata(&path).unwrap().len(), at as u64);
+    }
+
+    /// A journal file of two batches: `first` (waited for), then `last`
+    /// appended as one batch. Returns the path and where `last` starts.
+    fn two_batches(dir: &Path, first: &[JournalRecord], last: &[JournalRecord]) -> (PathBuf, u64) {
+        let path = write_journal(dir, 1, first);
+        let start = fs::metadata(&path).unwrap().len();
+        let j = open_sync(dir, 1).unwrap();
+        let lsn = j.append_batch(last).unwrap();
+        j.wait_durable(lsn).unwrap();
+        drop(j);
+        (path, start)
+    }
+
+    #[test]
+    fn a_last_batch_with_lost_sectors_is_cut_whole_and_rot_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first: Vec<_> = (0..3).map(atc).collect();
+        let last: Vec<_> = (3..80).map(atc).collect();
+        let (path, start) = two_batches(dir.path(), &first, &last);
+        let full = fs::read(&path).unwrap();
+        assert!(
+            full.len() as u64 > start + 1024,
+            "the last batch spans sectors"
+        );
+        let sector = start.div_ceil(512) * 512 + 512;
+
+        // The disk persisted the last batch out of order: one sector of it
+        // never landed, the frames after it and its batch end did. It was
+        // never synced, so never acknowledged: cut whole, by itself.
+        let mut holed = full.clone();
+        holed[sector as usize..sector as usize + 512].fill(0);
+        fs::write(&path, &holed).unwrap();
+        let r = recover_strict(dir.path()).unwrap();
+        assert_eq!(r.journal, first);
+        assert!(r.warnings[0].contains("did not land"), "{:?}", r.warnings);
+        assert_eq!(fs::metadata(&path).unwrap().len(), start);
+
+        // One flipped bit in the same place is bit rot in a write that
+        // completed: refused, nothing changed.
+        let mut rotted = full.clone();
+        rotted[sector as usize + 3] ^= 0x10;
+        fs::write(&path, &rotted).unwrap();
+        let err = recover_strict(dir.path()).unwrap_err();
+        assert!(matches!(err, RecoveryError::Corrupt { .. }), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), rotted);
+
+        // Lost sectors in a batch that a later batch follows cannot be an
+        // unsynced write (the later one was written after its sync).
+        let mut later = holed.clone();
+        let extra = {
+            let d2 = tempfile::tempdir().unwrap();
+            let p2 = write_journal(d2.path(), 1, &[atc(99)]);
+            fs::read(p2).unwrap()[JOURNAL_HEADER_LEN as usize..].to_vec()
+        };
+        later.extend_from_slice(&extra);
+        fs::write(&path, &later).unwrap();
+        let err = recover_strict(dir.path()).unwrap_err();
+        assert!(matches!(err, RecoveryError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("a batch end follows"), "{err}");
+
+        // Whole frames of a batch whose end never landed are not applied.
+        fs::write(&path, &full[..full.len() - 5]).unwrap();
+        let r = recover_strict(dir.path()).unwrap();
+        assert_eq!(r.journal, first);
+        assert_eq!(fs::metadata(&path).unwrap().len(), start);
+        // And the journal continues after them with true batch ends.
+        write_journal(dir.path(), 1, &[atc(200)]);
+        assert_eq!(
+            recover_strict(dir.path()).unwrap().journal,
+            [&first[..], &[atc(200)]].concat()
+        );
     }
 
     #[test]
@@ -1061,10 +1324,11 @@ mod tests {
             [a.clone(), b.clone(), c.clone()].concat()
         );
 
-        // Even a "torn" tail is corruption in a file that is not the last.
+        // Even a "torn" tail is corruption in a file that is not the last
+        // (here its last batch end is cut short).
         let full = fs::read(&p1).unwrap();
         fs::write(&p1, &full[..full.len() - 3]).unwrap();
-        let at = offset_of(&a, 3);
+        let at = offset_of(&a, 3) + frame_len(&a[3]) as u64;
         let err = recover_strict(d).unwrap_err();
         assert!(
             matches!(&err, RecoveryError::Corrupt { file, offset, .. } if *file == p1 && *offset == at),
