@@ -40,7 +40,7 @@ pub struct IssuerLog {
 /// The issuer: token -> PAN, its mode, and its log.
 #[derive(Debug)]
 pub struct SimIssuer {
-    pans: HashMap<String, String>,
+    pans: Mutex<HashMap<String, String>>,
     mode: Mutex<IssuerMode>,
     log: Mutex<IssuerLog>,
 }
@@ -55,10 +55,18 @@ impl SimIssuer {
     /// An issuer that knows each token's PAN (token digits -> PAN digits).
     pub fn new(pans: HashMap<String, String>) -> Self {
         Self {
-            pans,
+            pans: Mutex::new(pans),
             mode: Mutex::new(IssuerMode::Up),
             log: Mutex::new(IssuerLog::default()),
         }
+    }
+
+    /// Learn a new token's PAN (one provisioned during the run).
+    pub fn learn(&self, token: String, pan: String) {
+        self.pans
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(token, pan);
     }
 
     /// Change how it behaves.
@@ -83,13 +91,15 @@ impl SimIssuer {
         let mti = req.mti();
         let token = token_from_de48(req);
         let pan = req.get_str(2).unwrap_or_default();
-        match token.as_deref().and_then(|t| self.pans.get(t)) {
+        let pans = self.pans.lock().unwrap_or_else(PoisonError::into_inner);
+        match token.as_deref().and_then(|t| pans.get(t)) {
             Some(expected) if expected == pan => {}
             _ => log.violations.push(format!(
                 "the engine forwarded {:?} with DE 2 not the PAN of the token in DE 48",
                 String::from_utf8_lossy(&mti)
             )),
         }
+        drop(pans);
         if [35, 45, 52, 55].iter().any(|&f| req.has(f)) {
             log.violations
                 .push("card data (DE 35/45/52/55) forwarded to the issuer".into());

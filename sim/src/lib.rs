@@ -24,6 +24,7 @@ pub mod disk;
 pub mod issuer;
 pub mod net;
 pub mod rng;
+pub mod wallet;
 pub mod world;
 
 pub use world::{run, RunOptions, RunReport, Violation};

@@ -86,6 +86,8 @@ fn add(t: &mut RunReport, r: &RunReport) {
     t.transient += r.transient;
     t.lifecycle_acks += r.lifecycle_acks;
     t.rot_refused += r.rot_refused;
+    t.provisioned += r.provisioned;
+    t.arpcs_verified += r.arpcs_verified;
 }
 
 fn summary(r: &RunReport) -> String {
@@ -93,7 +95,7 @@ fn summary(r: &RunReport) -> String {
         "{} answers checked, {} approvals, {} replays refused, {} restarts after power loss \
          ({} unsynced bytes lost), {} connections cut, {} duplicates, {} repeats, {} disk faults, \
          {} answers 91/96, {} lifecycle changes acknowledged, {} bit flips in synced data \
-         refused at start",
+         refused at start, {} devices provisioned through the API, {} ARPCs accepted by their cards",
         r.answers,
         r.approvals,
         r.replays_refused,
@@ -105,6 +107,8 @@ fn summary(r: &RunReport) -> String {
         r.disk_faults,
         r.transient,
         r.lifecycle_acks,
-        r.rot_refused
+        r.rot_refused,
+        r.provisioned,
+        r.arpcs_verified
     )
 }

@@ -27,8 +27,9 @@ use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use engine::config::IdvPolicy;
 use engine::config::{Config, Scheme};
-use engine::iso8583::{Dialect, IsoMessage};
+use engine::iso8583::{tlv, Dialect, IsoMessage};
 use engine::pipeline::Pipeline;
 use engine::profile::keys::{self as profile_keys, ProfileKeys};
 use engine::vault::power_loss::power_loss;
@@ -47,12 +48,15 @@ use crate::disk::flip_a_synced_bit;
 use crate::issuer::{issuer_declines, IssuerMode, SimIssuer};
 use crate::net::Connection;
 use crate::rng::SimRng;
+use crate::wallet::{self, Device, Provisioned};
 
 /// The journal position of a state known in memory only.
 const NOT_DURABLE: Lsn = Lsn(u64::MAX);
 
 /// Tokens in a run (one per profile of the shipped config, and more).
 const CARDS: usize = 12;
+/// Devices the wallet provisions through the management API during a run.
+const DEVICES: usize = 4;
 /// Acquirer connections.
 const CLIENTS: usize = 3;
 /// 2026-11-21 12:00 UTC: the clock's start (tokens expire 2812).
@@ -117,6 +121,10 @@ pub struct RunReport {
     pub transient: u64,
     /// Acknowledged suspends and resumes.
     pub lifecycle_acks: u64,
+    /// Devices taken to an active token through the management API.
+    pub provisioned: u64,
+    /// ARPCs a provisioned device's card accepted.
+    pub arpcs_verified: u64,
     /// Bits flipped in synced data that the next start refused (all must
     /// be).
     pub rot_refused: u64,
@@ -168,6 +176,9 @@ struct Card {
     /// counted as failed authentications (an upper bound on the vault's
     /// count).
     risky: u32,
+    /// The device whose secure element holds the token (provisioned
+    /// through the API): it pays with its own cryptograms and ATCs.
+    device: Option<usize>,
 }
 
 /// What the engine answered, by DE 39 and DE 44.
@@ -295,6 +306,8 @@ struct World {
     by_answer: HashMap<AnswerKey, usize>,
     /// (card, ATC) -> the approval code of its `00`.
     approvals: HashMap<(usize, u16), String>,
+    /// The wallet's devices.
+    devices: Vec<Device>,
     /// The engine's retransmission cache as the ledger knows it: DE 11 ->
     /// (the request whose answer it holds, engine life, when).
     cache: HashMap<String, (usize, u64, u64)>,
@@ -402,6 +415,7 @@ impl World {
                 state: Known::Active,
                 unsynced_change: None,
                 risky: 0,
+                device: None,
             });
         }
         // The journal writer thread is held for the whole run: a wait for
@@ -435,10 +449,18 @@ impl World {
             by_answer: HashMap::new(),
             approvals: HashMap::new(),
             cache: HashMap::new(),
+            devices: Vec::new(),
             next_stan: 1,
             report: RunReport::default(),
         };
         w.start_engine()?;
+        let (devices, stock) = wallet::devices(DEVICES, &mut w.rng)?;
+        w.service
+            .as_ref()
+            .expect("serving")
+            .import_devices(&stock)
+            .map_err(|e| format!("card stock: {e}"))?;
+        w.devices = devices;
         Ok(w)
     }
 
@@ -532,6 +554,9 @@ impl World {
             if self.rng.one_in(30) {
                 self.lifecycle()?;
             }
+            if self.rng.one_in(25) {
+                self.provision_next()?;
+            }
             for client in 0..CLIENTS {
                 if self.rng.one_in(2) {
                     self.send_new(client)?;
@@ -599,7 +624,7 @@ impl World {
     /// times in four; otherwise the call is cut off between the change in
     /// memory and its sync, as by a power loss.
     fn lifecycle(&mut self) -> Result<(), String> {
-        let k = self.rng.below(CARDS as u64) as usize;
+        let k = self.rng.below(self.cards.len() as u64) as usize;
         let acknowledge = !self.rng.one_in(4);
         let (token, pan) = (self.cards[k].token, self.cards[k].pan);
         if self.cards[k].state == Known::InDoubt {
@@ -655,8 +680,94 @@ impl World {
         Ok(())
     }
 
+    /// The wallet takes its next device from a PAN to an active token
+    /// through the management API's service; the token then pays from the
+    /// device's own card.
+    fn provision_next(&mut self) -> Result<(), String> {
+        let Some(d) = self.devices.iter().position(|d| !d.tried) else {
+            return Ok(());
+        };
+        self.devices[d].tried = true;
+        let n = self.rng.next_u64() % 1_000_000;
+        let (pan, policy) = wallet::pan_for(&self.config, self.rng.below(64) as usize, n)
+            .ok_or("the config has no [[api.issuers]]")?;
+        let faults = self.fault_armed || self.vault().journal_failure().is_some();
+        let service = self.service.as_ref().expect("serving");
+        let result = wallet::provision(service, &self.dir, &mut self.devices[d], &pan);
+        let (token, pan, stepped_up) = match (result, policy) {
+            (Ok(Provisioned::Declined), IdvPolicy::Decline) => {
+                self.log(|| format!("device {d}: declined by its issuer's policy"));
+                return Ok(());
+            }
+            (Ok(Provisioned::Declined), p) => {
+                return Err(format!("device {d}: declined under a {p:?} policy"))
+            }
+            (Ok(Provisioned::Active { .. }), IdvPolicy::Decline) => {
+                return Err(format!("device {d}: a token under a declining policy"))
+            }
+            (
+                Ok(Provisioned::Active {
+                    token,
+                    pan,
+                    stepped_up,
+                }),
+                _,
+            ) => (token, pan, stepped_up),
+            (Err(e), _) if faults => {
+                self.log(|| format!("device {d}: provisioning failed on a fault: {e}"));
+                return Ok(());
+            }
+            (Err(e), _) => return Err(format!("device {d}: provisioning failed: {e}")),
+        };
+        if stepped_up != (policy == IdvPolicy::StepUp) {
+            return Err(format!(
+                "device {d}: one-time code asked {stepped_up} under a {policy:?} policy"
+            ));
+        }
+        let number = CardNumber::parse_digits("token", &token).map_err(|e| e.to_string())?;
+        let view = self
+            .vault()
+            .lookup(number)
+            .ok_or_else(|| format!("device {d}'s token is not in the vault"))?;
+        if view.state != TokenState::Active {
+            return Err(format!(
+                "device {d}'s token is {:?} once provisioned",
+                view.state
+            ));
+        }
+        let (_, expiry, psn) =
+            loadgen::secard::card_data(&mut self.devices[d].card).map_err(|e| e.to_string())?;
+        self.issuer.learn(token.clone(), pan.clone());
+        let profile = usize::from(view.profile);
+        self.cards.push(Card {
+            token: number,
+            pan: CardNumber::parse("PAN", &pan).map_err(|e| e.to_string())?,
+            profile,
+            chip: matches!(self.profiles[profile].profile.scheme, Scheme::Emv(_)),
+            txn: CardTxn {
+                token,
+                expiry,
+                psn,
+                atc: 0,
+                amount: 0,
+                currency: 978,
+                un: 0,
+                stan: 0,
+            },
+            next_atc: 0,
+            approved: Vec::new(),
+            state: Known::Active,
+            unsynced_change: None,
+            risky: 0,
+            device: Some(d),
+        });
+        self.report.provisioned += 1;
+        self.log(|| format!("device {d}: provisioned as card {}", self.cards.len() - 1));
+        Ok(())
+    }
+
     fn send_new(&mut self, client: usize) -> Result<(), String> {
-        let k = self.rng.below(CARDS as u64) as usize;
+        let k = self.rng.below(self.cards.len() as u64) as usize;
         let roll = self.rng.below(20);
         let card = &self.cards[k];
         let risky_ok = card.risky < MAX_RISKY;
@@ -705,9 +816,24 @@ impl World {
                 t.stan = stan;
                 t.amount = amount;
                 t.un = un;
-                let m = cardsim::authorization(&self.profiles[card.profile], &t)
-                    .map_err(|e| e.to_string())?;
-                (atc, m)
+                let pk = &self.profiles[card.profile];
+                match (kind, card.device) {
+                    // A provisioned device pays with its own card: its
+                    // cryptogram, its ATC.
+                    (Kind::Fresh, Some(d)) => {
+                        let device = &mut self.devices[d];
+                        let (m, atc) = loadgen::secard::authorization(&mut device.card, pk, &t)
+                            .map_err(|e| format!("device {d} would not pay: {e}"))?;
+                        device.last_request = Some(self.requests.len());
+                        (atc, m)
+                    }
+                    // A replay of its ATC (the issuer's keys make the same
+                    // cryptograms the card does).
+                    _ => (
+                        atc,
+                        cardsim::authorization(pk, &t).map_err(|e| e.to_string())?,
+                    ),
+                }
             }
         };
         if kind != Kind::Fresh {
@@ -985,6 +1111,27 @@ impl World {
                 }
                 if !card.approved.contains(&atc) {
                     card.approved.push(atc);
+                }
+                // The ARPC authenticates the issuer to the card itself (its
+                // last cryptogram's only).
+                if let Some(d) = card.device.filter(|_| card.chip) {
+                    if self.devices[d].last_request == Some(i) {
+                        let tag91 = m
+                            .get(55)
+                            .and_then(|f| tlv::parse(f).ok())
+                            .and_then(|l| tlv::find(&l, 0x91).map(<[u8]>::to_vec))
+                            .ok_or_else(|| format!("request {i}'s approval carries no ARPC"))?;
+                        let ok =
+                            loadgen::secard::issuer_authenticate(&mut self.devices[d].card, &tag91)
+                                .map_err(|e| e.to_string())?;
+                        if !ok {
+                            return Err(format!(
+                                "device {d}'s card refused the ARPC of request {i}"
+                            ));
+                        }
+                        self.devices[d].last_request = None;
+                        self.report.arpcs_verified += 1;
+                    }
                 }
                 card.risky = 0;
                 // A state in doubt is learnt from a fresh answer (a cached

@@ -31,6 +31,8 @@ fn every_seed_keeps_every_invariant() {
         total.transient += r.transient;
         total.lifecycle_acks += r.lifecycle_acks;
         total.rot_refused += r.rot_refused;
+        total.provisioned += r.provisioned;
+        total.arpcs_verified += r.arpcs_verified;
     }
     eprintln!("{total:?}");
     // A run set in which no fault struck would prove nothing.
