@@ -604,9 +604,16 @@ impl World {
             self.log(|| "the clock jumps past the retransmission window".into());
             self.clock.advance(RETRANSMISSION_WINDOW + 1);
         }
+        if self.rng.one_in(200) {
+            self.log(|| "the next snapshot's write will fail (ENOSPC)".into());
+            self.report.disk_faults += 1;
+            self.vault().inject_snapshot_failure();
+        }
         if self.rng.one_in(60) {
-            self.log(|| "snapshot".into());
-            let _ = self.vault().snapshot();
+            // A failed snapshot leaves the previous generation and the
+            // journal as they were: the engine goes on serving.
+            let result = self.vault().snapshot();
+            self.log(|| format!("snapshot: {result:?}"));
         }
         Ok(())
     }

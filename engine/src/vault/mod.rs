@@ -170,6 +170,9 @@ pub struct Vault {
     /// seeded sequence instead of the OS, so that one seed replays one run.
     #[cfg(feature = "test-hooks")]
     token_draws: Mutex<Option<u64>>,
+    /// Simulation (feature `test-hooks`): the next snapshot's write fails.
+    #[cfg(feature = "test-hooks")]
+    fail_next_snapshot: std::sync::atomic::AtomicBool,
     /// Journal records since the last snapshot.
     since_snapshot: AtomicU64,
     /// Held for the vault's lifetime: an exclusive lock on `dir/LOCK`, so
@@ -295,6 +298,8 @@ impl Vault {
             rekeying: Mutex::new(()),
             #[cfg(feature = "test-hooks")]
             token_draws: Mutex::new(None),
+            #[cfg(feature = "test-hooks")]
+            fail_next_snapshot: std::sync::atomic::AtomicBool::new(false),
             since_snapshot: AtomicU64::new(0),
             _lock: lock,
             audit,
@@ -709,6 +714,14 @@ impl Vault {
         self.journal.inject_write_failure();
     }
 
+    /// Fault injection (feature `test-hooks`): the next snapshot's write
+    /// fails halfway (ENOSPC), leaving its temporary file behind.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn inject_snapshot_failure(&self) {
+        self.fail_next_snapshot.store(true, Ordering::SeqCst);
+    }
+
     /// Fault injection (feature `test-hooks`): the power goes off. Nothing
     /// more reaches the journal file; what was written but not synced is
     /// then at the mercy of [`power_loss::power_loss`]. The vault is gone,
@@ -963,6 +976,19 @@ impl Vault {
         // replayed on top of this snapshot; replay is idempotent.
         let seq = self.journal.rotate().map_err(storage)?;
         self.since_snapshot.store(0, Ordering::Relaxed);
+        #[cfg(feature = "test-hooks")]
+        if self.fail_next_snapshot.swap(false, Ordering::SeqCst) {
+            // A full disk: part of the temporary file lands, the write
+            // fails, and (the process dying before it cleans up) the file
+            // stays. The journal goes on in the file just rotated to.
+            let tmp = self.dir.join(files::snapshot_tmp_name(seq));
+            let _ = std::fs::write(&tmp, b"TSNAP002 cut short");
+            return Err(VaultError::Storage(format!(
+                "snapshot write to {} failed: injected: {}",
+                tmp.display(),
+                std::io::Error::from_raw_os_error(28)
+            )));
+        }
         let controls = self
             .controls
             .all()
