@@ -253,7 +253,8 @@ struct DataDir {
     #[arg(long, value_name = "DIR")]
     data_dir: PathBuf,
     /// Start even if a journal record in the middle is corrupt, truncating
-    /// the journal there (everything after it is lost).
+    /// the journal where the write (group commit) holding it starts (that
+    /// write's records and everything after it are lost).
     #[arg(long)]
     truncate_corrupt: bool,
     /// Start even if records fail authentication (a file was edited): set

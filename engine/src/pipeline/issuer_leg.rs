@@ -55,7 +55,10 @@ impl Pipeline {
         if requests.is_empty() {
             return;
         }
-        let answers = link.forward_batch(&requests);
+        // One answer per request, whatever the `Issuer` returned: a short
+        // list must not leave a request approved without its issuer.
+        let mut answers = link.forward_batch(&requests);
+        answers.resize(requests.len(), None);
         for ((i, mut forwarded), answer) in which.into_iter().zip(requests).zip(answers) {
             let p = match &mut slots[i] {
                 Slot::Auth(p) => p,

@@ -60,7 +60,8 @@ impl DecidedBatch {
 
     /// Wait for the journal (if [`PendingAnswers::wait`] did not already),
     /// then encode. In `sync` durability no approval leaves before its ATC
-    /// is on disk; if the journal failed, nothing in the batch is approved.
+    /// is on disk; if the journal failed, only approvals already on disk
+    /// (retransmitted ones) stay approved.
     pub(super) fn release(mut self) -> Vec<Option<Vec<u8>>> {
         let durable = match self.durable {
             Some(d) => d,

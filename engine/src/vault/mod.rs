@@ -693,7 +693,7 @@ impl Vault {
     }
 
     /// Why the journal failed, if it has: from then on nothing can be made
-    /// durable, so nothing is approved until a restart.
+    /// durable, so nothing new is approved until a restart.
     pub fn journal_failure(&self) -> Option<String> {
         self.journal.failure()
     }

@@ -5,9 +5,10 @@
 //! # Recovery: torn tail versus corruption
 //!
 //! Every write to a journal file is one batch ending in a batch end frame
-//! (`vault::journal`). A batch is acknowledged only after its fdatasync,
-//! and the next is written only after that, so only the last batch of the
-//! last file can be unfinished: cut short, zero-filled (the filesystem
+//! (`vault::journal`). In `sync` mode a batch is acknowledged only after
+//! its fdatasync, and the next is written only after that, so only the
+//! last batch of the last file can be unfinished: cut short, zero-filled
+//! (the filesystem
 //! extended the file but the data never landed), or with holes (a disk
 //! that persists sectors out of order). None of it was acknowledged, so
 //! [`recover`] cuts the file where that batch starts and reports a warning
@@ -17,11 +18,11 @@
 //!
 //! 1. no intact batch end frame follows it anywhere in the file (the write
 //!    did not complete), or
-//! 2. the only one that follows is its own batch's, nothing follows that,
-//!    and a 512-byte sector's part from the damage on (64 bytes at least)
-//!    is zeros: the last write completed but was not synced, and some of
-//!    its sectors never landed. Bit rot flips bits; it does not zero 64
-//!    bytes.
+//! 2. the only one that follows is its own batch's, nothing but zeros
+//!    follows that, and a 512-byte sector's part from the damage on (64
+//!    bytes at least; 8 where the write starts) is zeros: the last write
+//!    completed but was not synced, and some of its sectors never landed.
+//!    Bit rot flips bits; it does not zero a run of bytes.
 //!
 //! A batch end after damage otherwise proves that the write around it
 //! completed, and a completed write may have been acknowledged: that is
@@ -37,9 +38,11 @@
 //! (renamed to `*.discarded`, not applied): records after a gap would be
 //! applied out of context. A warning lists what was lost.
 //!
-//! A batch end itself can rot too: whole frames, then 13 bytes that
-//! differ from the batch's expected end frame in one byte, is corruption
-//! as well (a write cut short leaves fewer bytes, or zeros). A
+//! A batch end itself can rot too. After whole frames, 13 bytes that agree
+//! with the batch's expected end frame in 9 bytes or more are that frame:
+//! damaged, it is corruption, unless the difference is zeros from a sector
+//! boundary to its end with nothing after (its last sector never landed:
+//! torn). A
 //! flipped length bit that makes a record run past the end of the file is
 //! caught by the batch end it swallows.
 //!
@@ -183,8 +186,9 @@ pub(crate) enum RecoveryError {
     /// A journal record that may have been acknowledged is damaged.
     #[error(
         "journal file {} is corrupt at byte offset {offset}: {reason}. Start-up stopped; \
-         restarting with --truncate-corrupt truncates the file at that offset, \
-         losing this record and everything after it (including later journal files)",
+         restarting with --truncate-corrupt truncates the file where the write holding that \
+         offset starts, losing that write's records and everything after it (including later \
+         journal files)",
         file.display()
     )]
     Corrupt {
@@ -509,8 +513,6 @@ struct BadFrame {
     reason: String,
 }
 
-/// Read journal file `seq`, pushing its records up to the first bad frame
-/// onto `out`; returns that bad frame, if any.
 /// What scanning a journal file needs besides the file: the key, where
 /// tampered records go (or `None`: they stop recovery), and where the
 /// file's last tag is left.
@@ -520,6 +522,9 @@ struct Scan<'a> {
     tip: &'a mut Option<Tag>,
 }
 
+/// Read journal file `seq`, pushing the records of its complete batches
+/// up to the first bad frame onto `out` (none of the damaged batch's);
+/// returns that bad frame, if any.
 fn scan_journal(
     path: &Path,
     seq: u64,
@@ -585,6 +590,8 @@ fn scan_journal(
     // writer's batch ends true.
     let mut batch_start = JOURNAL_HEADER_LEN;
     let mut batch: Vec<JournalRecord> = Vec::new();
+    // Tampered records of the batch, set aside only with it.
+    let mut batch_tampered: Vec<TamperedRecord> = Vec::new();
     let mut tip_at_batch_start: Option<Tag> = None;
     loop {
         let at = frames.position();
@@ -596,6 +603,9 @@ fn scan_journal(
                 if let Some(declared) = codec::parse_batch_end(p) {
                     if declared == at - batch_start && at > batch_start {
                         out.append(&mut batch);
+                        if let Some(q) = scan.quarantine.as_deref_mut() {
+                            q.append(&mut batch_tampered);
+                        }
                         batch_start = frames.position();
                         tip_at_batch_start = *scan.tip;
                         continue;
@@ -618,7 +628,9 @@ fn scan_journal(
                                 offset: at,
                                 record: rec,
                             };
-                            match t.set_aside(scan.quarantine.as_deref_mut()) {
+                            let quarantine =
+                                scan.quarantine.is_some().then_some(&mut batch_tampered);
+                            match t.set_aside(quarantine) {
                                 None => continue,
                                 Some(t) => {
                                     return Err(RecoveryError::Tampered {
@@ -708,35 +720,44 @@ fn last_write(
     batch_start: u64,
     len: u64,
 ) -> Result<LastWrite, RecoveryError> {
-    if at > batch_start && len - at >= codec::BATCH_END_FRAME_LEN as u64 {
-        // A batch end's worth of bytes after whole frames. If they are
-        // this batch's end frame but for one byte, the write completed and
-        // that byte rotted; a write cut short or lost leaves fewer bytes,
-        // or zeros.
+    let frame = codec::BATCH_END_FRAME_LEN as u64;
+    if at > batch_start && at + frame <= len {
+        // After whole frames: the batch's end frame, damaged? Its 13 bytes
+        // are known; most of them still there makes it the end frame.
         let expected = codec::batch_end_frame((at - batch_start) as usize);
         let mut found = [0u8; codec::BATCH_END_FRAME_LEN];
         let mut f = File::open(path).map_err(rio_err("open", path))?;
         f.seek(SeekFrom::Start(at)).map_err(rio_err("seek", path))?;
         f.read_exact(&mut found).map_err(rio_err("read", path))?;
-        if found
+        let same = found
             .iter()
             .zip(expected)
-            .filter(|(a, b)| **a != *b)
-            .count()
-            == 1
-        {
-            return Ok(LastWrite::Completed);
+            .filter(|(a, b)| **a == *b)
+            .count();
+        if same >= 9 {
+            // Zeros from a sector boundary to its end, nothing after it:
+            // its last sector never landed (the write was never synced).
+            // Anything else is damage to a write that completed.
+            let lost = (0..codec::BATCH_END_FRAME_LEN).find(|&i| {
+                (at + i as u64).is_multiple_of(512)
+                    && found[i..].iter().all(|&b| b == 0)
+                    && found[..i] == expected[..i]
+            });
+            return Ok(match lost {
+                Some(_) if zeros_to_end(path, at + frame)? => LastWrite::LostSectors,
+                _ => LastWrite::Completed,
+            });
         }
     }
     let Some((pos, declared, end)) = batch_end_after(path, at, len)? else {
         return Ok(LastWrite::Incomplete);
     };
     let own = pos.checked_sub(declared) == Some(batch_start);
-    if !own || batch_end_after(path, end - 1, len)?.is_some() {
+    if !own || !zeros_to_end(path, end)? {
         // A batch that a later write follows was synced before it.
         return Ok(LastWrite::Completed);
     }
-    Ok(if zeroed_sector_in(path, at, pos)? {
+    Ok(if zeroed_sector_in(path, at, pos, at == batch_start)? {
         LastWrite::LostSectors
     } else {
         LastWrite::Completed
@@ -744,19 +765,34 @@ fn last_write(
 }
 
 /// Whether the part from `from` on of some 512-byte aligned sector (the
-/// last part may end at `end`) is all zeros and at least 64 bytes: the
-/// mark of a write that did not land (the old contents of a file's new
-/// end are zeros). Bit rot flips bits; it does not zero 64 bytes, and no
-/// frame holds 64 zero bytes in a row.
-fn zeroed_sector_in(path: &Path, from: u64, end: u64) -> Result<bool, RecoveryError> {
+/// last part may end at `end`) is all zeros: the mark of a write that did
+/// not land (the old contents of a file's new end are zeros). The run must
+/// be 64 bytes at least, or 8 (a frame header) when `from` is where the
+/// write starts (the bytes before it were synced, so only this write's
+/// part of the sector was lost). Bit rot flips bits; it does not zero a
+/// frame header, and record frames hold no such runs of zeros (each has a
+/// non-zero length and checksum; a large controls record's lists could,
+/// which then reads as rot: refused, never cut).
+fn zeroed_sector_in(
+    path: &Path,
+    from: u64,
+    end: u64,
+    from_write_start: bool,
+) -> Result<bool, RecoveryError> {
     const SECTOR: u64 = 512;
     const MIN_RUN: u64 = 64;
+    const MIN_RUN_AT_WRITE_START: u64 = 8;
     let mut f = File::open(path).map_err(rio_err("open", path))?;
     let mut k = from / SECTOR * SECTOR;
     let mut buf = vec![0u8; SECTOR as usize];
     while k < end {
         let (s, e) = (k.max(from), (k + SECTOR).min(end));
-        if e - s >= MIN_RUN {
+        let min = if s == from && from_write_start {
+            MIN_RUN_AT_WRITE_START
+        } else {
+            MIN_RUN
+        };
+        if e - s >= min {
             let n = (e - s) as usize;
             f.seek(SeekFrom::Start(s)).map_err(rio_err("seek", path))?;
             f.read_exact(&mut buf[..n]).map_err(rio_err("read", path))?;
@@ -771,8 +807,9 @@ fn zeroed_sector_in(path: &Path, from: u64, end: u64) -> Result<bool, RecoveryEr
 
 /// The first intact batch end frame that starts after `offset`: its
 /// offset, the batch length it declares, and the offset after it. Only
-/// called on damage, and stops at the first one found: within the damaged
-/// batch, or the next (a batch is at most the journal's pending bound).
+/// called on damage; it stops at the first one found (within the damaged
+/// batch, or the next: a batch is at most the journal's pending bound),
+/// and scans to the end of the file when there is none.
 fn batch_end_after(
     path: &Path,
     offset: u64,
@@ -792,6 +829,11 @@ fn batch_end_after(
         f.read_exact(&mut buf).map_err(rio_err("read", path))?;
         let last = buf.len().saturating_sub(frame as usize - 1);
         for p in 0..last {
+            // Only where a batch end could start (length 5, type 0xFE):
+            // checking every byte's frame would checksum up to 64 KiB each.
+            if buf[p..p + 4] != [5, 0, 0, 0] || buf[p + 8] != codec::TAG_BATCH_END {
+                continue;
+            }
             if let RawFrame::Complete(payload, next) = codec::read_raw_frame(&buf, p) {
                 if let Some(declared) = codec::parse_batch_end(payload) {
                     let at = start + p as u64;
@@ -1223,6 +1265,83 @@ mod tests {
             recover_strict(dir.path()).unwrap().journal,
             [&first[..], &[atc(200)]].concat()
         );
+    }
+
+    /// Append one-record batches until `fits(file length)`.
+    fn grow_until(dir: &Path, fits: impl Fn(u64) -> bool) -> (PathBuf, Vec<JournalRecord>) {
+        let mut recs = Vec::new();
+        let path = dir.join(journal_file_name(1));
+        for i in 0..2_000 {
+            if path.exists() && fits(fs::metadata(&path).unwrap().len()) {
+                return (path, recs);
+            }
+            recs.push(atc(i));
+            write_journal(dir, 1, &recs[recs.len() - 1..]);
+        }
+        panic!("no file length fits");
+    }
+
+    #[test]
+    fn a_batch_end_whose_last_sector_never_landed_is_torn_and_two_rotted_bytes_are_not() {
+        let frame = codec::BATCH_END_FRAME_LEN as u64;
+        // A sector boundary 4 bytes before the end of the file: the last
+        // batch end's last 4 bytes sit in a sector of their own.
+        let dir = tempfile::tempdir().unwrap();
+        let (path, recs) = grow_until(dir.path(), |len| len % 512 == 4);
+        let full = fs::read(&path).unwrap();
+        let end_at = full.len() - frame as usize;
+        // The last 4 bytes (from the boundary) zeroed: byte 9 of the end
+        // frame, the batch length's low byte, is not zero, so this differs.
+        let mut lost = full.clone();
+        lost[full.len() - 4..].fill(0);
+        assert_ne!(lost, full);
+        fs::write(&path, &lost).unwrap();
+        let r = recover_strict(dir.path()).unwrap();
+        assert_eq!(r.journal, recs[..recs.len() - 1]);
+        assert_eq!(
+            fs::metadata(&path).unwrap().len() as usize,
+            end_at - frame_len(&recs[0])
+        );
+        // Two rotted bytes of an end frame: damage to a completed write.
+        let mut rotted = full.clone();
+        rotted[end_at + 4] ^= 0x01;
+        rotted[end_at + 5] ^= 0x80;
+        fs::write(&path, &rotted).unwrap();
+        let err = recover_strict(dir.path()).unwrap_err();
+        assert!(
+            matches!(err, RecoveryError::Corrupt { offset, .. } if offset == end_at as u64),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_lost_first_partial_sector_of_the_last_write_is_torn() {
+        let dir = tempfile::tempdir().unwrap();
+        // The last write will start 40 bytes before a sector boundary.
+        let (path, first) = grow_until(dir.path(), |len| len % 512 == 472);
+        let start = fs::metadata(&path).unwrap().len();
+        let last: Vec<_> = (5_000..5_040).map(atc).collect();
+        let j = open_sync(dir.path(), 1).unwrap();
+        let lsn = j.append_batch(&last).unwrap();
+        j.wait_durable(lsn).unwrap();
+        drop(j);
+        let full = fs::read(&path).unwrap();
+        // Only its first 40 bytes (the rest of that sector) never landed.
+        let mut lost = full.clone();
+        lost[start as usize..start as usize + 40].fill(0);
+        fs::write(&path, &lost).unwrap();
+        let r = recover_strict(dir.path()).unwrap();
+        assert_eq!(r.journal, first);
+        assert_eq!(fs::metadata(&path).unwrap().len(), start);
+        // The same zeros with a torn write after the batch: the batch was
+        // synced before that write began, so this is damage, refused.
+        let mut later = lost.clone();
+        later.extend_from_slice(&[9, 0, 0, 0, 1, 2]);
+        fs::write(&path, &later).unwrap();
+        assert!(matches!(
+            recover_strict(dir.path()).unwrap_err(),
+            RecoveryError::Corrupt { .. }
+        ));
     }
 
     #[test]
