@@ -16,6 +16,7 @@
 //! - [`auth`]: who is calling; [`error`]: what goes wrong; [`audit`]:
 //!   what each call leaves in the audit trail.
 //! - [`http`]: routes, TLS, bounds; [`certs`]: throwaway certificates.
+//! - `fuzz`: the fuzzing entry point for the API's JSON bodies.
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +25,8 @@ pub mod auth;
 pub mod certs;
 pub mod devices;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod journal;
 pub mod model;
