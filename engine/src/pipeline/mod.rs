@@ -187,7 +187,11 @@ impl Pipeline {
         let mut in_batch = InBatch::default();
         let mut slots: Vec<Slot> = Vec::with_capacity(frames.len());
         for body in frames {
-            let slot = self.handle_one(body, now, acquirer, &mut in_batch, slots.len());
+            // The last request of the batch need not be remembered: no
+            // later one can copy it (nor cost a key clone for it; a batch
+            // of one, the common case at low load, allocates nothing).
+            let later = slots.len() + 1 < frames.len();
+            let slot = self.handle_one(body, now, acquirer, &mut in_batch, (slots.len(), later));
             slots.push(slot);
         }
         self.check_cryptograms(&mut slots, now);
@@ -327,14 +331,15 @@ impl Pipeline {
         self.metrics.response_counts()
     }
 
-    /// The slot of request number `index` of its batch.
+    /// The slot of request number `index` of its batch (`later`: more
+    /// requests follow it in the batch).
     fn handle_one(
         &self,
         body: &[u8],
         now: Now,
         acquirer: Option<&str>,
         in_batch: &mut InBatch,
-        index: usize,
+        (index, later): (usize, bool),
     ) -> Slot {
         let req = match self.dialect.decode(body) {
             Ok(m) => m,
@@ -397,9 +402,10 @@ impl Pipeline {
                 Some(_) => {
                     return Slot::Ready(Some(self.duplicate(&req, resp_mti, acquirer)), None)
                 }
-                None => {
+                None if later => {
                     in_batch.insert(k.clone(), (*digest, index));
                 }
+                None => {}
             }
         }
         let mut resp = IsoMessage::new(resp_mti);
