@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     let mut total = RunReport::default();
     for seed in args.first_seed..args.first_seed + args.seeds {
         match run(&RunOptions::new(seed, args.steps)) {
-            Ok(r) => add(&mut total, &r),
+            Ok(r) => total.add(&r),
             Err(v) => {
                 println!("FAILED {v}");
                 println!(
@@ -73,27 +73,11 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn add(t: &mut RunReport, r: &RunReport) {
-    t.answers += r.answers;
-    t.approvals += r.approvals;
-    t.replays_refused += r.replays_refused;
-    t.restarts += r.restarts;
-    t.bytes_lost += r.bytes_lost;
-    t.cuts += r.cuts;
-    t.duplicates += r.duplicates;
-    t.repeats += r.repeats;
-    t.disk_faults += r.disk_faults;
-    t.transient += r.transient;
-    t.lifecycle_acks += r.lifecycle_acks;
-    t.rot_refused += r.rot_refused;
-    t.provisioned += r.provisioned;
-    t.arpcs_verified += r.arpcs_verified;
-}
-
 fn summary(r: &RunReport) -> String {
     format!(
         "{} answers checked, {} approvals, {} replays refused, {} restarts after power loss \
-         ({} unsynced bytes lost), {} connections cut, {} duplicates, {} repeats, {} disk faults, \
+         ({} unsynced bytes lost), {} connections cut, {} clients stopped reading, {} connections \
+         closed by the listener, {} duplicates, {} repeats, {} disk faults, \
          {} answers 91/96, {} lifecycle changes acknowledged, {} bit flips in synced data \
          refused at start, {} devices provisioned through the API, {} ARPCs accepted by their cards",
         r.answers,
@@ -102,6 +86,8 @@ fn summary(r: &RunReport) -> String {
         r.restarts,
         r.bytes_lost,
         r.cuts,
+        r.deaf_clients,
+        r.closed_by_engine,
         r.duplicates,
         r.repeats,
         r.disk_faults,

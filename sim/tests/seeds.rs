@@ -19,20 +19,7 @@ fn every_seed_keeps_every_invariant() {
         let r = run(&RunOptions::new(seed, 300)).unwrap_or_else(|v| {
             panic!("{v}\nreplay it: cargo run -p tessera-sim -- --seed {seed}")
         });
-        total.answers += r.answers;
-        total.approvals += r.approvals;
-        total.replays_refused += r.replays_refused;
-        total.restarts += r.restarts;
-        total.bytes_lost += r.bytes_lost;
-        total.cuts += r.cuts;
-        total.duplicates += r.duplicates;
-        total.repeats += r.repeats;
-        total.disk_faults += r.disk_faults;
-        total.transient += r.transient;
-        total.lifecycle_acks += r.lifecycle_acks;
-        total.rot_refused += r.rot_refused;
-        total.provisioned += r.provisioned;
-        total.arpcs_verified += r.arpcs_verified;
+        total.add(&r);
     }
     eprintln!("{total:?}");
     // A run set in which no fault struck would prove nothing.
@@ -42,6 +29,10 @@ fn every_seed_keeps_every_invariant() {
         assert!(total.restarts > 1_000, "{total:?}");
         assert!(total.bytes_lost > 1_000, "{total:?}");
         assert!(total.cuts > 1_000 && total.duplicates > 1_000, "{total:?}");
+        assert!(
+            total.deaf_clients > 500 && total.closed_by_engine > 100,
+            "{total:?}"
+        );
         assert!(
             total.repeats > 1_000 && total.lifecycle_acks > 500,
             "{total:?}"

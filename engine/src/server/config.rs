@@ -22,8 +22,9 @@ pub(super) const READ_BUFFER: usize = 64 * 1024;
 /// the length prefix (2 bytes binary or 4 ASCII digits), with slack.
 pub(super) const PREFIX_ROOM: usize = 16;
 
-/// Size of an event loop's shared read buffer for `max_frame`.
-pub(super) fn scratch_size(max_frame: usize) -> usize {
+/// Size of an event loop's shared read buffer for `max_frame`: what one
+/// read may bring, and what a [`super::ReadBuffer`] may carry at most.
+pub fn scratch_size(max_frame: usize) -> usize {
     max_frame
         .saturating_add(PREFIX_ROOM)
         .saturating_mul(2)

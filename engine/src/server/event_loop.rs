@@ -23,8 +23,6 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::iso8583::framing::write_frame;
-
 use super::admission::Refusal;
 use super::config::{scratch_size, POLL_INTERVAL};
 use super::context::{bump, log, Ctx};
@@ -32,13 +30,12 @@ use super::handler::{Answers, ConnId, Handler, Peer};
 use super::offload::{Batch, Done, LoopMsg, Origin, Outcome, Returns, Waiting};
 use super::read_buffer::{ReadBuffer, ReadTimeout};
 use super::transport::{ReadOutcome, Transport};
+use super::write_queue::WriteQueue;
 
 pub(super) const WAKER: Token = Token(usize::MAX);
 const LISTENER: Token = Token(usize::MAX - 1);
 /// Readiness events taken per poll.
 const EVENTS: usize = 1024;
-/// A write queue whose memory is bigger than this is given back once empty.
-const KEEP_OUT_CAPACITY: usize = 64 * 1024;
 
 /// What every loop shares.
 pub(super) struct Shared {
@@ -60,11 +57,8 @@ struct Conn {
     peer: Option<Arc<Peer>>,
     transport: Transport,
     rb: ReadBuffer,
-    /// Framed answers not yet written: `out[out_pos..]`.
-    out: Vec<u8>,
-    out_pos: usize,
-    /// Queued answers have made no progress since then.
-    write_stalled_since: Option<Instant>,
+    /// Framed answers not yet written.
+    out: WriteQueue,
     in_flight: usize,
     /// Reading stopped at an in-flight cap, possibly with bytes waiting.
     read_paused: bool,
@@ -76,12 +70,8 @@ struct Conn {
 }
 
 impl Conn {
-    fn queued(&self) -> usize {
-        self.out.len() - self.out_pos
-    }
-
     fn has_output(&self) -> bool {
-        self.queued() > 0 || self.transport.has_pending()
+        self.out.queued() > 0 || self.transport.has_pending()
     }
 }
 
@@ -306,9 +296,7 @@ impl EventLoop {
             peer: None,
             transport,
             rb: ReadBuffer::new(&ctx.config, now),
-            out: Vec::new(),
-            out_pos: 0,
-            write_stalled_since: None,
+            out: WriteQueue::new(),
             in_flight: 0,
             read_paused: false,
             dirty: false,
@@ -603,11 +591,9 @@ impl EventLoop {
         let mut written = 0u64;
         for (answer, header) in answers.iter().zip(&headers) {
             let Some(answer) = answer else { continue };
-            let mark = conn.out.len();
-            match write_frame(ctx.config.framing, *header, answer, &mut conn.out) {
+            match conn.out.push(ctx.config.framing, *header, answer) {
                 Ok(()) => written += 1,
                 Err(e) => {
-                    conn.out.truncate(mark);
                     log(format_args!(
                         "event=answer_not_framed conn={id} len={} error=\"{e}\"",
                         answer.len()
@@ -616,7 +602,7 @@ impl EventLoop {
             }
         }
         bump(&ctx.counters.answers, written);
-        let queued = conn.queued();
+        let queued = conn.out.queued();
         if queued > ctx.config.write_queue_bytes {
             self.close_for(
                 i,
@@ -673,17 +659,18 @@ impl EventLoop {
             let ctx = Arc::clone(&self.shared.ctx);
             let Some(conn) = self.conn(i) else { continue };
             conn.dirty = false;
-            let before = conn.queued();
-            let result = loop {
-                if conn.out_pos == conn.out.len() {
-                    break conn.transport.flush().map(|_| ());
-                }
-                match conn.transport.write(&conn.out[conn.out_pos..]) {
-                    Ok(0) => break Ok(()),
-                    Ok(n) => conn.out_pos += n,
-                    Err(e) => break Err(e),
-                }
-            };
+            let before = conn.out.queued();
+            let transport = &mut conn.transport;
+            let result = conn
+                .out
+                .write_to(|bytes| transport.write(bytes))
+                .and_then(|()| {
+                    if conn.out.queued() == 0 {
+                        transport.flush().map(|_| ())
+                    } else {
+                        Ok(())
+                    }
+                });
             if let Err(e) = result {
                 self.close_for(
                     i,
@@ -693,23 +680,8 @@ impl EventLoop {
                 );
                 continue;
             }
-            if conn.out_pos == conn.out.len() {
-                conn.out.clear();
-                conn.out_pos = 0;
-                if conn.out.capacity() > KEEP_OUT_CAPACITY {
-                    conn.out = Vec::new();
-                }
-            } else if conn.out_pos > conn.out.len() / 2 {
-                conn.out.drain(..conn.out_pos);
-                conn.out_pos = 0;
-            }
-            conn.write_stalled_since = if !conn.has_output() {
-                None
-            } else if conn.queued() < before {
-                Some(now)
-            } else {
-                conn.write_stalled_since.or(Some(now))
-            };
+            let more_below = conn.transport.has_pending();
+            conn.out.settle(before, more_below, now);
             if conn.eof && conn.in_flight == 0 && !conn.has_output() {
                 self.close(i);
             }
@@ -739,10 +711,8 @@ impl EventLoop {
                 );
                 continue;
             }
-            if c.write_stalled_since
-                .is_some_and(|t| now.saturating_duration_since(t) >= cfg.write_timeout)
-            {
-                let queued = c.queued();
+            if c.out.stalled(now, cfg.write_timeout) {
+                let queued = c.out.queued();
                 self.close_for(
                     i,
                     &ctx.counters.slow_readers,

@@ -92,13 +92,17 @@ mod offload;
 mod read_buffer;
 pub mod tls;
 mod transport;
+mod write_queue;
 
 pub use config::{
-    default_blocking_workers, default_loops, ServerConfig, DEFAULT_LISTEN, POLL_INTERVAL,
+    default_blocking_workers, default_loops, scratch_size, ServerConfig, DEFAULT_LISTEN,
+    POLL_INTERVAL,
 };
 pub use context::ServerStats;
 pub use handler::{Answers, ConnId, Handler, Peer, PendingAnswers};
+pub use read_buffer::{ReadBuffer, ReadTimeout, Split, SplitError};
 pub use tls::{ListenerTls, TlsSetupError};
+pub use write_queue::WriteQueue;
 
 use admission::Admission;
 use context::{log, Ctx, ListenerCounters};

@@ -5,8 +5,9 @@
 //! taken is carried to the next read: the start of an incomplete frame,
 //! or, when the connection reached its in-flight cap, the rest of that
 //! one read. An idle connection therefore holds no buffer at all, and a
-//! busy one at most one read (the scratch size). The idle and stalled-frame timers are kept from
-//! the times the loop passes in.
+//! busy one at most one read (the scratch size). The idle and
+//! stalled-frame timers are kept from the times the loop passes in, so the
+//! simulator (`tessera-sim`) drives the same state machine on its clock.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -19,7 +20,8 @@ use super::config::ServerConfig;
 
 /// Why a connection's buffer could not be split.
 #[derive(Debug)]
-pub(super) enum SplitError {
+pub enum SplitError {
+    /// The bytes are not a frame (bad length, too long).
     Framing(FramingError),
     /// The codec returned a frame consuming nothing (would loop forever).
     NoProgress,
@@ -36,12 +38,17 @@ impl fmt::Display for SplitError {
 
 /// Frames split off the front of a read buffer.
 #[derive(Debug, Default)]
-pub(super) struct Split {
-    pub(super) consumed: usize,
-    pub(super) keepalives: u64,
-    pub(super) data: Vec<u8>,
-    pub(super) spans: Vec<(usize, usize)>,
-    pub(super) headers: Vec<Option<[u8; 5]>>,
+pub struct Split {
+    /// Bytes of the buffer the frames (and keep-alives) took.
+    pub consumed: usize,
+    /// Keep-alives (empty frames) consumed.
+    pub keepalives: u64,
+    /// The frames' bodies, one after another.
+    pub data: Vec<u8>,
+    /// Each frame's body in `data`: (start, length).
+    pub spans: Vec<(usize, usize)>,
+    /// Each frame's TPDU header, if its framing has one.
+    pub headers: Vec<Option<[u8; 5]>>,
 }
 
 /// Splits up to `limit` complete non-empty frames off the front of `buf`
@@ -79,7 +86,7 @@ pub(super) fn split_frames(
 
 /// Why the loop must close a quiet connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ReadTimeout {
+pub enum ReadTimeout {
     /// A frame was started and not completed within the stalled-read
     /// timeout (`pending` bytes of it arrived).
     Stalled {
@@ -92,7 +99,7 @@ pub(super) enum ReadTimeout {
 
 /// What one connection carries between reads.
 #[derive(Debug)]
-pub(super) struct ReadBuffer {
+pub struct ReadBuffer {
     /// Bytes not taken yet: the start of an incomplete frame, after
     /// complete frames left by a limit (`backlog`).
     partial: Vec<u8>,
@@ -113,7 +120,7 @@ pub(super) struct ReadBuffer {
 
 impl ReadBuffer {
     /// Nothing carried, for a connection accepted at `now`.
-    pub(super) fn new(cfg: &ServerConfig, now: Instant) -> Self {
+    pub fn new(cfg: &ServerConfig, now: Instant) -> Self {
         Self {
             partial: Vec::new(),
             backlog: false,
@@ -128,13 +135,18 @@ impl ReadBuffer {
     }
 
     /// Bytes received and not yet part of a complete frame.
-    pub(super) fn pending(&self) -> usize {
+    pub fn pending(&self) -> usize {
         self.partial.len()
+    }
+
+    /// Bytes of memory the carry holds (its capacity).
+    pub fn memory(&self) -> usize {
+        self.partial.capacity()
     }
 
     /// Copy the carried bytes to the front of `scratch` (which must be at
     /// least [`scratch_size`] long); how many. The next read goes after them.
-    pub(super) fn load(&self, scratch: &mut [u8]) -> usize {
+    pub fn load(&self, scratch: &mut [u8]) -> usize {
         let n = self.partial.len();
         scratch[..n].copy_from_slice(&self.partial);
         n
@@ -142,19 +154,14 @@ impl ReadBuffer {
 
     /// Complete frames are carried (a limit stopped the last split): take
     /// them before reading more.
-    pub(super) fn has_backlog(&self) -> bool {
+    pub fn has_backlog(&self) -> bool {
         self.backlog
     }
 
     /// Cut up to `limit` complete frames off `bytes` (the carried bytes
     /// from [`ReadBuffer::load`] followed by what was just read) and carry
     /// the rest.
-    pub(super) fn split(
-        &mut self,
-        bytes: &[u8],
-        limit: usize,
-        now: Instant,
-    ) -> Result<Split, SplitError> {
+    pub fn split(&mut self, bytes: &[u8], limit: usize, now: Instant) -> Result<Split, SplitError> {
         let split = split_frames(self.framing, bytes, self.max_frame, limit)?;
         self.backlog = split.spans.len() == limit && split.consumed < bytes.len();
         if !split.spans.is_empty() {
@@ -182,7 +189,7 @@ impl ReadBuffer {
 
     /// The loop did not read (back-pressure): neither timer may count that
     /// time against the client.
-    pub(super) fn not_reading(&mut self, now: Instant) {
+    pub fn not_reading(&mut self, now: Instant) {
         self.last_activity = now;
         if self.partial_since.is_some() {
             self.partial_since = Some(now);
@@ -191,7 +198,7 @@ impl ReadBuffer {
 
     /// Whether to close the connection at `now`; `busy` when answers are
     /// still owed (the connection is not idle then).
-    pub(super) fn quiet(&mut self, busy: bool, now: Instant) -> Option<ReadTimeout> {
+    pub fn quiet(&mut self, busy: bool, now: Instant) -> Option<ReadTimeout> {
         if busy {
             self.last_activity = now;
         }

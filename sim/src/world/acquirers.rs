@@ -10,6 +10,7 @@ use loadgen::cardsim;
 
 use super::ledger::{answer_key, Expect, Kind, Request};
 use super::{World, CLIENTS, CLIENT_TIMEOUT, MAX_RISKY};
+use crate::net::Closed;
 
 impl World {
     pub(super) fn send_new(&mut self, client: usize) -> Result<(), String> {
@@ -120,70 +121,101 @@ impl World {
         Ok(())
     }
 
-    /// The engine reads every connection, in the seed's order, and answers
-    /// what it read from each as one batch.
+    /// The engine reads every connection, in the seed's order, as the
+    /// event loop does: one batch per read (at most the in-flight cap of
+    /// frames), answered at once and queued; then it writes each
+    /// connection's queue as far as its client takes it, and runs the
+    /// listener's timers.
     pub(super) fn engine_step(&mut self) -> Result<(), String> {
         let mut order: Vec<usize> = (0..CLIENTS).collect();
         for i in (1..order.len()).rev() {
             order.swap(i, self.rng.below(i as u64 + 1) as usize);
         }
+        let now = self.instant();
         for c in order {
-            let frames = self.conns[c].engine_reads(self.step)?;
-            if frames.is_empty() {
-                continue;
-            }
-            // Per request of the batch: its index, and whether the engine
-            // processes it (rather than answering it from its cache, as a
-            // copy of an earlier one in the batch, or 94).
-            let mut taken: Vec<(usize, bool)> = Vec::new();
-            let mut batch_owner: HashMap<String, usize> = HashMap::new();
-            for body in &frames {
-                let m = Dialect::Ascii
-                    .decode(body)
-                    .map_err(|e| format!("the sim sent an undecodable request: {e}"))?;
-                let i = *self
-                    .by_answer
-                    .get(&answer_key(&m))
-                    .ok_or("a request nobody sent")?;
-                let expect = self.expect(i, &mut batch_owner);
-                taken.push((i, matches!(expect, Expect::Allowed(_))));
-                self.requests[i].expected.push_back(expect);
-            }
-            let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
-            let pipeline = self.pipeline.as_ref().expect("serving");
-            let answers = pipeline.answer_batch(&refs);
-            let (life, secs) = (self.life, self.clock.secs());
-            for ((i, processed), answer) in taken.iter().copied().zip(answers) {
-                let Some(a) = answer else {
-                    return Err(format!("request {i} got no answer"));
-                };
-                if processed {
-                    // Its answer is what the cache now holds for its keys.
-                    let r = &mut self.requests[i];
-                    r.first_answer = Some(
-                        Dialect::Ascii
-                            .decode(&a)
-                            .map_err(|e| format!("an answer that does not decode: {e}"))?,
-                    );
-                    r.first_taken = Some((life, secs));
-                    let stan = r.msg.get_str(11).unwrap_or_default().to_owned();
-                    self.cache.insert(stan, (i, life, secs));
+            while let Some(frames) = self.conns[c].engine_reads(&mut self.rng, self.step, now)? {
+                if !frames.is_empty() {
+                    self.engine_answers(c, &frames)?;
                 }
-                self.conns[c].engine_sends(&mut self.rng, self.step, &a);
+                if self.conns[c].queue_over_limit() {
+                    self.engine_closes(c, Closed::QueueFull);
+                    break;
+                }
             }
-            // A copy of a request processed earlier in this batch gets
-            // the answer that one got.
-            for (i, _) in taken {
+        }
+        for c in 0..CLIENTS {
+            self.conns[c].engine_flushes(&mut self.rng, self.step, now);
+            if let Some(why) = self.conns[c].engine_timers(now) {
+                self.engine_closes(c, why);
+            }
+            if let Some(excess) = self.conns[c].memory_excess() {
+                return Err(format!("connection {c}: {excess}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// One batch read from connection `c`, answered and queued.
+    fn engine_answers(&mut self, c: usize, frames: &[Vec<u8>]) -> Result<(), String> {
+        // Per request of the batch: its index, and whether the engine
+        // processes it (rather than answering it from its cache, as a
+        // copy of an earlier one in the batch, or 94).
+        let mut taken: Vec<(usize, bool)> = Vec::new();
+        let mut batch_owner: HashMap<String, usize> = HashMap::new();
+        for body in frames {
+            let m = Dialect::Ascii
+                .decode(body)
+                .map_err(|e| format!("the sim sent an undecodable request: {e}"))?;
+            let i = *self
+                .by_answer
+                .get(&answer_key(&m))
+                .ok_or("a request nobody sent")?;
+            let expect = self.expect(i, &mut batch_owner);
+            taken.push((i, matches!(expect, Expect::Allowed(_))));
+            self.requests[i].expected.push_back(expect);
+        }
+        let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        let pipeline = self.pipeline.as_ref().expect("serving");
+        let answers = pipeline.answer_batch(&refs);
+        let (life, secs) = (self.life, self.clock.secs());
+        for ((i, processed), answer) in taken.iter().copied().zip(answers) {
+            let Some(a) = answer else {
+                return Err(format!("request {i} got no answer"));
+            };
+            if processed {
+                // Its answer is what the cache now holds for its keys.
                 let r = &mut self.requests[i];
-                let answer = r.first_answer.clone();
-                for e in r.expected.iter_mut() {
-                    if matches!(e, Expect::SameAsInBatch) {
-                        *e = Expect::Same(answer.clone().ok_or("a copy of nothing")?);
-                    }
+                r.first_answer = Some(
+                    Dialect::Ascii
+                        .decode(&a)
+                        .map_err(|e| format!("an answer that does not decode: {e}"))?,
+                );
+                r.first_taken = Some((life, secs));
+                let stan = r.msg.get_str(11).unwrap_or_default().to_owned();
+                self.cache.insert(stan, (i, life, secs));
+            }
+            self.conns[c].engine_queues(&a)?;
+        }
+        // A copy of a request processed earlier in this batch gets
+        // the answer that one got.
+        for (i, _) in taken {
+            let r = &mut self.requests[i];
+            let answer = r.first_answer.clone();
+            for e in r.expected.iter_mut() {
+                if matches!(e, Expect::SameAsInBatch) {
+                    *e = Expect::Same(answer.clone().ok_or("a copy of nothing")?);
                 }
             }
         }
         Ok(())
+    }
+
+    /// The listener closes connection `c` (its answers still queued are
+    /// lost, as in a cut); the client connects again.
+    fn engine_closes(&mut self, c: usize, why: Closed) {
+        self.log(|| format!("the engine closes connection {c}: {why:?}"));
+        self.report.closed_by_engine += 1;
+        self.drop_connection(c);
     }
 
     pub(super) fn client_reads(&mut self, client: usize) -> Result<(), String> {
@@ -226,8 +258,15 @@ impl World {
     }
 
     pub(super) fn cut(&mut self, client: usize) {
-        self.conns[client].cut();
         self.report.cuts += 1;
+        self.drop_connection(client);
+    }
+
+    /// Connection `client` is gone: nothing in flight on it will be
+    /// answered.
+    fn drop_connection(&mut self, client: usize) {
+        let now = self.instant();
+        self.conns[client].cut(now);
         for r in self.requests.iter_mut().filter(|r| r.client == client) {
             r.expected.clear();
         }

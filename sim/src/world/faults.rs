@@ -42,6 +42,13 @@ impl World {
             self.log(|| format!("connection {c} cut"));
             self.cut(c);
         }
+        if self.rng.one_in(60) {
+            let c = self.rng.below(CLIENTS as u64) as usize;
+            let ticks = 5 + self.rng.below(60);
+            self.log(|| format!("client {c} stops reading for {ticks} steps"));
+            self.report.deaf_clients += 1;
+            self.conns[c].client_deaf_until(self.step + ticks);
+        }
         if self.rng.one_in(100) {
             self.log(|| "the clock jumps past the retransmission window".into());
             self.clock.advance(RETRANSMISSION_WINDOW + 1);

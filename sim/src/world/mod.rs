@@ -55,7 +55,7 @@ mod operator;
 
 use crate::clock::SimClock;
 use crate::issuer::{IssuerMode, SimIssuer};
-use crate::net::Connection;
+use crate::net::{self, Connection};
 use crate::rng::SimRng;
 use crate::wallet::{self, Device};
 use ledger::{AnswerKey, Card, Known, Request};
@@ -119,8 +119,13 @@ pub struct RunReport {
     pub restarts: u64,
     /// Bytes written but not synced that power losses took.
     pub bytes_lost: u64,
-    /// Connections cut.
+    /// Connections cut by the network.
     pub cuts: u64,
+    /// Connections the listener closed: a client that stopped reading
+    /// (queue full or no progress), a frame stalled half-way.
+    pub closed_by_engine: u64,
+    /// Times a client stopped reading for a while.
+    pub deaf_clients: u64,
     /// Requests the network delivered twice.
     pub duplicates: u64,
     /// Repeats (0101) after a client's timeout.
@@ -138,6 +143,28 @@ pub struct RunReport {
     /// Bits flipped in synced data that the next start refused (all must
     /// be).
     pub rot_refused: u64,
+}
+
+impl RunReport {
+    /// Add another run's counts to these.
+    pub fn add(&mut self, r: &RunReport) {
+        self.answers += r.answers;
+        self.approvals += r.approvals;
+        self.replays_refused += r.replays_refused;
+        self.restarts += r.restarts;
+        self.bytes_lost += r.bytes_lost;
+        self.cuts += r.cuts;
+        self.closed_by_engine += r.closed_by_engine;
+        self.deaf_clients += r.deaf_clients;
+        self.duplicates += r.duplicates;
+        self.repeats += r.repeats;
+        self.disk_faults += r.disk_faults;
+        self.transient += r.transient;
+        self.lifecycle_acks += r.lifecycle_acks;
+        self.rot_refused += r.rot_refused;
+        self.provisioned += r.provisioned;
+        self.arpcs_verified += r.arpcs_verified;
+    }
 }
 
 /// The first broken invariant of a run.
@@ -178,6 +205,8 @@ struct World {
     /// A disk fault armed since the last restart (it may fire any time).
     fault_armed: bool,
     conns: Vec<Connection>,
+    /// The listener's timers run on this, moved by the simulated clock.
+    epoch: std::time::Instant,
     cards: Vec<Card>,
     requests: Vec<Request>,
     by_answer: HashMap<AnswerKey, usize>,
@@ -303,6 +332,7 @@ impl World {
         // power goes follows from the seed alone.
         vault.manual_journal(true);
         let clock = Arc::new(SimClock::at(START_SECS));
+        let epoch = std::time::Instant::now();
         let issuer = Arc::new(SimIssuer::new(pans));
         let vault = Arc::new(vault);
         let mut w = World {
@@ -320,7 +350,10 @@ impl World {
             service: None,
             life: 0,
             fault_armed: false,
-            conns: (0..CLIENTS).map(|_| Connection::default()).collect(),
+            conns: (0..CLIENTS)
+                .map(|_| Connection::new(net::server_config(), epoch))
+                .collect(),
+            epoch,
             cards,
             requests: Vec::new(),
             by_answer: HashMap::new(),
@@ -351,6 +384,11 @@ impl World {
                 self.clock.secs() - START_SECS
             );
         }
+    }
+
+    /// The simulated clock as the listener's `Instant`.
+    fn instant(&self) -> std::time::Instant {
+        self.epoch + std::time::Duration::from_secs(self.clock.secs() - START_SECS)
     }
 
     fn vault(&self) -> &Arc<Vault> {
