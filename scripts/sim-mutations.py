@@ -19,36 +19,46 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
+# (what the bug is, file, [(text there, text with the bug), ...])
 BUGS = [
     (
         "the journal's fdatasync removed (`write_and_sync` returns before `files::sync_data`)",
         "engine/src/vault/journal.rs",
-        '                "fdatasync of {} failed: injected",\n                seg.path.display()\n            ));\n        }\n        super::files::sync_data(',
-        '                "fdatasync of {} failed: injected",\n                seg.path.display()\n            ));\n        }\n        #[allow(unreachable_code)]\n        return Ok(());\n        super::files::sync_data(',
+        [('                "fdatasync of {} failed: injected",\n                seg.path.display()\n            ));\n        }\n        super::files::sync_data(',
+        '                "fdatasync of {} failed: injected",\n                seg.path.display()\n            ));\n        }\n        #[allow(unreachable_code)]\n        return Ok(());\n        super::files::sync_data(')],
     ),
     (
         "acknowledged before the group commit completes (`wait_durable` in sync mode returns at once)",
         "engine/src/vault/journal.rs",
-        "Durability::Sync => self.wait_for(lsn.0, false),",
-        "Durability::Sync => Ok(()),",
+        [("Durability::Sync => self.wait_for(lsn.0, false),", "Durability::Sync => Ok(()),")],
     ),
     (
         "the ATC window not rebuilt after recovery (replayed `Atc` records not accepted)",
         "engine/src/vault/mod.rs",
-        "if replay::accept(&rec.atc, atc).is_ok() {",
-        "if true {",
+        [("if replay::accept(&rec.atc, atc).is_ok() {", "if true {")],
     ),
     (
         "answers from a stale cache entry (the retransmission cache answers by key alone, whatever the content)",
         "engine/src/pipeline/mod.rs",
-        "Some(c) if c.digest == *digest => {",
-        "Some(c) => {",
+        [("Some(c) if c.digest == *digest => {", "Some(c) => {")],
     ),
     (
         "answers from an expired cache entry (the retransmission cache never ages out)",
         "engine/src/pipeline/retransmit.rs",
-        "if now.saturating_sub(*t) < RETRANSMISSION_WINDOW_SECS {",
-        "if true {",
+        [("if now.saturating_sub(*t) < RETRANSMISSION_WINDOW_SECS {", "if true {")],
+    ),
+    (
+        "the issuer link never forgets a request at its deadline (`Outstanding::forget` removes nothing)",
+        "engine/src/issuer/outstanding.rs",
+        [("                self.pending.remove(key);\n", "")],
+    ),
+    (
+        "the listener never closes a client that stops reading (no queue limit, no write timeout)",
+        "engine/src/server/write_queue.rs",
+        [
+            ("        self.queued() > limit\n", "        let _ = limit;\n        false\n"),
+            ("        self.stalled_since\n            .is_some_and", "        let _ = (now, timeout);\n        None::<Instant>\n            .is_some_and"),
+        ],
     ),
 ]
 
@@ -58,14 +68,17 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=300)
     args = ap.parse_args()
     rows = []
-    for name, path, old, new in BUGS:
+    for name, path, edits in BUGS:
         f = ROOT / path
         text = f.read_text()
-        if text.count(old) != 1:
-            print(f"cannot place bug {name!r}: {path} has {text.count(old)} matches", file=sys.stderr)
-            return 2
+        buggy = text
+        for old, new in edits:
+            if buggy.count(old) != 1:
+                print(f"cannot place bug {name!r}: {path} has {buggy.count(old)} matches", file=sys.stderr)
+                return 2
+            buggy = buggy.replace(old, new)
         try:
-            f.write_text(text.replace(old, new))
+            f.write_text(buggy)
             build = subprocess.run(
                 ["cargo", "build", "-q", "-p", "tessera-sim"],
                 cwd=ROOT, capture_output=True, text=True,

@@ -77,7 +77,7 @@ fn summary(r: &RunReport) -> String {
     format!(
         "{} answers checked, {} approvals, {} replays refused, {} restarts after power loss \
          ({} unsynced bytes lost), {} connections cut, {} clients stopped reading, {} connections \
-         closed by the listener, {} duplicates, {} repeats, {} disk faults, \
+         closed by the listener, {} late issuer answers dropped, {} duplicates, {} repeats, {} disk faults, \
          {} answers 91/96, {} lifecycle changes acknowledged, {} bit flips in synced data \
          refused at start, {} devices provisioned through the API, {} ARPCs accepted by their cards",
         r.answers,
@@ -88,6 +88,7 @@ fn summary(r: &RunReport) -> String {
         r.cuts,
         r.deaf_clients,
         r.closed_by_engine,
+        r.late_issuer_answers,
         r.duplicates,
         r.repeats,
         r.disk_faults,

@@ -35,7 +35,7 @@ const CLIENT_WINDOW: usize = 1024;
 pub fn server_config() -> ServerConfig {
     ServerConfig {
         framing: Framing::Len2Exclusive,
-        max_frame: 8192,
+        max_frame: 1024,
         // A read past this many frames is carried (back-pressure).
         max_in_flight_per_conn: 4,
         // Answers queued for a client that does not read.
@@ -222,7 +222,7 @@ impl Connection {
     /// After answers were queued: the event loop closes a connection whose
     /// queue outgrew its bound.
     pub fn queue_over_limit(&self) -> bool {
-        self.engine.out.queued() > self.cfg.write_queue_bytes
+        self.engine.out.over_limit(self.cfg.write_queue_bytes)
     }
 
     /// The engine writes what it queued, as far as the client's window
@@ -269,7 +269,8 @@ impl Connection {
         let mut out = Vec::new();
         let mut at = 0;
         while let Some(frame) =
-            next_frame(self.cfg.framing, &pipe.arrived[at..], 8192).map_err(|e| e.to_string())?
+            next_frame(self.cfg.framing, &pipe.arrived[at..], self.cfg.max_frame)
+                .map_err(|e| e.to_string())?
         {
             out.push(frame.body.to_vec());
             at += frame.consumed;
@@ -307,6 +308,12 @@ impl Connection {
         let carry_bound = scratch_size(self.cfg.max_frame);
         let queue_bound = self.cfg.write_queue_bytes
             + self.cfg.max_in_flight_per_conn * (self.cfg.max_frame + 16);
+        if self.engine.out.queued() > queue_bound {
+            return Some(format!(
+                "a connection's write queue has {} bytes queued, above its bound ({queue_bound})",
+                self.engine.out.queued()
+            ));
+        }
         if self.engine.rb.memory() > carry_bound {
             return Some(format!(
                 "a connection's read carry holds {} bytes, above one read ({carry_bound})",

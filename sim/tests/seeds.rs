@@ -30,7 +30,9 @@ fn every_seed_keeps_every_invariant() {
         assert!(total.bytes_lost > 1_000, "{total:?}");
         assert!(total.cuts > 1_000 && total.duplicates > 1_000, "{total:?}");
         assert!(
-            total.deaf_clients > 500 && total.closed_by_engine > 100,
+            total.deaf_clients > 500
+                && total.closed_by_engine > 100
+                && total.late_issuer_answers > 1_000,
             "{total:?}"
         );
         assert!(

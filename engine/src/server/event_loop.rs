@@ -602,8 +602,8 @@ impl EventLoop {
             }
         }
         bump(&ctx.counters.answers, written);
-        let queued = conn.out.queued();
-        if queued > ctx.config.write_queue_bytes {
+        if conn.out.over_limit(ctx.config.write_queue_bytes) {
+            let queued = conn.out.queued();
             self.close_for(
                 i,
                 &ctx.counters.slow_readers,

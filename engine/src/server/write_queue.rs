@@ -38,6 +38,12 @@ impl WriteQueue {
         self.out.capacity()
     }
 
+    /// Whether more than `limit` bytes wait: the event loop closes such a
+    /// connection (a client that does not read its answers).
+    pub fn over_limit(&self, limit: usize) -> bool {
+        self.queued() > limit
+    }
+
     /// Frame one answer onto the queue. A body the framing cannot carry is
     /// refused whole: nothing of it is queued.
     pub fn push(

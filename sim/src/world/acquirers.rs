@@ -143,6 +143,9 @@ impl World {
                 }
             }
         }
+        if let Some(v) = self.issuer.first_violation() {
+            return Err(format!("issuer link: {v}"));
+        }
         for c in 0..CLIENTS {
             self.conns[c].engine_flushes(&mut self.rng, self.step, now);
             if let Some(why) = self.conns[c].engine_timers(now) {

@@ -32,6 +32,7 @@ impl World {
             let mode = match self.rng.below(8) {
                 0 => IssuerMode::Down,
                 1 => IssuerMode::Slow,
+                2 | 3 => IssuerMode::Twice,
                 _ => IssuerMode::Up,
             };
             self.log(|| format!("issuer {mode:?}"));
@@ -44,7 +45,8 @@ impl World {
         }
         if self.rng.one_in(60) {
             let c = self.rng.below(CLIENTS as u64) as usize;
-            let ticks = 5 + self.rng.below(60);
+            let longest = if self.rng.one_in(4) { 200 } else { 60 };
+            let ticks = 5 + self.rng.below(longest);
             self.log(|| format!("client {c} stops reading for {ticks} steps"));
             self.report.deaf_clients += 1;
             self.conns[c].client_deaf_until(self.step + ticks);

@@ -206,7 +206,7 @@ impl World {
                         allowed.push(Outcome::Replay);
                     }
                     allowed.push(match self.issuer.mode() {
-                        IssuerMode::Up => {
+                        IssuerMode::Up | IssuerMode::Twice => {
                             let amount: u64 =
                                 r.msg.get_str(4).and_then(|a| a.parse().ok()).unwrap_or(0);
                             if issuer_declines(amount) {

@@ -126,6 +126,9 @@ pub struct RunReport {
     pub closed_by_engine: u64,
     /// Times a client stopped reading for a while.
     pub deaf_clients: u64,
+    /// Issuer answers the link dropped as late (after the deadline, a
+    /// second answer, a key nobody asked); never handed to a request.
+    pub late_issuer_answers: u64,
     /// Requests the network delivered twice.
     pub duplicates: u64,
     /// Repeats (0101) after a client's timeout.
@@ -156,6 +159,7 @@ impl RunReport {
         self.cuts += r.cuts;
         self.closed_by_engine += r.closed_by_engine;
         self.deaf_clients += r.deaf_clients;
+        self.late_issuer_answers += r.late_issuer_answers;
         self.duplicates += r.duplicates;
         self.repeats += r.repeats;
         self.disk_faults += r.disk_faults;
@@ -333,7 +337,7 @@ impl World {
         vault.manual_journal(true);
         let clock = Arc::new(SimClock::at(START_SECS));
         let epoch = std::time::Instant::now();
-        let issuer = Arc::new(SimIssuer::new(pans));
+        let issuer = Arc::new(SimIssuer::new(pans, opts.seed));
         let vault = Arc::new(vault);
         let mut w = World {
             step: 0,
@@ -402,6 +406,7 @@ impl World {
     /// service.
     fn start_engine(&mut self) -> Result<(), String> {
         let profiles = profile_keys::load(&self.config, &self.keys)?;
+        self.issuer.reconnect(self.life);
         self.pipeline = Some(
             Pipeline::new(Arc::clone(self.vault()), profiles, Dialect::Ascii)
                 .with_decline_log(false)
@@ -432,6 +437,7 @@ impl World {
         // A last power loss, the invariants after it, then a clean stop
         // and the audit trail across every restart of the run.
         self.restart()?;
+        self.report.late_issuer_answers = self.issuer.log().late_answers;
         self.verify_audit()
     }
 

@@ -56,8 +56,6 @@
 //! The token travels in DE 48 sub-element `01`
 //! ([`crate::iso8583::de48`]).
 
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::fmt;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpStream};
@@ -69,11 +67,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use zeroize::Zeroizing;
 
-use crate::iso8583::framing::TPDU_LEN;
-use crate::iso8583::{
-    is_response, next_frame, response_mti, write_frame, Dialect, Framing, IsoMessage,
-};
+use crate::iso8583::{Dialect, Framing, IsoMessage};
 use crate::tls_client::{ClientTls, Transport};
+
+pub mod outstanding;
+
+use outstanding::{encode_requests, AnswerReader, Outstanding, Routed};
 
 /// Default time to wait for the issuer's answers to a batch.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -87,8 +86,6 @@ const POLL: Duration = Duration::from_millis(50);
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT_MAX: Duration = Duration::from_secs(1);
-/// TPDU put on outgoing requests for [`Framing::Len2Tpdu`] (`60`, NIIs 0).
-const REQUEST_TPDU: [u8; TPDU_LEN] = [0x60, 0, 0, 0, 0];
 
 /// Counters since the link was created.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -106,15 +103,8 @@ pub struct IssuerStats {
     pub reconnects: u64,
 }
 
-/// (DE 11, DE 41) of a request / answer.
-type Key = (Vec<u8>, Vec<u8>);
-
-struct Pending {
-    batch: u64,
-    idx: usize,
-    expect_mti: [u8; 4],
-    tx: Sender<(usize, IsoMessage)>,
-}
+/// Where a batch's answers go.
+type AnswerTx = Sender<(usize, IsoMessage)>;
 
 enum LinkState {
     /// A connection attempt is in flight.
@@ -143,10 +133,9 @@ struct LinkCore {
     max_frame: usize,
     /// TLS to the issuer; `None` = plain TCP.
     tls: Option<Arc<ClientTls>>,
-    max_pending: usize,
     link: Mutex<LinkState>,
     link_cv: Condvar,
-    pending: Mutex<HashMap<Key, Pending>>,
+    pending: Mutex<Outstanding<AnswerTx>>,
     stop: AtomicBool,
     next_batch: AtomicU64,
     counters: LinkCounters,
@@ -228,10 +217,9 @@ impl IssuerLink {
             timeout,
             max_frame: DEFAULT_MAX_FRAME,
             tls,
-            max_pending: MAX_PENDING,
             link: Mutex::new(LinkState::Connecting),
             link_cv: Condvar::new(),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Outstanding::new(MAX_PENDING)),
             stop: AtomicBool::new(false),
             next_batch: AtomicU64::new(0),
             counters: LinkCounters::default(),
@@ -284,59 +272,20 @@ impl IssuerLink {
         let deadline = Instant::now() + sh.timeout;
 
         // Encode outside any lock.
-        let header = (sh.framing == Framing::Len2Tpdu).then_some(REQUEST_TPDU);
-        let mut candidates = Vec::with_capacity(requests.len());
-        for (idx, req) in requests.iter().enumerate() {
-            let Some(expect_mti) = response_mti(req.mti()) else {
-                continue;
-            };
-            let Some(stan) = req.get(11) else {
-                continue;
-            };
-            let key: Key = (stan.to_vec(), req.get(41).unwrap_or_default().to_vec());
-            // The encoded request carries the PAN (DE 2): every copy of
-            // it is wiped when dropped.
-            let Ok(body) = sh.dialect.encode(req).map(Zeroizing::new) else {
-                continue;
-            };
-            let mut frame = Zeroizing::new(Vec::with_capacity(body.len() + 8));
-            if write_frame(sh.framing, header, &body, &mut frame).is_err() {
-                continue;
-            }
-            candidates.push((idx, key, expect_mti, frame));
-        }
+        let candidates = encode_requests(sh.framing, sh.dialect, requests);
         if candidates.is_empty() {
             return out;
         }
 
         let batch = sh.next_batch.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::unbounded();
-        let mut registered: Vec<(usize, Key)> = Vec::with_capacity(candidates.len());
         let mut wire = Zeroizing::new(Vec::new());
-        {
+        let registered = {
             let mut link = sh.wait_connected(deadline);
             let LinkState::Up(stream) = &mut *link else {
                 return out;
             };
-            {
-                let mut pending = lock(&sh.pending);
-                for (idx, key, expect_mti, frame) in candidates {
-                    if pending.len() >= sh.max_pending {
-                        break;
-                    }
-                    let Entry::Vacant(slot) = pending.entry(key.clone()) else {
-                        continue;
-                    };
-                    slot.insert(Pending {
-                        batch,
-                        idx,
-                        expect_mti,
-                        tx: tx.clone(),
-                    });
-                    wire.extend_from_slice(&frame);
-                    registered.push((idx, key));
-                }
-            }
+            let registered = lock(&sh.pending).register(batch, candidates, &tx, &mut wire);
             if registered.is_empty() {
                 return out;
             }
@@ -348,15 +297,11 @@ impl IssuerLink {
                 *link = LinkState::Down;
                 drop(link);
                 sh.link_cv.notify_all();
-                let mut pending = lock(&sh.pending);
-                for (_, key) in &registered {
-                    if pending.get(key).is_some_and(|p| p.batch == batch) {
-                        pending.remove(key);
-                    }
-                }
+                lock(&sh.pending).forget(batch, registered.iter().map(|(_, key)| key));
                 return out;
             }
-        }
+            registered
+        };
         drop(tx);
         bump(&sh.counters.forwarded, registered.len());
 
@@ -373,14 +318,13 @@ impl IssuerLink {
             }
         }
         if got < registered.len() {
-            {
-                let mut pending = lock(&sh.pending);
-                for (idx, key) in &registered {
-                    if out[*idx].is_none() && pending.get(key).is_some_and(|p| p.batch == batch) {
-                        pending.remove(key);
-                    }
-                }
-            }
+            lock(&sh.pending).forget(
+                batch,
+                registered
+                    .iter()
+                    .filter(|(idx, _)| out[*idx].is_none())
+                    .map(|(_, key)| key),
+            );
             // The reader sends under the pending lock: anything routed to us
             // before we removed our entries is in the channel now.
             while let Ok((idx, msg)) = rx.try_recv() {
@@ -455,8 +399,6 @@ impl LinkCore {
     }
 
     fn run_reader(&self) {
-        // Answers echo DE 2 (the PAN): wiped when the reader stops.
-        let mut buf = Zeroizing::new(vec![0u8; self.framing.prefix_len() + self.max_frame]);
         let mut backoff = BACKOFF_MIN;
         let mut ever_connected = false;
         while !self.stopping() {
@@ -477,7 +419,7 @@ impl LinkCore {
                     }
                     ever_connected = true;
                     backoff = BACKOFF_MIN;
-                    self.read_loop(&rd, &mut buf);
+                    self.read_loop(&rd);
                     let _ = rd.shutdown();
                     self.set_link(LinkState::Down);
                     // Dropping the senders wakes every waiter with None.
@@ -495,16 +437,18 @@ impl LinkCore {
         lock(&self.pending).clear();
     }
 
-    /// Read and route answers until EOF, an error, or shutdown.
-    fn read_loop(&self, s: &Transport, buf: &mut [u8]) {
-        let mut filled = 0;
+    /// Read and route answers until EOF, an error, or shutdown. Each
+    /// connection starts with an empty reader: nothing of an earlier
+    /// stream carries over.
+    fn read_loop(&self, s: &Transport) {
+        let mut reader = AnswerReader::new(self.framing, self.dialect, self.max_frame);
         loop {
-            if self.stopping() || filled == buf.len() {
+            if self.stopping() {
                 return;
             }
-            match s.read(&mut buf[filled..]) {
+            let n = match s.read(reader.space()) {
                 Ok(0) => return,
-                Ok(n) => filled += n,
+                Ok(n) => n,
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -514,52 +458,28 @@ impl LinkCore {
                     continue
                 }
                 Err(_) => return,
+            };
+            if reader.filled(n, |msg| self.route(msg)).is_err() {
+                return;
             }
-            let mut start = 0;
-            loop {
-                match next_frame(self.framing, &buf[start..filled], self.max_frame) {
-                    Ok(Some(frame)) => {
-                        if !frame.is_keepalive() {
-                            match self.dialect.decode(frame.body) {
-                                Ok(msg) => self.route(msg),
-                                Err(_) => return,
-                            }
-                        }
-                        start += frame.consumed;
-                    }
-                    Ok(None) => break,
-                    Err(_) => return,
-                }
-            }
-            buf.copy_within(start..filled, 0);
-            filled -= start;
         }
     }
 
     /// Hand an answer to its waiter, or count it as late.
     fn route(&self, msg: IsoMessage) {
-        let mti = msg.mti();
-        if !is_response(mti) {
-            // An issuer-initiated request (e.g. an 0800 echo test): not an
-            // answer to anything of ours.
-            return;
-        }
-        let Some(stan) = msg.get(11) else {
-            bump(&self.counters.late_answers, 1);
-            return;
-        };
-        let key: Key = (stan.to_vec(), msg.get(41).unwrap_or_default().to_vec());
         let mut pending = lock(&self.pending);
-        match pending.entry(key) {
-            Entry::Occupied(e) if e.get().expect_mti == mti => {
-                let p = e.remove();
+        match pending.route(&msg) {
+            Routed::To(w) => {
                 // Sent under the lock (unbounded: never blocks) so a waiter
                 // that removes its entries at the deadline sees it.
-                if p.tx.send((p.idx, msg)).is_err() {
+                if w.waiter.send((w.idx, msg)).is_err() {
                     bump(&self.counters.late_answers, 1);
                 }
             }
-            _ => bump(&self.counters.late_answers, 1),
+            Routed::Late => bump(&self.counters.late_answers, 1),
+            // An issuer-initiated request (e.g. an 0800 echo test): not an
+            // answer to anything of ours.
+            Routed::NotAnAnswer => {}
         }
     }
 }
@@ -568,6 +488,7 @@ impl LinkCore {
 mod tests {
     use super::*;
     use crate::iso8583::de48::{put_token_in_de48, token_from_de48};
+    use crate::iso8583::{next_frame, response_mti, write_frame};
     use std::io::{Read, Write};
     use std::net::TcpListener;
     use std::thread;
