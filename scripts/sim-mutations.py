@@ -48,6 +48,14 @@ BUGS = [
         [("if now.saturating_sub(*t) < RETRANSMISSION_WINDOW_SECS {", "if true {")],
     ),
     (
+        "a new journal file's directory entry never synced (`init_segment` skips `sync_dir`)",
+        "engine/src/vault/journal.rs",
+        [(
+            '    super::files::sync_all(&file, &path).map_err(io_err("fsync", &path))?;\n    sync_dir(dir).map_err(io_err("fsync directory", dir))?;\n',
+            '    super::files::sync_all(&file, &path).map_err(io_err("fsync", &path))?;\n    let _ = dir;\n',
+        )],
+    ),
+    (
         "the issuer link never forgets a request at its deadline (`Outstanding::forget` removes nothing)",
         "engine/src/issuer/outstanding.rs",
         [("                self.pending.remove(key);\n", "")],

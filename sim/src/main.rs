@@ -76,7 +76,7 @@ fn main() -> ExitCode {
 fn summary(r: &RunReport) -> String {
     format!(
         "{} answers checked, {} approvals, {} replays refused, {} restarts after power loss \
-         ({} unsynced bytes lost), {} connections cut, {} clients stopped reading, {} connections \
+         ({} unsynced bytes and {} unsynced directory entries lost), {} connections cut, {} clients stopped reading, {} connections \
          closed by the listener, {} late issuer answers dropped, {} duplicates, {} repeats, {} disk faults, \
          {} answers 91/96, {} lifecycle changes acknowledged, {} bit flips in synced data \
          refused at start, {} devices provisioned through the API, {} ARPCs accepted by their cards",
@@ -85,6 +85,7 @@ fn summary(r: &RunReport) -> String {
         r.replays_refused,
         r.restarts,
         r.bytes_lost,
+        r.entries_lost,
         r.cuts,
         r.deaf_clients,
         r.closed_by_engine,

@@ -81,7 +81,8 @@ fn note_synced(file: &File, path: &Path) -> io::Result<()> {
 /// by the simulated power loss ([`super::power_loss`]).
 #[cfg(any(test, feature = "test-hooks"))]
 pub(crate) mod synced {
-    use std::collections::HashMap;
+    use std::collections::{BTreeSet, HashMap};
+    use std::ffi::OsString;
     use std::path::{Path, PathBuf};
     use std::sync::{Mutex, OnceLock};
 
@@ -100,6 +101,30 @@ pub(crate) mod synced {
     pub(crate) fn all() -> HashMap<PathBuf, u64> {
         lengths().lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    type Entries = BTreeSet<OsString>;
+
+    fn dirs() -> &'static Mutex<HashMap<PathBuf, Entries>> {
+        static DIRS: OnceLock<Mutex<HashMap<PathBuf, Entries>>> = OnceLock::new();
+        DIRS.get_or_init(Mutex::default)
+    }
+
+    /// A directory sync made these entries (the vault's files in `dir`)
+    /// durable.
+    pub(crate) fn note_dir(dir: &Path, names: Entries) {
+        let mut m = dirs().lock().unwrap_or_else(|p| p.into_inner());
+        m.insert(dir.to_owned(), names);
+    }
+
+    /// The entries of `dir` its last sync made durable (`None`: never
+    /// synced while tracked).
+    pub(crate) fn dir(dir: &Path) -> Option<Entries> {
+        dirs()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(dir)
+            .cloned()
+    }
 }
 
 #[cfg(not(any(test, feature = "test-hooks")))]
@@ -110,5 +135,42 @@ fn note_synced(_file: &File, _path: &Path) -> io::Result<()> {
 /// fsync a directory, so that files created, renamed or removed in it
 /// survive a crash.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    File::open(dir)?.sync_all()?;
+    note_dir_synced(dir)
+}
+
+/// Whether `name` is one of the vault's own files (a journal file, a
+/// snapshot or a snapshot being written): the ones a power loss may
+/// take back when their directory entry was never synced.
+#[cfg(any(test, feature = "test-hooks"))]
+fn is_vault_file(name: &str) -> bool {
+    parse_journal_name(name).is_some()
+        || parse_snapshot_name(name).is_some()
+        || parse_snapshot_tmp_name(name).is_some()
+}
+
+/// The vault's files in `dir`, by name.
+#[cfg(any(test, feature = "test-hooks"))]
+pub(crate) fn vault_entries(
+    dir: &Path,
+) -> io::Result<std::collections::BTreeSet<std::ffi::OsString>> {
+    let mut names = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(dir)? {
+        let name = e?.file_name();
+        if name.to_str().is_some_and(is_vault_file) {
+            names.insert(name);
+        }
+    }
+    Ok(names)
+}
+
+#[cfg(any(test, feature = "test-hooks"))]
+fn note_dir_synced(dir: &Path) -> io::Result<()> {
+    synced::note_dir(dir, vault_entries(dir)?);
+    Ok(())
+}
+
+#[cfg(not(any(test, feature = "test-hooks")))]
+fn note_dir_synced(_dir: &Path) -> io::Result<()> {
+    Ok(())
 }

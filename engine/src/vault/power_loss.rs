@@ -11,18 +11,22 @@
 //! persisted a later write before an earlier one.
 //!
 //! Modelled: the unsynced tail of journal files (torn at any byte,
-//! optionally with lost sectors). Not modelled: directory entries (file
-//! creations, renames and removals are synced with their directory before
-//! the vault relies on them) and snapshot files (written under a temporary
-//! name, synced, renamed, the directory synced; a leftover temporary file
-//! is deleted by recovery). Bit rot in synced data is the test's own
+//! optionally with lost sectors), and directory entries: every directory
+//! sync (`files::sync_dir`) notes which of the vault's files (journal
+//! files, snapshots, snapshots being written) it made durable, and a power
+//! loss takes back every such file created or renamed into place since,
+//! whatever was synced inside it. Not modelled: removals that were not
+//! synced (the file would come back; the vault removes only files older
+//! than a durable snapshot, which recovery ignores), and a name removed
+//! and created again between two directory syncs (the model keeps the new
+//! file). Bit rot in synced data is the test's own
 //! (`cli/tests/vault_power_loss.rs`, `TESSERA_SIM_BITROT`).
 
 use std::fs::OpenOptions;
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::files::{parse_journal_name, synced};
+use super::files::{parse_journal_name, synced, vault_entries};
 
 /// Sector size for lost-out-of-order writes.
 const SECTOR: u64 = 512;
@@ -41,6 +45,7 @@ pub fn everything_on_disk_is_durable(dir: &Path) -> io::Result<()> {
     for (path, len) in journal_files(dir)? {
         synced::note(&path, len);
     }
+    synced::note_dir(dir, vault_entries(dir)?);
     Ok(())
 }
 
@@ -57,15 +62,38 @@ pub struct FileLoss {
     pub after: u64,
     /// Sectors of the kept unsynced part that were lost (zeroed).
     pub lost_sectors: u64,
+    /// Its directory entry was never synced: the whole file is gone.
+    pub entry_lost: bool,
 }
 
-/// The power goes: each journal file in `dir` keeps its synced bytes and a
+/// The power goes: the vault's files in `dir` created or renamed into
+/// place since the last directory sync are gone; each remaining journal
+/// file keeps its synced bytes and a
 /// prefix (chosen from `seed`) of the rest; with `reorder`, each sector of
 /// that prefix is also lost with probability 1/4. A file no sync was ever
 /// reported for counts as wholly synced (it predates the tracking).
 pub fn power_loss(dir: &Path, seed: u64, reorder: bool) -> io::Result<Vec<FileLoss>> {
     let known = synced::all();
     let mut out = Vec::new();
+    // Files whose entry no directory sync covered are gone first.
+    if let Some(durable) = synced::dir(dir) {
+        for name in vault_entries(dir)? {
+            if durable.contains(&name) {
+                continue;
+            }
+            let path = dir.join(&name);
+            let before = std::fs::metadata(&path)?.len();
+            std::fs::remove_file(&path)?;
+            out.push(FileLoss {
+                synced: known.get(&path).copied().unwrap_or(0).min(before),
+                path,
+                before,
+                after: 0,
+                lost_sectors: 0,
+                entry_lost: true,
+            });
+        }
+    }
     for (i, (path, len)) in journal_files(dir)?.into_iter().enumerate() {
         let synced = known.get(&path).copied().unwrap_or(len).min(len);
         if synced == len {
@@ -98,6 +126,7 @@ pub fn power_loss(dir: &Path, seed: u64, reorder: bool) -> io::Result<Vec<FileLo
             before: len,
             after,
             lost_sectors,
+            entry_lost: false,
         });
     }
     Ok(out)
@@ -117,4 +146,45 @@ fn journal_files(dir: &Path) -> io::Result<Vec<(PathBuf, u64)>> {
     }
     files.sort();
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::files::{journal_file_name, snapshot_file_name, sync_all, sync_dir};
+    use super::*;
+
+    #[test]
+    fn a_file_whose_entry_no_directory_sync_covered_is_gone_whatever_its_own_sync() {
+        let d = tempfile::tempdir().unwrap();
+        let old = d.path().join(journal_file_name(1));
+        std::fs::write(&old, b"old").unwrap();
+        sync_dir(d.path()).unwrap();
+        // Created and synced itself, but its directory was not.
+        let new = d.path().join(journal_file_name(2));
+        let f = std::fs::File::create(&new).unwrap();
+        std::fs::write(&new, b"new").unwrap();
+        sync_all(&f, &new).unwrap();
+        // Renamed into place without a directory sync.
+        let snap = d.path().join(snapshot_file_name(2));
+        std::fs::write(&snap, b"snap").unwrap();
+        // Not one of the vault's files: not the model's to take.
+        std::fs::write(d.path().join("devices.json"), b"{}").unwrap();
+        let losses = power_loss(d.path(), 7, false).unwrap();
+        let gone: Vec<&PathBuf> = losses
+            .iter()
+            .filter(|l| l.entry_lost)
+            .map(|l| &l.path)
+            .collect();
+        assert_eq!(gone, vec![&new, &snap]);
+        assert!(old.exists() && !new.exists() && !snap.exists());
+        assert!(d.path().join("devices.json").exists());
+        // Once the directory is synced, a new file survives.
+        std::fs::write(&new, b"new").unwrap();
+        sync_dir(d.path()).unwrap();
+        assert!(power_loss(d.path(), 7, false)
+            .unwrap()
+            .iter()
+            .all(|l| !l.entry_lost));
+        assert!(new.exists());
+    }
 }

@@ -92,6 +92,15 @@ impl World {
             .map_err(|e| format!("power loss: {e}"))?;
         let lost: u64 = losses.iter().map(|l| l.before - l.after).sum();
         self.report.bytes_lost += lost;
+        for l in losses.iter().filter(|l| l.entry_lost) {
+            self.report.entries_lost += 1;
+            self.log(|| {
+                format!(
+                    "power loss: {} was never in its directory",
+                    l.path.display()
+                )
+            });
+        }
         self.report.restarts += 1;
         self.log(|| format!("power loss: {lost} unsynced byte(s) lost; restart"));
         for c in 0..CLIENTS {

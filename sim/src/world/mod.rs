@@ -119,6 +119,9 @@ pub struct RunReport {
     pub restarts: u64,
     /// Bytes written but not synced that power losses took.
     pub bytes_lost: u64,
+    /// Files a power loss took whole: their directory entry was never
+    /// synced.
+    pub entries_lost: u64,
     /// Connections cut by the network.
     pub cuts: u64,
     /// Connections the listener closed: a client that stopped reading
@@ -156,6 +159,7 @@ impl RunReport {
         self.replays_refused += r.replays_refused;
         self.restarts += r.restarts;
         self.bytes_lost += r.bytes_lost;
+        self.entries_lost += r.entries_lost;
         self.cuts += r.cuts;
         self.closed_by_engine += r.closed_by_engine;
         self.deaf_clients += r.deaf_clients;
