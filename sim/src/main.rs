@@ -79,7 +79,7 @@ fn summary(r: &RunReport) -> String {
          ({} unsynced bytes and {} unsynced directory entries lost), {} connections cut, {} clients stopped reading, {} connections \
          closed by the listener, {} late issuer answers dropped, {} duplicates, {} repeats, {} disk faults, \
          {} answers 91/96, {} lifecycle changes acknowledged, {} bit flips in synced data \
-         refused at start, {} devices provisioned through the API, {} ARPCs accepted by their cards",
+         refused at start, {} devices provisioned through the API ({} of them cut by a power loss midway), {} ARPCs accepted by their cards",
         r.answers,
         r.approvals,
         r.replays_refused,
@@ -97,6 +97,7 @@ fn summary(r: &RunReport) -> String {
         r.lifecycle_acks,
         r.rot_refused,
         r.provisioned,
+        r.provisioning_cuts,
         r.arpcs_verified
     )
 }

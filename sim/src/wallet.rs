@@ -41,6 +41,17 @@ pub struct Device {
 /// What a provisioning ended with.
 #[derive(Debug)]
 pub enum Provisioned {
+    /// The personalisation was cut off after `rounds` rounds of its
+    /// script (the engine lost power): the token, by its reference, is to
+    /// be provisioned again once the engine is back.
+    Cut {
+        /// The token's reference.
+        token_ref: String,
+        /// Whether the issuer asked for a one-time code first.
+        stepped_up: bool,
+        /// Script rounds the card had answered.
+        rounds: usize,
+    },
     /// An active token on the card: its digits and the PAN behind it.
     Active {
         /// The token, as the card holds it.
@@ -88,6 +99,11 @@ pub fn pan_for(config: &engine::config::Config, k: usize, n: u64) -> Option<(Str
     Some((luhn_number(&p.prefix, usize::from(p.length), n), p.idv))
 }
 
+/// The wallet as the management API knows it.
+pub fn caller() -> Caller {
+    Caller::Requestor { id: REQUESTOR }
+}
+
 fn field(v: &Value, name: &str) -> Result<String, String> {
     v[name]
         .as_str()
@@ -99,15 +115,18 @@ fn api(call: &str, e: provisioning::ApiError) -> String {
     format!("{call}: {} {} {}", e.status, e.code, e.message)
 }
 
-/// The whole flow for `pan` on `device`, through the service. An error
-/// names the call that failed (a journal failure fails the call).
+/// The whole flow for `pan` on `device`, through the service; with
+/// `cut_after`, the personalisation stops after that many script rounds
+/// (the engine loses power there). An error names the call that failed (a
+/// journal failure fails the call).
 pub fn provision(
     service: &Service,
     data_dir: &Path,
     device: &mut Device,
     pan: &str,
+    cut_after: Option<usize>,
 ) -> Result<Provisioned, String> {
-    let caller = Caller::Requestor { id: REQUESTOR };
+    let caller = caller();
     let e = service
         .eligibility(
             &caller,
@@ -148,23 +167,50 @@ pub fn provision(
             .verify_otp(&caller, &token_ref, VerifyRequest { otp: otp.into() })
             .map_err(|e| api("verify", e))?;
     }
+    match personalise(service, device, &token_ref, cut_after)? {
+        Some(rounds) => Ok(Provisioned::Cut {
+            token_ref,
+            stepped_up,
+            rounds,
+        }),
+        None => {
+            let (token, _expiry, _psn) =
+                loadgen::secard::card_data(&mut device.card).map_err(|e| e.to_string())?;
+            Ok(Provisioned::Active {
+                token,
+                pan: pan.to_owned(),
+                stepped_up,
+            })
+        }
+    }
+}
+
+/// A provisioning session for `token_ref`, its scripts relayed to the
+/// device's card until done (`None`), or until `cut_after` rounds
+/// (`Some(rounds)`).
+pub fn personalise(
+    service: &Service,
+    device: &mut Device,
+    token_ref: &str,
+    cut_after: Option<usize>,
+) -> Result<Option<usize>, String> {
+    let caller = caller();
     let mut v = service
-        .provision(&caller, &token_ref)
+        .provision(&caller, token_ref)
         .map_err(|e| api("provision", e))?;
     let session = field(&v, "session_id")?;
+    let mut rounds = 0;
     while v["done"] != true {
+        if cut_after == Some(rounds) {
+            return Ok(Some(rounds));
+        }
         let responses = relay(&mut device.card, &v).map_err(|e| e.to_string())?;
         v = service
             .answer(&caller, &session, Answers { responses })
             .map_err(|e| api("provisioning", e))?;
+        rounds += 1;
     }
-    let (token, _expiry, _psn) =
-        loadgen::secard::card_data(&mut device.card).map_err(|e| e.to_string())?;
-    Ok(Provisioned::Active {
-        token,
-        pan: pan.to_owned(),
-        stepped_up,
-    })
+    Ok(None)
 }
 
 /// The newest one-time code the outbox holds for `token_ref` (the stand-in

@@ -32,7 +32,9 @@ fn every_seed_keeps_every_invariant() {
         assert!(
             total.deaf_clients > 500
                 && total.closed_by_engine > 100
-                && total.late_issuer_answers > 1_000,
+                && total.late_issuer_answers > 1_000
+                && total.provisioning_cuts > 100
+                && total.entries_lost > 30,
             "{total:?}"
         );
         assert!(

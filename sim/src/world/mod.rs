@@ -144,6 +144,9 @@ pub struct RunReport {
     pub lifecycle_acks: u64,
     /// Devices taken to an active token through the management API.
     pub provisioned: u64,
+    /// Personalisations cut by a power loss midway, then provisioned
+    /// again.
+    pub provisioning_cuts: u64,
     /// ARPCs a provisioned device's card accepted.
     pub arpcs_verified: u64,
     /// Bits flipped in synced data that the next start refused (all must
@@ -171,6 +174,7 @@ impl RunReport {
         self.lifecycle_acks += r.lifecycle_acks;
         self.rot_refused += r.rot_refused;
         self.provisioned += r.provisioned;
+        self.provisioning_cuts += r.provisioning_cuts;
         self.arpcs_verified += r.arpcs_verified;
     }
 }

@@ -85,13 +85,25 @@ impl World {
         let (pan, policy) = wallet::pan_for(&self.config, self.rng.below(64) as usize, n)
             .ok_or("the config has no [[api.issuers]]")?;
         let faults = self.fault_armed || self.vault().journal_failure().is_some();
+        // One time in four the power goes during the personalisation.
+        let cut_after = self.rng.one_in(4).then(|| self.rng.below(4) as usize);
         let service = self.service.as_ref().expect("serving");
-        let result = wallet::provision(service, &self.dir, &mut self.devices[d], &pan);
+        let mut result =
+            wallet::provision(service, &self.dir, &mut self.devices[d], &pan, cut_after);
+        if let Ok(Provisioned::Cut {
+            token_ref,
+            stepped_up,
+            rounds,
+        }) = &result
+        {
+            result = self.provisioning_cut(d, &pan, token_ref, *stepped_up, *rounds);
+        }
         let (token, pan, stepped_up) = match (result, policy) {
             (Ok(Provisioned::Declined), IdvPolicy::Decline) => {
                 self.log(|| format!("device {d}: declined by its issuer's policy"));
                 return Ok(());
             }
+            (Ok(Provisioned::Cut { .. }), _) => unreachable!("resumed above"),
             (Ok(Provisioned::Declined), p) => {
                 return Err(format!("device {d}: declined under a {p:?} policy"))
             }
@@ -157,5 +169,45 @@ impl World {
         self.report.provisioned += 1;
         self.log(|| format!("device {d}: provisioned as card {}", self.cards.len() - 1));
         Ok(())
+    }
+
+    /// The power went after `rounds` rounds of device `d`'s script: the
+    /// engine restarts, the token must not be active (its card never
+    /// confirmed it), and the wallet provisions it again, to the end.
+    fn provisioning_cut(
+        &mut self,
+        d: usize,
+        pan: &str,
+        token_ref: &str,
+        stepped_up: bool,
+        rounds: usize,
+    ) -> Result<Provisioned, String> {
+        self.log(|| format!("device {d}: the power goes after {rounds} script round(s)"));
+        self.report.provisioning_cuts += 1;
+        self.restart()?;
+        let service = self.service.as_ref().expect("serving");
+        let state = service
+            .get_token(&wallet::caller(), token_ref)
+            .map_err(|e| {
+                format!(
+                    "device {d}'s token after the restart: {} {}",
+                    e.code, e.message
+                )
+            })?;
+        if state["state"] == "active" {
+            return Err(format!(
+                "device {d}'s token is active after a restart, though its card never confirmed it"
+            ));
+        }
+        wallet::personalise(service, &mut self.devices[d], token_ref, None)
+            .map_err(|e| format!("device {d}: provisioning again after the restart: {e}"))?;
+        let (token, _expiry, _psn) =
+            loadgen::secard::card_data(&mut self.devices[d].card).map_err(|e| e.to_string())?;
+        self.log(|| format!("device {d}: provisioned again after the restart"));
+        Ok(Provisioned::Active {
+            token,
+            pan: pan.to_owned(),
+            stepped_up,
+        })
     }
 }
