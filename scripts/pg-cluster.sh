@@ -111,7 +111,7 @@ EOF
     sql n1 "create database $DB" >/dev/null
     local n
     for n in n2 n3; do
-        as_pg "$BIN/pg_basebackup" -D "$DIR/$n" -R -X stream \
+        as_pg "$BIN/pg_basebackup" -D "$DIR/$n" -R -X stream -c fast \
             -d "host=127.0.0.1 port=$(port_of n1) user=postgres application_name=$n" >/dev/null
         cat >>"$DIR/$n/postgresql.conf" <<EOF
 port = $(port_of "$n")
@@ -213,7 +213,7 @@ rejoin() {
         # afresh from the new primary (pg_rewind would need WAL back to
         # before the divergence, which a busy primary has recycled).
         rm -rf "${DIR:?}/$n"
-        as_pg "$BIN/pg_basebackup" -D "$DIR/$n" -R -X stream \
+        as_pg "$BIN/pg_basebackup" -D "$DIR/$n" -R -X stream -c fast \
             -d "host=127.0.0.1 port=$(port_of "$p") user=postgres application_name=$n" >/dev/null
         echo "port = $(port_of "$n")" | as_pg tee -a "$DIR/$n/postgresql.conf" >/dev/null
         echo "synchronous_standby_names = '$(quorum_for "$n")'" |

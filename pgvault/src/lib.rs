@@ -1,0 +1,42 @@
+//! The vault's replicated PostgreSQL backend (issue 18,
+//! `docs/scale-out.md`).
+//!
+//! The embedded vault (journal and snapshots) stays the default; this
+//! crate holds what a node needs to serve tokens whose durable state lives
+//! in a PostgreSQL cluster with synchronous quorum replication:
+//!
+//! - [`schema`]: the migrations (`migrations/*.sql`), applied once each;
+//! - [`tokens`]: token rows (sealed PAN, state, replay state) and their
+//!   shard, and lifecycle changes;
+//! - [`leases`]: shard leases with a fencing epoch, so that a node that
+//!   lost a shard cannot accept anything on it;
+//! - [`atc`]: the batched ATC acceptance, one conditional
+//!   `UPDATE … FROM unnest(…)` per batch, exactly once through failover:
+//!   an in-doubt commit is resubmitted, and `atc_log` tells a retried
+//!   authorization from a replay.
+//!
+//! Synchronous on purpose: the engine decides batches on plain threads,
+//! and each batch costs one blocking round trip to the primary (plus its
+//! quorum commit), which is what batching amortises.
+
+pub mod atc;
+pub mod error;
+pub mod leases;
+pub mod schema;
+pub mod tokens;
+
+pub use atc::{AtcClaim, Verdict};
+pub use error::PgError;
+pub use leases::Lease;
+pub use tokens::TokenRow;
+
+/// Virtual shards tokens map to.
+pub const SHARDS: u16 = 4096;
+
+/// Connect to `url`: a `postgres://` URL or a key-value string. Several
+/// hosts with `target_session_attrs=read-write` reach whichever is the
+/// primary now, which is how a node finds the promoted one after a
+/// failover.
+pub fn connect(url: &str) -> Result<postgres::Client, PgError> {
+    postgres::Client::connect(url, postgres::NoTls).map_err(PgError::Connect)
+}

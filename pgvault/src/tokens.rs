@@ -1,0 +1,134 @@
+//! Token rows: loaded in batches, read back, and their lifecycle state
+//! changed (one statement, durable on the quorum when acknowledged).
+
+use postgres::Client;
+
+use crate::error::{commit, statement, PgError};
+use crate::SHARDS;
+
+/// One token as the database holds it. `pan_sealed` is the vault's
+/// ciphertext of the PAN (never the PAN), `pan_hmac` its keyed hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    /// The token's digits.
+    pub token: String,
+    /// The PAN's keyed hash (the index the vault looks PANs up by).
+    pub pan_hmac: Vec<u8>,
+    /// The PAN sealed under the data key `key_version`.
+    pub pan_sealed: Vec<u8>,
+    /// The data key's version.
+    pub key_version: i32,
+    /// The engine's `TokenState` byte.
+    pub state: u8,
+    /// YYMM.
+    pub expiry_yymm: u16,
+}
+
+impl std::fmt::Debug for TokenRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The sealed PAN and its hash stay out of logs.
+        f.debug_struct("TokenRow")
+            .field("token", &self.token)
+            .field("shard", &shard_of(&self.pan_hmac))
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The virtual shard of a PAN's keyed hash: its first two bytes modulo
+/// [`SHARDS`], so every token of one card lands on one shard.
+pub fn shard_of(pan_hmac: &[u8]) -> u16 {
+    let hi = pan_hmac.first().copied().unwrap_or(0);
+    let lo = pan_hmac.get(1).copied().unwrap_or(0);
+    u16::from_be_bytes([hi, lo]) % SHARDS
+}
+
+/// Rows per insert statement.
+const INSERT_CHUNK: usize = 2_000;
+
+/// Insert `rows` (new tokens; an existing token is an error), in chunks,
+/// each chunk one transaction, then refresh the planner's statistics; how
+/// many were inserted.
+pub fn insert(client: &mut Client, rows: &[TokenRow]) -> Result<u64, PgError> {
+    let mut n = 0;
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let tokens: Vec<&str> = chunk.iter().map(|r| r.token.as_str()).collect();
+        let shards: Vec<i32> = chunk
+            .iter()
+            .map(|r| i32::from(shard_of(&r.pan_hmac)))
+            .collect();
+        let sealed: Vec<&[u8]> = chunk.iter().map(|r| r.pan_sealed.as_slice()).collect();
+        let hmacs: Vec<&[u8]> = chunk.iter().map(|r| r.pan_hmac.as_slice()).collect();
+        let versions: Vec<i32> = chunk.iter().map(|r| r.key_version).collect();
+        let states: Vec<i16> = chunk.iter().map(|r| i16::from(r.state)).collect();
+        let expiries: Vec<i32> = chunk.iter().map(|r| i32::from(r.expiry_yymm)).collect();
+        let mut tx = client.transaction().map_err(statement("begin"))?;
+        n += tx
+            .execute(
+                "INSERT INTO tokens (token, shard, pan_sealed, key_version, state, expiry_yymm)
+                 SELECT * FROM unnest($1::text[], $2::int[], $3::bytea[], $4::int[], $5::smallint[], $6::int[])",
+                &[&tokens, &shards, &sealed, &versions, &states, &expiries],
+            )
+            .map_err(statement("insert tokens"))?;
+        tx.execute(
+            "INSERT INTO pan_index (pan_hmac, token) SELECT * FROM unnest($1::bytea[], $2::text[])
+             ON CONFLICT (pan_hmac) DO NOTHING",
+            &[&hmacs, &tokens],
+        )
+        .map_err(statement("insert pan index"))?;
+        tx.commit().map_err(commit("insert tokens"))?;
+    }
+    // The planner should know how big the table now is (autovacuum would
+    // tell it, later).
+    client
+        .batch_execute("ANALYZE tokens, pan_index")
+        .map_err(statement("analyze tokens"))?;
+    Ok(n)
+}
+
+/// A token's lifecycle state and replay state as the database holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenState {
+    /// The engine's `TokenState` byte.
+    pub state: u8,
+    /// The highest accepted ATC, if any.
+    pub atc_hi: Option<u16>,
+    /// The row's version.
+    pub version: i64,
+    /// The fencing epoch it is served under.
+    pub owner_epoch: i64,
+}
+
+/// `token`'s row, if it exists.
+pub fn get(client: &mut Client, token: &str) -> Result<Option<TokenState>, PgError> {
+    let row = client
+        .query_opt(
+            "SELECT state, atc_hi, version, owner_epoch FROM tokens WHERE token = $1",
+            &[&token],
+        )
+        .map_err(statement("read token"))?;
+    Ok(row.map(|r| {
+        let state: i16 = r.get(0);
+        let hi: i32 = r.get(1);
+        TokenState {
+            state: state as u8,
+            atc_hi: u16::try_from(hi).ok(),
+            version: r.get(2),
+            owner_epoch: r.get(3),
+        }
+    }))
+}
+
+/// Set `token`'s state (a suspend, resume or delete); whether the token
+/// exists. Acknowledged only once committed, that is on the quorum.
+pub fn set_state(client: &mut Client, token: &str, state: u8) -> Result<bool, PgError> {
+    let mut tx = client.transaction().map_err(statement("begin"))?;
+    let n = tx
+        .execute(
+            "UPDATE tokens SET state = $2, version = version + 1 WHERE token = $1",
+            &[&token, &i16::from(state)],
+        )
+        .map_err(statement("set token state"))?;
+    tx.commit().map_err(commit("set token state"))?;
+    Ok(n == 1)
+}

@@ -1,0 +1,457 @@
+//! The replicated backend against a real 3-node cluster
+//! (`scripts/pg-cluster.sh`: a primary and two standbys on loopback,
+//! quorum commit), under load, through a standby's death and the
+//! primary's: no acknowledged ATC lost, none accepted twice, every
+//! acknowledged lifecycle change kept, and a stale owner fenced off.
+//!
+//! Needs PostgreSQL's server binaries (Debian `postgresql-15`): ignored by
+//! a plain `cargo test`; `.ci/run` installs them and runs it with
+//! `--ignored`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tessera_pg::tokens::{self, shard_of};
+use tessera_pg::{atc, leases, schema, AtcClaim, PgError, TokenRow, Verdict};
+
+const TOKENS: usize = 20_000;
+const BATCH: usize = 256;
+/// The token the operator suspends; the writers leave it alone.
+const LIFECYCLE_TOKEN: usize = 0;
+
+/// A cluster of this test's own (its own directory and ports), taken down
+/// when dropped.
+struct Cluster {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Cluster {
+    fn script() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg-cluster.sh")
+    }
+
+    /// Run the script; its stdout's last line and its stderr.
+    fn run(&self, args: &[&str]) -> (String, String) {
+        let out = Command::new("bash")
+            .arg(Self::script())
+            .args(args)
+            .env("PG_CLUSTER_DIR", &self.dir)
+            .env("PG_CLUSTER_PORT", self.port.to_string())
+            .output()
+            .expect("bash runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            out.status.success(),
+            "pg-cluster.sh {args:?} failed: {stderr}"
+        );
+        (stdout.lines().last().unwrap_or("").to_owned(), stderr)
+    }
+
+    fn up(port: u16) -> Cluster {
+        let c = Cluster {
+            dir: std::env::temp_dir()
+                .join(format!("tessera-pg-test-{}-{port}", std::process::id())),
+            port,
+        };
+        let _ = std::fs::remove_dir_all(&c.dir);
+        let (url, _) = c.run(&["up"]);
+        assert!(url.starts_with("postgres://"), "up printed {url:?}");
+        c
+    }
+
+    /// Whichever node is the primary now (the client tries each).
+    fn url(&self) -> String {
+        let p = self.port;
+        format!(
+            "host=127.0.0.1,127.0.0.1,127.0.0.1 port={},{},{} user=postgres dbname=tessera \
+             target_session_attrs=read-write connect_timeout=2",
+            p,
+            p + 1,
+            p + 2
+        )
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(Self::script())
+            .arg("down")
+            .env("PG_CLUSTER_DIR", &self.dir)
+            .env("PG_CLUSTER_PORT", self.port.to_string())
+            .output();
+    }
+}
+
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn token(i: usize) -> String {
+    format!("49000000{i:08}")
+}
+
+fn rows() -> Vec<TokenRow> {
+    (0..TOKENS)
+        .map(|i| {
+            let h = mix(i as u64).to_be_bytes();
+            TokenRow {
+                token: token(i),
+                pan_hmac: [h, mix(h[0] as u64).to_be_bytes()].concat(),
+                // Stands in for the vault's ciphertext: never a PAN.
+                pan_sealed: vec![0xA5; 40],
+                key_version: 1,
+                state: 1,
+                expiry_yymm: 2812,
+            }
+        })
+        .collect()
+}
+
+/// Connect, retrying for up to a minute (through a failover).
+fn reconnect(url: &str) -> postgres::Client {
+    let t0 = Instant::now();
+    loop {
+        match tessera_pg::connect(url) {
+            Ok(c) => return c,
+            Err(e) if t0.elapsed() < Duration::from_secs(60) => {
+                let _ = e;
+                thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("no primary for a minute: {e}"),
+        }
+    }
+}
+
+/// What the writers saw.
+#[derive(Default)]
+struct Seen {
+    /// (token, ATC) acknowledged as accepted.
+    acknowledged: BTreeSet<(String, u16)>,
+    in_doubt: u64,
+    replays_refused: u64,
+    /// Fresh claims whose resubmission found them accepted by the attempt
+    /// that went in doubt.
+    accepted_before: u64,
+}
+
+/// One writer: batches of fresh ATCs on its own tokens (now and then two
+/// of one token in a batch), with replays of acknowledged ATCs under new
+/// authorization ids mixed in. A batch that fails in any way is
+/// resubmitted whole on a new connection.
+fn writer(id: u64, url: String, epoch: i64, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>) {
+    let mut client = reconnect(&url);
+    let mut next_atc: HashMap<usize, u16> = HashMap::new();
+    let mut mine: Vec<(String, u16)> = Vec::new();
+    let mut batch_no = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        batch_no += 1;
+        let mut claims = Vec::with_capacity(BATCH);
+        let mut replay = Vec::with_capacity(BATCH);
+        for k in 0..BATCH {
+            let r = mix(id << 48 | batch_no << 16 | k as u64);
+            let auth_id = [
+                id.to_be_bytes(),
+                batch_no.to_be_bytes(),
+                (k as u64).to_be_bytes(),
+            ]
+            .concat();
+            if r.is_multiple_of(10) && !mine.is_empty() {
+                let (t, a) = mine[(r / 10) as usize % mine.len()].clone();
+                claims.push(AtcClaim {
+                    token: t,
+                    atc: a,
+                    auth_id,
+                });
+                replay.push(true);
+                continue;
+            }
+            // Writer 0 owns the odd tokens, writer 1 the even ones from 2
+            // (token 0 is the operator's).
+            let i = 1 + id as usize + 2 * ((r >> 8) as usize % ((TOKENS - 2) / 2));
+            let atc = next_atc.entry(i).or_insert(1);
+            claims.push(AtcClaim {
+                token: token(i),
+                atc: *atc,
+                auth_id,
+            });
+            replay.push(false);
+            *atc += 1;
+        }
+        let verdicts = loop {
+            match atc::accept(&mut client, epoch, &claims) {
+                Ok(v) => break v,
+                Err(PgError::BadClaim(e)) => panic!("{e}"),
+                Err(_) => {
+                    seen.lock().unwrap().in_doubt += 1;
+                    client = reconnect(&url);
+                }
+            }
+        };
+        let mut s = seen.lock().unwrap();
+        for ((c, v), was_replay) in claims.iter().zip(&verdicts).zip(&replay) {
+            if *was_replay {
+                assert!(
+                    !v.approves(),
+                    "an acknowledged ATC {} of {} accepted again: {v:?}",
+                    c.atc,
+                    c.token
+                );
+                s.replays_refused += 1;
+            } else {
+                assert!(
+                    v.approves(),
+                    "a fresh ATC {} of {} refused: {v:?}",
+                    c.atc,
+                    c.token
+                );
+                if *v == Verdict::AcceptedBefore {
+                    s.accepted_before += 1;
+                }
+                assert!(
+                    s.acknowledged.insert((c.token.clone(), c.atc)),
+                    "ATC {} of {} acknowledged twice",
+                    c.atc,
+                    c.token
+                );
+                mine.push((c.token.clone(), c.atc));
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs PostgreSQL 15's server binaries; .ci/run installs them and runs this"]
+fn acknowledged_atcs_survive_a_standby_and_a_primary_lost_and_a_stale_owner_is_fenced() {
+    let cluster = Cluster::up(56432);
+    let url = cluster.url();
+    let mut client = reconnect(&url);
+    assert_eq!(schema::migrate(&mut client).unwrap(), vec![1]);
+    assert!(
+        schema::migrate(&mut client).unwrap().is_empty(),
+        "applied once"
+    );
+    let rows = rows();
+    assert_eq!(tokens::insert(&mut client, &rows).unwrap(), TOKENS as u64);
+    let all: Vec<u16> = (0..tessera_pg::SHARDS).collect();
+    let lease_a = leases::acquire(&mut client, "node-a", &all).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let t0 = Instant::now();
+    let writers: Vec<_> = (0..2)
+        .map(|id| {
+            let (url, stop, seen) = (url.clone(), Arc::clone(&stop), Arc::clone(&seen));
+            let epoch = lease_a.epoch;
+            thread::spawn(move || writer(id, url, epoch, stop, seen))
+        })
+        .collect();
+    let progress = |what: &str| {
+        let s = seen.lock().unwrap();
+        eprintln!(
+            "{:5.1} s: {what}: {} ATCs acknowledged, {} batches in doubt",
+            t0.elapsed().as_secs_f64(),
+            s.acknowledged.len(),
+            s.in_doubt
+        );
+    };
+    thread::sleep(Duration::from_secs(2));
+    let before = seen.lock().unwrap().acknowledged.len();
+    let (_, killed) = cluster.run(&["kill-standby"]);
+    let standby = killed
+        .split_whitespace()
+        .nth(1)
+        .expect("kill-standby names the node")
+        .to_owned();
+    progress(&format!("standby {standby} killed"));
+    thread::sleep(Duration::from_secs(2));
+    assert!(
+        seen.lock().unwrap().acknowledged.len() > before,
+        "commits stopped with one standby gone"
+    );
+    cluster.run(&["rejoin", &standby]);
+    progress("standby rejoined");
+    thread::sleep(Duration::from_secs(1));
+
+    // An acknowledged lifecycle change, just before the primary goes.
+    let mut op = reconnect(&url);
+    assert!(tokens::set_state(&mut op, &token(LIFECYCLE_TOKEN), 2).unwrap());
+    drop(op);
+    let ack_before_kill = seen.lock().unwrap().acknowledged.len();
+    cluster.run(&["kill-primary"]);
+    progress("primary killed");
+    let (new_primary, _) = cluster.run(&["promote"]);
+    progress(&format!("promoted: {new_primary}"));
+    thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().expect("a writer's check failed");
+    }
+    let seen = Arc::try_unwrap(seen).ok().unwrap().into_inner().unwrap();
+    progress_final(&seen, t0);
+    assert!(
+        seen.acknowledged.len() > ack_before_kill,
+        "no commit after the failover"
+    );
+    assert!(seen.in_doubt > 0, "the failover never struck a batch");
+
+    let mut client = reconnect(&url);
+    // The lifecycle change held.
+    let t = tokens::get(&mut client, &token(LIFECYCLE_TOKEN))
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.state, 2, "an acknowledged suspend was lost");
+    // Exactly the acknowledged ATCs are logged: none lost, none extra.
+    let logged: BTreeSet<(String, u16)> = client
+        .query("SELECT token, atc FROM atc_log", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, i32>(1) as u16))
+        .collect();
+    assert_eq!(logged.len(), seen.acknowledged.len());
+    assert!(
+        logged == seen.acknowledged,
+        "the log and the acknowledgements differ"
+    );
+    // Every acknowledged ATC is refused as a replay now.
+    let ack: Vec<&(String, u16)> = seen.acknowledged.iter().collect();
+    for chunk in ack.chunks(2048) {
+        let claims: Vec<AtcClaim> = chunk
+            .iter()
+            .map(|(t, a)| AtcClaim {
+                token: t.clone(),
+                atc: *a,
+                auth_id: b"after the failover".to_vec(),
+            })
+            .collect();
+        let v = atc::accept(&mut client, lease_a.epoch, &claims).unwrap();
+        assert!(v.iter().all(|v| *v == Verdict::Replayed), "{v:?}");
+    }
+
+    // Node B takes half the shards: node A, still on its old epoch, is
+    // refused there and nowhere else.
+    let half: Vec<u16> = (0..tessera_pg::SHARDS / 2).collect();
+    let lease_b = leases::acquire(&mut client, "node-b", &half).unwrap();
+    assert!(lease_b.epoch > lease_a.epoch);
+    let moved = rows
+        .iter()
+        .skip(1)
+        .find(|r| shard_of(&r.pan_hmac) < 2048)
+        .unwrap();
+    let kept = rows
+        .iter()
+        .skip(1)
+        .find(|r| shard_of(&r.pan_hmac) >= 2048)
+        .unwrap();
+    let fresh = |t: &str| AtcClaim {
+        token: t.to_owned(),
+        atc: 60_000,
+        auth_id: b"fencing".to_vec(),
+    };
+    let v = atc::accept(
+        &mut client,
+        lease_a.epoch,
+        &[fresh(&moved.token), fresh(&kept.token)],
+    )
+    .unwrap();
+    assert_eq!(v, vec![Verdict::NotOwner, Verdict::Accepted]);
+    let v = atc::accept(&mut client, lease_b.epoch, &[fresh(&moved.token)]).unwrap();
+    assert_eq!(v, vec![Verdict::Accepted]);
+    // The suspended token is refused as not active; an unknown one named.
+    let v = atc::accept(
+        &mut client,
+        lease_b.epoch,
+        &[fresh(&token(LIFECYCLE_TOKEN)), fresh("4999999999999999")],
+    )
+    .unwrap();
+    assert_eq!(v[1], Verdict::UnknownToken);
+    assert!(
+        matches!(v[0], Verdict::NotActive | Verdict::NotOwner),
+        "{v:?}"
+    );
+}
+
+fn progress_final(seen: &Seen, t0: Instant) {
+    eprintln!(
+        "{:5.1} s: done: {} ATCs acknowledged, {} replays refused, {} batches in doubt and \
+         resubmitted ({} of their ATCs found accepted by the attempt in doubt)",
+        t0.elapsed().as_secs_f64(),
+        seen.acknowledged.len(),
+        seen.replays_refused,
+        seen.in_doubt,
+        seen.accepted_before
+    );
+}
+
+/// The replay window moves as the engine's: a batch with two claims on one
+/// token, out of order, and one too old.
+#[test]
+#[ignore = "needs PostgreSQL 15's server binaries; .ci/run installs them and runs this"]
+fn the_window_matches_the_engine() {
+    let cluster = Cluster::up(56442);
+    let mut client = reconnect(&cluster.url());
+    schema::migrate(&mut client).unwrap();
+    tokens::insert(&mut client, &rows()[..4]).unwrap();
+    let lease = leases::acquire(
+        &mut client,
+        "n",
+        &(0..tessera_pg::SHARDS).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let c = |atc: u16, id: &str| AtcClaim {
+        token: token(1),
+        atc,
+        auth_id: id.as_bytes().to_vec(),
+    };
+    let v = atc::accept(
+        &mut client,
+        lease.epoch,
+        &[c(100, "a"), c(98, "b"), c(100, "c")],
+    )
+    .unwrap();
+    assert_eq!(
+        v,
+        vec![Verdict::Accepted, Verdict::Accepted, Verdict::Replayed]
+    );
+    let v = atc::accept(
+        &mut client,
+        lease.epoch,
+        &[c(99, "d"), c(98, "e"), c(52, "f"), c(53, "g"), c(98, "b")],
+    )
+    .unwrap();
+    // 52 is 48 below 100: outside the 47-ATC window. 53 is the lowest kept.
+    assert_eq!(
+        v,
+        vec![
+            Verdict::Accepted,
+            Verdict::Replayed,
+            Verdict::Replayed,
+            Verdict::Accepted,
+            Verdict::AcceptedBefore
+        ]
+    );
+    let v = atc::accept(
+        &mut client,
+        lease.epoch,
+        &[c(200, "h"), c(150, "i"), c(153, "j")],
+    )
+    .unwrap();
+    assert_eq!(
+        v,
+        vec![Verdict::Accepted, Verdict::Replayed, Verdict::Accepted]
+    );
+    assert_eq!(
+        tokens::get(&mut client, &token(1)).unwrap().unwrap().atc_hi,
+        Some(200)
+    );
+}
