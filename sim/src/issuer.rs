@@ -65,9 +65,13 @@ pub struct IssuerLog {
 struct LinkSide {
     waiting: Outstanding<()>,
     reader: AnswerReader,
-    /// Framed answers that missed their batch's deadline: they arrive
-    /// during the next one.
-    late: Vec<u8>,
+    /// What the issuer sent that has not reached the link yet, in order
+    /// (TCP): answers that missed their batch's deadline, possibly cut
+    /// mid-frame.
+    in_flight: Vec<u8>,
+    /// What the issuer will send during the next batch (its second
+    /// answers, when it answers twice).
+    delayed: Vec<u8>,
     next_batch: u64,
     rng: SimRng,
 }
@@ -77,7 +81,8 @@ impl LinkSide {
         Self {
             waiting: Outstanding::new(MAX_PENDING),
             reader: AnswerReader::new(FRAMING, DIALECT, DEFAULT_MAX_FRAME),
-            late: Vec::new(),
+            in_flight: Vec::new(),
+            delayed: Vec::new(),
             next_batch: 0,
             rng: SimRng::new(seed),
         }
@@ -116,6 +121,8 @@ impl LinkSide {
                 log.violations.push(format!(
                     "the issuer's well-formed stream broke the link: {e}"
                 ));
+                // As the link does: a new connection, a new reader.
+                self.reader = AnswerReader::new(FRAMING, DIALECT, DEFAULT_MAX_FRAME);
                 return;
             }
         }
@@ -253,14 +260,14 @@ impl Issuer for SimIssuer {
         let mut link = self.link.lock().unwrap_or_else(PoisonError::into_inner);
         let batch = link.next_batch;
         link.next_batch += 1;
-        // What missed an earlier deadline arrives first: nobody waits.
-        let late = std::mem::take(&mut link.late);
-        link.receive(&late, batch, &mut out, &mut log);
 
         // The engine's side: encode, frame and register; one write.
         let mut wire = Vec::new();
         let encoded = encode_requests(FRAMING, DIALECT, requests);
         let registered = link.waiting.register(batch, encoded, &(), &mut wire);
+        // What the issuer held back from earlier batches goes out first.
+        let delayed = std::mem::take(&mut link.delayed);
+        link.in_flight.extend_from_slice(&delayed);
 
         // The issuer's side: every request off the wire, answered.
         let mut answers = Vec::new();
@@ -283,7 +290,7 @@ impl Issuer for SimIssuer {
                 let again = if link.rng.one_in(2) {
                     &mut answers
                 } else {
-                    &mut link.late
+                    &mut link.delayed
                 };
                 let _ = write_frame(FRAMING, None, &body, again);
             }
@@ -302,10 +309,19 @@ impl Issuer for SimIssuer {
                 let _ = write_frame(FRAMING, None, &body, &mut answers);
             }
         }
-        match mode {
-            IssuerMode::Slow => link.late.extend_from_slice(&answers),
-            _ => link.receive(&answers, batch, &mut out, &mut log),
+        // Before the deadline the link receives everything in flight up
+        // to this batch's answers, and these too unless the issuer is
+        // slow; slow, the cut falls anywhere before them (a frame may
+        // straddle two batches) and the rest arrives during later ones.
+        let mut arriving = std::mem::take(&mut link.in_flight);
+        if mode == IssuerMode::Slow {
+            let keep = link.rng.below(arriving.len() as u64 + 1) as usize;
+            link.in_flight = arriving.split_off(keep);
+            link.in_flight.extend_from_slice(&answers);
+        } else {
+            arriving.extend_from_slice(&answers);
         }
+        link.receive(&arriving, batch, &mut out, &mut log);
         // The deadline: whoever still waits gets None (91), and nothing
         // may stay in the link's table.
         link.waiting.forget(
@@ -323,7 +339,7 @@ impl Issuer for SimIssuer {
         }
         for (req, answer) in requests.iter().zip(&out) {
             if let Some(a) = answer {
-                if a.get(11) != req.get(11) || a.get(41) != req.get(41) {
+                if [4, 11, 41].iter().any(|&f| a.get(f) != req.get(f)) {
                     log.violations
                         .push("the link handed a request another request's answer".into());
                 }

@@ -139,11 +139,6 @@ impl ReadBuffer {
         self.partial.len()
     }
 
-    /// Bytes of memory the carry holds (its capacity).
-    pub fn memory(&self) -> usize {
-        self.partial.capacity()
-    }
-
     /// Copy the carried bytes to the front of `scratch` (which must be at
     /// least [`scratch_size`] long); how many. The next read goes after them.
     pub fn load(&self, scratch: &mut [u8]) -> usize {

@@ -33,11 +33,6 @@ impl WriteQueue {
         self.out.len() - self.pos
     }
 
-    /// Bytes of memory the queue holds (its capacity).
-    pub fn memory(&self) -> usize {
-        self.out.capacity()
-    }
-
     /// Whether more than `limit` bytes wait: the event loop closes such a
     /// connection (a client that does not read its answers).
     pub fn over_limit(&self, limit: usize) -> bool {

@@ -135,8 +135,11 @@ fn note_synced(_file: &File, _path: &Path) -> io::Result<()> {
 /// fsync a directory, so that files created, renamed or removed in it
 /// survive a crash.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    // What a sync covers is at most what was there before it began.
+    let covered = entries_before_sync(dir)?;
     File::open(dir)?.sync_all()?;
-    note_dir_synced(dir)
+    note_dir_synced(dir, covered);
+    Ok(())
 }
 
 /// Whether `name` is one of the vault's own files (a journal file, a
@@ -165,12 +168,25 @@ pub(crate) fn vault_entries(
 }
 
 #[cfg(any(test, feature = "test-hooks"))]
-fn note_dir_synced(dir: &Path) -> io::Result<()> {
-    synced::note_dir(dir, vault_entries(dir)?);
-    Ok(())
+type Covered = std::collections::BTreeSet<std::ffi::OsString>;
+/// Without the test hooks nothing is tracked.
+#[cfg(not(any(test, feature = "test-hooks")))]
+struct Covered;
+
+#[cfg(any(test, feature = "test-hooks"))]
+fn entries_before_sync(dir: &Path) -> io::Result<Covered> {
+    vault_entries(dir)
 }
 
 #[cfg(not(any(test, feature = "test-hooks")))]
-fn note_dir_synced(_dir: &Path) -> io::Result<()> {
-    Ok(())
+fn entries_before_sync(_dir: &Path) -> io::Result<Covered> {
+    Ok(Covered)
 }
+
+#[cfg(any(test, feature = "test-hooks"))]
+fn note_dir_synced(dir: &Path, covered: Covered) {
+    synced::note_dir(dir, covered);
+}
+
+#[cfg(not(any(test, feature = "test-hooks")))]
+fn note_dir_synced(_dir: &Path, _covered: Covered) {}

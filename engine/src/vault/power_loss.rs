@@ -15,11 +15,12 @@
 //! sync (`files::sync_dir`) notes which of the vault's files (journal
 //! files, snapshots, snapshots being written) it made durable, and a power
 //! loss takes back every such file created or renamed into place since,
-//! whatever was synced inside it. Not modelled: removals that were not
-//! synced (the file would come back; the vault removes only files older
-//! than a durable snapshot, which recovery ignores), and a name removed
-//! and created again between two directory syncs (the model keeps the new
-//! file). Bit rot in synced data is the test's own
+//! whatever was synced inside it. Not modelled: removals and renames
+//! away from a vault name that were not synced (the file would come back
+//! under its old name: an old generation, which recovery ignores, a
+//! temporary snapshot, which it removes again, or a damaged file it set
+//! aside, which it meets again), and a name removed and created again
+//! between two directory syncs (the model keeps the new file). Bit rot in synced data is the test's own
 //! (`cli/tests/vault_power_loss.rs`, `TESSERA_SIM_BITROT`).
 
 use std::fs::OpenOptions;
@@ -164,7 +165,8 @@ mod tests {
         let f = std::fs::File::create(&new).unwrap();
         std::fs::write(&new, b"new").unwrap();
         sync_all(&f, &new).unwrap();
-        // Renamed into place without a directory sync.
+        // Under its final name without a directory sync, as a rename into
+        // place leaves it.
         let snap = d.path().join(snapshot_file_name(2));
         std::fs::write(&snap, b"snap").unwrap();
         // Not one of the vault's files: not the model's to take.

@@ -84,7 +84,7 @@ impl World {
         let n = self.rng.next_u64() % 1_000_000;
         let (pan, policy) = wallet::pan_for(&self.config, self.rng.below(64) as usize, n)
             .ok_or("the config has no [[api.issuers]]")?;
-        let faults = self.fault_armed || self.vault().journal_failure().is_some();
+        let mut faults = self.fault_armed || self.vault().journal_failure().is_some();
         // One time in four the power goes during the personalisation.
         let cut_after = self.rng.one_in(4).then(|| self.rng.below(4) as usize);
         let service = self.service.as_ref().expect("serving");
@@ -96,7 +96,12 @@ impl World {
             rounds,
         }) = &result
         {
-            result = self.provisioning_cut(d, &pan, token_ref, *stepped_up, *rounds);
+            let (token_ref, stepped_up, rounds) = (token_ref.clone(), *stepped_up, *rounds);
+            // A broken invariant across the restart is a violation (`?`);
+            // only the second personalisation's own failure may be a
+            // fault's, judged by the faults armed after the restart.
+            result = self.provisioning_cut(d, &pan, &token_ref, stepped_up, rounds)?;
+            faults = self.fault_armed || self.vault().journal_failure().is_some();
         }
         let (token, pan, stepped_up) = match (result, policy) {
             (Ok(Provisioned::Declined), IdvPolicy::Decline) => {
@@ -173,7 +178,9 @@ impl World {
 
     /// The power went after `rounds` rounds of device `d`'s script: the
     /// engine restarts, the token must not be active (its card never
-    /// confirmed it), and the wallet provisions it again, to the end.
+    /// confirmed it), and the wallet provisions it again, to the end. The
+    /// outer error is a broken invariant; the inner one, the second
+    /// personalisation's failure.
     fn provisioning_cut(
         &mut self,
         d: usize,
@@ -181,7 +188,7 @@ impl World {
         token_ref: &str,
         stepped_up: bool,
         rounds: usize,
-    ) -> Result<Provisioned, String> {
+    ) -> Result<Result<Provisioned, String>, String> {
         self.log(|| format!("device {d}: the power goes after {rounds} script round(s)"));
         self.report.provisioning_cuts += 1;
         self.restart()?;
@@ -199,15 +206,18 @@ impl World {
                 "device {d}'s token is active after a restart, though its card never confirmed it"
             ));
         }
-        wallet::personalise(service, &mut self.devices[d], token_ref, None)
-            .map_err(|e| format!("device {d}: provisioning again after the restart: {e}"))?;
+        if let Err(e) = wallet::personalise(service, &mut self.devices[d], token_ref, None) {
+            return Ok(Err(format!(
+                "device {d}: provisioning again after the restart: {e}"
+            )));
+        }
         let (token, _expiry, _psn) =
             loadgen::secard::card_data(&mut self.devices[d].card).map_err(|e| e.to_string())?;
         self.log(|| format!("device {d}: provisioned again after the restart"));
-        Ok(Provisioned::Active {
+        Ok(Ok(Provisioned::Active {
             token,
             pan: pan.to_owned(),
             stepped_up,
-        })
+        }))
     }
 }
