@@ -127,6 +127,10 @@ SIGTERM or SIGINT drains in-flight requests, flushes the journal and exits 0.\nA
     /// The write-only audit trail: verify it, read it.
     #[command(subcommand)]
     Audit(crate::audit_cmd::AuditCommand),
+    /// The replicated vault's PostgreSQL database: its schema, and what
+    /// it holds (docs/scale-out.md).
+    #[command(subcommand)]
+    Db(crate::db_cmd::DbCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -422,6 +426,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     cli.lmk.resolve().map_err(CliError::new)?;
     match cli.command {
         Command::Audit(cmd) => crate::audit_cmd::run(&cli.config, cmd),
+        Command::Db(cmd) => crate::db_cmd::run(cmd),
         Command::Vault(cmd) => vault_command(&cli.config, cmd),
         Command::Serve(args) => serve(&cli.config, args),
         Command::Certs(CertsCommand::Dev { out }) => {

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod audit_cmd;
+mod db_cmd;
 mod cli;
 mod lmk_args;
 
