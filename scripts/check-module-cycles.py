@@ -20,7 +20,7 @@ import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CRATES = ["engine", "hsm-sim", "se-sim", "provisioning", "loadgen", "cli", "audit", "sim"]
+CRATES = ["engine", "hsm-sim", "se-sim", "provisioning", "loadgen", "cli", "audit", "sim", "pgvault"]
 
 PATH_RE = re.compile(r"\b(crate|super|self)((?:::[A-Za-z_][A-Za-z0-9_]*)+)")
 REL_RE = re.compile(r"(?<![:\w])([a-z_][a-z0-9_]*)((?:::[A-Za-z_][A-Za-z0-9_]*)+)")

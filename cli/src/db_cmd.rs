@@ -14,7 +14,12 @@ pub struct Backend {
     /// Read from TESSERA_DB_URL when not given. Keep passwords out of it
     /// (the command line is visible to every user of the machine): use
     /// TESSERA_DB_URL, or trust/certificate authentication.
-    #[arg(long, value_name = "URL", env = "TESSERA_DB_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "TESSERA_DB_URL",
+        hide_env_values = true
+    )]
     backend: String,
 }
 
@@ -23,11 +28,15 @@ pub struct Backend {
 pub enum DbCommand {
     /// Apply the schema's migrations not applied yet (each once, in its
     /// own transaction; an edited migration is refused).
-    #[command(after_help = "Example:\n  tessera db migrate --backend postgres://tessera@10.0.0.5:5432/tessera\n  applied: 1 (0001_vault.sql)")]
+    #[command(
+        after_help = "Example:\n  tessera db migrate --backend postgres://tessera@10.0.0.5:5432/tessera\n  applied: 1 (0001_vault.sql)"
+    )]
     Migrate(Backend),
     /// The migrations applied, and how many tokens, leases and logged
     /// ATCs the database holds.
-    #[command(after_help = "Example:\n  tessera db status --backend postgres://tessera@10.0.0.5:5432/tessera")]
+    #[command(
+        after_help = "Example:\n  tessera db status --backend postgres://tessera@10.0.0.5:5432/tessera"
+    )]
     Status(Backend),
 }
 

@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod audit_cmd;
-mod db_cmd;
 mod cli;
+mod db_cmd;
 mod lmk_args;
 
 #[global_allocator]

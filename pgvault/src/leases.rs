@@ -12,7 +12,7 @@
 use postgres::Client;
 
 use crate::error::{commit, statement, PgError};
-use crate::SHARDS;
+use crate::shard::SHARDS;
 
 /// Shards held under one epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,15 +23,14 @@ pub mod atc;
 pub mod error;
 pub mod leases;
 pub mod schema;
+pub mod shard;
 pub mod tokens;
 
 pub use atc::{AtcClaim, Verdict};
 pub use error::PgError;
 pub use leases::Lease;
+pub use shard::{shard_of, SHARDS};
 pub use tokens::TokenRow;
-
-/// Virtual shards tokens map to.
-pub const SHARDS: u16 = 4096;
 
 /// Connect to `url`: a `postgres://` URL or a key-value string. Several
 /// hosts with `target_session_attrs=read-write` reach whichever is the

@@ -4,7 +4,7 @@
 use postgres::Client;
 
 use crate::error::{commit, statement, PgError};
-use crate::SHARDS;
+use crate::shard::shard_of;
 
 /// One token as the database holds it. `pan_sealed` is the vault's
 /// ciphertext of the PAN (never the PAN), `pan_hmac` its keyed hash.
@@ -33,14 +33,6 @@ impl std::fmt::Debug for TokenRow {
             .field("state", &self.state)
             .finish_non_exhaustive()
     }
-}
-
-/// The virtual shard of a PAN's keyed hash: its first two bytes modulo
-/// [`SHARDS`], so every token of one card lands on one shard.
-pub fn shard_of(pan_hmac: &[u8]) -> u16 {
-    let hi = pan_hmac.first().copied().unwrap_or(0);
-    let lo = pan_hmac.get(1).copied().unwrap_or(0);
-    u16::from_be_bytes([hi, lo]) % SHARDS
 }
 
 /// Rows per insert statement.

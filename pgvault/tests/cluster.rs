@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tessera_pg::tokens::{self, shard_of};
 use tessera_pg::{atc, leases, schema, AtcClaim, PgError, TokenRow, Verdict};
+use tessera_pg::{shard_of, tokens};
 
 const TOKENS: usize = 20_000;
 const BATCH: usize = 256;
