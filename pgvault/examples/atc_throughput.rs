@@ -190,5 +190,15 @@ fn main() -> Result<(), String> {
             .get(0);
         base_atc = u16::try_from(used + 1).map_err(|_| "ATCs used up: reload the tokens")?;
     }
+    let row = client
+        .query_one(
+            "SELECT pg_total_relation_size('atc_log'), (SELECT count(*) FROM atc_log)",
+            &[],
+        )
+        .map_err(|e| e.to_string())?;
+    let (bytes, rows): (i64, i64) = (row.get(0), row.get(1));
+    if rows > 0 {
+        println!("atc_log: {rows} rows, {} bytes per logged ATC (with its index)", bytes / rows);
+    }
     Ok(())
 }
