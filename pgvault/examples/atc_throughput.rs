@@ -198,7 +198,10 @@ fn main() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let (bytes, rows): (i64, i64) = (row.get(0), row.get(1));
     if rows > 0 {
-        println!("atc_log: {rows} rows, {} bytes per logged ATC (with its index)", bytes / rows);
+        println!(
+            "atc_log: {rows} rows, {} bytes per logged ATC (with its index)",
+            bytes / rows
+        );
     }
     Ok(())
 }
