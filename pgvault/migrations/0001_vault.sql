@@ -29,9 +29,11 @@ CREATE TABLE tokens (
 );
 CREATE INDEX tokens_shard ON tokens (shard);
 
+-- Every token of a card (one per device) under the card's keyed hash.
 CREATE TABLE pan_index (
-    pan_hmac bytea PRIMARY KEY,
-    token    text  NOT NULL REFERENCES tokens (token)
+    pan_hmac bytea NOT NULL,
+    token    text  NOT NULL REFERENCES tokens (token),
+    PRIMARY KEY (pan_hmac, token)
 );
 
 -- Every accepted ATC with the authorization that used it, so that a

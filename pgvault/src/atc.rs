@@ -120,7 +120,10 @@ pub const MAX_BATCH: usize = 8192;
 
 /// Accept `claims` under lease `epoch`, in one transaction; a verdict per
 /// claim, in order. [`PgError::InDoubt`] when the commit got no answer:
-/// resubmit the same claims.
+/// resubmit the same claims. The same claim twice in one batch (one
+/// authorization read twice) is accepted once and reported
+/// [`Verdict::AcceptedBefore`] the second time: one authorization, one
+/// answer.
 pub fn accept(
     client: &mut Client,
     epoch: i64,
@@ -146,6 +149,11 @@ pub fn accept(
         }
         rounds[*k].push(i);
         *k += 1;
+    }
+    // Rows locked in one order by every batch: two batches sharing tokens
+    // wait for each other rather than deadlock.
+    for round in &mut rounds {
+        round.sort_by(|&a, &b| claims[a].token.cmp(&claims[b].token));
     }
     let mut tx = client.transaction().map_err(statement("begin"))?;
     for round in &rounds {
@@ -195,9 +203,20 @@ pub fn accept(
             });
         }
     }
-    tx.commit().map_err(commit("accept ATCs"))?;
-    verdicts
+    let verdicts: Vec<Verdict> = verdicts
         .into_iter()
         .map(|v| v.ok_or_else(|| PgError::BadClaim("a claim without a verdict".into())))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    if verdicts.contains(&Verdict::AcceptedBefore) {
+        // An earlier attempt's commit may be on the primary alone (its
+        // wait for the standbys never finished). A transaction that
+        // writes nothing commits without waiting for them; one with a
+        // transaction id writes a commit record and waits until a
+        // standby has it, and with it everything before, the earlier
+        // commit included.
+        tx.query_one("SELECT pg_current_xact_id()", &[])
+            .map_err(statement("force a commit record"))?;
+    }
+    tx.commit().map_err(commit("accept ATCs"))?;
+    Ok(verdicts)
 }

@@ -26,7 +26,9 @@ pub struct Lease {
 }
 
 /// `owner` takes `shards` (from whoever held them): a new epoch, stamped
-/// on their tokens.
+/// on their tokens. Who may take what is the caller's decision (an
+/// operator, or a coordinator); this only makes the move atomic and
+/// fences the previous holder off.
 pub fn acquire(client: &mut Client, owner: &str, shards: &[u16]) -> Result<Lease, PgError> {
     if let Some(s) = shards.iter().find(|&&s| s >= SHARDS) {
         return Err(PgError::BadClaim(format!(
@@ -35,6 +37,14 @@ pub fn acquire(client: &mut Client, owner: &str, shards: &[u16]) -> Result<Lease
     }
     let list: Vec<i32> = shards.iter().map(|&s| i32::from(s)).collect();
     let mut tx = client.transaction().map_err(statement("begin"))?;
+    // Hold the shards' lease rows first: of two nodes taking a shard at
+    // once, the second draws its epoch after the first committed, so the
+    // higher epoch is always the later owner.
+    tx.execute(
+        "SELECT 1 FROM shard_leases WHERE shard = ANY($1::int[]) ORDER BY shard FOR UPDATE",
+        &[&list],
+    )
+    .map_err(statement("lock the leases"))?;
     let epoch: i64 = tx
         .query_one("SELECT nextval('lease_epoch')", &[])
         .map_err(statement("draw an epoch"))?

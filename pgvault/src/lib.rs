@@ -27,7 +27,7 @@ pub mod shard;
 pub mod tokens;
 
 pub use atc::{AtcClaim, Verdict};
-pub use error::PgError;
+pub use error::{DbFailure, PgError};
 pub use leases::Lease;
 pub use shard::{shard_of, SHARDS};
 pub use tokens::TokenRow;
@@ -36,6 +36,22 @@ pub use tokens::TokenRow;
 /// hosts with `target_session_attrs=read-write` reach whichever is the
 /// primary now, which is how a node finds the promoted one after a
 /// failover.
+///
+/// The session never times out a statement: a cancelled wait for the
+/// standbys leaves a commit that is on the primary only, and PostgreSQL
+/// reports it as a success (with a warning). A transaction left open by a
+/// client that vanished gives its rows' locks back after 10 s, so that a
+/// resubmission does not wait for TCP to notice; keepalives find a dead
+/// peer.
 pub fn connect(url: &str) -> Result<postgres::Client, PgError> {
-    postgres::Client::connect(url, postgres::NoTls).map_err(PgError::Connect)
+    let mut config: postgres::Config = url
+        .parse()
+        .map_err(|e: postgres::Error| PgError::Connect(e.into()))?;
+    config
+        .options("-c statement_timeout=0 -c idle_in_transaction_session_timeout=10s")
+        .keepalives(true)
+        .keepalives_idle(std::time::Duration::from_secs(5));
+    config
+        .connect(postgres::NoTls)
+        .map_err(|e| PgError::Connect(e.into()))
 }

@@ -4,7 +4,7 @@
 
 use postgres::Client;
 
-use crate::error::{statement, PgError};
+use crate::error::{commit, statement, PgError};
 
 /// (number, name, SQL), in order.
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
@@ -68,7 +68,7 @@ pub fn migrate(client: &mut Client) -> Result<Vec<i32>, PgError> {
                 applied.push(version);
             }
         }
-        tx.commit().map_err(statement("commit migration"))?;
+        tx.commit().map_err(commit("commit migration"))?;
     }
     Ok(applied)
 }

@@ -38,9 +38,10 @@ impl std::fmt::Debug for TokenRow {
 /// Rows per insert statement.
 const INSERT_CHUNK: usize = 2_000;
 
-/// Insert `rows` (new tokens; an existing token is an error), in chunks,
-/// each chunk one transaction, then refresh the planner's statistics; how
-/// many were inserted.
+/// Insert `rows` (new tokens; an existing token is an error), in chunks of
+/// 2,000, each chunk one transaction, then refresh the planner's
+/// statistics; how many were inserted. A token takes its shard's current
+/// lease epoch. On an error, the chunks before the failing one are in.
 pub fn insert(client: &mut Client, rows: &[TokenRow]) -> Result<u64, PgError> {
     let mut n = 0;
     for chunk in rows.chunks(INSERT_CHUNK) {
@@ -55,16 +56,26 @@ pub fn insert(client: &mut Client, rows: &[TokenRow]) -> Result<u64, PgError> {
         let states: Vec<i16> = chunk.iter().map(|r| i16::from(r.state)).collect();
         let expiries: Vec<i32> = chunk.iter().map(|r| i32::from(r.expiry_yymm)).collect();
         let mut tx = client.transaction().map_err(statement("begin"))?;
+        // A token joins its shard's current lease (epoch 0 when none):
+        // the lease rows are held while it does, so a shard changing
+        // hands waits for the insert, or the insert for it.
+        tx.execute(
+            "SELECT 1 FROM shard_leases WHERE shard = ANY($1::int[]) FOR SHARE",
+            &[&shards],
+        )
+        .map_err(statement("hold the leases"))?;
         n += tx
             .execute(
-                "INSERT INTO tokens (token, shard, pan_sealed, key_version, state, expiry_yymm)
-                 SELECT * FROM unnest($1::text[], $2::int[], $3::bytea[], $4::int[], $5::smallint[], $6::int[])",
+                "INSERT INTO tokens (token, shard, pan_sealed, key_version, state, expiry_yymm, owner_epoch)
+                 SELECT r.token, r.shard, r.sealed, r.version, r.state, r.expiry, coalesce(l.epoch, 0)
+                 FROM unnest($1::text[], $2::int[], $3::bytea[], $4::int[], $5::smallint[], $6::int[])
+                      AS r(token, shard, sealed, version, state, expiry)
+                 LEFT JOIN shard_leases l ON l.shard = r.shard",
                 &[&tokens, &shards, &sealed, &versions, &states, &expiries],
             )
             .map_err(statement("insert tokens"))?;
         tx.execute(
-            "INSERT INTO pan_index (pan_hmac, token) SELECT * FROM unnest($1::bytea[], $2::text[])
-             ON CONFLICT (pan_hmac) DO NOTHING",
+            "INSERT INTO pan_index (pan_hmac, token) SELECT * FROM unnest($1::bytea[], $2::text[])",
             &[&hmacs, &tokens],
         )
         .map_err(statement("insert pan index"))?;
