@@ -27,6 +27,11 @@ DB=tessera
 NODES=(n1 n2 n3)
 BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
 [[ -x "$BIN/pg_ctl" ]] || { echo "pg-cluster: no PostgreSQL server binaries (install postgresql-15)" >&2; exit 2; }
+# The servers run as `postgres`, who may not be allowed into the caller's
+# directory (a CI clone under a mode-700 temporary directory): work from
+# /, with every path made absolute first.
+DIR=$(realpath -m "$DIR")
+cd /
 
 # Run a PostgreSQL tool as the unprivileged user when we are root.
 as_pg() {

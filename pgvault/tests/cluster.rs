@@ -272,9 +272,10 @@ fn acknowledged_atcs_survive_a_standby_and_a_primary_lost_and_a_stale_owner_is_f
     let before = seen.lock().unwrap().acknowledged.len();
     let (_, killed) = cluster.run(&["kill-standby"]);
     let standby = killed
-        .split_whitespace()
-        .nth(1)
-        .expect("kill-standby names the node")
+        .lines()
+        .find_map(|l| l.strip_prefix("killed "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("kill-standby named no node: {killed}"))
         .to_owned();
     progress(&format!("standby {standby} killed"));
     thread::sleep(Duration::from_secs(2));
