@@ -47,21 +47,21 @@ pub fn run(cmd: DbCommand) -> Result<(), CliError> {
             let mut client = connect(&b)?;
             let applied = tessera_pg::schema::migrate(&mut client).map_err(err)?;
             if applied.is_empty() {
-                println!("applied: none (the schema is up to date)");
+                say("applied: none (the schema is up to date)")?;
             } else {
                 let names: Vec<String> = tessera_pg::schema::MIGRATIONS
                     .iter()
                     .filter(|(v, _, _)| applied.contains(v))
                     .map(|(v, name, _)| format!("{v} ({name})"))
                     .collect();
-                println!("applied: {}", names.join(", "));
+                say(&format!("applied: {}", names.join(", ")))?;
             }
             Ok(())
         }
         DbCommand::Status(b) => {
             let mut client = connect(&b)?;
             for (v, name) in tessera_pg::schema::applied(&mut client).map_err(err)? {
-                println!("migration {v}: {name}");
+                say(&format!("migration {v}: {name}"))?;
             }
             for (what, sql) in [
                 ("tokens", "SELECT count(*) FROM tokens"),
@@ -72,10 +72,20 @@ pub fn run(cmd: DbCommand) -> Result<(), CliError> {
                     .query_one(sql, &[])
                     .map_err(|e| CliError::new(format!("{what}: {e}")))?
                     .get(0);
-                println!("{what}: {n}");
+                say(&format!("{what}: {n}"))?;
             }
             Ok(())
         }
+    }
+}
+
+/// One line to stdout. A reader that went away (`| head -1`) ends the
+/// output quietly rather than with a panic.
+fn say(line: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    match writeln!(std::io::stdout().lock(), "{line}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
 }
 
