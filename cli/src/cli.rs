@@ -115,9 +115,14 @@ enum Command {
     /// Serve ISO 8583 authorizations over TCP for the vault in DIR.
     #[command(
         after_help = "Example:\n  tessera vault provision --data-dir /tmp/vault --count 100000\n  tessera serve --data-dir /tmp/vault --listen 127.0.0.1:8583\n\n\
-SIGTERM or SIGINT drains in-flight requests, flushes the journal and exits 0.\nA journal failure (a write or fdatasync error) is logged once, sets the metric\ntessera_journal_failed 1, drains and exits 1, so that a supervisor restarts the\nprocess ([vault] exit_on_journal_failure = false keeps answering, approvals as 96)."
+SIGTERM or SIGINT drains in-flight requests, flushes the journal and exits 0.\nA journal failure (a write or fdatasync error) is logged once, sets the metric\ntessera_journal_failed 1, drains and exits 1, so that a supervisor restarts the\nprocess ([vault] exit_on_journal_failure = false keeps answering, approvals as 96).\n\n\
+With --backend postgres://... (docs/scale-out.md) the node takes the lease of --shards and\n\
+releases no approval before the database accepted its ATC too:\n  \
+tessera db migrate --backend postgres://tessera@db1,db2,db3/tessera?target_session_attrs=read-write\n  \
+tessera db import --data-dir /tmp/vault --backend ...\n  \
+tessera serve --data-dir /tmp/vault --backend ... --node a --shards 0-2047"
     )]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Certificates for the management API and the listener's mutual TLS.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -249,6 +254,35 @@ struct ServeArgs {
     /// an SMS gateway) [default: DIR/idv-outbox.jsonl].
     #[arg(long, value_name = "FILE")]
     idv_outbox: Option<PathBuf>,
+    /// Share the vault's state through this replicated PostgreSQL
+    /// database (docs/scale-out.md): take the lease of --shards, and
+    /// release no approval before the database accepted its ATC too.
+    /// `postgres://USER@HOST:PORT/DB`, several hosts with
+    /// `target_session_attrs=read-write` to follow a failover. Read from
+    /// TESSERA_DB_URL when set [config: vault.backend; default: none, the
+    /// embedded vault alone].
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "TESSERA_DB_URL",
+        hide_env_values = true
+    )]
+    backend: Option<String>,
+    /// With a backend: this node's name in the shard leases [config:
+    /// vault.node; default: tessera-<host name>].
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// With a backend: the virtual shards (0-4095) this node serves, `all`
+    /// or ranges like `0-2047,4000`; taking them fences off their
+    /// previous holder [config: vault.shards; default: all].
+    #[arg(long, value_name = "LIST")]
+    shards: Option<String>,
+    /// With a backend: for how many seconds the same authorization (DE 11,
+    /// 41 and 7) asking again for its ATC, on any node, is approved as
+    /// before rather than declined as a replay [default: 300, the
+    /// retransmission window].
+    #[arg(long, value_name = "SECS")]
+    retry_window_secs: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -352,6 +386,17 @@ struct StateArgs {
     dir: DataDir,
     /// The token.
     token: String,
+    /// Change it in this replicated database first (docs/scale-out.md):
+    /// every node serving the token refuses its approvals at once and
+    /// takes the state within a second. The vault in DIR follows when no
+    /// server holds it. Read from TESSERA_DB_URL when set.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "TESSERA_DB_URL",
+        hide_env_values = true
+    )]
+    backend: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -426,9 +471,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     cli.lmk.resolve().map_err(CliError::new)?;
     match cli.command {
         Command::Audit(cmd) => crate::audit_cmd::run(&cli.config, cmd),
-        Command::Db(cmd) => crate::db_cmd::run(cmd),
+        Command::Db(cmd) => crate::db_cmd::run(cmd, &cli.config),
         Command::Vault(cmd) => vault_command(&cli.config, cmd),
-        Command::Serve(args) => serve(&cli.config, args),
+        Command::Serve(args) => serve(&cli.config, *args),
         Command::Certs(CertsCommand::Dev { out }) => {
             for f in provisioning::certs::write_dev(&out)? {
                 println!("{}", f.display());
@@ -559,12 +604,19 @@ fn serve(config: &Path, a: ServeArgs) -> Result<(), CliError> {
         });
     }
     let l = cfg.listener.clone();
+    let shared = crate::db_cmd::shared_state(
+        a.backend.or(cfg.vault.backend.clone()),
+        a.node.or(cfg.vault.node.clone()),
+        a.shards.or(cfg.vault.shards.clone()),
+        a.retry_window_secs,
+    )?;
     let opts = ServeOptions {
         truncate_corrupt: a.dir.truncate_corrupt,
         quarantine_tampered: a.dir.quarantine_tampered,
         handle_signals: true,
         metrics: a.metrics,
         rekey: a.rekey,
+        shared,
         ..ServeOptions::new(&a.dir.data_dir)
     };
     for w in &cfg.keys.warnings {
@@ -646,6 +698,16 @@ fn serve(config: &Path, a: ServeArgs) -> Result<(), CliError> {
 
 fn open(config: &Path, dir: &DataDir) -> Result<Vault, CliError> {
     open_with(config, dir, false)
+}
+
+/// Open the vault in `data_dir` as it is (no repair flags).
+pub(crate) fn open_dir(config: &Path, data_dir: &Path) -> Result<Vault, CliError> {
+    let dir = DataDir {
+        data_dir: data_dir.to_owned(),
+        truncate_corrupt: false,
+        quarantine_tampered: false,
+    };
+    open(config, &dir)
 }
 
 /// Open the vault; `create` makes the data directory if it is missing.
@@ -905,7 +967,21 @@ fn change_state(
     lifts_lock: bool,
 ) -> Result<(), CliError> {
     let t = token_arg(&a.token)?;
-    let vault = open(config, &a.dir)?;
+    if let Some(url) = &a.backend {
+        crate::db_cmd::set_state(url, t, to)?;
+        println!("{} {} in the database", t.masked(), to.name());
+    }
+    let (cfg, keys) = load_config(config)?;
+    let vault = match open_loaded(cfg, &keys, &a.dir, false) {
+        Err(engine::vault::VaultError::InUse(_)) if a.backend.is_some() => {
+            eprintln!(
+                "tessera: the vault in {} is held by a running server: it takes the change from the database",
+                a.dir.data_dir.display()
+            );
+            return Ok(());
+        }
+        other => other?,
+    };
     let action = format!("vault.{verb}");
     let result = (|| {
         // A lock is lifted by `resume` only, a deliberate act, never as a

@@ -1,7 +1,11 @@
 //! `tessera db`: the replicated vault's PostgreSQL database (issue 18,
 //! docs/scale-out.md): its schema, and what it holds.
 
+use std::sync::Arc;
+
 use clap::{Args, Subcommand};
+use engine::authority::SharedState;
+use engine::vault::types::{CardNumber, TokenState};
 
 use crate::cli::CliError;
 
@@ -38,11 +42,33 @@ pub enum DbCommand {
         after_help = "Example:\n  tessera db status --backend postgres://tessera@10.0.0.5:5432/tessera"
     )]
     Status(Backend),
+    /// Copy an embedded vault's tokens into the database: each token's
+    /// encrypted PAN (as the vault holds it, never in the clear), keyed
+    /// hash, state, expiry and replay state. The vault must not be held
+    /// by a running server. A token already in the database is an error.
+    #[command(
+        after_help = "Example:\n  tessera db import --data-dir /var/lib/tessera --backend postgres://tessera@10.0.0.5:5432/tessera"
+    )]
+    Import {
+        /// The vault's data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        backend: Backend,
+    },
 }
 
-/// Run `tessera db ...`.
-pub fn run(cmd: DbCommand) -> Result<(), CliError> {
+/// Run `tessera db ...` (`config`: the engine configuration, for import).
+pub fn run(cmd: DbCommand, config: &std::path::Path) -> Result<(), CliError> {
     match cmd {
+        DbCommand::Import { data_dir, backend } => {
+            let vault = crate::cli::open_dir(config, &data_dir)?;
+            let rows: Vec<tessera_pg::TokenRow> =
+                vault.views().map(|v| row_of(&vault.image(&v))).collect();
+            let mut client = connect(&backend)?;
+            let n = tessera_pg::tokens::insert(&mut client, &rows).map_err(err)?;
+            say(&format!("imported: {n} tokens"))
+        }
         DbCommand::Migrate(b) => {
             let mut client = connect(&b)?;
             let applied = tessera_pg::schema::migrate(&mut client).map_err(err)?;
@@ -95,4 +121,67 @@ fn connect(b: &Backend) -> Result<postgres::Client, CliError> {
 
 fn err(e: tessera_pg::PgError) -> CliError {
     CliError::new(e.to_string())
+}
+
+/// The shared state `tessera serve` attaches to, when a backend is named.
+pub fn shared_state(
+    backend: Option<String>,
+    node: Option<String>,
+    shards: Option<String>,
+    retry_window_secs: Option<u64>,
+) -> Result<Option<Arc<dyn SharedState>>, CliError> {
+    let Some(url) = backend else {
+        if node.is_some() || shards.is_some() || retry_window_secs.is_some() {
+            return Err(CliError::new(
+                "--node, --shards and --retry-window-secs need a backend (--backend, TESSERA_DB_URL or [vault] backend)",
+            ));
+        }
+        return Ok(None);
+    };
+    let shards = tessera_pg::node::parse_shards(shards.as_deref().unwrap_or("all"))
+        .map_err(CliError::new)?;
+    let node = node.unwrap_or_else(default_node_name);
+    let mut shared = tessera_pg::node::PgShared::new(&url, &node, shards);
+    if let Some(secs) = retry_window_secs {
+        shared.retry_window = std::time::Duration::from_secs(secs);
+    }
+    Ok(Some(Arc::new(shared)))
+}
+
+/// `tessera-<host name>`.
+fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    format!("tessera-{}", if host.is_empty() { "node" } else { &host })
+}
+
+/// A lifecycle change in the database (quorum-committed when this
+/// returns).
+pub fn set_state(url: &str, token: CardNumber, to: TokenState) -> Result<(), CliError> {
+    let mut client = tessera_pg::connect(url).map_err(err)?;
+    if tessera_pg::tokens::set_state(&mut client, &token.digits(), to as u8).map_err(err)? {
+        Ok(())
+    } else {
+        Err(CliError::new(format!(
+            "token {} is not in the database",
+            token.masked()
+        )))
+    }
+}
+
+/// A vault record as a database row: the PAN's ciphertext and digit count
+/// as `pan_sealed`, its keyed hash (which picks the shard) as `pan_hmac`.
+fn row_of(img: &engine::vault::types::TokenImage) -> tessera_pg::TokenRow {
+    let mut sealed = img.pan_ct.to_be_bytes().to_vec();
+    sealed.push(img.pan_len);
+    tessera_pg::TokenRow {
+        token: img.token.digits(),
+        pan_hmac: img.pan_hash.to_be_bytes().to_vec(),
+        pan_sealed: sealed,
+        key_version: i32::from(img.pan_key),
+        state: img.state as u8,
+        expiry_yymm: img.expiry_yymm,
+        atc: engine::vault::replay::parts(img.atc_window),
+    }
 }

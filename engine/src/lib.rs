@@ -12,6 +12,8 @@
 //!   track 2, response codes.
 //! - [`pipeline`]: one batch of requests in, answers out: detokenize,
 //!   check, verify the cryptogram in the HSM, accept the ATC once.
+//! - [`authority`]: a shared judge of accepted ATCs (a replicated
+//!   database), for nodes that are not the only ones serving a token.
 //! - [`issuer`]: the link that forwards approvable requests to the issuer.
 //! - [`server`]: the TCP listener.
 //! - [`serve`]: assembles a running engine from a config
@@ -22,6 +24,7 @@
 #![warn(unreachable_pub)]
 
 pub mod audit;
+pub mod authority;
 pub mod config;
 pub mod iso8583;
 pub mod issuer;

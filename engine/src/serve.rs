@@ -53,6 +53,10 @@ pub struct ServeOptions {
     /// Re-encrypt PANs under the newest data key version in the background
     /// while serving ([`Vault::rekey`]), then snapshot past it.
     pub rekey: bool,
+    /// The vault's state shared with other nodes (`--backend`): every
+    /// approval's ATC is confirmed with it too. `None`: the embedded vault
+    /// alone.
+    pub shared: Option<Arc<dyn crate::authority::SharedState>>,
 }
 
 impl ServeOptions {
@@ -68,6 +72,7 @@ impl ServeOptions {
             metrics: None,
             listener_tls: None,
             rekey: false,
+            shared: None,
         }
     }
 }
@@ -87,6 +92,9 @@ pub enum ServeError {
     /// Plain TCP on an address other people can reach.
     #[error("refusing plain TCP on {0}, which is not a loopback address: configure [listener.tls] (or --tls-cert/--tls-key/--tls-client-ca), or pass --insecure-plaintext")]
     PlaintextNotLoopback(SocketAddr),
+    /// The shared state (`--backend`) could not be attached.
+    #[error("vault backend: {0}")]
+    Shared(String),
     /// `[listener] issuer_tls_*` could not be loaded.
     #[error("issuer TLS: {0}")]
     IssuerTls(String),
@@ -170,6 +178,10 @@ pub fn start(config: &Config, keys: &KeyStore, opts: &ServeOptions) -> Result<Ru
         Pipeline::new(Arc::clone(&vault), profiles, l.dialect).with_decline_log(opts.decline_log);
     if let Some(t) = &l.tls {
         pipeline = pipeline.with_acquirer_allow_list(&t.acquirers);
+    }
+    if let Some(shared) = &opts.shared {
+        let authority = shared.attach(&vault).map_err(ServeError::Shared)?;
+        pipeline = pipeline.with_atc_authority(authority);
     }
     let mut issuer_addr = None;
     if let Some(issuer) = &l.issuer {

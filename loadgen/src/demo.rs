@@ -175,6 +175,7 @@ pub fn run_demo(config_path: &Path, spec: &DemoSpec) -> Result<bool, String> {
         dialect: Dialect::Ascii,
         progress: true,
         drain_timeout: Duration::from_secs(5),
+        keep_answers: false,
     };
     let api = if spec.api_devices > 0 {
         Some(ApiPhase::provision(

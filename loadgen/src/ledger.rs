@@ -64,7 +64,31 @@ pub struct Ledger {
     mismatches: u64,
     /// The first [`KEPT_MISMATCHES`] mismatches.
     first_mismatches: Vec<Mismatch>,
+    /// Every decoded answer's DE 39 with the request's card number (token
+    /// or, for a token-less request, nothing), when asked for
+    /// ([`Ledger::keeping_answers`]): a test that checks answers one by
+    /// one (`scripts/pg-serve-test.py`) needs them.
+    answers: Option<Vec<AnswerLine>>,
 }
+
+/// One answer in the answer log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AnswerLine {
+    /// The transaction's id (DE 37).
+    pub id: u64,
+    /// Its kind's name.
+    pub kind: &'static str,
+    /// DE 39 (`--` when absent).
+    pub code: String,
+    /// DE 44, the engine's short reason for a decline (empty when absent).
+    pub reason: String,
+    /// DE 2 of the request, or the card number of its DE 35 (a token:
+    /// requests carry tokens, never PANs).
+    pub token: String,
+}
+
+/// Most answers an answer log keeps (16 M, about 1 GiB).
+pub const MAX_LOGGED_ANSWERS: usize = 16 << 20;
 
 impl Default for Ledger {
     fn default() -> Self {
@@ -74,6 +98,22 @@ impl Default for Ledger {
 
 fn kind_index(kind: Kind) -> usize {
     Kind::ALL.iter().position(|&k| k == kind).unwrap_or(0)
+}
+
+/// The card number a request carries: DE 2, or the digits of DE 35 before
+/// its separator (a token: prepared requests never carry a PAN).
+pub fn request_token(dialect: Dialect, request: &[u8]) -> Option<String> {
+    let m = dialect.decode(request).ok()?;
+    let digits: Vec<u8> = match m.get(2) {
+        Some(de2) => de2.to_vec(),
+        None => m
+            .get(35)?
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .copied()
+            .collect(),
+    };
+    String::from_utf8(digits).ok()
 }
 
 /// Printable, short, for a field we may show (DE 37, DE 44, MTI, DE 39).
@@ -172,7 +212,37 @@ impl Ledger {
                 .collect(),
             mismatches: 0,
             first_mismatches: Vec::new(),
+            answers: None,
         }
+    }
+
+    /// Also keep every answer's code ([`Ledger::answers`]).
+    pub fn keeping_answers(mut self) -> Ledger {
+        self.answers = Some(Vec::new());
+        self
+    }
+
+    /// The answer log, if kept.
+    pub fn answers(&self) -> Option<&[AnswerLine]> {
+        self.answers.as_deref()
+    }
+
+    fn log_answer(&mut self, p: &Prepared, code: &str, reason: Option<&[u8]>) {
+        let Some(log) = self
+            .answers
+            .as_mut()
+            .filter(|l| l.len() < MAX_LOGGED_ANSWERS)
+        else {
+            return;
+        };
+        let token = request_token(self.dialect, &p.bytes).unwrap_or_default();
+        log.push(AnswerLine {
+            id: p.id,
+            kind: p.kind.name(),
+            code: code.to_owned(),
+            reason: reason.map(shown).unwrap_or_default(),
+            token,
+        });
     }
 
     /// Check one answer against what `p` expects, and count it.
@@ -182,6 +252,9 @@ impl Ledger {
             Answer::Body(body) => match self.dialect.decode(body) {
                 Ok(msg) => {
                     let code = msg.get(39).map_or_else(|| "--".to_owned(), code_str);
+                    if self.answers.is_some() {
+                        self.log_answer(p, &code, msg.get(44));
+                    }
                     *self.kinds[i].codes.entry(code).or_default() += 1;
                     let d = differences(p, &msg);
                     (!d.is_empty()).then(|| d.join("; "))
@@ -232,6 +305,10 @@ impl Ledger {
             }
         }
         self.mismatches += other.mismatches;
+        if let (Some(mine), Some(theirs)) = (self.answers.as_mut(), other.answers) {
+            let room = MAX_LOGGED_ANSWERS.saturating_sub(mine.len());
+            mine.extend(theirs.into_iter().take(room));
+        }
         let room = KEPT_MISMATCHES.saturating_sub(self.first_mismatches.len());
         self.first_mismatches
             .extend(other.first_mismatches.into_iter().take(room));

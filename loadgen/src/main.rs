@@ -121,9 +121,17 @@ domain_violation, amount_mismatch, malformed, reversal (default: the demo's rate
         /// Write report.json, latency.hgrm and latency.svg here.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Write every answer (warm-up included) as a JSON line: id, kind,
+        /// DE 39, token. For tests that check answers one by one.
+        #[arg(long, value_name = "FILE.jsonl")]
+        answers: Option<PathBuf>,
         /// ascii or binary.
         #[arg(long, default_value = "ascii")]
         dialect: Dialect,
+        /// Every card's first ATC: above the highest an earlier run left in
+        /// the vault, to run again against it.
+        #[arg(long, default_value_t = 1)]
+        first_atc: u16,
         /// Seed of the prepared transactions.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -267,6 +275,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Every answer the ledgers kept, one JSON line each.
+fn write_answers(
+    path: &std::path::Path,
+    ledgers: [&loadgen::ledger::Ledger; 2],
+) -> Result<(), String> {
+    use std::io::Write;
+    let fail = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(fail)?);
+    for line in ledgers.iter().filter_map(|l| l.answers()).flatten() {
+        let json = serde_json::to_string(line).map_err(|e| e.to_string())?;
+        writeln!(out, "{json}").map_err(fail)?;
+    }
+    out.flush().map_err(fail)
+}
+
 fn pairs(s: &str) -> Result<Vec<(String, f64)>, String> {
     s.split(',')
         .filter(|p| !p.is_empty())
@@ -407,6 +430,8 @@ fn run_cli(cli: Cli) -> Result<bool, String> {
             mix,
             faults,
             report,
+            answers,
+            first_atc,
             dialect,
             seed,
             se_cards,
@@ -447,11 +472,13 @@ fn run_cli(cli: Cli) -> Result<bool, String> {
                 dialect,
                 progress: true,
                 drain_timeout: Duration::from_secs(5),
+                keep_answers: answers.is_some(),
             };
             let mut session = SessionSpec::new(run_cfg, export, faults, seed, "tessera-loadgen");
             session.tls = tls;
             session.prepare.mix = mix;
             session.prepare.se_cards = se_cards;
+            session.prepare.first_atc = first_atc;
             if let Some(count) = pool {
                 session.prepare.count = count;
             }
@@ -463,6 +490,9 @@ fn run_cli(cli: Cli) -> Result<bool, String> {
                     .write(&dir, &outcome.result.histogram)
                     .map_err(|e| e.to_string())?;
                 println!("report written to {}", dir.display());
+            }
+            if let Some(path) = answers {
+                write_answers(&path, [&outcome.warmup, &outcome.result.ledger])?;
             }
             if !outcome.warmup.ok() {
                 println!("warm-up mismatches:\n{}", outcome.warmup.table());

@@ -93,6 +93,7 @@ impl SessionSpec {
             seed,
             dialect: run.dialect,
             se_cards: 0,
+            first_atc: 1,
         };
         Self {
             run,
@@ -151,6 +152,9 @@ pub fn run_session(
         pool.tokens
     );
     let mut warmup = Ledger::new(spec.run.dialect);
+    if spec.run.keep_answers {
+        warmup = warmup.keeping_answers();
+    }
     let tls = spec.tls.as_deref();
     run_warmup_with_tls(&spec.run, tls, &pool.warmup, &mut warmup).map_err(SessionError::Warmup)?;
     let result = run_with_tls(&spec.run, tls, &pool.main).map_err(SessionError::Run)?;

@@ -84,6 +84,7 @@ fn main() -> Result<(), String> {
                 key_version: 1,
                 state: 1,
                 expiry_yymm: 2812,
+                atc: None,
             })
             .collect();
         tokens::insert(&mut client, &rows).map_err(|e| e.to_string())?;

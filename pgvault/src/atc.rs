@@ -108,15 +108,24 @@ WITH r AS (
 INSERT INTO atc_log (token, atc, auth_id) SELECT token, atc, auth_id FROM acc
 RETURNING token";
 
-/// Why the claims not accepted were not.
+/// Why the claims not accepted were not. `$4`: the retry window in
+/// seconds; a logged ATC older than that is a replay whoever asks.
 const EXPLAIN: &str = "
-SELECT r.i, t.token IS NOT NULL, t.owner_epoch, t.state, l.auth_id
+SELECT r.i, t.token IS NOT NULL, t.owner_epoch, t.state, l.auth_id,
+       l.accepted_at > now() - make_interval(secs => $4)
 FROM unnest($1::text[], $2::int[], $3::int[]) AS r(token, atc, i)
 LEFT JOIN tokens t ON t.token = r.token
 LEFT JOIN atc_log l ON l.token = r.token AND l.atc = r.atc";
 
 /// Most claims in one batch.
 pub const MAX_BATCH: usize = 8192;
+
+/// How long the same authorization asking again for its ATC is answered
+/// as before ([`Verdict::AcceptedBefore`]): the engine's retransmission
+/// window (`pipeline::retransmit`, 300 s). Later, a byte-for-byte copy of
+/// the authorization is a replay like any other: nobody retries that late,
+/// and an attacker who captured it must not have it approved again.
+pub const RETRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Accept `claims` under lease `epoch`, in one transaction; a verdict per
 /// claim, in order. [`PgError::InDoubt`] when the commit got no answer:
@@ -128,6 +137,16 @@ pub fn accept(
     client: &mut Client,
     epoch: i64,
     claims: &[AtcClaim],
+) -> Result<Vec<Verdict>, PgError> {
+    accept_within(client, epoch, claims, RETRY_WINDOW)
+}
+
+/// [`accept`] with another retry window than [`RETRY_WINDOW`].
+pub fn accept_within(
+    client: &mut Client,
+    epoch: i64,
+    claims: &[AtcClaim],
+    retry_window: std::time::Duration,
 ) -> Result<Vec<Verdict>, PgError> {
     if claims.len() > MAX_BATCH {
         return Err(PgError::BadClaim(format!(
@@ -184,8 +203,9 @@ pub fn accept(
         let tokens: Vec<&str> = refused.iter().map(|&i| claims[i].token.as_str()).collect();
         let atcs: Vec<i32> = refused.iter().map(|&i| i32::from(claims[i].atc)).collect();
         let idx: Vec<i32> = refused.iter().map(|&i| i as i32).collect();
+        let window = retry_window.as_secs_f64();
         for row in tx
-            .query(EXPLAIN, &[&tokens, &atcs, &idx])
+            .query(EXPLAIN, &[&tokens, &atcs, &idx, &window])
             .map_err(statement("explain refused ATCs"))?
         {
             let i = row.get::<_, i32>(0) as usize;
@@ -193,9 +213,12 @@ pub fn accept(
             let owner_epoch: Option<i64> = row.get(2);
             let state: Option<i16> = row.get(3);
             let logged: Option<Vec<u8>> = row.get(4);
+            let recent: Option<bool> = row.get(5);
             verdicts[i] = Some(match logged {
                 _ if !exists => Verdict::UnknownToken,
-                Some(a) if a == claims[i].auth_id => Verdict::AcceptedBefore,
+                Some(a) if a == claims[i].auth_id && recent == Some(true) => {
+                    Verdict::AcceptedBefore
+                }
                 Some(_) => Verdict::Replayed,
                 None if owner_epoch != Some(epoch) => Verdict::NotOwner,
                 None if state != Some(1) => Verdict::NotActive,

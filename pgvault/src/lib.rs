@@ -14,6 +14,8 @@
 //!   `UPDATE … FROM unnest(…)` per batch, exactly once through failover:
 //!   an in-doubt commit is resubmitted, and `atc_log` tells a retried
 //!   authorization from a replay.
+//! - [`node`]: a node joining the cluster (its lease), and the engine's
+//!   ATC authority (`engine::authority`) over [`atc`].
 //!
 //! Synchronous on purpose: the engine decides batches on plain threads,
 //! and each batch costs one blocking round trip to the primary (plus its
@@ -22,6 +24,7 @@
 pub mod atc;
 pub mod error;
 pub mod leases;
+pub mod node;
 pub mod schema;
 pub mod shard;
 pub mod tokens;

@@ -7,11 +7,18 @@ use postgres::Client;
 use crate::error::{commit, statement, PgError};
 
 /// (number, name, SQL), in order.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "0001_vault.sql",
-    include_str!("../migrations/0001_vault.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "0001_vault.sql",
+        include_str!("../migrations/0001_vault.sql"),
+    ),
+    (
+        2,
+        "0002_state_changes.sql",
+        include_str!("../migrations/0002_state_changes.sql"),
+    ),
+];
 
 /// FNV-1a over the file: enough to notice an edit (not a security check).
 fn checksum(sql: &str) -> i64 {

@@ -6,6 +6,9 @@ use postgres::Client;
 use crate::error::{commit, statement, PgError};
 use crate::shard::shard_of;
 
+/// The replay window's bits (47, as the engine's).
+const WINDOW_MASK: u64 = (1 << 47) - 1;
+
 /// One token as the database holds it. `pan_sealed` is the vault's
 /// ciphertext of the PAN (never the PAN), `pan_hmac` its keyed hash.
 #[derive(Clone, PartialEq, Eq)]
@@ -22,6 +25,9 @@ pub struct TokenRow {
     pub state: u8,
     /// YYMM.
     pub expiry_yymm: u16,
+    /// Replay state, as the engine's `vault::replay`: the highest accepted
+    /// ATC and the 47-bit window below it; `None` before the first.
+    pub atc: Option<(u16, u64)>,
 }
 
 impl std::fmt::Debug for TokenRow {
@@ -55,6 +61,14 @@ pub fn insert(client: &mut Client, rows: &[TokenRow]) -> Result<u64, PgError> {
         let versions: Vec<i32> = chunk.iter().map(|r| r.key_version).collect();
         let states: Vec<i16> = chunk.iter().map(|r| i16::from(r.state)).collect();
         let expiries: Vec<i32> = chunk.iter().map(|r| i32::from(r.expiry_yymm)).collect();
+        let his: Vec<i32> = chunk
+            .iter()
+            .map(|r| r.atc.map_or(-1, |(hi, _)| i32::from(hi)))
+            .collect();
+        let windows: Vec<i64> = chunk
+            .iter()
+            .map(|r| r.atc.map_or(0, |(_, w)| (w & WINDOW_MASK) as i64))
+            .collect();
         let mut tx = client.transaction().map_err(statement("begin"))?;
         // A token joins its shard's current lease (epoch 0 when none):
         // the lease rows are held while it does, so a shard changing
@@ -66,12 +80,17 @@ pub fn insert(client: &mut Client, rows: &[TokenRow]) -> Result<u64, PgError> {
         .map_err(statement("hold the leases"))?;
         n += tx
             .execute(
-                "INSERT INTO tokens (token, shard, pan_sealed, key_version, state, expiry_yymm, owner_epoch)
-                 SELECT r.token, r.shard, r.sealed, r.version, r.state, r.expiry, coalesce(l.epoch, 0)
-                 FROM unnest($1::text[], $2::int[], $3::bytea[], $4::int[], $5::smallint[], $6::int[])
-                      AS r(token, shard, sealed, version, state, expiry)
+                "INSERT INTO tokens (token, shard, pan_sealed, key_version, state, expiry_yymm,
+                                     atc_hi, atc_window, owner_epoch)
+                 SELECT r.token, r.shard, r.sealed, r.version, r.state, r.expiry, r.hi, r.win,
+                        coalesce(l.epoch, 0)
+                 FROM unnest($1::text[], $2::int[], $3::bytea[], $4::int[], $5::smallint[],
+                             $6::int[], $7::int[], $8::bigint[])
+                      AS r(token, shard, sealed, version, state, expiry, hi, win)
                  LEFT JOIN shard_leases l ON l.shard = r.shard",
-                &[&tokens, &shards, &sealed, &versions, &states, &expiries],
+                &[
+                    &tokens, &shards, &sealed, &versions, &states, &expiries, &his, &windows,
+                ],
             )
             .map_err(statement("insert tokens"))?;
         tx.execute(
@@ -128,10 +147,59 @@ pub fn set_state(client: &mut Client, token: &str, state: u8) -> Result<bool, Pg
     let mut tx = client.transaction().map_err(statement("begin"))?;
     let n = tx
         .execute(
-            "UPDATE tokens SET state = $2, version = version + 1 WHERE token = $1",
+            "UPDATE tokens SET state = $2, version = version + 1,
+                    state_changed = nextval('state_change')
+             WHERE token = $1",
             &[&token, &i16::from(state)],
         )
         .map_err(statement("set token state"))?;
     tx.commit().map_err(commit("set token state"))?;
     Ok(n == 1)
+}
+
+/// Lifecycle changes on `shards` numbered after `after` (the feed of
+/// `state_changed`), oldest first, at most `limit`: (token, state byte,
+/// change number).
+pub fn state_changes(
+    client: &mut Client,
+    shards: &[u16],
+    after: i64,
+    limit: i64,
+) -> Result<Vec<(String, u8, i64)>, PgError> {
+    let list: Vec<i32> = shards.iter().map(|&s| i32::from(s)).collect();
+    let rows = client
+        .query(
+            "SELECT token, state, state_changed FROM tokens
+             WHERE state_changed > $1 AND shard = ANY($2::int[])
+             ORDER BY state_changed LIMIT $3",
+            &[&after, &list, &limit],
+        )
+        .map_err(statement("read state changes"))?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, i16>(1) as u8, r.get(2)))
+        .collect())
+}
+
+/// Every token of `shards` whose state is not active: (token, state byte).
+pub fn not_active(client: &mut Client, shards: &[u16]) -> Result<Vec<(String, u8)>, PgError> {
+    let list: Vec<i32> = shards.iter().map(|&s| i32::from(s)).collect();
+    let rows = client
+        .query(
+            "SELECT token, state FROM tokens WHERE state <> 1 AND shard = ANY($1::int[])",
+            &[&list],
+        )
+        .map_err(statement("read inactive tokens"))?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, i16>(1) as u8))
+        .collect())
+}
+
+/// The highest change number so far (0 before any).
+pub fn last_state_change(client: &mut Client) -> Result<i64, PgError> {
+    let row = client
+        .query_one("SELECT coalesce(max(state_changed), 0) FROM tokens", &[])
+        .map_err(statement("read the last state change"))?;
+    Ok(row.get(0))
 }

@@ -113,6 +113,7 @@ fn rows() -> Vec<TokenRow> {
                 key_version: 1,
                 state: 1,
                 expiry_yymm: 2812,
+                atc: None,
             }
         })
         .collect()

@@ -64,6 +64,22 @@ pub struct VaultConfig {
     /// answering (every approval then becomes 96).
     #[serde(default = "default_true")]
     pub exit_on_journal_failure: bool,
+    /// The replicated database the vault's state is shared through
+    /// (`postgres://USER@HOST:PORT/DB`, several hosts with
+    /// `target_session_attrs=read-write`; docs/scale-out.md). Unset: the
+    /// embedded vault alone. `tessera serve --backend` overrides it. Keep
+    /// passwords out of it (trust or certificate authentication, or
+    /// TESSERA_DB_URL).
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// With a backend: this node's name in the shard leases [default:
+    /// `tessera-<host name>`].
+    #[serde(default)]
+    pub node: Option<String>,
+    /// With a backend: the virtual shards this node serves, `all` or
+    /// ranges (`0-2047,4000`) [default: all].
+    #[serde(default)]
+    pub shards: Option<String>,
 }
 
 fn default_true() -> bool {

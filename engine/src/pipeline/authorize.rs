@@ -328,6 +328,11 @@ impl Pipeline {
                 arpc: icc,
                 lsn: Some(lsn),
                 approved: Some((view, now.secs)),
+                atc_claim: Some((
+                    view.token,
+                    atc,
+                    Decline::Crypto(family, CryptoFailure::AtcReplay),
+                )),
             },
             Err(ApprovalRefused::Atc(_)) => self.failed(
                 &view,

@@ -4,6 +4,7 @@
 use crate::iso8583::{rc, IsoMessage};
 use crate::vault::journal::Lsn;
 use crate::vault::records::RecordView;
+use crate::vault::types::CardNumber;
 
 use super::crypto::{ChipAnswer, CryptoCheck};
 use super::decline::Decline;
@@ -22,6 +23,10 @@ pub(super) struct Decision {
     /// (undone if the issuer declines), and the record (to detokenize for
     /// the issuer leg).
     pub approved: Option<(RecordView, u32)>,
+    /// The ATC the vault accepted for this request (whatever the issuer
+    /// then says), and the decline a replay of it gets: what the ATC
+    /// authority, when there is one, must confirm.
+    pub atc_claim: Option<(CardNumber, u16, Decline)>,
 }
 
 impl Decision {
@@ -31,6 +36,7 @@ impl Decision {
             arpc: None,
             lsn: None,
             approved: None,
+            atc_claim: None,
         }
     }
 

@@ -40,6 +40,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::authority::{AtcAuthority, Claim};
 use crate::iso8583::{self, rc, Dialect, IsoMessage};
 use crate::issuer::{Issuer, IssuerLink};
 use crate::metrics::Metrics;
@@ -50,7 +51,7 @@ use crate::vault::Vault;
 use clock::{Clock, Now, SystemClock};
 use crypto::CryptoCheck;
 use decision::{PendingAuth, PendingCrypto, PendingReversal, Slot};
-use release::DecidedBatch;
+use release::{AuthorityCheck, DecidedBatch};
 use retransmit::{
     request_key, ContentDigest, ContentDigester, RecentAnswers, RequestId, RequestKey,
 };
@@ -92,6 +93,9 @@ pub struct Pipeline {
     /// Certificate subject → acquiring institutions (DE 32) it may send
     /// for; empty = no check.
     acquirers: HashMap<String, Vec<String>>,
+    /// The shared judge of accepted ATCs, when the vault's durable state
+    /// is shared with other nodes (`tessera serve --backend`).
+    authority: Option<Arc<AtcAuthority>>,
 }
 
 impl Pipeline {
@@ -110,7 +114,15 @@ impl Pipeline {
             clock: Arc::new(SystemClock),
             log_declines: true,
             acquirers: HashMap::new(),
+            authority: None,
         }
+    }
+
+    /// Release no approval before `authority` confirmed its ATC too (see
+    /// [`crate::authority`]).
+    pub fn with_atc_authority(mut self, authority: Arc<AtcAuthority>) -> Self {
+        self.authority = Some(authority);
+        self
     }
 
     /// Check DE 32 of every authorization and reversal against what the
@@ -201,7 +213,12 @@ impl Pipeline {
         let mut lsns: Vec<Option<Lsn>> = Vec::with_capacity(slots.len());
         let mut issuer_undo = Vec::new();
         let mut answers: Vec<Option<IsoMessage>> = Vec::with_capacity(slots.len());
+        // The ATCs to confirm with the authority, and which answer waits
+        // for which.
+        let mut claims: Vec<Claim> = Vec::new();
+        let mut checks: Vec<Option<AuthorityCheck>> = Vec::with_capacity(slots.len());
         for (i, slot) in slots.into_iter().enumerate() {
+            let mut check = None;
             let (answer, lsn, key) = match slot {
                 Slot::Ready(a, lsn) => (a, lsn, None),
                 Slot::CopyOf(j, resp_mti) => {
@@ -209,11 +226,26 @@ impl Pipeline {
                         a.set_mti(resp_mti);
                         a
                     });
+                    check = checks[j];
                     (copy, lsns[j], None)
                 }
                 Slot::Auth(mut p) => {
                     if let Some(undo) = p.issuer_undo.take() {
                         issuer_undo.push((i, undo));
+                    }
+                    if let (Some(_), Some((token, atc, replay))) =
+                        (&self.authority, p.decision.atc_claim)
+                    {
+                        check = Some(AuthorityCheck {
+                            claim: claims.len(),
+                            token,
+                            replay,
+                        });
+                        claims.push(Claim {
+                            token,
+                            atc,
+                            auth_id: auth_id(&p.req),
+                        });
                     }
                     self.finish(*p, now, acquirer)
                 }
@@ -229,7 +261,14 @@ impl Pipeline {
             lsns.push(lsn);
             keys.push(key.map(|k| (k, lsn)));
             answers.push(answer);
+            checks.push(check);
         }
+        // Submitted now: the authority's commit runs while the journal
+        // syncs.
+        let authority = match &self.authority {
+            Some(a) if !claims.is_empty() => Some(a.submit(claims)),
+            _ => None,
+        };
         DecidedBatch {
             answers,
             lsns,
@@ -244,6 +283,9 @@ impl Pipeline {
             recent: Arc::clone(&self.recent),
             dialect: self.dialect,
             durable: None,
+            authority,
+            checks,
+            confirmations: None,
         }
     }
 
@@ -535,6 +577,18 @@ impl Handler for Pipeline {
             eprintln!("tessera: journal flush on shutdown failed: {e}");
         }
     }
+}
+
+/// An authorization's identity for the ATC authority: DE 11, DE 41 and
+/// DE 7 (a resubmission of the same batch carries the same).
+fn auth_id(req: &IsoMessage) -> Vec<u8> {
+    let mut id = Vec::with_capacity(26);
+    for f in [11, 41, 7] {
+        let v = req.get(f).unwrap_or_default();
+        id.push(v.len() as u8);
+        id.extend_from_slice(v);
+    }
+    id
 }
 
 fn echo(req: &IsoMessage, resp: &mut IsoMessage, fields: &[u8]) {

@@ -939,7 +939,9 @@ impl Vault {
         (0..self.arena.len()).filter_map(|id| self.arena.get(id)?.view(id))
     }
 
-    fn image_of(&self, view: &RecordView) -> TokenImage {
+    /// Everything persisted about a token (what a snapshot writes): its
+    /// encrypted PAN and keyed hash, never the PAN.
+    pub fn image(&self, view: &RecordView) -> TokenImage {
         let rec = self.arena.get(view.id).expect("published record");
         TokenImage {
             token: view.token,
@@ -994,9 +996,7 @@ impl Vault {
             .all()
             .into_iter()
             .map(|(id, controls)| JournalRecord::Controls { id, controls });
-        let tokens = self
-            .views()
-            .map(|v| JournalRecord::Token(self.image_of(&v)));
+        let tokens = self.views().map(|v| JournalRecord::Token(self.image(&v)));
         let mut written = 0u64;
         let records = controls.chain(tokens).inspect(|_| written += 1);
         let path = snapshot::write_snapshot(&self.dir, seq, records, &self.mac).map_err(storage)?;

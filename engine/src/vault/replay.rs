@@ -35,6 +35,12 @@ fn unpack(v: u64) -> Option<(u16, u64)> {
     (v & SEEN != 0).then_some((((v >> WINDOW) & 0xFFFF) as u16, v & WINDOW_MASK))
 }
 
+/// The highest accepted ATC and the window below it, from a stored
+/// replay state (`TokenImage::atc_window`); `None` before the first ATC.
+pub fn parts(v: u64) -> Option<(u16, u64)> {
+    unpack(v)
+}
+
 fn pack(highest: u16, window: u64) -> u64 {
     SEEN | (u64::from(highest) << WINDOW) | (window & WINDOW_MASK)
 }

@@ -152,7 +152,7 @@ pub enum TokenState {
 
 impl TokenState {
     /// From the stored byte.
-    pub(crate) fn from_u8(b: u8) -> Option<Self> {
+    pub fn from_u8(b: u8) -> Option<Self> {
         match b {
             0 => Some(Self::Inactive),
             1 => Some(Self::Active),

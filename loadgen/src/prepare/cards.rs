@@ -179,7 +179,7 @@ pub(super) fn load_cards(
             expiry,
             psn,
             profile,
-            next_atc: 1,
+            next_atc: u32::from(spec.first_atc.max(1)),
             used: false,
             failures: 0,
         });

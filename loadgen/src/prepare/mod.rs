@@ -301,6 +301,7 @@ mod tests {
             seed: 42,
             dialect,
             se_cards: 0,
+            first_atc: 1,
         }
     }
 
@@ -559,5 +560,128 @@ mod tests {
         assert!((25..28).contains(&diff[0]));
         assert_eq!(other_expiry(*b"2912"), *b"3012");
         assert_eq!(other_expiry(*b"9901"), *b"0001");
+    }
+
+    /// A shared judge that refuses some ATCs the way other nodes and the
+    /// database would: every 5th claim a replay elsewhere, every claim of
+    /// one token "suspended elsewhere", every 7th left unanswered. It
+    /// records what it said.
+    struct ScriptedAuthority {
+        said: Arc<std::sync::Mutex<Vec<engine::authority::Confirmation>>>,
+        suspended: engine::vault::types::CardNumber,
+        n: usize,
+    }
+
+    impl engine::authority::AtcStore for ScriptedAuthority {
+        fn confirm(
+            &mut self,
+            claims: &[engine::authority::Claim],
+        ) -> Vec<engine::authority::Confirmation> {
+            use engine::authority::Confirmation as C;
+            let out: Vec<C> = claims
+                .iter()
+                .map(|c| {
+                    self.n += 1;
+                    if c.token == self.suspended {
+                        C::NotActive(TokenState::Suspended)
+                    } else if self.n.is_multiple_of(5) {
+                        C::Replayed
+                    } else if self.n.is_multiple_of(7) {
+                        C::Unavailable
+                    } else {
+                        C::Confirmed
+                    }
+                })
+                .collect();
+            self.said.lock().unwrap().extend(&out);
+            out
+        }
+    }
+
+    #[test]
+    fn each_approval_the_atc_authority_refuses_leaves_as_its_decline() {
+        use engine::authority::{AtcAuthority, AuthorityLimits, Confirmation as C};
+        let s = setup(70);
+        let sp = PrepareSpec {
+            faults: Vec::new(),
+            ..spec(&s, 300, 0, Dialect::Ascii)
+        };
+        let pool = prepare(&sp, &s.cfg, &s.keys).unwrap();
+        // The token of the first transaction is suspended "through
+        // another node": this vault still has it active.
+        let digits = crate::ledger::request_token(Dialect::Ascii, &pool.main[0].bytes).unwrap();
+        let suspended = engine::vault::types::CardNumber::parse_digits("token", &digits).unwrap();
+        assert_eq!(s.vault.lookup(suspended).unwrap().state, TokenState::Active);
+        let said = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let store = ScriptedAuthority {
+            said: Arc::clone(&said),
+            suspended,
+            n: 0,
+        };
+        let authority = AtcAuthority::start(Box::new(store), AuthorityLimits::default()).unwrap();
+        let pipeline = Pipeline::new(
+            s.vault.clone(),
+            keys::load(&s.cfg, &s.keys).unwrap(),
+            Dialect::Ascii,
+        )
+        .with_decline_log(false)
+        .with_atc_authority(Arc::new(authority));
+        let mut ledger = Ledger::new(Dialect::Ascii).keeping_answers();
+        // Twice: the second pass is every request retransmitted, answered
+        // from the cache as the first time, never asking the authority.
+        for _ in 0..2 {
+            for chunk in pool.main.chunks(9) {
+                let frames: Vec<&[u8]> = chunk.iter().map(|p| p.bytes.as_slice()).collect();
+                for (p, a) in chunk.iter().zip(pipeline.answer_batch(&frames)) {
+                    ledger.record(p, Answer::Body(&a.expect("an answer")));
+                }
+            }
+        }
+        let said = said.lock().unwrap().clone();
+        let answers = ledger.answers().unwrap();
+        let count = |code: &str, reason: &str| {
+            answers
+                .iter()
+                .filter(|a| a.code == code && a.reason == reason)
+                .count()
+        };
+        let told = |c: fn(&C) -> bool| 2 * said.iter().filter(|x| c(x)).count();
+        // Every request once: its ATC went to the authority, or the vault
+        // declined it for the state the authority taught it.
+        let not_active = said.iter().filter(|c| matches!(c, C::NotActive(_))).count();
+        assert_eq!(
+            said.len() + count("62", "TOKEN_NOT_ACTIVE") / 2 - not_active,
+            300
+        );
+        assert_eq!(count("00", ""), told(|c| *c == C::Confirmed));
+        let replayed = count("82", "ATC_REPLAY_ELSEWHERE") + count("88", "ATC_REPLAY_ELSEWHERE");
+        let seen: std::collections::BTreeMap<(String, String), usize> =
+            answers.iter().fold(Default::default(), |mut m, a| {
+                *m.entry((a.code.clone(), a.reason.clone())).or_default() += 1;
+                m
+            });
+        assert_eq!(replayed, told(|c| *c == C::Replayed), "{seen:?}");
+        assert!(replayed > 0);
+        assert_eq!(
+            count("91", "ATC_AUTHORITY_DOWN"),
+            told(|c| *c == C::Unavailable),
+            "{seen:?}"
+        );
+        // The suspended token: its first request reached the authority,
+        // which taught the vault; later ones are declined by the vault
+        // itself (TOKEN_NOT_ACTIVE, from either).
+        assert!(said.iter().any(|c| matches!(c, C::NotActive(_))));
+        assert_eq!(
+            s.vault.lookup(suspended).unwrap().state,
+            TokenState::Suspended
+        );
+        assert_eq!(
+            answers.len(),
+            count("00", "")
+                + replayed
+                + count("91", "ATC_AUTHORITY_DOWN")
+                + count("62", "TOKEN_NOT_ACTIVE"),
+            "no other answer"
+        );
     }
 }

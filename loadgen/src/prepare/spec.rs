@@ -26,6 +26,9 @@ pub struct PrepareSpec {
     pub dialect: Dialect,
     /// Cards served by a `tessera-se` secure element (0: none).
     pub se_cards: usize,
+    /// Every card's first ATC (1 for a fresh vault; higher for a vault
+    /// that already accepted ATCs from an earlier run).
+    pub first_atc: u16,
 }
 
 /// The prepared transactions.

@@ -60,6 +60,8 @@ pub struct RunConfig {
     pub progress: bool,
     /// Wait for outstanding answers after the last send.
     pub drain_timeout: Duration,
+    /// Keep every answer's code in the ledger ([`crate::ledger::Ledger::answers`]).
+    pub keep_answers: bool,
 }
 
 impl RunConfig {
@@ -75,6 +77,7 @@ impl RunConfig {
             dialect: Dialect::default(),
             progress: false,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            keep_answers: false,
         }
     }
 }

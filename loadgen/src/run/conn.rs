@@ -38,6 +38,7 @@ pub(super) struct RunCore<'a> {
     pub(super) framing: Framing,
     pub(super) dialect: Dialect,
     pub(super) drain_timeout: Duration,
+    pub(super) keep_answers: bool,
 }
 
 impl RunCore<'_> {

@@ -181,7 +181,11 @@ pub(super) fn reader(
         pending: HashMap::new(),
         malformed: VecDeque::new(),
         out: ReaderOut {
-            ledger: Ledger::new(sh.dialect),
+            ledger: if sh.keep_answers {
+                Ledger::new(sh.dialect).keeping_answers()
+            } else {
+                Ledger::new(sh.dialect)
+            },
             hist: latency_histogram(),
             answered: 0,
             unmatched: 0,

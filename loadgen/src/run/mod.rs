@@ -241,6 +241,7 @@ fn execute(
         framing: cfg.framing,
         dialect: cfg.dialect,
         drain_timeout: cfg.drain_timeout,
+        keep_answers: cfg.keep_answers,
     };
     let snaps: Vec<Snap> = if progress {
         conns
@@ -303,6 +304,9 @@ fn execute(
         end = end.max(w.last_send);
     }
     let mut ledger = Ledger::new(cfg.dialect);
+    if cfg.keep_answers {
+        ledger = ledger.keeping_answers();
+    }
     let mut histogram = latency_histogram();
     let (mut answered, mut unmatched, mut closed, mut timed_out) = (0, 0, 0, 0);
     for r in readers {
@@ -466,6 +470,7 @@ pub(crate) mod tests {
             connections,
             duration: Duration::from_millis(ms),
             drain_timeout: Duration::from_millis(200),
+            keep_answers: false,
             dialect: Dialect::Ascii,
             framing: Framing::Len2Exclusive,
             ..RunConfig::new(target, mode)

@@ -1,0 +1,7 @@
+-- A feed of lifecycle changes, so that every node learns a suspend,
+-- resume or delete made through another node (issue 18): each change
+-- draws the next number, and a node asks for the changes after the last
+-- number it has seen on its shards.
+CREATE SEQUENCE state_change;
+ALTER TABLE tokens ADD COLUMN state_changed bigint NOT NULL DEFAULT 0;
+CREATE INDEX tokens_state_changed ON tokens (state_changed) WHERE state_changed > 0;

@@ -1,0 +1,318 @@
+//! A Tessera node on the cluster: the engine's ATC authority backed by
+//! [`atc::accept`], under the node's shard lease, and the feed of
+//! lifecycle changes made through other nodes.
+//!
+//! The store keeps one connection and, when a round fails (the primary
+//! died, the commit is in doubt, the connection broke), connects again
+//! (the URL may list every node with `target_session_attrs=read-write`, so
+//! it finds the promoted primary) and resubmits the same claims: the
+//! verdicts are then those the lost attempt would have given
+//! (`AcceptedBefore` for what it committed). It stops trying after
+//! `settle_for` and answers `Unavailable`: those approvals leave as
+//! declines, and whatever the lost attempt committed stays consumed.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use engine::authority::{
+    AtcAuthority, AtcStore, AuthorityLimits, Claim, Confirmation, SharedState,
+};
+use engine::vault::types::{CardNumber, TokenState as EngineState};
+use engine::vault::Vault;
+use postgres::Client;
+
+use crate::atc::{self, AtcClaim, Verdict, MAX_BATCH};
+use crate::error::PgError;
+use crate::leases::{self, Lease};
+use crate::{connect, schema, tokens};
+
+/// The engine's ATC authority over the cluster, for one lease.
+pub struct PgAtcStore {
+    url: String,
+    epoch: i64,
+    client: Option<Client>,
+    settle_for: Duration,
+    retry_window: Duration,
+    /// The last failure reported, so that a long outage logs once.
+    reported: Option<String>,
+}
+
+impl std::fmt::Debug for PgAtcStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: never printed.
+        f.debug_struct("PgAtcStore")
+            .field("epoch", &self.epoch)
+            .field("connected", &self.client.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgAtcStore {
+    /// A store accepting under `epoch`; it connects on first use.
+    /// `retry_window`: see [`atc::RETRY_WINDOW`].
+    pub fn new(url: &str, epoch: i64, settle_for: Duration, retry_window: Duration) -> Self {
+        Self {
+            url: url.to_owned(),
+            epoch,
+            client: None,
+            settle_for,
+            retry_window,
+            reported: None,
+        }
+    }
+
+    fn attempt(&mut self, claims: &[AtcClaim]) -> Result<Vec<Confirmation>, PgError> {
+        if self.client.is_none() {
+            self.client = Some(connect(&self.url)?);
+        }
+        let client = self.client.as_mut().expect("connected above");
+        let mut out = Vec::with_capacity(claims.len());
+        for chunk in claims.chunks(MAX_BATCH) {
+            let verdicts = atc::accept_within(client, self.epoch, chunk, self.retry_window)?;
+            for (c, v) in chunk.iter().zip(verdicts) {
+                out.push(match v {
+                    Verdict::Accepted | Verdict::AcceptedBefore => Confirmation::Confirmed,
+                    Verdict::Replayed => Confirmation::Replayed,
+                    Verdict::NotActive => {
+                        let state = tokens::get(client, &c.token)?
+                            .and_then(|t| EngineState::from_u8(t.state))
+                            .unwrap_or(EngineState::Suspended);
+                        Confirmation::NotActive(state)
+                    }
+                    Verdict::NotOwner | Verdict::UnknownToken => Confirmation::NotOwner,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl AtcStore for PgAtcStore {
+    fn confirm(&mut self, claims: &[Claim]) -> Vec<Confirmation> {
+        let claims: Vec<AtcClaim> = claims
+            .iter()
+            .map(|c| AtcClaim {
+                token: c.token.digits(),
+                atc: c.atc,
+                auth_id: c.auth_id.clone(),
+            })
+            .collect();
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match self.attempt(&claims) {
+                Ok(c) => {
+                    if self.reported.take().is_some() {
+                        eprintln!("tessera: ATC authority: the database answers again");
+                    }
+                    return c;
+                }
+                Err(e) => {
+                    // A new connection for the resubmission: this one's
+                    // transaction state is unknown.
+                    self.client = None;
+                    let what = e.to_string();
+                    if self.reported.as_deref() != Some(what.as_str()) {
+                        eprintln!("tessera: ATC authority: {what}; resubmitting");
+                        self.reported = Some(what);
+                    }
+                    if started.elapsed() >= self.settle_for {
+                        return vec![Confirmation::Unavailable; claims.len()];
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+}
+
+/// How often a node asks for lifecycle changes made through other nodes.
+const FEED_POLL: Duration = Duration::from_secs(1);
+/// Changes read per poll.
+const FEED_PAGE: i64 = 10_000;
+
+/// `tessera serve --backend`: a node serving `shards` of the cluster at
+/// `url` as `owner`.
+pub struct PgShared {
+    url: String,
+    owner: String,
+    shards: Vec<u16>,
+    /// How long the authority resubmits an unsettled round.
+    pub settle_for: Duration,
+    /// The authority's bounds.
+    pub limits: AuthorityLimits,
+    /// How long a retried authorization gets its ATC again
+    /// ([`atc::RETRY_WINDOW`]).
+    pub retry_window: Duration,
+}
+
+impl std::fmt::Debug for PgShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgShared")
+            .field("owner", &self.owner)
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgShared {
+    /// A node of the cluster at `url`, named `owner`, serving `shards`.
+    pub fn new(url: &str, owner: &str, shards: Vec<u16>) -> Self {
+        Self {
+            url: url.to_owned(),
+            owner: owner.to_owned(),
+            shards,
+            settle_for: Duration::from_secs(4),
+            limits: AuthorityLimits::default(),
+            retry_window: atc::RETRY_WINDOW,
+        }
+    }
+}
+
+impl SharedState for PgShared {
+    /// Take the lease, apply the database's lifecycle states to the vault,
+    /// start the feed of later changes, and start the authority.
+    fn attach(&self, vault: &Arc<Vault>) -> Result<Arc<AtcAuthority>, String> {
+        let lease = join(&self.url, &self.owner, &self.shards).map_err(|e| e.to_string())?;
+        let mut client = connect(&self.url).map_err(|e| e.to_string())?;
+        let since = tokens::last_state_change(&mut client).map_err(|e| e.to_string())?;
+        let states = tokens::not_active(&mut client, &self.shards).map_err(|e| e.to_string())?;
+        let applied = apply_states(vault, states.into_iter());
+        eprintln!(
+            "tessera: backend: serving {} shards as {:?} under epoch {}; {applied} lifecycle states taken from the database",
+            lease.shards.len(),
+            lease.owner,
+            lease.epoch
+        );
+        let feed = Feed {
+            url: self.url.clone(),
+            shards: self.shards.clone(),
+            since,
+            vault: Arc::downgrade(vault),
+        };
+        std::thread::Builder::new()
+            .name("tessera-state-feed".into())
+            .spawn(move || feed.run())
+            .map_err(|e| format!("state feed thread: {e}"))?;
+        let store = PgAtcStore::new(&self.url, lease.epoch, self.settle_for, self.retry_window);
+        let authority = AtcAuthority::start(Box::new(store), self.limits)
+            .map_err(|e| format!("ATC authority thread: {e}"))?;
+        Ok(Arc::new(authority))
+    }
+}
+
+/// Apply (token, state byte) pairs the vault does not hold yet; how many
+/// changed. A token the vault does not know, or a transition it refuses
+/// (out of Deleted), is left: the authority still refuses its approvals.
+fn apply_states(vault: &Vault, states: impl Iterator<Item = (String, u8)>) -> usize {
+    let mut n = 0;
+    for (token, state) in states {
+        let (Ok(t), Some(s)) = (
+            CardNumber::parse_digits("token", &token),
+            EngineState::from_u8(state),
+        ) else {
+            continue;
+        };
+        if vault.lookup(t).is_some_and(|v| v.state != s) && vault.set_state(t, s).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Lifecycle changes made through other nodes, polled into the vault
+/// (a resume in particular: a suspend is also learnt from the authority's
+/// refusal of the next approval).
+struct Feed {
+    url: String,
+    shards: Vec<u16>,
+    since: i64,
+    vault: Weak<Vault>,
+}
+
+impl Feed {
+    fn run(mut self) {
+        let mut client: Option<Client> = None;
+        // Ends with the vault (the engine stopped).
+        while self.vault.strong_count() > 0 {
+            std::thread::sleep(FEED_POLL);
+            if client.is_none() {
+                client = connect(&self.url).ok();
+            }
+            let Some(c) = client.as_mut() else { continue };
+            match tokens::state_changes(c, &self.shards, self.since, FEED_PAGE) {
+                Ok(changes) => {
+                    let Some(vault) = self.vault.upgrade() else {
+                        return;
+                    };
+                    if let Some(last) = changes.last() {
+                        self.since = last.2;
+                    }
+                    apply_states(&vault, changes.into_iter().map(|(t, s, _)| (t, s)));
+                }
+                Err(_) => client = None,
+            }
+        }
+    }
+}
+
+/// Join the cluster as `owner` serving `shards`: check the schema is
+/// migrated, and take the shards' lease (fencing off their previous
+/// holder).
+pub fn join(url: &str, owner: &str, shards: &[u16]) -> Result<Lease, PgError> {
+    let mut client = connect(url)?;
+    let applied = schema::applied(&mut client)?;
+    let want = schema::MIGRATIONS.len();
+    if applied.len() < want {
+        return Err(PgError::Migration(
+            applied.len() as i32,
+            format!(
+                "the database has {} of {want} migrations: run `tessera db migrate`",
+                applied.len()
+            ),
+        ));
+    }
+    leases::acquire(&mut client, owner, shards)
+}
+
+/// Parse a shard list: `all`, or comma-separated numbers and ranges
+/// (`0-2047,4000`).
+pub fn parse_shards(s: &str) -> Result<Vec<u16>, String> {
+    if s == "all" {
+        return Ok((0..crate::SHARDS).collect());
+    }
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let parse = |x: &str| {
+            x.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|&n| n < crate::SHARDS)
+                .ok_or_else(|| format!("bad shard {x:?}: a number below {}", crate::SHARDS))
+        };
+        let (a, b) = (parse(a)?, parse(b)?);
+        if a > b {
+            return Err(format!("bad shard range {part:?}"));
+        }
+        out.extend(a..=b);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_shards;
+
+    #[test]
+    fn shard_lists() {
+        assert_eq!(parse_shards("all").unwrap().len(), 4096);
+        assert_eq!(parse_shards("0-2,2,7").unwrap(), vec![0, 1, 2, 7]);
+        assert!(parse_shards("4096").is_err());
+        assert!(parse_shards("5-3").is_err());
+        assert!(parse_shards("x").is_err());
+    }
+}
