@@ -63,8 +63,10 @@ pub fn run(cmd: DbCommand, config: &std::path::Path) -> Result<(), CliError> {
     match cmd {
         DbCommand::Import { data_dir, backend } => {
             let vault = crate::cli::open_dir(config, &data_dir)?;
-            let rows: Vec<tessera_pg::TokenRow> =
-                vault.views().map(|v| row_of(&vault.image(&v))).collect();
+            let rows: Vec<tessera_pg::TokenRow> = vault
+                .views()
+                .map(|v| tessera_pg::TokenRow::from_image(&vault.image(&v)))
+                .collect();
             let mut client = connect(&backend)?;
             let n = tessera_pg::tokens::insert(&mut client, &rows).map_err(err)?;
             say(&format!("imported: {n} tokens"))
@@ -167,21 +169,5 @@ pub fn set_state(url: &str, token: CardNumber, to: TokenState) -> Result<(), Cli
             "token {} is not in the database",
             token.masked()
         )))
-    }
-}
-
-/// A vault record as a database row: the PAN's ciphertext and digit count
-/// as `pan_sealed`, its keyed hash (which picks the shard) as `pan_hmac`.
-fn row_of(img: &engine::vault::types::TokenImage) -> tessera_pg::TokenRow {
-    let mut sealed = img.pan_ct.to_be_bytes().to_vec();
-    sealed.push(img.pan_len);
-    tessera_pg::TokenRow {
-        token: img.token.digits(),
-        pan_hmac: img.pan_hash.to_be_bytes().to_vec(),
-        pan_sealed: sealed,
-        key_version: i32::from(img.pan_key),
-        state: img.state as u8,
-        expiry_yymm: img.expiry_yymm,
-        atc: engine::vault::replay::parts(img.atc_window),
     }
 }

@@ -279,3 +279,67 @@ fn a_damaged_newest_snapshot_falls_back_to_the_previous_generation() {
         assert!(v.lookup(*t).is_some(), "every token is back");
     }
 }
+
+/// A shared store that records what it was given, and refuses while
+/// `down` is set.
+#[derive(Debug, Default)]
+struct RecordingStore {
+    created: std::sync::Mutex<Vec<String>>,
+    changed: std::sync::Mutex<Vec<(String, TokenState)>>,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl engine::vault::shared::SharedWrites for RecordingStore {
+    fn token_created(&self, image: &engine::vault::types::TokenImage) -> Result<(), String> {
+        if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("no primary".into());
+        }
+        self.created.lock().unwrap().push(image.token.digits());
+        Ok(())
+    }
+
+    fn state_changed(&self, token: CardNumber, to: TokenState) -> Result<(), String> {
+        if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("no primary".into());
+        }
+        self.changed.lock().unwrap().push((token.digits(), to));
+        Ok(())
+    }
+}
+
+#[test]
+fn a_shared_vault_makes_no_change_its_store_did_not_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = common::open(dir.path(), "sync");
+    let store = std::sync::Arc::new(RecordingStore::default());
+    v.share_writes_with(store.clone()).unwrap();
+    assert!(v.share_writes_with(store.clone()).is_err(), "one store");
+    let (t, _) = v
+        .tokenize(&request("5413330089010012", "mc_cvn16"))
+        .unwrap();
+    assert_eq!(*store.created.lock().unwrap(), vec![t.digits()]);
+    v.set_state(t, TokenState::Active).unwrap();
+    // A transition the lifecycle refuses never reaches the store.
+    assert!(v.set_state(t, TokenState::Inactive).is_err());
+    assert_eq!(
+        *store.changed.lock().unwrap(),
+        vec![(t.digits(), TokenState::Active)]
+    );
+    // The store down: neither the token nor the suspend happens here.
+    store.down.store(true, std::sync::atomic::Ordering::Relaxed);
+    let before = v.len();
+    assert!(matches!(
+        v.tokenize(&request("4761739001010010", "visa_cvn10")),
+        Err(VaultError::Shared(_))
+    ));
+    assert_eq!(v.len(), before);
+    assert!(matches!(
+        v.set_state(t, TokenState::Suspended),
+        Err(VaultError::Shared(_))
+    ));
+    assert_eq!(v.lookup(t).unwrap().state, TokenState::Active);
+    // A state the store already holds is taken without writing it back.
+    v.take_shared_state(t, TokenState::Suspended).unwrap();
+    assert_eq!(v.lookup(t).unwrap().state, TokenState::Suspended);
+    assert_eq!(store.changed.lock().unwrap().len(), 1);
+}

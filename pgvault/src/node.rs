@@ -17,14 +17,15 @@ use std::time::{Duration, Instant};
 use engine::authority::{
     AtcAuthority, AtcStore, AuthorityLimits, Claim, Confirmation, SharedState,
 };
-use engine::vault::types::{CardNumber, TokenState as EngineState};
+use engine::vault::shared::SharedWrites;
+use engine::vault::types::{CardNumber, TokenImage, TokenState as EngineState};
 use engine::vault::Vault;
 use postgres::Client;
 
 use crate::atc::{self, AtcClaim, Verdict, MAX_BATCH};
 use crate::error::PgError;
 use crate::leases::{self, Lease};
-use crate::{connect, schema, tokens};
+use crate::{connect, schema, tokens, TokenRow};
 
 /// The engine's ATC authority over the cluster, for one lease.
 pub struct PgAtcStore {
@@ -127,6 +128,51 @@ impl AtcStore for PgAtcStore {
     }
 }
 
+/// The vault's own writes (tokens the API creates, lifecycle changes it
+/// or an operator orders on this node), made in the database first.
+struct PgWrites {
+    url: String,
+    client: std::sync::Mutex<Option<Client>>,
+}
+
+impl std::fmt::Debug for PgWrites {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgWrites").finish_non_exhaustive()
+    }
+}
+
+impl PgWrites {
+    /// Run `op` on the connection, connecting first if needed; a failure
+    /// drops the connection (the next call connects again, to whichever
+    /// node is the primary then).
+    fn with<T>(&self, op: impl FnOnce(&mut Client) -> Result<T, PgError>) -> Result<T, String> {
+        let mut guard = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            *guard = Some(connect(&self.url).map_err(|e| e.to_string())?);
+        }
+        let client = guard.as_mut().expect("connected above");
+        op(client).map_err(|e| {
+            *guard = None;
+            e.to_string()
+        })
+    }
+}
+
+impl SharedWrites for PgWrites {
+    fn token_created(&self, image: &TokenImage) -> Result<(), String> {
+        let row = TokenRow::from_image(image);
+        self.with(|c| tokens::insert(c, std::slice::from_ref(&row)))
+            .map(|_| ())
+    }
+
+    fn state_changed(&self, token: CardNumber, to: EngineState) -> Result<(), String> {
+        match self.with(|c| tokens::set_state(c, &token.digits(), to as u8))? {
+            true => Ok(()),
+            false => Err(format!("token {} is not in the database", token.masked())),
+        }
+    }
+}
+
 /// How often a node asks for lifecycle changes made through other nodes.
 const FEED_POLL: Duration = Duration::from_secs(1);
 /// Changes read per poll.
@@ -179,6 +225,12 @@ impl SharedState for PgShared {
         let since = tokens::last_state_change(&mut client).map_err(|e| e.to_string())?;
         let states = tokens::not_active(&mut client, &self.shards).map_err(|e| e.to_string())?;
         let applied = apply_states(vault, states.into_iter());
+        vault
+            .share_writes_with(Arc::new(PgWrites {
+                url: self.url.clone(),
+                client: std::sync::Mutex::new(None),
+            }))
+            .map_err(|e| e.to_string())?;
         eprintln!(
             "tessera: backend: serving {} shards as {:?} under epoch {}; {applied} lifecycle states taken from the database",
             lease.shards.len(),
@@ -214,7 +266,7 @@ fn apply_states(vault: &Vault, states: impl Iterator<Item = (String, u8)>) -> us
         ) else {
             continue;
         };
-        if vault.lookup(t).is_some_and(|v| v.state != s) && vault.set_state(t, s).is_ok() {
+        if vault.lookup(t).is_some_and(|v| v.state != s) && vault.take_shared_state(t, s).is_ok() {
             n += 1;
         }
     }

@@ -41,12 +41,31 @@ impl std::fmt::Debug for TokenRow {
     }
 }
 
+impl TokenRow {
+    /// A vault record as a database row: the PAN's ciphertext and digit
+    /// count as `pan_sealed`, its keyed hash (which picks the shard) as
+    /// `pan_hmac`, the replay state as it is.
+    pub fn from_image(img: &engine::vault::types::TokenImage) -> Self {
+        let mut sealed = img.pan_ct.to_be_bytes().to_vec();
+        sealed.push(img.pan_len);
+        TokenRow {
+            token: img.token.digits(),
+            pan_hmac: img.pan_hash.to_be_bytes().to_vec(),
+            pan_sealed: sealed,
+            key_version: i32::from(img.pan_key),
+            state: img.state as u8,
+            expiry_yymm: img.expiry_yymm,
+            atc: engine::vault::replay::parts(img.atc_window),
+        }
+    }
+}
+
 /// Rows per insert statement.
 const INSERT_CHUNK: usize = 2_000;
 
 /// Insert `rows` (new tokens; an existing token is an error), in chunks of
-/// 2,000, each chunk one transaction, then refresh the planner's
-/// statistics; how many were inserted. A token takes its shard's current
+/// 2,000, each chunk one transaction, then (for a bulk load) refresh the
+/// planner's statistics; how many were inserted. A token takes its shard's current
 /// lease epoch. On an error, the chunks before the failing one are in.
 pub fn insert(client: &mut Client, rows: &[TokenRow]) -> Result<u64, PgError> {
     let mut n = 0;
@@ -99,6 +118,10 @@ pub fn insert(client: &mut Client, rows: &[TokenRow]) -> Result<u64, PgError> {
         )
         .map_err(statement("insert pan index"))?;
         tx.commit().map_err(commit("insert tokens"))?;
+    }
+    if rows.len() < INSERT_CHUNK {
+        // One token at a time (the API's): autovacuum keeps up.
+        return Ok(n);
     }
     // The planner should know how big the table now is (autovacuum would
     // tell it, later).

@@ -131,7 +131,7 @@ impl DecidedBatch {
     /// still refuses every approval.
     fn learn_state(&self, token: CardNumber, state: TokenState) {
         if self.vault.lookup(token).is_some_and(|v| v.state != state) {
-            let _ = self.vault.set_state(token, state);
+            let _ = self.vault.take_shared_state(token, state);
         }
     }
 

@@ -30,6 +30,7 @@ pub(crate) mod recovery;
 pub mod rekey;
 pub mod replay;
 pub(crate) mod seal;
+pub mod shared;
 pub mod snapshot;
 pub mod types;
 pub(crate) mod velocity;
@@ -83,6 +84,10 @@ pub enum VaultError {
     /// Another process (a running engine) holds the data directory.
     #[error("data directory {0} is in use by another process (a running engine?)")]
     InUse(String),
+    /// The store the vault shares its state with (`--backend`) did not
+    /// take the change, so the vault did not make it either.
+    #[error("shared vault store: {0}")]
+    Shared(String),
 }
 
 fn storage(e: impl std::fmt::Display) -> VaultError {
@@ -164,6 +169,9 @@ pub struct Vault {
     /// and a restart replays the state the vault last had. Taken only by
     /// state changes, never by the authorization path's reads.
     state_order: Mutex<()>,
+    /// Where token creations and lifecycle changes go first, when the
+    /// vault's state is shared with other nodes.
+    shared: std::sync::OnceLock<Arc<dyn shared::SharedWrites>>,
     /// Held by the one [`Vault::rekey`] that may run at a time.
     rekeying: Mutex<()>,
     /// Simulation (feature `test-hooks`): token numbers drawn from this
@@ -295,6 +303,7 @@ impl Vault {
             dir: dir.to_owned(),
             writer: Mutex::new(()),
             state_order: Mutex::new(()),
+            shared: std::sync::OnceLock::new(),
             rekeying: Mutex::new(()),
             #[cfg(feature = "test-hooks")]
             token_draws: Mutex::new(None),
@@ -806,6 +815,11 @@ impl Vault {
                 controls: req.controls.clone(),
             })?;
         }
+        // The shared store first: a token another node cannot find would
+        // be declined there (and lost in a failover).
+        if let Some(shared) = self.shared.get() {
+            shared.token_created(&img).map_err(VaultError::Shared)?;
+        }
         // Journal first: a token that cannot be journaled does not exist.
         let lsn = self.journal_append(&JournalRecord::Token(img.clone()))?;
         self.insert(&img, profile)?;
@@ -864,12 +878,57 @@ impl Vault {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(seed);
     }
 
-    /// Change a token's state if the lifecycle allows it.
+    /// Write token creations and lifecycle changes to `store` before
+    /// making them here, from now on (once: a second store is refused).
+    pub fn share_writes_with(
+        &self,
+        store: Arc<dyn shared::SharedWrites>,
+    ) -> Result<(), VaultError> {
+        self.shared
+            .set(store)
+            .map_err(|_| VaultError::Invalid("the vault already shares its writes".into()))
+    }
+
+    /// Change a token's state if the lifecycle allows it (and, when the
+    /// vault shares its state, the shared store took the change).
     pub fn set_state(&self, token: CardNumber, to: TokenState) -> Result<Lsn, VaultError> {
+        self.change_state(token, to, true)
+    }
+
+    /// Take a lifecycle state the shared store already holds (made through
+    /// another node): as [`Vault::set_state`], without writing it back.
+    pub fn take_shared_state(&self, token: CardNumber, to: TokenState) -> Result<Lsn, VaultError> {
+        self.change_state(token, to, false)
+    }
+
+    fn change_state(
+        &self,
+        token: CardNumber,
+        to: TokenState,
+        share: bool,
+    ) -> Result<Lsn, VaultError> {
         let rec = self
             .record_of(token)
             .ok_or_else(|| VaultError::UnknownToken(token.masked()))?;
         let _order = self.state_order.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(shared) = self.shared.get().filter(|_| share) {
+            let from = rec
+                .state()
+                .ok_or_else(|| VaultError::UnknownToken(token.masked()))?;
+            if !from.can_become(to) {
+                return Err(VaultError::Transition {
+                    token: token.masked(),
+                    from: from.name(),
+                    to: to.name(),
+                });
+            }
+            // The shared store first: a change acknowledged here holds on
+            // every node. (A lock by failed authentications racing this
+            // is met by the loop below, which checks again.)
+            shared
+                .state_changed(token, to)
+                .map_err(VaultError::Shared)?;
+        }
         loop {
             let from = rec
                 .state()
