@@ -280,7 +280,7 @@ struct ServeArgs {
     /// With a backend: for how many seconds the same authorization (DE 11,
     /// 41 and 7) asking again for its ATC, on any node, is approved as
     /// before rather than declined as a replay [default: 300, the
-    /// retransmission window].
+    /// retransmission window; at least 10].
     #[arg(long, value_name = "SECS")]
     retry_window_secs: Option<u64>,
 }

@@ -145,10 +145,22 @@ pub fn shared_state(
     let node = node.unwrap_or_else(default_node_name);
     let mut shared = tessera_pg::node::PgShared::new(&url, &node, shards);
     if let Some(secs) = retry_window_secs {
+        // Shorter than a batch's resubmissions (its deadline and more)
+        // and an in-doubt batch resubmitted after a failover would be
+        // declined as a replay of itself.
+        if secs < MIN_RETRY_WINDOW_SECS {
+            return Err(CliError::new(format!(
+                "--retry-window-secs must be at least {MIN_RETRY_WINDOW_SECS}"
+            )));
+        }
         shared.retry_window = std::time::Duration::from_secs(secs);
     }
     Ok(Some(Arc::new(shared)))
 }
+
+/// The shortest retry window: longer than a batch waits for the authority
+/// (5 s) plus the store's resubmissions (4 s).
+const MIN_RETRY_WINDOW_SECS: u64 = 10;
 
 /// `tessera-<host name>`.
 fn default_node_name() -> String {
@@ -162,12 +174,6 @@ fn default_node_name() -> String {
 /// returns).
 pub fn set_state(url: &str, token: CardNumber, to: TokenState) -> Result<(), CliError> {
     let mut client = tessera_pg::connect(url).map_err(err)?;
-    if tessera_pg::tokens::set_state(&mut client, &token.digits(), to as u8).map_err(err)? {
-        Ok(())
-    } else {
-        Err(CliError::new(format!(
-            "token {} is not in the database",
-            token.masked()
-        )))
-    }
+    let outcome = tessera_pg::node::change_state(&mut client, token, to).map_err(err)?;
+    tessera_pg::node::outcome_text(outcome, token, to).map_err(CliError::new)
 }

@@ -114,6 +114,9 @@ impl Default for AuthorityLimits {
 struct Job {
     claims: Vec<Claim>,
     reply: Sender<Vec<Confirmation>>,
+    /// When its batch stops waiting: a job taken later is not sent to the
+    /// store (its approvals already left as declines; nothing to consume).
+    deadline: Instant,
 }
 
 /// The authority: a queue and the thread that empties it into the store.
@@ -151,7 +154,11 @@ impl AtcAuthority {
             return Ticket::settled(Vec::new());
         }
         let (reply, rx) = bounded(1);
-        match self.jobs.try_send(Job { claims, reply }) {
+        match self.jobs.try_send(Job {
+            claims,
+            reply,
+            deadline,
+        }) {
             Ok(()) => Ticket {
                 pending: Some((rx, deadline)),
                 n,
@@ -215,8 +222,25 @@ fn rounds(rx: &Receiver<Job>, mut store: Box<dyn AtcStore>, per_round: usize) {
                 Err(_) => break,
             }
         }
+        // Jobs whose batch has stopped waiting (a store that was slow or
+        // down): dropped, their batches answered without them.
+        let now = Instant::now();
+        jobs.retain(|j| j.deadline > now);
+        if jobs.is_empty() {
+            continue;
+        }
         let claims: Vec<Claim> = jobs.iter().flat_map(|j| j.claims.iter().cloned()).collect();
-        let mut answers = store.confirm(&claims);
+        // A store that panics answers nothing for this round, says so,
+        // and the thread goes on (each of its batches leaves as 91).
+        let mut answers = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store.confirm(&claims)
+        })) {
+            Ok(a) => a,
+            Err(_) => {
+                eprintln!("tessera: ATC authority: the store panicked; this round's approvals leave as 91");
+                Vec::new()
+            }
+        };
         answers.resize(claims.len(), Confirmation::Unavailable);
         let mut answers = answers.into_iter();
         for job in jobs {
@@ -338,6 +362,69 @@ mod tests {
             assert_eq!(t.wait(), vec![Confirmation::Confirmed]);
         }
         assert!(rounds.lock().unwrap().iter().all(|&n| n <= 2), "{rounds:?}");
+    }
+
+    /// A store that panics on its first round, then confirms.
+    struct PanicsOnce(bool);
+
+    impl AtcStore for PanicsOnce {
+        fn confirm(&mut self, claims: &[Claim]) -> Vec<Confirmation> {
+            if !self.0 {
+                self.0 = true;
+                panic!("store bug");
+            }
+            vec![Confirmation::Confirmed; claims.len()]
+        }
+    }
+
+    #[test]
+    fn a_store_that_panics_fails_its_round_only() {
+        let auth =
+            AtcAuthority::start(Box::new(PanicsOnce(false)), AuthorityLimits::default()).unwrap();
+        assert_eq!(
+            auth.submit(vec![claim(2)]).wait(),
+            vec![Confirmation::Unavailable]
+        );
+        assert_eq!(
+            auth.submit(vec![claim(4)]).wait(),
+            vec![Confirmation::Confirmed]
+        );
+    }
+
+    /// A store whose first round takes 200 ms; it records each round's
+    /// claims.
+    struct SlowFirst(Arc<Mutex<Vec<usize>>>);
+
+    impl AtcStore for SlowFirst {
+        fn confirm(&mut self, claims: &[Claim]) -> Vec<Confirmation> {
+            let mut rounds = self.0.lock().unwrap();
+            if rounds.is_empty() {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            rounds.push(claims.len());
+            vec![Confirmation::Confirmed; claims.len()]
+        }
+    }
+
+    #[test]
+    fn a_batch_that_stopped_waiting_never_reaches_the_store() {
+        let limits = AuthorityLimits {
+            deadline: Duration::from_millis(100),
+            ..AuthorityLimits::default()
+        };
+        let rounds = Arc::new(Mutex::new(Vec::new()));
+        let auth = AtcAuthority::start(Box::new(SlowFirst(Arc::clone(&rounds))), limits).unwrap();
+        let busy = auth.submit(vec![claim(2)]);
+        std::thread::sleep(Duration::from_millis(5));
+        // Queued behind a round longer than its deadline.
+        let late = auth.submit(vec![claim(4), claim(6)]);
+        assert_eq!(late.wait(), vec![Confirmation::Unavailable; 2]);
+        assert_eq!(busy.wait(), vec![Confirmation::Unavailable]);
+        std::thread::sleep(Duration::from_millis(150));
+        let fresh = auth.submit(vec![claim(8)]);
+        assert_eq!(fresh.wait(), vec![Confirmation::Confirmed]);
+        // The first round and the fresh one; never the late batch's.
+        assert_eq!(*rounds.lock().unwrap(), vec![1, 1]);
     }
 
     #[test]

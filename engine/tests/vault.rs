@@ -280,12 +280,14 @@ fn a_damaged_newest_snapshot_falls_back_to_the_previous_generation() {
     }
 }
 
-/// A shared store that records what it was given, and refuses while
-/// `down` is set.
+/// A shared store that records what it was given, checks lifecycle
+/// changes against its own states, and refuses everything while `down`
+/// is set.
 #[derive(Debug, Default)]
 struct RecordingStore {
     created: std::sync::Mutex<Vec<String>>,
     changed: std::sync::Mutex<Vec<(String, TokenState)>>,
+    states: std::sync::Mutex<std::collections::HashMap<String, TokenState>>,
     down: std::sync::atomic::AtomicBool,
 }
 
@@ -295,6 +297,10 @@ impl engine::vault::shared::SharedWrites for RecordingStore {
             return Err("no primary".into());
         }
         self.created.lock().unwrap().push(image.token.digits());
+        self.states
+            .lock()
+            .unwrap()
+            .insert(image.token.digits(), image.state);
         Ok(())
     }
 
@@ -302,6 +308,12 @@ impl engine::vault::shared::SharedWrites for RecordingStore {
         if self.down.load(std::sync::atomic::Ordering::Relaxed) {
             return Err("no primary".into());
         }
+        let mut states = self.states.lock().unwrap();
+        let now = states.get_mut(&token.digits()).ok_or("unknown token")?;
+        if !now.can_become(to) {
+            return Err(format!("cannot go from {} to {}", now.name(), to.name()));
+        }
+        *now = to;
         self.changed.lock().unwrap().push((token.digits(), to));
         Ok(())
     }
@@ -319,8 +331,12 @@ fn a_shared_vault_makes_no_change_its_store_did_not_take() {
         .unwrap();
     assert_eq!(*store.created.lock().unwrap(), vec![t.digits()]);
     v.set_state(t, TokenState::Active).unwrap();
-    // A transition the lifecycle refuses never reaches the store.
-    assert!(v.set_state(t, TokenState::Inactive).is_err());
+    // The store's state decides: a transition it refuses is not made.
+    assert!(matches!(
+        v.set_state(t, TokenState::Inactive),
+        Err(VaultError::Shared(_))
+    ));
+    assert_eq!(v.lookup(t).unwrap().state, TokenState::Active);
     assert_eq!(
         *store.changed.lock().unwrap(),
         vec![(t.digits(), TokenState::Active)]
@@ -342,4 +358,17 @@ fn a_shared_vault_makes_no_change_its_store_did_not_take() {
     v.take_shared_state(t, TokenState::Suspended).unwrap();
     assert_eq!(v.lookup(t).unwrap().state, TokenState::Suspended);
     assert_eq!(store.changed.lock().unwrap().len(), 1);
+    // The store's state is the authoritative one: where it allows a
+    // change this vault's own copy would refuse, the vault follows.
+    store
+        .down
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    store
+        .states
+        .lock()
+        .unwrap()
+        .insert(t.digits(), TokenState::Active);
+    v.set_state(t, TokenState::Deleted).unwrap();
+    v.take_shared_state(t, TokenState::Active).unwrap();
+    assert_eq!(v.lookup(t).unwrap().state, TokenState::Active);
 }

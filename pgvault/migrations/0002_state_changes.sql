@@ -5,3 +5,6 @@
 CREATE SEQUENCE state_change;
 ALTER TABLE tokens ADD COLUMN state_changed bigint NOT NULL DEFAULT 0;
 CREATE INDEX tokens_state_changed ON tokens (state_changed) WHERE state_changed > 0;
+-- The tokens not active, by shard: what a node starting (and its periodic
+-- comparison) reads.
+CREATE INDEX tokens_not_active ON tokens (shard) WHERE state <> 1;

@@ -214,15 +214,16 @@ pub fn accept_within(
             let state: Option<i16> = row.get(3);
             let logged: Option<Vec<u8>> = row.get(4);
             let recent: Option<bool> = row.get(5);
+            // The lease and the state first: a repeat of an accepted
+            // authorization gets nothing past a moved shard or a suspend.
             verdicts[i] = Some(match logged {
                 _ if !exists => Verdict::UnknownToken,
+                _ if owner_epoch != Some(epoch) => Verdict::NotOwner,
+                _ if state != Some(1) => Verdict::NotActive,
                 Some(a) if a == claims[i].auth_id && recent == Some(true) => {
                     Verdict::AcceptedBefore
                 }
-                Some(_) => Verdict::Replayed,
-                None if owner_epoch != Some(epoch) => Verdict::NotOwner,
-                None if state != Some(1) => Verdict::NotActive,
-                None => Verdict::Replayed,
+                _ => Verdict::Replayed,
             });
         }
     }

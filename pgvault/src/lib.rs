@@ -54,6 +54,12 @@ pub fn connect(url: &str) -> Result<postgres::Client, PgError> {
         .options("-c statement_timeout=0 -c idle_in_transaction_session_timeout=10s")
         .keepalives(true)
         .keepalives_idle(std::time::Duration::from_secs(5));
+    // A host that does not answer (a dead primary's address, a partition)
+    // is given up after 5 s unless the URL says otherwise, so the next
+    // host is tried.
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(5));
+    }
     config
         .connect(postgres::NoTls)
         .map_err(|e| PgError::Connect(e.into()))

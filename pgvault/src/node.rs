@@ -11,6 +11,7 @@
 //! `settle_for` and answers `Unavailable`: those approvals leave as
 //! declines, and whatever the lost attempt committed stays consumed.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -166,10 +167,43 @@ impl SharedWrites for PgWrites {
     }
 
     fn state_changed(&self, token: CardNumber, to: EngineState) -> Result<(), String> {
-        match self.with(|c| tokens::set_state(c, &token.digits(), to as u8))? {
-            true => Ok(()),
-            false => Err(format!("token {} is not in the database", token.masked())),
+        let outcome = self.with(|c| change_state(c, token, to))?;
+        outcome_text(outcome, token, to)
+    }
+}
+
+/// A lifecycle change in the database, checked against the database's
+/// state with the engine's lifecycle (`TokenState::can_become`).
+pub fn change_state(
+    client: &mut Client,
+    token: CardNumber,
+    to: EngineState,
+) -> Result<tokens::StateChange, PgError> {
+    let from: Vec<i16> = (0..=u8::MAX)
+        .filter_map(EngineState::from_u8)
+        .filter(|s| s.can_become(to))
+        .map(|s| i16::from(s as u8))
+        .collect();
+    tokens::set_state_from(client, &token.digits(), to as u8, &from)
+}
+
+/// [`change_state`]'s outcome as the vault and the command line say it.
+pub fn outcome_text(
+    outcome: tokens::StateChange,
+    token: CardNumber,
+    to: EngineState,
+) -> Result<(), String> {
+    match outcome {
+        tokens::StateChange::Changed => Ok(()),
+        tokens::StateChange::Unknown => {
+            Err(format!("token {} is not in the database", token.masked()))
         }
+        tokens::StateChange::Refused(now) => Err(format!(
+            "token {}: cannot go from {} to {} (the database's state)",
+            token.masked(),
+            EngineState::from_u8(now).map_or("unknown", EngineState::name),
+            to.name()
+        )),
     }
 }
 
@@ -177,6 +211,10 @@ impl SharedWrites for PgWrites {
 const FEED_POLL: Duration = Duration::from_secs(1);
 /// Changes read per poll.
 const FEED_PAGE: i64 = 10_000;
+/// Change numbers re-read by every poll (see [`Feed::poll`]).
+const FEED_OVERLAP: i64 = 1_000;
+/// How often the feed compares every lifecycle state of its shards.
+const RESYNC_EVERY: Duration = Duration::from_secs(30);
 
 /// `tessera serve --backend`: a node serving `shards` of the cluster at
 /// `url` as `owner`.
@@ -223,8 +261,19 @@ impl SharedState for PgShared {
         let lease = join(&self.url, &self.owner, &self.shards).map_err(|e| e.to_string())?;
         let mut client = connect(&self.url).map_err(|e| e.to_string())?;
         let since = tokens::last_state_change(&mut client).map_err(|e| e.to_string())?;
-        let states = tokens::not_active(&mut client, &self.shards).map_err(|e| e.to_string())?;
-        let applied = apply_states(vault, states.into_iter());
+        // The changes the feed's first poll re-reads are in the state the
+        // resync below takes: seen.
+        let seen: HashMap<String, i64> = tokens::state_changes(
+            &mut client,
+            &self.shards,
+            since.saturating_sub(FEED_OVERLAP),
+            FEED_PAGE,
+        )
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|(t, _, n)| (t, n))
+        .collect();
+        let applied = resync(vault, &mut client, &self.shards).map_err(|e| e.to_string())?;
         vault
             .share_writes_with(Arc::new(PgWrites {
                 url: self.url.clone(),
@@ -242,6 +291,8 @@ impl SharedState for PgShared {
             shards: self.shards.clone(),
             since,
             vault: Arc::downgrade(vault),
+            last_resync: Instant::now(),
+            applied: seen,
         };
         std::thread::Builder::new()
             .name("tessera-state-feed".into())
@@ -254,9 +305,9 @@ impl SharedState for PgShared {
     }
 }
 
-/// Apply (token, state byte) pairs the vault does not hold yet; how many
-/// changed. A token the vault does not know, or a transition it refuses
-/// (out of Deleted), is left: the authority still refuses its approvals.
+/// Apply (token, state byte) pairs the vault does not hold yet (the
+/// database's state is the authoritative one); how many changed. A token
+/// the vault does not know is left.
 fn apply_states(vault: &Vault, states: impl Iterator<Item = (String, u8)>) -> usize {
     let mut n = 0;
     for (token, state) in states {
@@ -281,6 +332,11 @@ struct Feed {
     shards: Vec<u16>,
     since: i64,
     vault: Weak<Vault>,
+    last_resync: Instant,
+    /// Token → the last change number applied to it: a change re-read in
+    /// the overlap is applied once, so that it cannot undo what happened
+    /// here since (a lock after failed authentications).
+    applied: HashMap<String, i64>,
 }
 
 impl Feed {
@@ -293,20 +349,64 @@ impl Feed {
                 client = connect(&self.url).ok();
             }
             let Some(c) = client.as_mut() else { continue };
-            match tokens::state_changes(c, &self.shards, self.since, FEED_PAGE) {
-                Ok(changes) => {
-                    let Some(vault) = self.vault.upgrade() else {
-                        return;
-                    };
-                    if let Some(last) = changes.last() {
-                        self.since = last.2;
-                    }
-                    apply_states(&vault, changes.into_iter().map(|(t, s, _)| (t, s)));
-                }
-                Err(_) => client = None,
+            let Some(vault) = self.vault.upgrade() else {
+                return;
+            };
+            if self.poll(&vault, c).is_err() {
+                client = None;
             }
         }
     }
+
+    /// The changes numbered after the last seen, re-reading the last
+    /// [`FEED_OVERLAP`] numbers: a change commits after later-numbered
+    /// ones now and then (its transaction drew its number first), and
+    /// taking a state twice is harmless. Every [`RESYNC_EVERY`], the
+    /// shards' whole state, for a change that committed later still.
+    fn poll(&mut self, vault: &Vault, c: &mut Client) -> Result<(), PgError> {
+        let after = self.since.saturating_sub(FEED_OVERLAP);
+        let changes = tokens::state_changes(c, &self.shards, after, FEED_PAGE)?;
+        if let Some(last) = changes.last() {
+            self.since = self.since.max(last.2);
+        }
+        let mut fresh = Vec::new();
+        for (token, state, number) in changes {
+            let seen = self.applied.entry(token.clone()).or_insert(0);
+            if number > *seen {
+                *seen = number;
+                fresh.push((token, state));
+            }
+        }
+        // Bounded: only numbers the overlap can still re-read matter.
+        let floor = self.since.saturating_sub(FEED_OVERLAP);
+        self.applied.retain(|_, n| *n > floor);
+        apply_states(vault, fresh.into_iter());
+        if self.last_resync.elapsed() >= RESYNC_EVERY {
+            resync(vault, c, &self.shards)?;
+            self.last_resync = Instant::now();
+        }
+        Ok(())
+    }
+}
+
+/// Bring the vault's lifecycle states on `shards` to the database's: every
+/// token the database holds not active, and every token this vault holds
+/// not active (but locked: a lock after failed authentications is this
+/// node's own) that the database holds active. How many changed.
+fn resync(vault: &Vault, c: &mut Client, shards: &[u16]) -> Result<usize, PgError> {
+    let inactive = tokens::not_active(c, shards)?;
+    let held: std::collections::HashSet<&str> = inactive.iter().map(|(t, _)| t.as_str()).collect();
+    let mine: std::collections::HashSet<u16> = shards.iter().copied().collect();
+    let resumed: Vec<(String, u8)> = vault
+        .views()
+        .filter(|v| !matches!(v.state, EngineState::Active | EngineState::Locked))
+        .map(|v| vault.image(&v))
+        .filter(|img| mine.contains(&crate::shard_of(&img.pan_hash.to_be_bytes())))
+        .map(|img| img.token.digits())
+        .filter(|t| !held.contains(t.as_str()))
+        .map(|t| (t, EngineState::Active as u8))
+        .collect();
+    Ok(apply_states(vault, inactive.into_iter().chain(resumed)))
 }
 
 /// Join the cluster as `owner` serving `shards`: check the schema is

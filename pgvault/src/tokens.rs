@@ -164,20 +164,56 @@ pub fn get(client: &mut Client, token: &str) -> Result<Option<TokenState>, PgErr
     }))
 }
 
-/// Set `token`'s state (a suspend, resume or delete); whether the token
-/// exists. Acknowledged only once committed, that is on the quorum.
+/// Set `token`'s state whatever it is now (an operator's override); whether
+/// the token exists. Acknowledged only once committed, that is on the
+/// quorum. [`set_state_from`] checks the lifecycle.
 pub fn set_state(client: &mut Client, token: &str, state: u8) -> Result<bool, PgError> {
+    let any: Vec<i16> = (0..=i16::from(u8::MAX)).collect();
+    Ok(set_state_from(client, token, state, &any)? != StateChange::Unknown)
+}
+
+/// What became of a lifecycle change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateChange {
+    /// Made.
+    Changed,
+    /// No such token.
+    Unknown,
+    /// The token's state (this one) may not become the one asked for.
+    Refused(u8),
+}
+
+/// Set `token`'s state to `state` only if it is now one of `from` (the
+/// lifecycle's allowed predecessors, checked against the database's
+/// state, the authoritative one, not a node's possibly stale copy).
+pub fn set_state_from(
+    client: &mut Client,
+    token: &str,
+    state: u8,
+    from: &[i16],
+) -> Result<StateChange, PgError> {
     let mut tx = client.transaction().map_err(statement("begin"))?;
     let n = tx
         .execute(
             "UPDATE tokens SET state = $2, version = version + 1,
                     state_changed = nextval('state_change')
-             WHERE token = $1",
-            &[&token, &i16::from(state)],
+             WHERE token = $1 AND state = ANY($3::smallint[])",
+            &[&token, &i16::from(state), &from],
         )
         .map_err(statement("set token state"))?;
+    let outcome = if n == 1 {
+        StateChange::Changed
+    } else {
+        match tx
+            .query_opt("SELECT state FROM tokens WHERE token = $1", &[&token])
+            .map_err(statement("read token state"))?
+        {
+            Some(row) => StateChange::Refused(row.get::<_, i16>(0) as u8),
+            None => StateChange::Unknown,
+        }
+    };
     tx.commit().map_err(commit("set token state"))?;
-    Ok(n == 1)
+    Ok(outcome)
 }
 
 /// Lifecycle changes on `shards` numbered after `after` (the feed of

@@ -240,7 +240,7 @@ fn acknowledged_atcs_survive_a_standby_and_a_primary_lost_and_a_stale_owner_is_f
     let cluster = Cluster::up(56432);
     let url = cluster.url();
     let mut client = reconnect(&url);
-    assert_eq!(schema::migrate(&mut client).unwrap(), vec![1]);
+    assert_eq!(schema::migrate(&mut client).unwrap(), vec![1, 2]);
     assert!(
         schema::migrate(&mut client).unwrap().is_empty(),
         "applied once"

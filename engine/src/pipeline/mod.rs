@@ -76,7 +76,7 @@ pub struct Pipeline {
     dialect: Dialect,
     auth_counter: AtomicU64,
     /// Approvals by (DE 11, DE 7, DE 32), for reversals (DE 90).
-    approvals: Approvals,
+    approvals: Arc<Approvals>,
     /// Answers by code, latency histogram.
     metrics: Arc<Metrics>,
     /// Answers of recent requests, for retransmissions and repeats.
@@ -106,7 +106,7 @@ impl Pipeline {
             profiles,
             dialect,
             auth_counter: AtomicU64::new(0),
-            approvals: Approvals::default(),
+            approvals: Arc::default(),
             metrics: Arc::new(Metrics::default()),
             recent: Arc::new(Sharded::default()),
             digester: ContentDigester::random(),
@@ -240,6 +240,7 @@ impl Pipeline {
                             claim: claims.len(),
                             token,
                             replay,
+                            approval: Approvals::key_of(&p.req),
                         });
                         claims.push(Claim {
                             token,
@@ -286,6 +287,7 @@ impl Pipeline {
             authority,
             checks,
             confirmations: None,
+            approvals: Arc::clone(&self.approvals),
         }
     }
 
@@ -579,11 +581,15 @@ impl Handler for Pipeline {
     }
 }
 
-/// An authorization's identity for the ATC authority: DE 11, DE 41 and
-/// DE 7 (a resubmission of the same batch carries the same).
+/// An authorization's identity for the ATC authority: its keys (DE 11,
+/// 41, 7) and what it asks (DE 3, 4, 49), the same on every node (the
+/// retransmission cache's digest is keyed per process). A resubmission or
+/// a true repeat carries the same; a repeat with a raised amount does not,
+/// so it is a replay to the authority too (a CVC3 or dCVV does not cover
+/// the amount).
 fn auth_id(req: &IsoMessage) -> Vec<u8> {
-    let mut id = Vec::with_capacity(26);
-    for f in [11, 41, 7] {
+    let mut id = Vec::with_capacity(64);
+    for f in [11, 41, 7, 3, 4, 49] {
         let v = req.get(f).unwrap_or_default();
         id.push(v.len() as u8);
         id.extend_from_slice(v);

@@ -18,7 +18,7 @@ use crate::vault::Vault;
 use super::clock::Now;
 use super::decline::Decline;
 use super::retransmit::{CachedAnswer, RecentAnswers, RequestId};
-use super::reversals::issuer_reversal;
+use super::reversals::{issuer_reversal, ApprovalKey, Approvals};
 use super::shards::Sharded;
 
 /// A batch decided, its answers not yet released: they leave once every
@@ -48,6 +48,9 @@ pub(super) struct DecidedBatch {
     pub checks: Vec<Option<AuthorityCheck>>,
     /// The authority's answers, once waited for (by claim).
     pub confirmations: Option<Vec<Confirmation>>,
+    /// The approvals reversals find: one the authority refused is
+    /// forgotten.
+    pub approvals: Arc<Approvals>,
 }
 
 /// An approval's ATC, submitted to the authority.
@@ -58,6 +61,8 @@ pub(super) struct AuthorityCheck {
     pub token: CardNumber,
     /// The answer if the authority calls it a replay.
     pub replay: Decline,
+    /// Where the approval is remembered for reversals.
+    pub approval: Option<ApprovalKey>,
 }
 
 /// Why an approval leaves as something else.
@@ -108,6 +113,11 @@ impl DecidedBatch {
             .as_ref()
             .and_then(|c| c.get(check.claim).copied())
             .unwrap_or(Confirmation::Unavailable);
+        if said != Confirmation::Confirmed {
+            if let Some(key) = &check.approval {
+                self.approvals.forget(key);
+            }
+        }
         let (code, reason) = match said {
             Confirmation::Confirmed => return None,
             Confirmation::Replayed => (check.replay.code(), "ATC_REPLAY_ELSEWHERE"),

@@ -116,6 +116,17 @@ impl RecentAnswers {
                 self.by_key.remove(&old);
             }
         }
+        // An answer that waited for durability (an approval) is not
+        // replaced by one that did not: a copy of a request decided while
+        // the original still waited (for the journal, or for the ATC
+        // authority, up to its deadline) is declined as a replay and
+        // released first, and a later repeat must get the original's
+        // answer.
+        if let Some(old) = self.by_key.get(&key) {
+            if old.lsn.is_some() && entry.lsn.is_none() {
+                return;
+            }
+        }
         if self.by_key.insert(key.clone(), entry).is_none() {
             self.order.push_back((now, key));
         }

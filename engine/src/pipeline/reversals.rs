@@ -46,7 +46,7 @@ const GENERATION: usize = MAX_REMEMBERED_APPROVALS / SHARDS / 2;
 pub const REVERSAL_WINDOW: usize = GENERATION * SHARDS;
 
 /// (DE 11, DE 7, DE 32) of an approval.
-type ApprovalKey = (u32, u64, u64);
+pub(super) type ApprovalKey = (u32, u64, u64);
 
 /// Why a reversal was not applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +115,23 @@ impl Approvals {
             digits_value(de7)?,
             digits_value(acquirer).unwrap_or(0),
         ))
+    }
+
+    /// The key `req`'s approval is remembered under.
+    pub(super) fn key_of(req: &IsoMessage) -> Option<ApprovalKey> {
+        Self::key(
+            req.get(11).unwrap_or_default(),
+            req.get(7).unwrap_or_default(),
+            req.get(32).unwrap_or_default(),
+        )
+    }
+
+    /// Forget an approval that did not leave as one (the ATC authority
+    /// refused it), so that no reversal finds it.
+    pub(super) fn forget(&self, key: &ApprovalKey) {
+        let mut g = self.map.lock_for(key);
+        g.current.remove(key);
+        g.previous.remove(key);
     }
 
     /// Remember the approval of `req` (DE 2, 4, 7, 11, 32, 41, 42, 49) at

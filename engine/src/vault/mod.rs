@@ -896,7 +896,8 @@ impl Vault {
     }
 
     /// Take a lifecycle state the shared store already holds (made through
-    /// another node): as [`Vault::set_state`], without writing it back.
+    /// another node): without writing it back, and whatever this vault's
+    /// own state (the store's is the authoritative one).
     pub fn take_shared_state(&self, token: CardNumber, to: TokenState) -> Result<Lsn, VaultError> {
         self.change_state(token, to, false)
     }
@@ -910,30 +911,28 @@ impl Vault {
         let rec = self
             .record_of(token)
             .ok_or_else(|| VaultError::UnknownToken(token.masked()))?;
-        let _order = self.state_order.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(shared) = self.shared.get().filter(|_| share) {
-            let from = rec
-                .state()
-                .ok_or_else(|| VaultError::UnknownToken(token.masked()))?;
-            if !from.can_become(to) {
-                return Err(VaultError::Transition {
-                    token: token.masked(),
-                    from: from.name(),
-                    to: to.name(),
-                });
+        // With a shared store, its state is the authoritative one: the
+        // store checks the transition against it, and this vault follows
+        // whatever its own (possibly stale) state.
+        let authoritative = match self.shared.get() {
+            Some(shared) if share => {
+                // Outside `state_order`: the store may wait (a lost
+                // quorum), and the authorization path takes that lock to
+                // lock a token.
+                shared
+                    .state_changed(token, to)
+                    .map_err(VaultError::Shared)?;
+                true
             }
-            // The shared store first: a change acknowledged here holds on
-            // every node. (A lock by failed authentications racing this
-            // is met by the loop below, which checks again.)
-            shared
-                .state_changed(token, to)
-                .map_err(VaultError::Shared)?;
-        }
+            // `take_shared_state`: the store holds it already.
+            _ => !share,
+        };
+        let _order = self.state_order.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             let from = rec
                 .state()
                 .ok_or_else(|| VaultError::UnknownToken(token.masked()))?;
-            if !from.can_become(to) {
+            if !authoritative && !from.can_become(to) {
                 return Err(VaultError::Transition {
                     token: token.masked(),
                     from: from.name(),

@@ -13,6 +13,9 @@ use super::types::{CardNumber, TokenImage, TokenState};
 pub trait SharedWrites: Send + Sync + fmt::Debug {
     /// A new token (its encrypted PAN and keyed hash, never the PAN).
     fn token_created(&self, image: &TokenImage) -> Result<(), String>;
-    /// A lifecycle change ordered here (an operator, the management API).
+    /// A lifecycle change ordered here (an operator, the management API),
+    /// made only if the store's own state may become `to`
+    /// ([`TokenState::can_become`]); the vault then follows, whatever its
+    /// own copy of the state.
     fn state_changed(&self, token: CardNumber, to: TokenState) -> Result<(), String>;
 }
