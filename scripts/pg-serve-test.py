@@ -19,10 +19,12 @@ driven by `tessera-loadgen run`, which writes every answer (--answers):
    same transactions again, after the retry window: every approval A
    acknowledged is now declined (its ATC is in the database), and the
    suspended token stays declined (B took its state from the database).
-5. Node C takes shards 0-2047 from B, which keeps serving. A third set of
-   transactions to B, then to C: each ATC is approved exactly once, by
-   the owner of its token's shard, and the stale owner's approvals on the
-   moved shards are refused by the epoch (96, SHARD_NOT_OWNED).
+5. Node C starts with an empty data directory (it loads its shards'
+   tokens from the database) and takes shards 0-2047 from B, which keeps
+   serving. A third set of transactions to B, then to C: each ATC is
+   approved exactly once, by the owner of its token's shard, and the
+   stale owner's approvals on the moved shards are refused by the epoch
+   (96, SHARD_NOT_OWNED).
 
 Run from the repository root after `cargo build --release`. Exit 0 when
 every check holds; the figures go to stdout.
@@ -187,9 +189,8 @@ def main():
         imported = tessera("db", "import", "--data-dir", vault, "--backend", url).stdout.strip()
         check(imported == f"imported: {TOKENS} tokens", f"db import: {imported}")
         pristine_b = os.path.join(WORK, "vault-b")
-        pristine_c = os.path.join(WORK, "vault-c")
+        empty_c = os.path.join(WORK, "vault-c")
         shutil.copytree(vault, pristine_b)
-        shutil.copytree(vault, pristine_c)
 
         # 1. A standby dies mid-run: nothing shows.
         a = Node("a", vault)
@@ -292,13 +293,18 @@ def main():
                         if x["token"] == suspended and x["kind"] == "valid"]
         taken = [line for line in open(b.log_path) if "lifecycle states taken" in line]
         check(to_suspended and all(x["code"] == "62" for x in to_suspended)
-              and taken and "; 0 lifecycle" not in taken[0],
+              and taken and " 0 lifecycle" not in taken[0],
               f"node B took the suspend from the database at start ({taken[0].strip() if taken else '?'}), "
               f"and declined all {len(to_suspended)} requests for the token (62)")
 
         # 5. C takes half the shards from B, which keeps serving.
-        c = Node("c", pristine_c, shards="0-2047")
+        c = Node("c", empty_c, shards="0-2047")
         nodes.append(c)
+        started = [line for line in open(c.log_path) if "tokens loaded" in line]
+        low = int(sql("select count(*) from tokens where shard < 2048")[0][0])
+        check(started and f"; {low} tokens loaded" in started[0],
+              f"node C, from an empty directory, loaded the {low} tokens of its shards: "
+              f"{started[0].strip() if started else '?'}")
         shard = {t: int(s) for t, s in sql("select token, shard from tokens")}
         _, b3, _ = loadgen(b, 3, 6, os.path.join(WORK, "b3.jsonl"))
         _, c3, _ = loadgen(c, 3, 6, os.path.join(WORK, "c3.jsonl"))

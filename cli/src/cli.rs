@@ -403,6 +403,16 @@ struct StateArgs {
 struct TokenizeArgs {
     #[command(flatten)]
     dir: DataDir,
+    /// Create it in this replicated database first (docs/scale-out.md),
+    /// so that the nodes serving its shard load it; then in DIR. Read
+    /// from TESSERA_DB_URL when set.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "TESSERA_DB_URL",
+        hide_env_values = true
+    )]
+    backend: Option<String>,
     /// A file whose first line is the card number (13-19 digits,
     /// Luhn-valid, not in a token range); without it, standard input.
     #[arg(long, value_name = "FILE")]
@@ -616,6 +626,9 @@ fn serve(config: &Path, a: ServeArgs) -> Result<(), CliError> {
         handle_signals: true,
         metrics: a.metrics,
         rekey: a.rekey,
+        // A node with a backend makes its cache's directory if it is new
+        // (it loads its shards' tokens from the database).
+        create: shared.is_some(),
         shared,
         ..ServeOptions::new(&a.dir.data_dir)
     };
@@ -844,6 +857,9 @@ fn vault_command(config: &Path, cmd: VaultCommand) -> Result<(), CliError> {
         VaultCommand::Tokenize(a) => {
             let req = tokenize_request(&a)?;
             let vault = open_with(config, &a.dir, true)?;
+            if let Some(url) = &a.backend {
+                vault.share_writes_with(tessera_pg::node::shared_writes(url))?;
+            }
             let (token, lsn) = vault.tokenize(&req)?;
             vault.wait_durable(lsn)?;
             vault.audit(

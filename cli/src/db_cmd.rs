@@ -65,8 +65,9 @@ pub fn run(cmd: DbCommand, config: &std::path::Path) -> Result<(), CliError> {
             let vault = crate::cli::open_dir(config, &data_dir)?;
             let rows: Vec<tessera_pg::TokenRow> = vault
                 .views()
-                .map(|v| tessera_pg::TokenRow::from_image(&vault.image(&v)))
-                .collect();
+                .map(|v| tessera_pg::TokenRow::from_image(&vault.image(&v), &vault.controls(&v)))
+                .collect::<Result<_, _>>()
+                .map_err(CliError::new)?;
             let mut client = connect(&backend)?;
             let n = tessera_pg::tokens::insert(&mut client, &rows).map_err(err)?;
             say(&format!("imported: {n} tokens"))

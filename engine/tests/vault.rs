@@ -292,7 +292,11 @@ struct RecordingStore {
 }
 
 impl engine::vault::shared::SharedWrites for RecordingStore {
-    fn token_created(&self, image: &engine::vault::types::TokenImage) -> Result<(), String> {
+    fn token_created(
+        &self,
+        image: &engine::vault::types::TokenImage,
+        _controls: &DomainControls,
+    ) -> Result<(), String> {
         if self.down.load(std::sync::atomic::Ordering::Relaxed) {
             return Err("no primary".into());
         }

@@ -85,6 +85,7 @@ fn main() -> Result<(), String> {
                 state: 1,
                 expiry_yymm: 2812,
                 atc: None,
+                record: None,
             })
             .collect();
         tokens::insert(&mut client, &rows).map_err(|e| e.to_string())?;

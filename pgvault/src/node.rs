@@ -19,7 +19,7 @@ use engine::authority::{
     AtcAuthority, AtcStore, AuthorityLimits, Claim, Confirmation, SharedState,
 };
 use engine::vault::shared::SharedWrites;
-use engine::vault::types::{CardNumber, TokenImage, TokenState as EngineState};
+use engine::vault::types::{CardNumber, DomainControls, TokenImage, TokenState as EngineState};
 use engine::vault::Vault;
 use postgres::Client;
 
@@ -129,6 +129,15 @@ impl AtcStore for PgAtcStore {
     }
 }
 
+/// The store a vault outside `tessera serve` (`tessera vault tokenize
+/// --backend`) writes its new tokens and lifecycle changes to first.
+pub fn shared_writes(url: &str) -> Arc<dyn SharedWrites> {
+    Arc::new(PgWrites {
+        url: url.to_owned(),
+        client: std::sync::Mutex::new(None),
+    })
+}
+
 /// The vault's own writes (tokens the API creates, lifecycle changes it
 /// or an operator orders on this node), made in the database first.
 struct PgWrites {
@@ -160,10 +169,9 @@ impl PgWrites {
 }
 
 impl SharedWrites for PgWrites {
-    fn token_created(&self, image: &TokenImage) -> Result<(), String> {
-        let row = TokenRow::from_image(image);
-        self.with(|c| tokens::insert(c, std::slice::from_ref(&row)))
-            .map(|_| ())
+    fn token_created(&self, image: &TokenImage, controls: &DomainControls) -> Result<(), String> {
+        let row = TokenRow::from_image(image, controls)?;
+        self.with(|c| tokens::insert_announced(c, &row)).map(|_| ())
     }
 
     fn state_changed(&self, token: CardNumber, to: EngineState) -> Result<(), String> {
@@ -273,6 +281,7 @@ impl SharedState for PgShared {
         .into_iter()
         .map(|(t, _, n)| (t, n))
         .collect();
+        let loaded = load_all(vault, &mut client, &self.shards).map_err(|e| e.to_string())?;
         let applied = resync(vault, &mut client, &self.shards).map_err(|e| e.to_string())?;
         vault
             .share_writes_with(Arc::new(PgWrites {
@@ -281,7 +290,7 @@ impl SharedState for PgShared {
             }))
             .map_err(|e| e.to_string())?;
         eprintln!(
-            "tessera: backend: serving {} shards as {:?} under epoch {}; {applied} lifecycle states taken from the database",
+            "tessera: backend: serving {} shards as {:?} under epoch {}; {loaded} tokens loaded and {applied} lifecycle states taken from the database",
             lease.shards.len(),
             lease.owner,
             lease.epoch
@@ -369,6 +378,18 @@ impl Feed {
         if let Some(last) = changes.last() {
             self.since = self.since.max(last.2);
         }
+        // Tokens this vault does not hold: created through another node.
+        let unknown: Vec<String> = changes
+            .iter()
+            .filter(|(t, _, _)| {
+                CardNumber::parse_digits("token", t).is_ok_and(|c| vault.lookup(c).is_none())
+            })
+            .map(|(t, _, _)| t.clone())
+            .collect();
+        if !unknown.is_empty() {
+            let rows = tokens::records_of(c, &unknown)?;
+            take_rows(vault, &rows);
+        }
         let mut fresh = Vec::new();
         for (token, state, number) in changes {
             let seen = self.applied.entry(token.clone()).or_insert(0);
@@ -386,6 +407,56 @@ impl Feed {
             self.last_resync = Instant::now();
         }
         Ok(())
+    }
+}
+
+/// Rows per page when a node loads its shards.
+const LOAD_PAGE: i64 = 5_000;
+
+/// Load every token of `shards` this vault does not hold (a node whose
+/// cache is new or behind); how many.
+fn load_all(vault: &Vault, c: &mut Client, shards: &[u16]) -> Result<u32, PgError> {
+    let mut after = String::new();
+    let mut n = 0;
+    loop {
+        let rows = tokens::records(c, shards, &after, LOAD_PAGE)?;
+        let Some(last) = rows.last() else {
+            return Ok(n);
+        };
+        after = last.token.clone();
+        n += take_rows(vault, &rows);
+    }
+}
+
+/// Decode rows and give the vault those it does not hold, with the
+/// database's replay state; how many it took. A row that does not decode
+/// (or that the vault refuses: an unknown profile) is reported and
+/// skipped: its token is declined here as unknown, and the authority
+/// still judges it wherever it is known.
+fn take_rows(vault: &Vault, rows: &[tokens::CachedRow]) -> u32 {
+    let mut batch = Vec::with_capacity(rows.len());
+    for row in rows {
+        match engine::vault::shared::decode_token(&row.record) {
+            Ok((mut image, controls)) => {
+                image.atc_window = row
+                    .atc
+                    .map_or(0, |(hi, w)| engine::vault::replay::from_parts(hi, w));
+                image.velocity = 0;
+                batch.push((image, controls));
+            }
+            Err(e) => eprintln!(
+                "tessera: backend: token {}: its record does not decode ({e}); skipped",
+                CardNumber::parse_digits("token", &row.token)
+                    .map_or_else(|_| "?".into(), |t| t.masked())
+            ),
+        }
+    }
+    match vault.take_shared_tokens(&batch) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("tessera: backend: loading tokens: {e}");
+            0
+        }
     }
 }
 

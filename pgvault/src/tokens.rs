@@ -28,6 +28,9 @@ pub struct TokenRow {
     /// Replay state, as the engine's `vault::replay`: the highest accepted
     /// ATC and the 47-bit window below it; `None` before the first.
     pub atc: Option<(u16, u64)>,
+    /// The vault's encoding of the token and its controls
+    /// (`engine::vault::shared::encode_token`), for other nodes' caches.
+    pub record: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for TokenRow {
@@ -44,11 +47,16 @@ impl std::fmt::Debug for TokenRow {
 impl TokenRow {
     /// A vault record as a database row: the PAN's ciphertext and digit
     /// count as `pan_sealed`, its keyed hash (which picks the shard) as
-    /// `pan_hmac`, the replay state as it is.
-    pub fn from_image(img: &engine::vault::types::TokenImage) -> Self {
+    /// `pan_hmac`, the replay state as it is, and the whole record for
+    /// other nodes' caches.
+    pub fn from_image(
+        img: &engine::vault::types::TokenImage,
+        controls: &engine::vault::types::DomainControls,
+    ) -> Result<Self, String> {
         let mut sealed = img.pan_ct.to_be_bytes().to_vec();
         sealed.push(img.pan_len);
-        TokenRow {
+        let record = engine::vault::shared::encode_token(img, controls)?;
+        Ok(TokenRow {
             token: img.token.digits(),
             pan_hmac: img.pan_hash.to_be_bytes().to_vec(),
             pan_sealed: sealed,
@@ -56,7 +64,8 @@ impl TokenRow {
             state: img.state as u8,
             expiry_yymm: img.expiry_yymm,
             atc: engine::vault::replay::parts(img.atc_window),
-        }
+            record: Some(record),
+        })
     }
 }
 
@@ -68,6 +77,16 @@ const INSERT_CHUNK: usize = 2_000;
 /// planner's statistics; how many were inserted. A token takes its shard's current
 /// lease epoch. On an error, the chunks before the failing one are in.
 pub fn insert(client: &mut Client, rows: &[TokenRow]) -> Result<u64, PgError> {
+    insert_rows(client, rows, false)
+}
+
+/// Insert one new token and announce it on the feed of changes, so that
+/// the nodes serving its shard load it into their caches.
+pub fn insert_announced(client: &mut Client, row: &TokenRow) -> Result<u64, PgError> {
+    insert_rows(client, std::slice::from_ref(row), true)
+}
+
+fn insert_rows(client: &mut Client, rows: &[TokenRow], announce: bool) -> Result<u64, PgError> {
     let mut n = 0;
     for chunk in rows.chunks(INSERT_CHUNK) {
         let tokens: Vec<&str> = chunk.iter().map(|r| r.token.as_str()).collect();
@@ -88,6 +107,7 @@ pub fn insert(client: &mut Client, rows: &[TokenRow]) -> Result<u64, PgError> {
             .iter()
             .map(|r| r.atc.map_or(0, |(_, w)| (w & WINDOW_MASK) as i64))
             .collect();
+        let records: Vec<Option<&[u8]>> = chunk.iter().map(|r| r.record.as_deref()).collect();
         let mut tx = client.transaction().map_err(statement("begin"))?;
         // A token joins its shard's current lease (epoch 0 when none):
         // the lease rows are held while it does, so a shard changing
@@ -100,15 +120,17 @@ pub fn insert(client: &mut Client, rows: &[TokenRow]) -> Result<u64, PgError> {
         n += tx
             .execute(
                 "INSERT INTO tokens (token, shard, pan_sealed, key_version, state, expiry_yymm,
-                                     atc_hi, atc_window, owner_epoch)
+                                     atc_hi, atc_window, owner_epoch, record, state_changed)
                  SELECT r.token, r.shard, r.sealed, r.version, r.state, r.expiry, r.hi, r.win,
-                        coalesce(l.epoch, 0)
+                        coalesce(l.epoch, 0), r.record,
+                        CASE WHEN $10 THEN nextval('state_change') ELSE 0 END
                  FROM unnest($1::text[], $2::int[], $3::bytea[], $4::int[], $5::smallint[],
-                             $6::int[], $7::int[], $8::bigint[])
-                      AS r(token, shard, sealed, version, state, expiry, hi, win)
+                             $6::int[], $7::int[], $8::bigint[], $9::bytea[])
+                      AS r(token, shard, sealed, version, state, expiry, hi, win, record)
                  LEFT JOIN shard_leases l ON l.shard = r.shard",
                 &[
                     &tokens, &shards, &sealed, &versions, &states, &expiries, &his, &windows,
+                    &records, &announce,
                 ],
             )
             .map_err(statement("insert tokens"))?;
@@ -261,4 +283,70 @@ pub fn last_state_change(client: &mut Client) -> Result<i64, PgError> {
         .query_one("SELECT coalesce(max(state_changed), 0) FROM tokens", &[])
         .map_err(statement("read the last state change"))?;
     Ok(row.get(0))
+}
+
+/// A token's record for a node's cache, with the database's replay state.
+#[derive(Clone)]
+pub struct CachedRow {
+    /// The token's digits.
+    pub token: String,
+    /// `engine::vault::shared::encode_token`'s bytes.
+    pub record: Vec<u8>,
+    /// The highest accepted ATC and the window below it, if any.
+    pub atc: Option<(u16, u64)>,
+}
+
+impl std::fmt::Debug for CachedRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedRow")
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
+}
+
+fn cached_rows(rows: &[postgres::Row]) -> Vec<CachedRow> {
+    rows.iter()
+        .map(|r| {
+            let hi: i32 = r.get(2);
+            let window: i64 = r.get(3);
+            CachedRow {
+                token: r.get(0),
+                record: r.get(1),
+                atc: u16::try_from(hi).ok().map(|h| (h, window as u64)),
+            }
+        })
+        .collect()
+}
+
+/// The records of `shards`' tokens after `after` in token order, at most
+/// `limit` (a page: the next starts after the last token returned).
+/// Tokens without a record (loaded before migration 2) are skipped.
+pub fn records(
+    client: &mut Client,
+    shards: &[u16],
+    after: &str,
+    limit: i64,
+) -> Result<Vec<CachedRow>, PgError> {
+    let list: Vec<i32> = shards.iter().map(|&s| i32::from(s)).collect();
+    let rows = client
+        .query(
+            "SELECT token, record, atc_hi, atc_window FROM tokens
+             WHERE shard = ANY($1::int[]) AND token > $2 AND record IS NOT NULL
+             ORDER BY token LIMIT $3",
+            &[&list, &after, &limit],
+        )
+        .map_err(statement("read token records"))?;
+    Ok(cached_rows(&rows))
+}
+
+/// The records of these tokens (those that have one).
+pub fn records_of(client: &mut Client, tokens: &[String]) -> Result<Vec<CachedRow>, PgError> {
+    let rows = client
+        .query(
+            "SELECT token, record, atc_hi, atc_window FROM tokens
+             WHERE token = ANY($1::text[]) AND record IS NOT NULL",
+            &[&tokens],
+        )
+        .map_err(statement("read token records"))?;
+    Ok(cached_rows(&rows))
 }

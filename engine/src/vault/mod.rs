@@ -818,7 +818,9 @@ impl Vault {
         // The shared store first: a token another node cannot find would
         // be declined there (and lost in a failover).
         if let Some(shared) = self.shared.get() {
-            shared.token_created(&img).map_err(VaultError::Shared)?;
+            shared
+                .token_created(&img, &req.controls)
+                .map_err(VaultError::Shared)?;
         }
         // Journal first: a token that cannot be journaled does not exist.
         let lsn = self.journal_append(&JournalRecord::Token(img.clone()))?;
@@ -1097,6 +1099,25 @@ impl Vault {
         self.snapshot().map(|()| true)
     }
 
+    /// Take tokens from the shared store (created through other nodes, or
+    /// before this node's cache existed): each one this vault does not
+    /// hold is journaled and inserted, as `tokenize` would; its replay
+    /// state is the image's. How many were new.
+    pub fn take_shared_tokens(
+        &self,
+        tokens: &[(TokenImage, DomainControls)],
+    ) -> Result<u32, VaultError> {
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        for (img, controls) in tokens {
+            let cid = self.intern_journaled(controls)?;
+            if self.insert_new(img, cid, true)? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Insert provisioned images in bulk (then [`Vault::snapshot`] makes
     /// them durable in one file instead of one journal record each).
     pub(crate) fn insert_provisioned(
@@ -1105,6 +1126,19 @@ impl Vault {
         controls: &DomainControls,
     ) -> Result<u32, VaultError> {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let cid = self.intern_journaled(controls)?;
+        let mut n = 0;
+        for img in imgs {
+            if self.insert_new(img, cid, false)? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The id of a control set, journaled when it is new (the writer lock
+    /// held).
+    fn intern_journaled(&self, controls: &DomainControls) -> Result<u32, VaultError> {
         let (cid, new) = self
             .controls
             .intern(controls)
@@ -1115,20 +1149,27 @@ impl Vault {
                 controls: controls.clone(),
             })?;
         }
-        let mut n = 0;
-        for img in imgs {
-            if self.by_token.contains(&img.token.value()) {
-                continue;
-            }
-            let profile = self.config.profile_index(&img.profile).ok_or_else(|| {
-                VaultError::Invalid(format!("unknown profile \"{}\"", img.profile))
-            })?;
-            let mut img = img.clone();
-            img.controls = cid;
-            self.insert(&img, profile)?;
-            n += 1;
+        Ok(cid)
+    }
+
+    /// Insert `img` under controls `cid` unless its token exists (then
+    /// `false`); `journal`: also as a journal record (otherwise the next
+    /// snapshot makes it durable). The writer lock held.
+    fn insert_new(&self, img: &TokenImage, cid: u32, journal: bool) -> Result<bool, VaultError> {
+        if self.by_token.contains(&img.token.value()) {
+            return Ok(false);
         }
-        Ok(n)
+        let profile = self
+            .config
+            .profile_index(&img.profile)
+            .ok_or_else(|| VaultError::Invalid(format!("unknown profile \"{}\"", img.profile)))?;
+        let mut img = img.clone();
+        img.controls = cid;
+        if journal {
+            self.journal_append(&JournalRecord::Token(img.clone()))?;
+        }
+        self.insert(&img, profile)?;
+        Ok(true)
     }
 
     /// The PAN cipher (provisioning builds images with it).

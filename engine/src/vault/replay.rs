@@ -41,6 +41,12 @@ pub fn parts(v: u64) -> Option<(u16, u64)> {
     unpack(v)
 }
 
+/// A stored replay state from its parts: the highest accepted ATC and
+/// the window below it ([`parts`]'s inverse).
+pub fn from_parts(highest: u16, window: u64) -> u64 {
+    pack(highest, window)
+}
+
 fn pack(highest: u16, window: u64) -> u64 {
     SEEN | (u64::from(highest) << WINDOW) | (window & WINDOW_MASK)
 }
