@@ -22,6 +22,7 @@ const TARGETS: &[(&str, Entry)] = &[
     ("audit_entry", tessera_audit::entry::fuzz_entry),
     ("vault_record", engine::vault::codec::fuzz_record),
     ("vault_snapshot", engine::vault::snapshot::fuzz_snapshot),
+    ("vault_shared_token", engine::vault::shared::fuzz_token),
     ("se_apdus", tessera_se::fuzz::fuzz_apdus),
 ];
 
@@ -73,6 +74,11 @@ fn every_fuzz_target_is_replayed() {
         .collect();
     listed.sort();
     assert_eq!(on_disk, listed, "fuzz/fuzz_targets and TARGETS differ");
+}
+
+#[test]
+fn vault_shared_token() {
+    replay("vault_shared_token");
 }
 
 #[test]

@@ -135,10 +135,10 @@ impl DecidedBatch {
     }
 
     /// The authority holds a lifecycle state this vault has not seen
-    /// (changed through another node): take it, so that the next request
-    /// is declined here without a round trip. A transition the vault
-    /// refuses (e.g. out of Deleted) leaves it as it was; the authority
-    /// still refuses every approval.
+    /// (changed through another node): take it (the authority's is the
+    /// authoritative one), so that the next request is declined here
+    /// without a round trip. A journal failure leaves the vault as it
+    /// was; the authority still refuses every approval.
     fn learn_state(&self, token: CardNumber, state: TokenState) {
         if self.vault.lookup(token).is_some_and(|v| v.state != state) {
             let _ = self.vault.take_shared_state(token, state);

@@ -71,6 +71,17 @@ pub fn decode_token(bytes: &[u8]) -> Result<(TokenImage, DomainControls), String
     Ok((image, controls))
 }
 
+/// Fuzz entry point (`fuzz/fuzz_targets/vault_shared_token.rs`): a row's
+/// `record` as another system wrote it. Never a panic; a record that
+/// decodes re-encodes to bytes that decode to the same token and controls.
+pub fn fuzz_token(data: &[u8]) {
+    if let Ok((image, controls)) = decode_token(data) {
+        let again = encode_token(&image, &controls).expect("a decoded record encodes");
+        let (image2, controls2) = decode_token(&again).expect("an encoded record decodes");
+        assert!(image2 == image && controls2 == controls, "round trip");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,7 +123,33 @@ mod tests {
         for i in 0..bytes.len() {
             let mut b = bytes.clone();
             b[i] ^= 0xFF;
-            let _ = decode_token(&b);
+            fuzz_token(&b);
+        }
+        // The fuzz target's seeds: this record, one with more controls,
+        // and damaged copies (`TESSERA_WRITE_FUZZ_SEEDS=1` rewrites them).
+        if std::env::var_os("TESSERA_WRITE_FUZZ_SEEDS").is_some() {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../fuzz/corpus/vault_shared_token");
+            std::fs::create_dir_all(&dir).unwrap();
+            let rich = DomainControls {
+                pos_entry_modes: vec![5, 7, 91],
+                mccs: vec![5411, 5812],
+                ..DomainControls::default()
+            };
+            let rich = encode_token(&image(), &rich).unwrap();
+            let mut cut = bytes.clone();
+            cut.truncate(bytes.len() / 2);
+            let mut kinds = bytes.clone();
+            kinds[4] ^= 0xFF;
+            for (name, b) in [
+                ("token", &bytes),
+                ("token-rich-controls", &rich),
+                ("cut", &cut),
+                ("wrong-kind", &kinds),
+                ("empty", &Vec::new()),
+            ] {
+                std::fs::write(dir.join(name), b).unwrap();
+            }
         }
     }
 }
