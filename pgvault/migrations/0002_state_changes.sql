@@ -12,3 +12,5 @@ CREATE INDEX tokens_state_changed ON tokens (state_changed) WHERE state_changed 
 -- The tokens not active, by shard: what a node starting (and its periodic
 -- comparison) reads.
 CREATE INDEX tokens_not_active ON tokens (shard) WHERE state <> 1;
+-- atc_log by age: every node prunes what is older than it must keep.
+CREATE INDEX atc_log_accepted_at ON atc_log (accepted_at);

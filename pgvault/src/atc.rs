@@ -244,3 +244,20 @@ pub fn accept_within(
     tx.commit().map_err(commit("accept ATCs"))?;
     Ok(verdicts)
 }
+
+/// Delete at most `limit` entries of `atc_log` older than `keep`; how
+/// many. An entry matters only while the same authorization may ask again
+/// (the retry window): the replay check itself is the token row's
+/// `atc_hi` and window, so an older entry is never needed again.
+pub fn prune(client: &mut Client, keep: std::time::Duration, limit: i64) -> Result<u64, PgError> {
+    let secs = keep.as_secs_f64();
+    client
+        .execute(
+            "DELETE FROM atc_log WHERE ctid IN (
+                 SELECT ctid FROM atc_log
+                 WHERE accepted_at < now() - make_interval(secs => $1)
+                 LIMIT $2)",
+            &[&secs, &limit],
+        )
+        .map_err(statement("prune atc_log"))
+}

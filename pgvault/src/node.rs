@@ -221,8 +221,17 @@ const FEED_POLL: Duration = Duration::from_secs(1);
 const FEED_PAGE: i64 = 10_000;
 /// Change numbers re-read by every poll (see [`Feed::poll`]).
 const FEED_OVERLAP: i64 = 1_000;
-/// How often the feed compares every lifecycle state of its shards.
+/// How often the feed compares every lifecycle state of its shards (and
+/// prunes `atc_log`).
 const RESYNC_EVERY: Duration = Duration::from_secs(30);
+/// How long `atc_log` entries are kept at least (longer when the retry
+/// window is): an hour of history for an operator looking into a
+/// decline, at 500,000/s about 1.8 billion rows (docs/scale-out.md).
+const ATC_LOG_KEEP: Duration = Duration::from_secs(3600);
+/// `atc_log` entries deleted per statement, and statements per prune:
+/// each prune's work is bounded, and the next one goes on.
+const PRUNE_BATCH: i64 = 50_000;
+const PRUNE_ROUNDS: usize = 20;
 
 /// `tessera serve --backend`: a node serving `shards` of the cluster at
 /// `url` as `owner`.
@@ -302,6 +311,7 @@ impl SharedState for PgShared {
             vault: Arc::downgrade(vault),
             last_resync: Instant::now(),
             applied: seen,
+            atc_log_keep: self.retry_window.max(ATC_LOG_KEEP),
         };
         std::thread::Builder::new()
             .name("tessera-state-feed".into())
@@ -346,6 +356,8 @@ struct Feed {
     /// the overlap is applied once, so that it cannot undo what happened
     /// here since (a lock after failed authentications).
     applied: HashMap<String, i64>,
+    /// `atc_log` entries older than this are deleted.
+    atc_log_keep: Duration,
 }
 
 impl Feed {
@@ -404,6 +416,13 @@ impl Feed {
         apply_states(vault, fresh.into_iter());
         if self.last_resync.elapsed() >= RESYNC_EVERY {
             resync(vault, c, &self.shards)?;
+            // Every node prunes (deleting the same old rows twice is
+            // harmless), so the log is bounded by age while any runs.
+            for _ in 0..PRUNE_ROUNDS {
+                if atc::prune(c, self.atc_log_keep, PRUNE_BATCH)? < PRUNE_BATCH as u64 {
+                    break;
+                }
+            }
             self.last_resync = Instant::now();
         }
         Ok(())

@@ -518,6 +518,34 @@ fn the_window_matches_the_engine() {
             );
         }
     }
+
+    // Pruning: only entries older than what is kept, at most `limit` per
+    // statement; the replay check does not need them (the row's window).
+    let count = |c: &mut postgres::Client| -> i64 {
+        c.query_one("SELECT count(*) FROM atc_log", &[])
+            .unwrap()
+            .get(0)
+    };
+    let before = count(&mut client);
+    client
+        .execute(
+            "UPDATE atc_log SET accepted_at = now() - interval '2 hours' WHERE atc % 2 = 0",
+            &[],
+        )
+        .unwrap();
+    let old: i64 = client
+        .query_one(
+            "SELECT count(*) FROM atc_log WHERE accepted_at < now() - interval '1 hour'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(old > 10, "{old} old entries");
+    let hour = Duration::from_secs(3600);
+    assert_eq!(atc::prune(&mut client, hour, 10).unwrap(), 10);
+    while atc::prune(&mut client, hour, 10).unwrap() > 0 {}
+    assert_eq!(count(&mut client), before - old);
+    assert_eq!(atc::prune(&mut client, hour, 10).unwrap(), 0);
 }
 
 /// A vault of the repository's test configuration in `dir`.
