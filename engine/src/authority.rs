@@ -229,7 +229,12 @@ fn rounds(rx: &Receiver<Job>, mut store: Box<dyn AtcStore>, per_round: usize) {
         if jobs.is_empty() {
             continue;
         }
-        let claims: Vec<Claim> = jobs.iter().flat_map(|j| j.claims.iter().cloned()).collect();
+        // The claims move into the round; each job keeps its count.
+        let counts: Vec<usize> = jobs.iter().map(|j| j.claims.len()).collect();
+        let claims: Vec<Claim> = jobs
+            .iter_mut()
+            .flat_map(|j| std::mem::take(&mut j.claims))
+            .collect();
         // A store that panics answers nothing for this round, says so,
         // and the thread goes on (each of its batches leaves as 91).
         let mut answers = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -243,8 +248,8 @@ fn rounds(rx: &Receiver<Job>, mut store: Box<dyn AtcStore>, per_round: usize) {
         };
         answers.resize(claims.len(), Confirmation::Unavailable);
         let mut answers = answers.into_iter();
-        for job in jobs {
-            let share: Vec<Confirmation> = answers.by_ref().take(job.claims.len()).collect();
+        for (job, n) in jobs.into_iter().zip(counts) {
+            let share: Vec<Confirmation> = answers.by_ref().take(n).collect();
             // A batch that gave up waiting has nobody to answer.
             let _ = job.reply.send(share);
         }

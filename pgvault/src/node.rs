@@ -71,16 +71,30 @@ impl PgAtcStore {
         let mut out = Vec::with_capacity(claims.len());
         for chunk in claims.chunks(MAX_BATCH) {
             let verdicts = atc::accept_within(client, self.epoch, chunk, self.retry_window)?;
+            // The states of the tokens refused as not active, in one query
+            // (not one per claim: a flood of a suspended token's requests
+            // costs one round trip).
+            let inactive: Vec<String> = chunk
+                .iter()
+                .zip(&verdicts)
+                .filter(|(_, v)| **v == Verdict::NotActive)
+                .map(|(c, _)| c.token.clone())
+                .collect();
+            let states = if inactive.is_empty() {
+                HashMap::new()
+            } else {
+                tokens::states_of(client, &inactive)?
+            };
             for (c, v) in chunk.iter().zip(verdicts) {
                 out.push(match v {
                     Verdict::Accepted | Verdict::AcceptedBefore => Confirmation::Confirmed,
                     Verdict::Replayed => Confirmation::Replayed,
-                    Verdict::NotActive => {
-                        let state = tokens::get(client, &c.token)?
-                            .and_then(|t| EngineState::from_u8(t.state))
-                            .unwrap_or(EngineState::Suspended);
-                        Confirmation::NotActive(state)
-                    }
+                    Verdict::NotActive => Confirmation::NotActive(
+                        states
+                            .get(&c.token)
+                            .and_then(|&s| EngineState::from_u8(s))
+                            .unwrap_or(EngineState::Suspended),
+                    ),
                     Verdict::NotOwner | Verdict::UnknownToken => Confirmation::NotOwner,
                 });
             }

@@ -186,6 +186,23 @@ pub fn get(client: &mut Client, token: &str) -> Result<Option<TokenState>, PgErr
     }))
 }
 
+/// The lifecycle states of `tokens` (those that exist), in one query.
+pub fn states_of(
+    client: &mut Client,
+    tokens: &[String],
+) -> Result<std::collections::HashMap<String, u8>, PgError> {
+    let rows = client
+        .query(
+            "SELECT token, state FROM tokens WHERE token = ANY($1::text[])",
+            &[&tokens],
+        )
+        .map_err(statement("read token states"))?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, i16>(1) as u8))
+        .collect())
+}
+
 /// Set `token`'s state whatever it is now (an operator's override); whether
 /// the token exists. Acknowledged only once committed, that is on the
 /// quorum. [`set_state_from`] checks the lifecycle.

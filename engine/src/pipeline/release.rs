@@ -164,8 +164,12 @@ impl DecidedBatch {
         // durably accepted.
         // An approval the authority did not confirm leaves as what it
         // said (a replay elsewhere, a token no longer active, no answer).
+        // Nothing can be demoted in the common case (durable, no
+        // authority): no per-batch work or allocation for it then.
         let on_disk = (!durable).then(|| self.vault.durable_lsn());
+        let may_demote = on_disk.is_some() || self.confirmations.is_some();
         let demote: Vec<Option<Demotion>> = (0..self.answers.len())
+            .filter(|_| may_demote)
             .map(|i| {
                 let approved =
                     self.answers[i].as_ref().and_then(|m| m.get(39)) == Some(&rc::APPROVED[..]);
@@ -182,8 +186,8 @@ impl DecidedBatch {
                 self.authority_demotion(i)
             })
             .collect();
-        let demoted: Vec<bool> = demote.iter().map(Option::is_some).collect();
-        if demoted.contains(&true) {
+        if demote.iter().any(Option::is_some) {
+            let demoted: Vec<bool> = demote.iter().map(Option::is_some).collect();
             self.take_back_issuer_approvals(&demoted);
         }
         let answered = self.answers.iter().filter(|a| a.is_some()).count() as u64;
@@ -191,10 +195,10 @@ impl DecidedBatch {
         let encoded: Vec<Option<Vec<u8>>> = self
             .answers
             .into_iter()
-            .zip(demote)
-            .map(|(a, demote)| {
+            .enumerate()
+            .map(|(i, a)| {
                 let mut msg = a?;
-                if let Some(d) = demote {
+                if let Some(d) = demote.get(i).copied().flatten() {
                     msg.set(39, d.code);
                     if let Some(reason) = d.reason {
                         msg.set(44, reason.as_bytes());
